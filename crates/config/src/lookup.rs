@@ -1,0 +1,180 @@
+use std::path::{Path, PathBuf};
+
+use crate::{validate, Config, Error};
+
+/// Environment variable naming the configuration file.
+pub const ENV_CONF_FILE: &str = "CAPSA_CONF_FILE";
+
+/// Files tried, in order, when neither a path nor `CAPSA_CONF_FILE` is given.
+pub const DEFAULT_PATHS: &[&str] = &[
+    "/etc/capsa/configuration.toml",
+    "/usr/share/defaults/capsa/configuration.toml",
+];
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    /// No file was found: built-in defaults.
+    Defaults,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+/// Finds the configuration file: `explicit`, then `$CAPSA_CONF_FILE`, then
+/// [`DEFAULT_PATHS`]. An explicit or environment path must exist.
+pub fn find(explicit: Option<&Path>) -> Result<Source, Error> {
+    let env = std::env::var_os(ENV_CONF_FILE).filter(|v| !v.is_empty());
+    find_in(explicit, env.as_deref().map(Path::new), DEFAULT_PATHS)
+}
+
+fn find_in(
+    explicit: Option<&Path>,
+    env: Option<&Path>,
+    defaults: &[&str],
+) -> Result<Source, Error> {
+    if let Some(path) = explicit.or(env) {
+        if !path.is_file() {
+            return Err(Error::NotFound { path: path.into() });
+        }
+        return Ok(Source::File(path.into()));
+    }
+    Ok(defaults
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .map_or(Source::Defaults, Source::File))
+}
+
+/// Finds, reads, parses and validates the configuration.
+pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), Error> {
+    let source = find(explicit)?;
+    let config = match &source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            parse(&text, path)?
+        }
+        Source::Defaults => Config::default(),
+    };
+    tracing::debug!(%source, "configuration loaded");
+    Ok((config, source))
+}
+
+/// Parses and validates `text`, read from `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+    let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+        path: path.into(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })?;
+    validate::check(&config, path)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_path_wins_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "").unwrap();
+        let other = dir.path().join("env.toml");
+        std::fs::write(&other, "").unwrap();
+        assert_eq!(
+            find_in(Some(&file), Some(&other), &[]).unwrap(),
+            Source::File(file.clone())
+        );
+        assert_eq!(
+            find_in(None, Some(&other), &[]).unwrap(),
+            Source::File(other.clone())
+        );
+        let missing = dir.path().join("missing.toml");
+        let err = find_in(Some(&missing), None, &[]).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_tried_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let second = dir.path().join("second.toml");
+        std::fs::write(&second, "").unwrap();
+        let first = dir.path().join("first.toml");
+        let paths = [first.to_str().unwrap(), second.to_str().unwrap()];
+        assert_eq!(find_in(None, None, &paths).unwrap(), Source::File(second.clone()));
+        std::fs::write(&first, "").unwrap();
+        assert_eq!(find_in(None, None, &paths).unwrap(), Source::File(first.clone()));
+        assert_eq!(find_in(None, None, &[]).unwrap(), Source::Defaults);
+    }
+
+    #[test]
+    fn kata_keys_parse() {
+        let text = r#"
+[hypervisor.qemu]
+path = "/opt/qemu"
+kernel = "/k"
+initrd = "/i"
+machine_type = "microvm"
+default_vcpus = 2
+default_memory = 1024
+kernel_params = "quiet"
+shared_fs = "virtio-fs"
+virtio_fs_daemon = "/v"
+virtio_fs_cache = "never"
+virtio_fs_extra_args = ["--thread-pool-size=1"]
+disable_block_device_use = true
+enable_debug = true
+
+[agent.capsa]
+dial_timeout = 10
+kernel_modules = ["dummy"]
+enable_debug = true
+
+[runtime]
+enable_debug = true
+"#;
+        let c = parse(text, Path::new("/x.toml")).unwrap();
+        assert_eq!(c.hypervisor.qemu.machine_type, "microvm");
+        assert_eq!(c.hypervisor.qemu.default_memory, 1024);
+        assert_eq!(c.hypervisor.qemu.virtio_fs_extra_args.len(), 1);
+        assert_eq!(c.agent.capsa.dial_timeout, 10);
+        assert_eq!(c.agent.capsa.kernel_modules, vec!["dummy".to_string()]);
+        assert!(c.runtime.enable_debug);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = parse("[hypervisor.qemu]\nbogus_key = 1\n", Path::new("/etc/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus_key"), "{err}");
+        assert!(err.contains("/etc/x.toml"), "{err}");
+        let err = parse("[hypervisor.firecracker]\n", Path::new("/y.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("firecracker"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_file() {
+        let err = parse("[hypervisor.qemu]\ndefault_vcpus = 0\n", Path::new("/z.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_vcpus"), "{err}");
+        assert!(err.contains("/z.toml"), "{err}");
+        let err = parse("[hypervisor.qemu]\ndefault_memory = \"lots\"\n", Path::new("/z.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_memory"), "{err}");
+    }
+}

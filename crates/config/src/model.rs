@@ -1,0 +1,122 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub hypervisor: HypervisorConfig,
+    pub agent: AgentSection,
+    pub runtime: RuntimeConfig,
+}
+
+/// `[hypervisor.<name>]`: only QEMU for now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    pub qemu: QemuConfig,
+}
+
+/// `[hypervisor.qemu]`, with Kata's key names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuConfig {
+    /// The `qemu-system-*` binary.
+    pub path: PathBuf,
+    pub kernel: PathBuf,
+    /// An initrd whose `/init` is the agent. Exclusive with `image`.
+    pub initrd: PathBuf,
+    /// A rootfs image. Not supported yet: must stay empty.
+    pub image: PathBuf,
+    /// `q35` or `microvm`.
+    pub machine_type: String,
+    /// capsa's own key: `auto` (KVM only where the host really offers
+    /// hardware virtualization, else TCG), `kvm` or `tcg`.
+    pub accelerator: String,
+    pub default_vcpus: u32,
+    /// MiB.
+    pub default_memory: u32,
+    /// Extra kernel parameters, space separated.
+    pub kernel_params: String,
+    /// `virtio-fs` or `none`.
+    pub shared_fs: String,
+    pub virtio_fs_daemon: PathBuf,
+    /// `auto`, `always` or `never`.
+    pub virtio_fs_cache: String,
+    pub virtio_fs_extra_args: Vec<String>,
+    /// capsa's own key: the vhost-user vsock backend, used when the host has
+    /// no `/dev/vhost-vsock`.
+    pub vhost_user_vsock_daemon: PathBuf,
+    pub disable_block_device_use: bool,
+    pub enable_debug: bool,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            path: "/usr/bin/qemu-system-x86_64".into(),
+            kernel: "/usr/share/capsa/vmlinuz".into(),
+            initrd: "/usr/share/capsa/initrd.img".into(),
+            image: PathBuf::new(),
+            machine_type: "q35".into(),
+            accelerator: "auto".into(),
+            default_vcpus: 1,
+            default_memory: 512,
+            kernel_params: String::new(),
+            shared_fs: "virtio-fs".into(),
+            virtio_fs_daemon: "/usr/local/bin/virtiofsd".into(),
+            virtio_fs_cache: "auto".into(),
+            virtio_fs_extra_args: Vec::new(),
+            vhost_user_vsock_daemon: "/usr/local/bin/vhost-device-vsock".into(),
+            disable_block_device_use: true,
+            enable_debug: false,
+        }
+    }
+}
+
+/// `[agent.<name>]`: capsa's agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    pub capsa: AgentConfig,
+}
+
+/// `[agent.capsa]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Seconds to wait for the agent to answer after the VM starts.
+    pub dial_timeout: u32,
+    /// Extra modules the agent loads in CreateSandbox (`"name param=value"`).
+    pub kernel_modules: Vec<String>,
+    pub enable_debug: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            dial_timeout: 30,
+            kernel_modules: Vec::new(),
+            enable_debug: false,
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub enable_debug: bool,
+    /// capsa's own key: where sandboxes keep their sockets and state.
+    pub state_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            enable_debug: false,
+            state_dir: "/run/capsa".into(),
+        }
+    }
+}

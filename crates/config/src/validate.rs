@@ -1,0 +1,58 @@
+use std::path::Path;
+
+use crate::{Config, Error};
+
+/// Checks values that the types alone do not constrain.
+pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
+    let invalid = |key: &str, reason: String| Error::Invalid {
+        path: path.into(),
+        key: key.into(),
+        reason,
+    };
+    let q = &config.hypervisor.qemu;
+    one_of("hypervisor.qemu.machine_type", &q.machine_type, &["q35", "microvm"])
+        .map_err(|r| invalid("hypervisor.qemu.machine_type", r))?;
+    one_of("hypervisor.qemu.accelerator", &q.accelerator, &["auto", "kvm", "tcg"])
+        .map_err(|r| invalid("hypervisor.qemu.accelerator", r))?;
+    one_of("hypervisor.qemu.shared_fs", &q.shared_fs, &["virtio-fs", "none"])
+        .map_err(|r| invalid("hypervisor.qemu.shared_fs", r))?;
+    one_of(
+        "hypervisor.qemu.virtio_fs_cache",
+        &q.virtio_fs_cache,
+        &["auto", "always", "never", "metadata"],
+    )
+    .map_err(|r| invalid("hypervisor.qemu.virtio_fs_cache", r))?;
+    if !(1..=256).contains(&q.default_vcpus) {
+        return Err(invalid(
+            "hypervisor.qemu.default_vcpus",
+            format!("{} is not between 1 and 256", q.default_vcpus),
+        ));
+    }
+    if q.default_memory < 128 {
+        return Err(invalid(
+            "hypervisor.qemu.default_memory",
+            format!("{} MiB is less than 128 MiB", q.default_memory),
+        ));
+    }
+    if !q.image.as_os_str().is_empty() {
+        return Err(invalid(
+            "hypervisor.qemu.image",
+            "rootfs images are not supported yet: use initrd".into(),
+        ));
+    }
+    if q.initrd.as_os_str().is_empty() {
+        return Err(invalid("hypervisor.qemu.initrd", "must be set".into()));
+    }
+    if config.agent.capsa.dial_timeout == 0 {
+        return Err(invalid("agent.capsa.dial_timeout", "must be at least 1 second".into()));
+    }
+    Ok(())
+}
+
+fn one_of(_key: &str, value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not one of {}", allowed.join(", ")))
+    }
+}
