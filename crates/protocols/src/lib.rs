@@ -1,0 +1,36 @@
+//! The capsa agent API, shared by the host and the guest.
+//!
+//! Our own `.proto` files (`protos/`), wire-compatible with the Kata
+//! Containers agent API: packages `grpc` and `types`, services
+//! `grpc.AgentService` and `grpc.Health`, same method names and field
+//! numbers. Code is generated at build time by `ttrpc-codegen` (async server
+//! and client).
+
+#![allow(clippy::all, unknown_lints, renamed_and_removed_lints)]
+
+macro_rules! generated {
+    ($($name:ident),*) => {
+        $(
+            #[allow(missing_docs, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals, trivial_casts, unused_imports, unused_results, unused_mut, unused_qualifications, clippy::all)]
+            pub mod $name {
+                include!(concat!(env!("OUT_DIR"), "/", stringify!($name), ".rs"));
+            }
+        )*
+    };
+}
+
+generated!(agent, agent_ttrpc, oci, types, health, health_ttrpc);
+
+pub mod convert;
+
+/// vsock port the agent listens on (Kata's convention).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// virtio-fs tag of the directory the host shares with the guest.
+pub const SHARED_FS_TAG: &str = "kataShared";
+/// Where the guest mounts the shared directory.
+pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+
+/// The guest path of a container's rootfs inside the shared directory.
+pub fn guest_rootfs_path(container_id: &str) -> String {
+    format!("{GUEST_SHARED_DIR}/{container_id}/rootfs")
+}

@@ -1,0 +1,180 @@
+//! The agent API on the wire: field numbers and method paths must be
+//! Kata's, or a Kata runtime and capsa's agent would misread each other.
+
+use capsa_protocols::{agent, agent_ttrpc, convert, oci};
+use protobuf::Message;
+
+/// Field number and wire type of each top-level field of an encoded message.
+fn tags(bytes: &[u8]) -> Vec<(u32, u8)> {
+    let mut input = protobuf::CodedInputStream::from_bytes(bytes);
+    let mut out = Vec::new();
+    while !input.eof().unwrap() {
+        let tag = input.read_raw_varint32().unwrap();
+        let (field, wire) = (tag >> 3, (tag & 7) as u8);
+        out.push((field, wire));
+        match wire {
+            0 => {
+                input.read_raw_varint64().unwrap();
+            }
+            2 => {
+                let len = input.read_raw_varint32().unwrap();
+                input.skip_raw_bytes(len).unwrap();
+            }
+            other => panic!("unexpected wire type {other}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn create_container_request_field_numbers() {
+    let req = agent::CreateContainerRequest {
+        container_id: "c".into(),
+        exec_id: "e".into(),
+        storages: vec![agent::Storage::default()],
+        OCI: Some(oci::Spec {
+            Hostname: "h".into(),
+            ..Default::default()
+        })
+        .into(),
+        sandbox_pidns: true,
+        ..Default::default()
+    };
+    let bytes = req.write_to_bytes().unwrap();
+    assert_eq!(tags(&bytes), vec![(1, 2), (2, 2), (5, 2), (6, 2), (7, 0)]);
+    let back = agent::CreateContainerRequest::parse_from_bytes(&bytes).unwrap();
+    assert_eq!(back, req);
+}
+
+#[test]
+fn storage_and_sandbox_field_numbers() {
+    let storage = agent::Storage {
+        driver: "virtio-fs".into(),
+        source: "kataShared".into(),
+        fstype: "virtiofs".into(),
+        mount_point: "/m".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&storage.write_to_bytes().unwrap()),
+        vec![(1, 2), (3, 2), (4, 2), (6, 2)]
+    );
+    let sandbox = agent::CreateSandboxRequest {
+        hostname: "h".into(),
+        storages: vec![storage],
+        sandbox_id: "s".into(),
+        kernel_modules: vec![agent::KernelModule::default()],
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&sandbox.write_to_bytes().unwrap()),
+        vec![(1, 2), (3, 2), (5, 2), (7, 2)]
+    );
+    let read = agent::ReadStreamRequest {
+        container_id: "c".into(),
+        exec_id: "e".into(),
+        len: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&read.write_to_bytes().unwrap()),
+        vec![(1, 2), (2, 2), (3, 0)]
+    );
+}
+
+#[test]
+fn service_method_paths_are_katas() {
+    struct Nothing;
+    impl agent_ttrpc::AgentService for Nothing {}
+    let services = agent_ttrpc::create_agent_service(std::sync::Arc::new(Nothing));
+    let service = services
+        .get("grpc.AgentService")
+        .expect("grpc.AgentService");
+    for method in [
+        "CreateContainer",
+        "WaitProcess",
+        "ReadStdout",
+        "CreateSandbox",
+        "SetPolicy",
+    ] {
+        assert!(service.methods.contains_key(method), "{method} missing");
+    }
+    struct Healthy;
+    impl capsa_protocols::health_ttrpc::Health for Healthy {}
+    let health = capsa_protocols::health_ttrpc::create_health(std::sync::Arc::new(Healthy));
+    let health = health.get("grpc.Health").expect("grpc.Health");
+    assert!(health.methods.contains_key("Check"));
+    assert!(health.methods.contains_key("Version"));
+}
+
+#[test]
+fn oci_spec_round_trips() {
+    let json = r#"{
+      "ociVersion": "1.0.2",
+      "process": {
+        "terminal": true,
+        "consoleSize": {"height": 24, "width": 80},
+        "user": {"uid": 1000, "gid": 100, "additionalGids": [5, 6]},
+        "args": ["sh", "-c", "true"],
+        "env": ["PATH=/bin", "A=b"],
+        "cwd": "/tmp",
+        "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_KILL"],
+                         "permitted": ["CAP_KILL"]},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
+        "noNewPrivileges": true,
+        "oomScoreAdj": 100
+      },
+      "root": {"path": "/run/kata-containers/shared/containers/c/rootfs", "readonly": true},
+      "hostname": "box",
+      "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                 {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                  "options": ["nosuid", "mode=755"]}],
+      "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+      "linux": {
+        "sysctl": {"net.ipv4.ip_forward": "1"},
+        "resources": {"memory": {"limit": 104857600}, "cpu": {"shares": 512, "quota": 50000,
+                      "period": 100000, "cpus": "0"}, "pids": {"limit": 64},
+                      "devices": [{"allow": false, "access": "rwm"},
+                                  {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]},
+        "cgroupsPath": "/capsa/c",
+        "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}],
+        "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 0, "gid": 0}],
+        "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                    "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                                  "args": [{"index": 1, "value": 2, "valueTwo": 3, "op": "SCMP_CMP_EQ"}]}]},
+        "rootfsPropagation": "rprivate",
+        "maskedPaths": ["/proc/kcore"],
+        "readonlyPaths": ["/proc/sys"],
+        "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]
+      }
+    }"#;
+    let spec: oci_spec::runtime::Spec = serde_json::from_str(json).unwrap();
+    let grpc = convert::spec_to_grpc(&spec);
+    assert_eq!(grpc.Process.User.UID, 1000);
+    assert_eq!(grpc.Linux.Namespaces[2].Type, "network");
+    assert_eq!(grpc.Linux.Seccomp.Syscalls[0].Action, "SCMP_ACT_ERRNO");
+    // Through the wire and back.
+    let bytes = grpc.write_to_bytes().unwrap();
+    let grpc = oci::Spec::parse_from_bytes(&bytes).unwrap();
+    let back = convert::spec_from_grpc(&grpc).unwrap();
+    let a = serde_json::to_value(&spec).unwrap();
+    let b = serde_json::to_value(&back).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_enum_values_are_named() {
+    let mut grpc = convert::spec_to_grpc(&oci_spec::runtime::Spec::default());
+    grpc.Linux
+        .mut_or_insert_default()
+        .Namespaces
+        .push(oci::LinuxNamespace {
+            Type: "bogus".into(),
+            ..Default::default()
+        });
+    let err = convert::spec_from_grpc(&grpc).unwrap_err().to_string();
+    assert!(
+        err.contains("namespace type") && err.contains("bogus"),
+        "{err}"
+    );
+}
