@@ -111,9 +111,15 @@ mod tests {
         std::fs::write(&second, "").unwrap();
         let first = dir.path().join("first.toml");
         let paths = [first.to_str().unwrap(), second.to_str().unwrap()];
-        assert_eq!(find_in(None, None, &paths).unwrap(), Source::File(second.clone()));
+        assert_eq!(
+            find_in(None, None, &paths).unwrap(),
+            Source::File(second.clone())
+        );
         std::fs::write(&first, "").unwrap();
-        assert_eq!(find_in(None, None, &paths).unwrap(), Source::File(first.clone()));
+        assert_eq!(
+            find_in(None, None, &paths).unwrap(),
+            Source::File(first.clone())
+        );
         assert_eq!(find_in(None, None, &[]).unwrap(), Source::Defaults);
     }
 
@@ -154,9 +160,12 @@ enable_debug = true
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let err = parse("[hypervisor.qemu]\nbogus_key = 1\n", Path::new("/etc/x.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            "[hypervisor.qemu]\nbogus_key = 1\n",
+            Path::new("/etc/x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("bogus_key"), "{err}");
         assert!(err.contains("/etc/x.toml"), "{err}");
         let err = parse("[hypervisor.firecracker]\n", Path::new("/y.toml"))
@@ -167,14 +176,20 @@ enable_debug = true
 
     #[test]
     fn bad_value_names_key_and_file() {
-        let err = parse("[hypervisor.qemu]\ndefault_vcpus = 0\n", Path::new("/z.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            "[hypervisor.qemu]\ndefault_vcpus = 0\n",
+            Path::new("/z.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("default_vcpus"), "{err}");
         assert!(err.contains("/z.toml"), "{err}");
-        let err = parse("[hypervisor.qemu]\ndefault_memory = \"lots\"\n", Path::new("/z.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            "[hypervisor.qemu]\ndefault_memory = \"lots\"\n",
+            Path::new("/z.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("default_memory"), "{err}");
     }
 }

@@ -10,12 +10,24 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         reason,
     };
     let q = &config.hypervisor.qemu;
-    one_of("hypervisor.qemu.machine_type", &q.machine_type, &["q35", "microvm"])
-        .map_err(|r| invalid("hypervisor.qemu.machine_type", r))?;
-    one_of("hypervisor.qemu.accelerator", &q.accelerator, &["auto", "kvm", "tcg"])
-        .map_err(|r| invalid("hypervisor.qemu.accelerator", r))?;
-    one_of("hypervisor.qemu.shared_fs", &q.shared_fs, &["virtio-fs", "none"])
-        .map_err(|r| invalid("hypervisor.qemu.shared_fs", r))?;
+    one_of(
+        "hypervisor.qemu.machine_type",
+        &q.machine_type,
+        &["q35", "microvm"],
+    )
+    .map_err(|r| invalid("hypervisor.qemu.machine_type", r))?;
+    one_of(
+        "hypervisor.qemu.accelerator",
+        &q.accelerator,
+        &["auto", "kvm", "tcg"],
+    )
+    .map_err(|r| invalid("hypervisor.qemu.accelerator", r))?;
+    one_of(
+        "hypervisor.qemu.shared_fs",
+        &q.shared_fs,
+        &["virtio-fs", "none"],
+    )
+    .map_err(|r| invalid("hypervisor.qemu.shared_fs", r))?;
     one_of(
         "hypervisor.qemu.virtio_fs_cache",
         &q.virtio_fs_cache,
@@ -44,7 +56,10 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         return Err(invalid("hypervisor.qemu.initrd", "must be set".into()));
     }
     if config.agent.capsa.dial_timeout == 0 {
-        return Err(invalid("agent.capsa.dial_timeout", "must be at least 1 second".into()));
+        return Err(invalid(
+            "agent.capsa.dial_timeout",
+            "must be at least 1 second".into(),
+        ));
     }
     Ok(())
 }

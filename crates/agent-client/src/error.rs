@@ -1,0 +1,38 @@
+/// Errors of talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no answer from the agent at {endpoint}: {last}")]
+    Dial { endpoint: String, last: String },
+    #[error("{method}: {}", describe(.source))]
+    Rpc {
+        method: &'static str,
+        source: ttrpc::Error,
+    },
+}
+
+impl Error {
+    /// The ttRPC status code of a refused call, if the agent answered one.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            Error::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => s.code.enum_value().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// The agent's own message for a refused call, the transport error otherwise.
+fn describe(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!(
+            "{}: {}",
+            s.code
+                .enum_value()
+                .map_or_else(|c| c.to_string(), |c| format!("{c:?}")),
+            s.message
+        ),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,219 @@
+//! Host side of the capsa agent API.
+//!
+//! [`AgentClient::connect`] dials the agent (kernel vsock or hybrid vsock),
+//! checks its health, and gives typed calls for the methods the runtime uses;
+//! each failure names the method. The raw generated clients stay reachable
+//! for everything else ([`AgentClient::raw`]).
+
+mod dial;
+mod error;
+
+use std::time::Duration;
+
+use capsa_hypervisor::AgentEndpoint;
+use capsa_protocols::{agent, agent_ttrpc::AgentServiceClient, health, health_ttrpc::HealthClient};
+use tokio::time::Instant;
+use ttrpc::context::{self, Context};
+
+pub use dial::{describe, dial};
+pub use error::Error;
+
+/// Timeout of calls that should answer at once.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connected agent. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct AgentClient {
+    agent: AgentServiceClient,
+    health: HealthClient,
+}
+
+impl AgentClient {
+    /// Dials `endpoint` until `deadline`, then waits for the health check.
+    pub async fn connect(endpoint: &AgentEndpoint, deadline: Instant) -> Result<Self, Error> {
+        let socket = dial(endpoint, deadline).await?;
+        let client = ttrpc::asynchronous::Client::new(socket);
+        let this = Self {
+            agent: AgentServiceClient::new(client.clone()),
+            health: HealthClient::new(client),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let reply = this
+            .health
+            .check(
+                until(remaining.max(Duration::from_secs(1))),
+                &health::CheckRequest::new(),
+            )
+            .await
+            .map_err(rpc("Check"))?;
+        tracing::debug!(status = ?reply.status, "agent health");
+        Ok(this)
+    }
+
+    /// The generated AgentService client, for methods without a wrapper.
+    pub fn raw(&self) -> &AgentServiceClient {
+        &self.agent
+    }
+
+    pub async fn version(&self) -> Result<health::VersionCheckResponse, Error> {
+        self.health
+            .version(until(CALL_TIMEOUT), &health::CheckRequest::new())
+            .await
+            .map_err(rpc("Version"))
+    }
+
+    pub async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<(), Error> {
+        self.agent
+            .create_sandbox(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("CreateSandbox"))?;
+        Ok(())
+    }
+
+    pub async fn destroy_sandbox(&self) -> Result<(), Error> {
+        let req = agent::DestroySandboxRequest::new();
+        self.agent
+            .destroy_sandbox(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("DestroySandbox"))?;
+        Ok(())
+    }
+
+    pub async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<(), Error> {
+        self.agent
+            .create_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("CreateContainer"))?;
+        Ok(())
+    }
+
+    pub async fn start_container(&self, container_id: &str) -> Result<(), Error> {
+        let req = agent::StartContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .start_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("StartContainer"))?;
+        Ok(())
+    }
+
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), Error> {
+        let req = agent::RemoveContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .remove_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("RemoveContainer"))?;
+        Ok(())
+    }
+
+    /// Waits (without timeout) for the process to exit; returns its status.
+    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32, Error> {
+        let req = agent::WaitProcessRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        let reply = self
+            .agent
+            .wait_process(context::with_timeout(0), &req)
+            .await
+            .map_err(rpc("WaitProcess"))?;
+        Ok(reply.status)
+    }
+
+    pub async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+    ) -> Result<(), Error> {
+        let req = agent::SignalProcessRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            ..Default::default()
+        };
+        self.agent
+            .signal_process(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("SignalProcess"))?;
+        Ok(())
+    }
+
+    pub async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<u32, Error> {
+        let req = agent::WriteStreamRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        let reply = self
+            .agent
+            .write_stdin(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("WriteStdin"))?;
+        Ok(reply.len)
+    }
+
+    pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), Error> {
+        let req = agent::CloseStdinRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .close_stdin(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("CloseStdin"))?;
+        Ok(())
+    }
+
+    /// Blocks (without timeout) until output is available.
+    pub async fn read_stdout(&self, cid: &str, exec_id: &str, len: u32) -> Result<Vec<u8>, Error> {
+        let req = read_request(cid, exec_id, len);
+        let reply = self
+            .agent
+            .read_stdout(context::with_timeout(0), &req)
+            .await
+            .map_err(rpc("ReadStdout"))?;
+        Ok(reply.data)
+    }
+
+    /// Blocks (without timeout) until output is available.
+    pub async fn read_stderr(&self, cid: &str, exec_id: &str, len: u32) -> Result<Vec<u8>, Error> {
+        let req = read_request(cid, exec_id, len);
+        let reply = self
+            .agent
+            .read_stderr(context::with_timeout(0), &req)
+            .await
+            .map_err(rpc("ReadStderr"))?;
+        Ok(reply.data)
+    }
+}
+
+fn read_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {
+    agent::ReadStreamRequest {
+        container_id: container_id.into(),
+        exec_id: exec_id.into(),
+        len,
+        ..Default::default()
+    }
+}
+
+fn until(timeout: Duration) -> Context {
+    context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+fn rpc(method: &'static str) -> impl FnOnce(ttrpc::Error) -> Error {
+    move |source| Error::Rpc { method, source }
+}

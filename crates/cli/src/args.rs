@@ -1,0 +1,142 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "capsa", version, about = "Containers in lightweight VMs")]
+pub struct Cli {
+    /// Configuration file (else $CAPSA_CONF_FILE, /etc/capsa/configuration.toml,
+    /// /usr/share/defaults/capsa/configuration.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log at debug level (or set CAPSA_LOG, e.g. CAPSA_LOG=info).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a container in a new VM, and remove both afterwards.
+    Run(RunArgs),
+    /// Report what the host offers and what is missing.
+    Check,
+    /// Show the resolved configuration and where it came from.
+    Config,
+    /// Guest assets (kernel and initrd).
+    #[command(subcommand)]
+    Assets(AssetsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory holding the container's root filesystem.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: PathBuf,
+    /// Keep stdin open and forward it to the workload.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the workload a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE), repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
+    pub cwd: String,
+    /// User (and group) the workload runs as.
+    #[arg(short, long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// VM memory in MiB (default: hypervisor.qemu.default_memory).
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<u32>,
+    /// VM vCPUs (default: hypervisor.qemu.default_vcpus).
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssetsCommand {
+    /// Build the guest kernel and initrd (only what changed).
+    Build(AssetsBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AssetsBuildArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The statically linked capsa-agent.
+    #[arg(long, value_name = "FILE")]
+    pub agent: PathBuf,
+    /// Debian kernel package to fetch and unpack.
+    #[arg(
+        long,
+        default_value = "linux-image-cloud-amd64",
+        conflicts_with = "kernel"
+    )]
+    pub kernel_package: String,
+    /// A kernel image on disk instead of a package.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// The module tree of --kernel (`.../lib/modules/<version>`).
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub modules_dir: Option<PathBuf>,
+    /// An extra module to put in the initrd and load at boot, repeatable.
+    #[arg(long = "module", value_name = "NAME")]
+    pub modules: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let number = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a numeric id (UID[:GID])"))
+    };
+    match s.split_once(':') {
+        Some((u, g)) => Ok((number(u)?, number(g)?)),
+        None => Ok((number(s)?, 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_env_parse() {
+        assert_eq!(parse_user("1000:100"), Ok((1000, 100)));
+        assert_eq!(parse_user("7"), Ok((7, 0)));
+        assert!(parse_user("bob").unwrap_err().contains("bob"));
+        assert!(parse_env("A=b=c").is_ok());
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("noequals").is_err());
+    }
+
+    #[test]
+    fn run_takes_command_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "capsa", "run", "--rootfs", "/r", "-i", "-e", "A=1", "--", "sh", "-c", "exit 3",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.command, ["sh", "-c", "exit 3"]);
+        assert!(run.interactive && !run.tty);
+        assert_eq!(run.env, ["A=1"]);
+    }
+}

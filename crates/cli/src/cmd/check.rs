@@ -1,0 +1,61 @@
+//! `capsa check`: what the host offers, what capsa would use, what is missing.
+
+use std::path::Path;
+
+use capsa_hypervisor::accel;
+
+pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
+    let (config, source) = capsa_config::load(explicit)?;
+    let q = &config.hypervisor.qemu;
+    let host = accel::detect();
+    let mut missing = 0;
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+
+    println!("configuration   {source}");
+    match accel::resolve(q.accelerator.parse().unwrap_or_default(), &host) {
+        Ok((a, why)) => println!("accelerator     {a} ({why})"),
+        Err(e) => {
+            missing += 1;
+            println!("accelerator     MISSING: {e}");
+        }
+    }
+    println!(
+        "/dev/kvm        present: {}, usable: {}",
+        yes_no(host.kvm_device),
+        yes_no(host.kvm_usable)
+    );
+    println!("vmx/svm         {}", yes_no(host.hardware_virtualization));
+    let vsock = if host.vhost_vsock {
+        "kernel vhost-vsock (/dev/vhost-vsock)".to_string()
+    } else {
+        format!(
+            "vhost-user-vsock via {}",
+            q.vhost_user_vsock_daemon.display()
+        )
+    };
+    println!("vsock           {vsock}");
+    let mut files = vec![
+        ("qemu", q.path.as_path()),
+        ("kernel", q.kernel.as_path()),
+        ("initrd", q.initrd.as_path()),
+    ];
+    if q.shared_fs == "virtio-fs" {
+        files.push(("virtiofsd", q.virtio_fs_daemon.as_path()));
+    }
+    if !host.vhost_vsock {
+        files.push(("vsock daemon", q.vhost_user_vsock_daemon.as_path()));
+    }
+    for (what, path) in files {
+        if path.is_file() {
+            println!("{what:<15} ok: {}", path.display());
+        } else {
+            missing += 1;
+            println!("{what:<15} MISSING: {}", path.display());
+        }
+    }
+    if missing > 0 {
+        println!("{missing} missing: run `make install` (or fix the configuration)");
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,0 +1,15 @@
+//! `capsa config`: the resolved configuration and its source.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+pub fn show(explicit: Option<&Path>) -> anyhow::Result<u8> {
+    let (config, source) = capsa_config::load(explicit)?;
+    println!("# source: {source}");
+    print!(
+        "{}",
+        toml::to_string(&config).context("print the configuration")?
+    );
+    Ok(0)
+}

@@ -1,0 +1,46 @@
+//! `capsa`: check the host, show the configuration, build guest assets and
+//! run containers in VMs.
+
+mod args;
+mod cmd;
+mod terminal;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status of capsa's own failures (not the workload's).
+const EXIT_RUNTIME_ERROR: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("capsa: error: start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME_ERROR);
+        }
+    };
+    let result = runtime.block_on(cmd::dispatch(cli));
+    // A blocking read of stdin must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("capsa: error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME_ERROR)
+        }
+    }
+}
+
+fn init_logging(cli: &args::Cli) {
+    let default = if cli.debug { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,268 @@
+//! `capsa run` end to end: real VMs under QEMU, virtiofsd, vhost-device-vsock.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn capsa(env: &TestEnv, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    cmd.arg("--config").arg(&env.config).args(args);
+    cmd
+}
+
+/// `capsa run --rootfs <busybox> <opts> -- <cmd>`.
+fn run(env: &TestEnv, opts: &[&str], cmd: &[&str], input: Option<&[u8]>) -> Output {
+    let mut c = capsa(env, &["run", "--rootfs"]);
+    c.arg(&env.rootfs).args(opts).arg("--").args(cmd);
+    let out = run_bounded(c, input, LIMIT);
+    assert_no_leaks(&env.state_dir);
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn stdout_and_stderr_arrive_separately() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &[],
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert!(text(&out.stderr).contains("to-err"), "{out:?}");
+    assert!(!text(&out.stderr).contains("to-out"), "{out:?}");
+}
+
+#[test]
+fn exit_codes_come_back_exactly() {
+    let env = TestEnv::new();
+    for code in [0, 1, 42] {
+        let out = run(&env, &[], &["sh", "-c", &format!("exit {code}")], None);
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+    }
+}
+
+#[test]
+fn killed_workload_returns_128_plus_signal() {
+    // SIGTERM to `capsa run` stops the workload: a shell that is PID 1 of its
+    // namespace ignores SIGTERM, so capsa ends it with SIGKILL: 128+9.
+    let env = TestEnv::new();
+    let mut c = capsa(&env, &["run", "--rootfs"]);
+    c.arg(&env.rootfs)
+        .args(["--", "sh", "-c", "echo ready; sleep 1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut g = Guarded::spawn(&mut c);
+    let mut stdout = g.child().stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("workload output");
+    assert_eq!(&first, b"ready\n");
+    let pid = nix::unistd::Pid::from_raw(g.child().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = g.output(LIMIT);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert_no_leaks(&env.state_dir);
+}
+
+#[test]
+fn stdin_reaches_the_workload_with_i() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &["-i"],
+        &["sh", "-c", "read a; read b; echo \"got $a $b\"; cat"],
+        Some(b"one\ntwo\nrest\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "got one two\nrest\n");
+}
+
+#[test]
+fn without_i_stdin_is_closed() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &[],
+        &["sh", "-c", "cat; echo eof"],
+        Some(b"ignored\n"),
+    );
+    assert_eq!(text(&out.stdout), "eof\n", "{out:?}");
+}
+
+#[test]
+fn t_gives_a_terminal() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &["-t"],
+        &["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty; tty"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("is-a-tty"), "{stdout:?}");
+    assert!(stdout.contains("/dev/pts/"), "{stdout:?}");
+}
+
+#[test]
+fn env_cwd_and_user_are_honoured() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &[
+            "-e",
+            "GREETING=hello world",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1000",
+        ],
+        &["sh", "-c", "echo \"$GREETING\"; pwd; id -u; id -g"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "hello world\n/tmp\n1000\n1000\n");
+}
+
+#[test]
+fn workload_sees_the_guest_kernel() {
+    let env = TestEnv::new();
+    let out = run(&env, &[], &["uname", "-r"], None);
+    assert!(out.status.success(), "{out:?}");
+    let guest = text(&out.stdout).trim().to_string();
+    let host = nix::sys::utsname::uname().unwrap();
+    let host = host.release().to_string_lossy().into_owned();
+    assert!(!guest.is_empty());
+    assert_ne!(guest, host, "the workload must not see the host kernel");
+    let manifest = std::fs::read_to_string(capsa_test_infra::assets_dir().join("manifest.json"))
+        .expect("assets manifest");
+    assert!(
+        manifest.contains(&guest),
+        "guest kernel {guest} is not the built one"
+    );
+}
+
+#[test]
+fn missing_command_fails_cleanly() {
+    let env = TestEnv::new();
+    let out = run(&env, &[], &["/bin/no-such-command"], None);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no-such-command"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_rootfs_fails_cleanly() {
+    let env = TestEnv::new();
+    let mut c = capsa(
+        &env,
+        &["run", "--rootfs", "/nonexistent/rootfs", "--", "true"],
+    );
+    let out = run_bounded(c, None, LIMIT);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/rootfs"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_leaks(&env.state_dir);
+}
+
+#[test]
+fn bad_kernel_path_fails_cleanly() {
+    let env = TestEnv::new();
+    let text_cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel =") {
+                "kernel = \"/nonexistent/vmlinuz\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = env.write_config("bad-kernel.toml", &text_cfg);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    c.arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .arg("--rootfs")
+        .arg(&env.rootfs);
+    c.args(["--", "true"]);
+    let out = run_bounded(c, None, LIMIT);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/vmlinuz"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_leaks(&env.state_dir);
+}
+
+#[test]
+fn unknown_config_key_fails_cleanly() {
+    let env = TestEnv::new();
+    let cfg = env.write_config("bad-key.toml", "[hypervisor.qemu]\nno_such_key = true\n");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    c.arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .arg("--rootfs")
+        .arg(&env.rootfs);
+    c.args(["--", "true"]);
+    let out = run_bounded(c, None, LIMIT);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no_such_key"), "{err}");
+    assert!(err.contains("bad-key.toml"), "{err}");
+    assert_no_leaks(&env.state_dir);
+}
+
+#[test]
+fn config_env_variable_is_honoured() {
+    let env = TestEnv::new();
+    let cfg = env.write_config("env.toml", "[hypervisor.qemu]\ndefault_vcpus = 3\n");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    c.arg("config").env("CAPSA_CONF_FILE", &cfg);
+    let out = run_bounded(c, None, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("env.toml"), "{stdout}");
+    assert!(stdout.contains("default_vcpus = 3"), "{stdout}");
+}
+
+#[test]
+fn check_reports_the_accelerator() {
+    let env = TestEnv::new();
+    let out = run_bounded(capsa(&env, &["check"]), None, LIMIT);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let accel = stdout
+        .lines()
+        .find(|l| l.starts_with("accelerator"))
+        .unwrap_or_else(|| panic!("no accelerator line in {stdout}"));
+    let has_hw = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .split_whitespace()
+        .any(|f| f == "vmx" || f == "svm");
+    let expected = if has_hw && std::path::Path::new("/dev/kvm").exists() {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    assert!(accel.contains(expected), "{accel}");
+}

@@ -1,0 +1,35 @@
+use std::path::PathBuf;
+
+/// Errors of starting and stopping a VM. Each names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path} not found")]
+    MissingFile { what: &'static str, path: PathBuf },
+    #[error("KVM was asked for but /dev/kvm is not usable")]
+    KvmUnavailable,
+    #[error("start {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} exited before it was ready ({status}): {log}")]
+    HelperExited {
+        program: String,
+        status: String,
+        log: String,
+    },
+    #[error("{program} did not create {socket} within {seconds} s: {log}")]
+    HelperTimeout {
+        program: String,
+        socket: PathBuf,
+        seconds: u64,
+        log: String,
+    },
+    #[error("QEMU exited at start ({status}): {stderr}")]
+    QemuExited { status: String, stderr: String },
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

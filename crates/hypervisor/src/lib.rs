@@ -1,0 +1,98 @@
+//! Hypervisor drivers.
+//!
+//! A driver turns a [`VmConfig`] into a running virtual machine and gives the
+//! rest of capsa a [`Vm`]: something that can be started, asked where its agent
+//! listens, and shut down. QEMU is the first driver ([`qemu::QemuVm`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod accel;
+pub mod error;
+mod process;
+pub mod qemu;
+
+pub use accel::{Accelerator, AcceleratorChoice, HostVirt};
+pub use error::Error;
+
+/// Where the guest agent can be reached from the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AgentEndpoint {
+    /// Kernel vsock (`/dev/vhost-vsock` on the host): connect to `cid:port`.
+    Vsock { cid: u32, port: u32 },
+    /// Hybrid vsock: connect to the Unix socket `path`, write `CONNECT <port>\n`,
+    /// read `OK <n>\n`, then the stream is raw.
+    HybridVsock { path: PathBuf, port: u32 },
+}
+
+/// A virtio-fs share served by one `virtiofsd` for this VM.
+#[derive(Debug, Clone)]
+pub struct SharedFs {
+    /// Path of the `virtiofsd` binary.
+    pub daemon: PathBuf,
+    /// Host directory exported to the guest.
+    pub shared_dir: PathBuf,
+    /// Mount tag seen by the guest (`kataShared`).
+    pub tag: String,
+    /// `--cache` value: `auto`, `always` or `never`.
+    pub cache: String,
+    /// Extra arguments passed to `virtiofsd` as they are.
+    pub extra_args: Vec<String>,
+}
+
+/// The vsock device of the VM.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// Guest context id (3 or more).
+    pub guest_cid: u32,
+    /// Path of the `vhost-device-vsock` binary, used when the host has no
+    /// `/dev/vhost-vsock`.
+    pub vhost_user_daemon: PathBuf,
+}
+
+/// Everything a driver needs to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Sandbox id; used in process names and logs.
+    pub id: String,
+    /// Directory owned by this VM for sockets (QMP, vsock, virtiofsd). It must
+    /// exist; the driver removes what it creates there on shutdown.
+    pub run_dir: PathBuf,
+    /// File the guest serial console is written to.
+    pub console_log: PathBuf,
+    /// Path of the `qemu-system-*` binary.
+    pub hypervisor_path: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line parameters, appended after the driver's own.
+    pub kernel_params: Vec<String>,
+    /// `q35` (default) or `microvm`.
+    pub machine_type: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accelerator: AcceleratorChoice,
+    pub shared_fs: Option<SharedFs>,
+    pub vsock: VsockConfig,
+    pub debug: bool,
+}
+
+/// A virtual machine controlled by a driver.
+#[async_trait::async_trait]
+pub trait Vm: Send + Sync {
+    /// Starts the helpers and the hypervisor. On error nothing is left running.
+    async fn start(&mut self) -> Result<(), Error>;
+    /// The accelerator in use (known once started).
+    fn accelerator(&self) -> Option<Accelerator>;
+    /// Pid of the hypervisor process, once started.
+    fn pid(&self) -> Option<u32>;
+    /// Where the agent listening on vsock `port` is reached from the host.
+    fn agent_endpoint(&self, port: u32) -> AgentEndpoint;
+    /// Waits up to `timeout` for the hypervisor to exit on its own (for example
+    /// after the guest powered off). Returns true if it exited.
+    async fn wait_exit(&mut self, timeout: Duration) -> Result<bool, Error>;
+    /// Stops the VM: asks the guest to power off and waits up to `grace`, then
+    /// kills the hypervisor; stops the helpers and removes their sockets.
+    /// Safe to call more than once and on a VM that never started.
+    async fn shutdown(&mut self, grace: Duration) -> Result<(), Error>;
+}

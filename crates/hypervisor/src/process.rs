@@ -1,0 +1,108 @@
+//! Child processes of a VM (QEMU and its vhost-user helpers): started with a
+//! parent-death signal and a log file, waited for with bounds, ended by pid.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::Error;
+
+/// A started child and the file its output goes to.
+pub struct Helper {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Helper {
+    /// Starts `program` with `args`, stdout and stderr to `log`. The child
+    /// gets SIGKILL if capsa dies, so it never outlives its VM's owner.
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self, Error> {
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: program.into(),
+            source,
+        })?;
+        tracing::debug!(name, pid = ?child.id(), program = %program.display(), ?args, "started");
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The end of the child's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// Waits until `socket` exists; fails if the child exits first or the
+    /// socket does not appear within `limit`.
+    pub async fn wait_for_socket(&mut self, socket: &Path, limit: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if socket.exists() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(Error::HelperExited {
+                    program: self.name.clone(),
+                    status: status.to_string(),
+                    log: self.log_tail(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::HelperTimeout {
+                    program: self.name.clone(),
+                    socket: socket.into(),
+                    seconds: limit.as_secs(),
+                    log: self.log_tail(),
+                });
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends the child: SIGTERM, up to `grace` to exit, then SIGKILL; reaps it.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        if timeout(grace, self.child.wait()).await.is_err() {
+            tracing::debug!(name = %self.name, "did not stop on SIGTERM: SIGKILL");
+            let _ = self.child.kill().await;
+        }
+    }
+}

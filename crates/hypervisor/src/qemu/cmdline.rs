@@ -1,0 +1,173 @@
+//! The QEMU command line of a VM (pure: unit-tested without QEMU).
+
+use std::path::Path;
+
+use crate::{Accelerator, VmConfig};
+
+/// Kernel parameters capsa always passes: the serial console, reboot on
+/// panic (and `-no-reboot` turns that into QEMU exiting), quiet boot.
+const KERNEL_PARAMS: &[&str] = &["console=ttyS0", "panic=1", "quiet"];
+
+/// Sockets the command line refers to.
+pub struct Sockets<'a> {
+    pub qmp: &'a Path,
+    pub virtiofs: Option<&'a Path>,
+    /// The vhost-user vsock backend's socket; `None` with kernel vhost-vsock.
+    pub vhost_user_vsock: Option<&'a Path>,
+}
+
+pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    let machine = match cfg.machine_type.as_str() {
+        "microvm" => "microvm,pcie=on,rtc=on".to_string(),
+        other => other.to_string(),
+    };
+    let mem = format!("{}M", cfg.memory_mib);
+    push(&["-name", &format!("capsa-{}", cfg.id)]);
+    push(&["-machine", &machine, "-accel", &accel.to_string()]);
+    push(&[
+        "-cpu",
+        if accel == Accelerator::Kvm {
+            "host"
+        } else {
+            "max"
+        },
+    ]);
+    push(&["-smp", &cfg.vcpus.to_string(), "-m", &mem]);
+    // vhost-user devices need guest memory the helpers can map.
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-numa",
+        "node,memdev=mem",
+    ]);
+    push(&["-kernel", &cfg.kernel.to_string_lossy()]);
+    if let Some(initrd) = &cfg.initrd {
+        push(&["-initrd", &initrd.to_string_lossy()]);
+    }
+    let mut params: Vec<&str> = KERNEL_PARAMS.to_vec();
+    params.extend(cfg.kernel_params.iter().map(String::as_str));
+    push(&["-append", &params.join(" ")]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", cfg.console_log.display()),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", sockets.qmp.display()),
+    ]);
+    match sockets.vhost_user_vsock {
+        Some(sock) => push(&[
+            "-chardev",
+            &format!("socket,id=vsock0,path={}", sock.display()),
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock0",
+        ]),
+        None => push(&[
+            "-device",
+            &format!("vhost-vsock-pci,guest-cid={}", cfg.vsock.guest_cid),
+        ]),
+    }
+    if let (Some(fs), Some(sock)) = (&cfg.shared_fs, sockets.virtiofs) {
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs0,path={}", sock.display()),
+            "-device",
+            &format!("vhost-user-fs-pci,chardev=fs0,tag={}", fs.tag),
+        ]);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AcceleratorChoice, SharedFs, VsockConfig};
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            id: "sb".into(),
+            run_dir: "/run/capsa/sb".into(),
+            console_log: "/run/capsa/sb/console.log".into(),
+            hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            kernel_params: vec!["agent.log=debug".into()],
+            machine_type: "q35".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            accelerator: AcceleratorChoice::Auto,
+            shared_fs: Some(SharedFs {
+                daemon: "/v".into(),
+                shared_dir: "/s".into(),
+                tag: "kataShared".into(),
+                cache: "auto".into(),
+                extra_args: vec![],
+            }),
+            vsock: VsockConfig {
+                guest_cid: 7,
+                vhost_user_daemon: "/d".into(),
+            },
+            debug: false,
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn q35_tcg_with_vhost_user_devices() {
+        let s = Sockets {
+            qmp: Path::new("/q.sock"),
+            virtiofs: Some(Path::new("/fs.sock")),
+            vhost_user_vsock: Some(Path::new("/vs.sock")),
+        };
+        let args = build(&cfg(), Accelerator::Tcg, &s);
+        assert_eq!(after(&args, "-machine"), ["q35"]);
+        assert_eq!(after(&args, "-accel"), ["tcg"]);
+        assert_eq!(after(&args, "-cpu"), ["max"]);
+        assert_eq!(after(&args, "-m"), ["256M"]);
+        assert_eq!(
+            after(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(
+            after(&args, "-append"),
+            ["console=ttyS0 panic=1 quiet agent.log=debug"]
+        );
+        let devices = after(&args, "-device");
+        assert!(devices.contains(&"vhost-user-vsock-pci,chardev=vsock0"));
+        assert!(devices.contains(&"vhost-user-fs-pci,chardev=fs0,tag=kataShared"));
+        assert!(args.contains(&"-no-reboot".to_string()));
+        assert_eq!(after(&args, "-qmp"), ["unix:/q.sock,server=on,wait=off"]);
+    }
+
+    #[test]
+    fn kernel_vsock_and_kvm() {
+        let s = Sockets {
+            qmp: Path::new("/q.sock"),
+            virtiofs: None,
+            vhost_user_vsock: None,
+        };
+        let mut c = cfg();
+        c.machine_type = "microvm".into();
+        let args = build(&c, Accelerator::Kvm, &s);
+        assert_eq!(after(&args, "-cpu"), ["host"]);
+        assert_eq!(after(&args, "-machine"), ["microvm,pcie=on,rtc=on"]);
+        assert_eq!(after(&args, "-device"), ["vhost-vsock-pci,guest-cid=7"]);
+    }
+}

@@ -1,0 +1,227 @@
+//! The QEMU driver.
+
+mod cmdline;
+pub mod qmp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::timeout;
+
+use crate::accel::{self, Accelerator};
+use crate::process::Helper;
+use crate::{AgentEndpoint, Error, Vm, VmConfig};
+
+/// Longest wait for a helper's or QEMU's socket to appear.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a helper to exit after SIGTERM.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+
+/// A QEMU VM with its helpers.
+pub struct QemuVm {
+    cfg: VmConfig,
+    accel: Option<Accelerator>,
+    qemu: Option<Helper>,
+    virtiofsd: Option<Helper>,
+    vsock: Option<Helper>,
+    /// Files this driver created in `run_dir`, removed on shutdown.
+    created: Vec<PathBuf>,
+    kernel_vsock: bool,
+}
+
+impl QemuVm {
+    pub fn new(cfg: VmConfig) -> Self {
+        Self {
+            cfg,
+            accel: None,
+            qemu: None,
+            virtiofsd: None,
+            vsock: None,
+            created: Vec::new(),
+            kernel_vsock: false,
+        }
+    }
+
+    fn path(&mut self, name: &str) -> PathBuf {
+        let p = self.cfg.run_dir.join(name);
+        self.created.push(p.clone());
+        p
+    }
+
+    fn check_files(&self) -> Result<(), Error> {
+        let mut files = vec![
+            ("hypervisor", &self.cfg.hypervisor_path),
+            ("kernel", &self.cfg.kernel),
+        ];
+        if let Some(initrd) = &self.cfg.initrd {
+            files.push(("initrd", initrd));
+        }
+        if let Some(fs) = &self.cfg.shared_fs {
+            files.push(("virtio-fs daemon", &fs.daemon));
+        }
+        if !self.kernel_vsock {
+            files.push(("vsock daemon", &self.cfg.vsock.vhost_user_daemon));
+        }
+        match files.into_iter().find(|(_, p)| !p.is_file()) {
+            Some((what, path)) => Err(Error::MissingFile {
+                what,
+                path: path.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn start_inner(&mut self) -> Result<(), Error> {
+        let host = accel::detect();
+        self.kernel_vsock = host.vhost_vsock;
+        self.check_files()?;
+        let (accel, why) = accel::resolve(self.cfg.accelerator, &host)?;
+        tracing::info!(vm = %self.cfg.id, accelerator = %accel, reason = %why, "accelerator chosen");
+        self.accel = Some(accel);
+
+        let vhost_user_vsock = if self.kernel_vsock {
+            None
+        } else {
+            let sock = self.path("vhost-vsock.sock");
+            let uds = self.path("vsock.sock");
+            let log = self.path("vhost-device-vsock.log");
+            let arg = format!(
+                "guest-cid={},socket={},uds-path={}",
+                self.cfg.vsock.guest_cid,
+                sock.display(),
+                uds.display()
+            );
+            let daemon = self.cfg.vsock.vhost_user_daemon.clone();
+            let mut helper =
+                Helper::spawn("vhost-device-vsock", &daemon, &["--vm".into(), arg], log)?;
+            let ready = helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await;
+            self.vsock = Some(helper);
+            ready?;
+            Some(sock)
+        };
+
+        let virtiofs = match self.cfg.shared_fs.clone() {
+            None => None,
+            Some(fs) => {
+                let sock = self.path("virtiofsd.sock");
+                self.created
+                    .push(self.cfg.run_dir.join("virtiofsd.sock.pid"));
+                let log = self.path("virtiofsd.log");
+                let mut args = vec![
+                    format!("--socket-path={}", sock.display()),
+                    format!("--shared-dir={}", fs.shared_dir.display()),
+                    format!("--cache={}", fs.cache),
+                ];
+                args.extend(fs.extra_args.iter().cloned());
+                let mut helper = Helper::spawn("virtiofsd", &fs.daemon, &args, log)?;
+                let ready = helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await;
+                self.virtiofsd = Some(helper);
+                ready?;
+                Some(sock)
+            }
+        };
+
+        let qmp = self.path("qmp.sock");
+        let log = self.path("qemu.log");
+        let args = cmdline::build(
+            &self.cfg,
+            accel,
+            &cmdline::Sockets {
+                qmp: &qmp,
+                virtiofs: virtiofs.as_deref(),
+                vhost_user_vsock: vhost_user_vsock.as_deref(),
+            },
+        );
+        let program = self.cfg.hypervisor_path.clone();
+        let mut qemu = Helper::spawn("qemu", &program, &args, log)?;
+        let ready = qemu.wait_for_socket(&qmp, SOCKET_TIMEOUT).await;
+        self.qemu = Some(qemu);
+        ready.map_err(|e| match e {
+            Error::HelperExited { status, log, .. } => Error::QemuExited {
+                status,
+                stderr: log,
+            },
+            other => other,
+        })?;
+        tracing::info!(vm = %self.cfg.id, pid = ?self.pid(), "QEMU started");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Vm for QemuVm {
+    async fn start(&mut self) -> Result<(), Error> {
+        let result = self.start_inner().await;
+        if result.is_err() {
+            self.shutdown(Duration::ZERO).await?;
+        }
+        result
+    }
+
+    fn accelerator(&self) -> Option<Accelerator> {
+        self.accel
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.qemu.as_ref().and_then(Helper::pid)
+    }
+
+    fn agent_endpoint(&self, port: u32) -> AgentEndpoint {
+        if self.kernel_vsock {
+            AgentEndpoint::Vsock {
+                cid: self.cfg.vsock.guest_cid,
+                port,
+            }
+        } else {
+            AgentEndpoint::HybridVsock {
+                path: self.cfg.run_dir.join("vsock.sock"),
+                port,
+            }
+        }
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> Result<bool, Error> {
+        let Some(qemu) = self.qemu.as_mut() else {
+            return Ok(true);
+        };
+        match timeout(limit, qemu.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                tracing::debug!(vm = %self.cfg.id, %status, "QEMU exited");
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn shutdown(&mut self, grace: Duration) -> Result<(), Error> {
+        if let Some(mut qemu) = self.qemu.take() {
+            if qemu.child.try_wait()?.is_none() && !grace.is_zero() {
+                let qmp = self.cfg.run_dir.join("qmp.sock");
+                if let Err(e) = qmp::execute(&qmp, "system_powerdown").await {
+                    tracing::debug!(vm = %self.cfg.id, error = %e, "system_powerdown");
+                }
+                if timeout(grace, qemu.child.wait()).await.is_err() {
+                    tracing::warn!(vm = %self.cfg.id, "guest ignored power-off: quit");
+                    let _ = qmp::execute(&qmp, "quit").await;
+                }
+            }
+            qemu.stop(HELPER_GRACE).await;
+        }
+        for helper in [self.virtiofsd.take(), self.vsock.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut helper = helper;
+            helper.stop(HELPER_GRACE).await;
+        }
+        for file in self.created.drain(..) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = %file.display(), error = %e, "not removed"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! A minimal QMP client: greeting, `qmp_capabilities`, then one command.
+//!
+//! The `qapi` crate generates the whole QAPI schema of one QEMU release and
+//! its async client is built on its own codec stack; capsa sends three
+//! commands (`system_powerdown`, `quit`, `query-status`), so a small client
+//! over tokio and serde_json is simpler and does not tie capsa to the schema
+//! of one QEMU version.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::time::timeout;
+
+use crate::Error;
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one QMP command on the socket at `path` and returns its `return`.
+pub async fn execute(path: &Path, command: &str) -> Result<Value, Error> {
+    timeout(QMP_TIMEOUT, execute_inner(path, command))
+        .await
+        .map_err(|_| Error::Qmp(format!("{command}: no answer in {QMP_TIMEOUT:?}")))?
+}
+
+async fn execute_inner(path: &Path, command: &str) -> Result<Value, Error> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| Error::Qmp(format!("connect {}: {e}", path.display())))?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let greeting = next_reply(&mut lines).await?;
+    if greeting.get("QMP").is_none() {
+        return Err(Error::Qmp(format!("unexpected greeting {greeting}")));
+    }
+    for cmd in ["qmp_capabilities", command] {
+        let msg = json!({ "execute": cmd }).to_string() + "\n";
+        write
+            .write_all(msg.as_bytes())
+            .await
+            .map_err(|e| Error::Qmp(format!("{cmd}: {e}")))?;
+        let reply = next_reply(&mut lines).await?;
+        if let Some(err) = reply.get("error") {
+            return Err(Error::Qmp(format!("{cmd}: {err}")));
+        }
+        if cmd == command {
+            return Ok(reply.get("return").cloned().unwrap_or(Value::Null));
+        }
+    }
+    unreachable!("the loop returns on the last command")
+}
+
+/// The next line that is a greeting or a reply (events are skipped).
+async fn next_reply(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+) -> Result<Value, Error> {
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|e| Error::Qmp(e.to_string()))?
+            .ok_or_else(|| Error::Qmp("connection closed".into()))?;
+        let value: Value =
+            serde_json::from_str(&line).map_err(|e| Error::Qmp(format!("{e}: {line}")))?;
+        if value.get("event").is_none() {
+            return Ok(value);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! A sandbox: one VM, its helpers, its agent, and its containers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use capsa_agent_client::AgentClient;
+use capsa_config::Config;
+use capsa_hypervisor::{qemu::QemuVm, Vm};
+use capsa_protocols::{agent, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
+use tokio::time::Instant;
+
+use crate::spec::{self, ProcessSpec};
+use crate::state::{self, StateDir};
+use crate::vm::{self, VmSize};
+use crate::{mount, Error};
+
+/// Lines of the guest console shown when the guest fails.
+const CONSOLE_TAIL_LINES: usize = 30;
+/// How long the guest gets to power off by itself after DestroySandbox.
+const POWEROFF_WAIT: Duration = Duration::from_secs(5);
+/// How long the hypervisor gets to stop after a power-off request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A running sandbox. Take it down with [`Sandbox::destroy`]; every error
+/// path of [`Sandbox::start`] has already taken it down.
+pub struct Sandbox {
+    id: String,
+    dir: StateDir,
+    vm: QemuVm,
+    agent: Option<AgentClient>,
+}
+
+impl Sandbox {
+    /// Creates the state directory, boots the VM, connects to the agent and
+    /// creates the sandbox in the guest (mounting the shared directory).
+    pub async fn start(config: &Config, size: VmSize) -> Result<Self, Error> {
+        let id = vm::new_id();
+        let dir = StateDir::create(&config.runtime.state_dir, &id)?;
+        let vm = QemuVm::new(vm::vm_config(config, &id, &dir, size));
+        let mut sandbox = Self {
+            id,
+            dir,
+            vm,
+            agent: None,
+        };
+        tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
+        if let Err(e) = sandbox.boot(config).await {
+            sandbox.teardown().await;
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The connected agent.
+    pub fn agent(&self) -> &AgentClient {
+        self.agent.as_ref().expect("agent connected by start")
+    }
+
+    async fn boot(&mut self, config: &Config) -> Result<(), Error> {
+        self.vm.start().await.map_err(Error::Vm)?;
+        if let Some(accel) = self.vm.accelerator() {
+            tracing::info!(sandbox = %self.id, %accel, pid = ?self.vm.pid(), "VM started");
+        }
+        let endpoint = self.vm.agent_endpoint(AGENT_VSOCK_PORT);
+        let dial_timeout = Duration::from_secs(config.agent.capsa.dial_timeout.into());
+        let deadline = Instant::now() + dial_timeout;
+        let vm = &mut self.vm;
+        let exited = async {
+            loop {
+                match vm.wait_exit(Duration::from_millis(250)).await {
+                    Ok(false) => continue,
+                    Ok(true) | Err(_) => break,
+                }
+            }
+        };
+        let agent = tokio::select! {
+            r = AgentClient::connect(&endpoint, deadline) => r.map_err(|source| Error::AgentDial {
+                console: state::tail(&self.dir.console_log(), CONSOLE_TAIL_LINES),
+                source,
+            })?,
+            () = exited => {
+                return Err(Error::VmExited {
+                    console: state::tail(&self.dir.console_log(), CONSOLE_TAIL_LINES),
+                })
+            }
+        };
+        tracing::info!(sandbox = %self.id, "agent connected");
+        let req = agent::CreateSandboxRequest {
+            hostname: format!("capsa-{}", &self.id[..8]),
+            sandbox_id: self.id.clone(),
+            storages: vec![agent::Storage {
+                driver: "virtio-fs".into(),
+                source: SHARED_FS_TAG.into(),
+                fstype: "virtiofs".into(),
+                mount_point: GUEST_SHARED_DIR.into(),
+                ..Default::default()
+            }],
+            kernel_modules: config
+                .agent
+                .capsa
+                .kernel_modules
+                .iter()
+                .map(|m| {
+                    let mut words = m.split_whitespace();
+                    agent::KernelModule {
+                        name: words.next().unwrap_or_default().to_string(),
+                        parameters: words.map(String::from).collect(),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.agent = Some(agent);
+        self.agent().create_sandbox(req).await?;
+        Ok(())
+    }
+
+    /// Shares `rootfs` with the guest at `<shared>/<container-id>/rootfs` and
+    /// creates the container there. The container's first process has the
+    /// container's id as exec id.
+    pub async fn create_container(
+        &mut self,
+        container_id: &str,
+        rootfs: &Path,
+        process: &ProcessSpec,
+    ) -> Result<(), Error> {
+        if !rootfs.is_dir() {
+            return Err(Error::Rootfs(rootfs.into()));
+        }
+        let host_root = self.dir.shared_dir().join(container_id).join("rootfs");
+        std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
+        mount::bind(rootfs, &host_root, false)?;
+        let guest_root = capsa_protocols::guest_rootfs_path(container_id);
+        let hostname = format!("capsa-{}", &self.id[..8]);
+        let oci = spec::build(process, &guest_root, &hostname)?;
+        let req = agent::CreateContainerRequest {
+            container_id: container_id.into(),
+            exec_id: container_id.into(),
+            OCI: Some(capsa_protocols::convert::spec_to_grpc(&oci)).into(),
+            ..Default::default()
+        };
+        self.agent().create_container(req).await?;
+        Ok(())
+    }
+
+    /// Tears the sandbox down: asks the agent to destroy it (the guest powers
+    /// off), stops the VM and its helpers, unmounts and removes the state.
+    pub async fn destroy(mut self) -> Result<(), Error> {
+        self.teardown().await;
+        self.dir.remove()
+    }
+
+    /// Best-effort teardown used by every path; only logs failures.
+    async fn teardown(&mut self) {
+        // Only a guest that accepted DestroySandbox is given time to power off.
+        let powering_off = match self.agent.take() {
+            Some(agent) => match agent.destroy_sandbox().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed");
+                    false
+                }
+            },
+            None => false,
+        };
+        if powering_off {
+            match self.vm.wait_exit(POWEROFF_WAIT).await {
+                Ok(true) => tracing::debug!(sandbox = %self.id, "guest powered off"),
+                Ok(false) => tracing::warn!(sandbox = %self.id, "guest did not power off"),
+                Err(e) => tracing::warn!(sandbox = %self.id, error = %e, "waiting for the VM"),
+            }
+        }
+        if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
+            tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");
+        }
+        if let Err(e) = self.dir.remove() {
+            tracing::error!(sandbox = %self.id, error = %e, "state directory not removed");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The OCI runtime spec of a container started by `capsa run`.
+
+use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, UserBuilder};
+
+use crate::Error;
+
+/// The process a container runs, as the user asked for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries, added to the defaults (`PATH`, `TERM` with a tty).
+    pub env: Vec<String>,
+    /// Working directory inside the container; `/` if empty.
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub terminal: bool,
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the spec: the OCI defaults (namespaces, mounts, capabilities,
+/// masked paths of `runc spec`), the process, the rootfs at `guest_root`,
+/// and no network namespace of its own (the container uses the VM's network).
+pub fn build(process: &ProcessSpec, guest_root: &str, hostname: &str) -> Result<Spec, Error> {
+    let mut spec = Spec::default();
+    let mut env = vec![DEFAULT_PATH.to_string()];
+    if process.terminal {
+        env.push("TERM=xterm".into());
+    }
+    for e in &process.env {
+        let key = e.split('=').next().unwrap_or_default();
+        env.retain(|d| d.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    let cwd = if process.cwd.is_empty() {
+        "/"
+    } else {
+        &process.cwd
+    };
+    let default_process = spec.process().clone().unwrap_or_default();
+    let proc = ProcessBuilder::default()
+        .terminal(process.terminal)
+        .args(process.args.clone())
+        .env(env)
+        .cwd(cwd)
+        .user(
+            UserBuilder::default()
+                .uid(process.uid)
+                .gid(process.gid)
+                .build()?,
+        )
+        .capabilities(default_process.capabilities().clone().unwrap_or_default())
+        .rlimits(default_process.rlimits().clone().unwrap_or_default())
+        .no_new_privileges(default_process.no_new_privileges().unwrap_or(true))
+        .build()?;
+    spec.set_process(Some(proc));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(guest_root)
+            .readonly(false)
+            .build()?,
+    ));
+    spec.set_hostname(Some(hostname.to_string()));
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(ns) = linux.namespaces_mut() {
+            ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        }
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ProcessSpec {
+        ProcessSpec {
+            args: vec!["sh".into(), "-c".into(), "id".into()],
+            env: vec!["FOO=bar".into(), "PATH=/bin".into()],
+            cwd: "/tmp".into(),
+            uid: 1000,
+            gid: 100,
+            terminal: true,
+        }
+    }
+
+    #[test]
+    fn process_fields_are_carried() {
+        let spec = build(
+            &sample(),
+            "/run/kata-containers/shared/containers/c/rootfs",
+            "h",
+        )
+        .unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap()[2], "id");
+        assert_eq!(p.cwd().to_str().unwrap(), "/tmp");
+        assert_eq!(p.user().uid(), 1000);
+        assert_eq!(p.user().gid(), 100);
+        assert_eq!(p.terminal(), Some(true));
+        let env = p.env().as_ref().unwrap();
+        assert!(env.contains(&"FOO=bar".to_string()));
+        assert!(
+            env.contains(&"PATH=/bin".to_string()),
+            "user PATH overrides default"
+        );
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert!(env.contains(&"TERM=xterm".to_string()));
+        assert_eq!(spec.hostname().as_deref(), Some("h"));
+        assert_eq!(
+            spec.root().as_ref().unwrap().path().to_str().unwrap(),
+            "/run/kata-containers/shared/containers/c/rootfs"
+        );
+    }
+
+    #[test]
+    fn no_network_namespace_but_pid_mount_ipc_uts() {
+        let spec = build(&ProcessSpec::default(), "/r", "h").unwrap();
+        let kinds: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(!kinds.contains(&LinuxNamespaceType::Network));
+        for k in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+        ] {
+            assert!(kinds.contains(&k), "{k:?} missing");
+        }
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.cwd().to_str().unwrap(), "/");
+    }
+}

@@ -1,0 +1,116 @@
+//! A sandbox's state directory: `<state_dir>/<sandbox-id>/`, holding the
+//! VM's sockets, its console log and the directory shared with the guest.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::{mount, Error};
+
+/// The state directory of one sandbox. Created empty, removed with
+/// [`StateDir::remove`], which first detaches every mount below it.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Creates `<root>/<id>` (mode 0700); fails if it already exists.
+    pub fn create(root: &Path, id: &str) -> Result<Self, Error> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(root)
+            .map_err(Error::io(root))?;
+        let path = root.join(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(Error::io(&path))?;
+        let dir = Self { path };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir.shared_dir())
+            .map_err(Error::io(dir.shared_dir()))?;
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Exported to the guest over virtio-fs.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.path.join("shared")
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.path.join("console.log")
+    }
+
+    /// Detaches every mount below the directory, then removes it. If a mount
+    /// cannot be detached the directory is left in place: removing it would
+    /// delete files of the mounted directory.
+    pub fn remove(&self) -> Result<(), Error> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        for target in mount::mounts_below(&self.path) {
+            mount::unmount(&target)?;
+        }
+        if !mount::mounts_below(&self.path).is_empty() {
+            return Err(Error::BusyStateDir(self.path.clone()));
+        }
+        std::fs::remove_dir_all(&self.path).map_err(Error::io(&self.path))
+    }
+}
+
+/// The last `max_lines` lines of a log file (empty if unreadable).
+pub fn tail(path: &Path, max_lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_refuses_existing_and_remove_cleans() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "sb1").unwrap();
+        assert!(dir.shared_dir().is_dir());
+        assert!(StateDir::create(root.path(), "sb1").is_err());
+        std::fs::write(dir.console_log(), "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&dir.console_log(), 2), "b\nc");
+        dir.remove().unwrap();
+        assert!(!dir.path().exists());
+        dir.remove().unwrap();
+    }
+
+    #[test]
+    fn remove_detaches_bind_mounts_without_touching_their_source() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("keep"), "x").unwrap();
+        let dir = StateDir::create(root.path(), "sb2").unwrap();
+        let target = dir.shared_dir().join("c1");
+        std::fs::create_dir(&target).unwrap();
+        mount::bind(data.path(), &target, true).unwrap();
+        assert!(target.join("keep").exists());
+        assert!(
+            std::fs::write(target.join("new"), "y").is_err(),
+            "read-only bind"
+        );
+        dir.remove().unwrap();
+        assert!(!dir.path().exists());
+        assert!(
+            data.path().join("keep").exists(),
+            "source data must survive"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! From capsa's configuration to a hypervisor driver's [`VmConfig`].
+
+use std::str::FromStr;
+
+use capsa_config::Config;
+use capsa_hypervisor::{AcceleratorChoice, SharedFs, VmConfig, VsockConfig};
+
+use crate::state::StateDir;
+
+/// Per-sandbox overrides of the configured VM size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmSize {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+}
+
+pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> VmConfig {
+    let q = &config.hypervisor.qemu;
+    let debug = q.enable_debug || config.agent.capsa.enable_debug || config.runtime.enable_debug;
+    let mut kernel_params: Vec<String> = q
+        .kernel_params
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    if config.agent.capsa.enable_debug || config.runtime.enable_debug {
+        kernel_params.push("agent.log=debug".into());
+    }
+    VmConfig {
+        id: id.to_string(),
+        run_dir: dir.path().to_path_buf(),
+        console_log: dir.console_log(),
+        hypervisor_path: q.path.clone(),
+        kernel: q.kernel.clone(),
+        initrd: Some(q.initrd.clone()),
+        kernel_params,
+        machine_type: q.machine_type.clone(),
+        vcpus: size.vcpus.unwrap_or(q.default_vcpus),
+        memory_mib: size.memory_mib.unwrap_or(q.default_memory),
+        // Validated when the configuration was loaded.
+        accelerator: AcceleratorChoice::from_str(&q.accelerator).unwrap_or(AcceleratorChoice::Auto),
+        shared_fs: (q.shared_fs == "virtio-fs").then(|| SharedFs {
+            daemon: q.virtio_fs_daemon.clone(),
+            shared_dir: dir.shared_dir(),
+            tag: capsa_protocols::SHARED_FS_TAG.to_string(),
+            cache: q.virtio_fs_cache.clone(),
+            extra_args: q.virtio_fs_extra_args.clone(),
+        }),
+        vsock: VsockConfig {
+            guest_cid: guest_cid(),
+            vhost_user_daemon: q.vhost_user_vsock_daemon.clone(),
+        },
+        debug,
+    }
+}
+
+/// A guest context id for a new VM. With hybrid vsock each VM has its own
+/// backend and any id works; with kernel vsock ids must differ between VMs,
+/// so pick one at random in a wide range.
+fn guest_cid() -> u32 {
+    let mut bytes = [0u8; 4];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        bytes = std::process::id().to_le_bytes();
+    }
+    3 + u32::from_le_bytes(bytes) % 0x3fff_0000
+}
+
+/// A new sandbox id: 16 hex digits (short enough for socket paths).
+pub(crate) fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

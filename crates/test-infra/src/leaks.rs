@@ -1,0 +1,39 @@
+//! Checks that a test left nothing behind: no process, mount or state.
+
+use std::path::Path;
+
+/// Fails if anything still refers to `state_dir`: a process whose command
+/// line names it (QEMU, virtiofsd and vhost-device-vsock all get paths
+/// below it), a mount below it, or an entry in it.
+pub fn assert_no_leaks(state_dir: &Path) {
+    let needle = state_dir.to_string_lossy().into_owned();
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            procs.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    assert!(
+        procs.is_empty(),
+        "processes left behind:\n{}",
+        procs.join("\n")
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&needle)).collect();
+    assert!(
+        mounts.is_empty(),
+        "mounts left behind:\n{}",
+        mounts.join("\n")
+    );
+    if let Ok(entries) = std::fs::read_dir(state_dir) {
+        let left: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "state left behind: {left:?}");
+    }
+}

@@ -1,0 +1,180 @@
+//! Shared infrastructure of capsa's integration tests.
+//!
+//! Tests boot real VMs: they need the guest assets built by `make assets`
+//! (`$CAPSA_TEST_ASSETS`, default `/var/cache/capsa/assets`), QEMU, virtiofsd
+//! and vhost-device-vsock. A missing piece fails the test with a message
+//! saying what to run; nothing is skipped silently.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod leaks;
+pub mod rootfs;
+
+pub use leaks::assert_no_leaks;
+
+/// Directory with `vmlinuz` and `initrd.img`.
+pub fn assets_dir() -> PathBuf {
+    let dir = std::env::var_os("CAPSA_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/capsa/assets"));
+    for f in ["vmlinuz", "initrd.img"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run `make assets` (or set CAPSA_TEST_ASSETS)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// Tool paths; the Makefile installs them here.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/local/bin", "/usr/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run `make deps`");
+}
+
+/// One test's world: a private state directory, a configuration file that
+/// points at it and at the test assets, and a busybox rootfs.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        Self::with_qemu_extra("")
+    }
+
+    /// `extra` is appended to the `[hypervisor.qemu]` table.
+    pub fn with_qemu_extra(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("capsa-test-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let state_dir = dir.path().join("state");
+        let rootfs = dir.path().join("rootfs");
+        rootfs::busybox(&rootfs);
+        let assets = assets_dir();
+        let config = dir.path().join("configuration.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor.qemu]\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
+                 virtio_fs_daemon = {fsd:?}\nvhost_user_vsock_daemon = {vsock:?}\n{extra}\n\
+                 [runtime]\nstate_dir = {state:?}\n",
+                kernel = assets.join("vmlinuz"),
+                initrd = assets.join("initrd.img"),
+                fsd = tool("virtiofsd"),
+                vsock = tool("vhost-device-vsock"),
+                state = state_dir,
+            ),
+        )
+        .expect("write config");
+        Self {
+            dir,
+            config,
+            state_dir,
+            rootfs,
+        }
+    }
+
+    /// Writes a configuration file with `text` and returns its path.
+    pub fn write_config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A child process that is killed (by pid) if the test ends before it does.
+pub struct Guarded(pub Option<Child>);
+
+impl Guarded {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(Some(cmd.spawn().expect("spawn")))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+
+    /// Waits up to `limit` for the output; kills the child past it.
+    pub fn output(mut self, limit: Duration) -> Output {
+        let mut child = self.0.take().expect("child");
+        let start = Instant::now();
+        let out = std::thread::scope(|s| {
+            let stdout = child.stdout.take();
+            let stderr = child.stderr.take();
+            let read = |p: Option<Box<dyn std::io::Read + Send>>| {
+                s.spawn(move || {
+                    let mut buf = Vec::new();
+                    if let Some(mut p) = p {
+                        let _ = p.read_to_end(&mut buf);
+                    }
+                    buf
+                })
+            };
+            let o = read(stdout.map(|p| Box::new(p) as _));
+            let e = read(stderr.map(|p| Box::new(p) as _));
+            let status = loop {
+                if let Some(st) = child.try_wait().expect("wait") {
+                    break st;
+                }
+                if start.elapsed() > limit {
+                    let _ = child.kill();
+                    let st = child.wait().expect("wait");
+                    panic!("timed out after {limit:?} (killed, {st})");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            Output {
+                status,
+                stdout: o.join().unwrap(),
+                stderr: e.join().unwrap(),
+            }
+        });
+        out
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `bin` with `args` (stdin from `input`) and returns its output,
+/// bounded by `limit`.
+pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut g = Guarded::spawn(&mut cmd);
+    if let Some(input) = input {
+        use std::io::Write;
+        let mut stdin = g.child().stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+    }
+    g.output(limit)
+}
