@@ -20,7 +20,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to `endpoint`, retrying until `deadline`.
 pub async fn dial(endpoint: &AgentEndpoint, deadline: Instant) -> Result<Socket, Error> {
-    let mut last = String::from("no attempt made");
+    let mut last;
     loop {
         match try_once(endpoint).await {
             Ok(socket) => return Ok(socket),

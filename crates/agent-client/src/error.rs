@@ -3,10 +3,12 @@
 pub enum Error {
     #[error("no answer from the agent at {endpoint}: {last}")]
     Dial { endpoint: String, last: String },
-    #[error("{method}: {}", describe(.source))]
+    /// The agent refused the call, or the connection failed. Not a
+    /// `#[source]`: the message already says everything the error holds.
+    #[error("agent {method}: {}", describe(.error))]
     Rpc {
         method: &'static str,
-        source: ttrpc::Error,
+        error: ttrpc::Error,
     },
 }
 
@@ -15,7 +17,7 @@ impl Error {
     pub fn code(&self) -> Option<ttrpc::Code> {
         match self {
             Error::Rpc {
-                source: ttrpc::Error::RpcStatus(s),
+                error: ttrpc::Error::RpcStatus(s),
                 ..
             } => s.code.enum_value().ok(),
             _ => None,

@@ -215,5 +215,5 @@ fn until(timeout: Duration) -> Context {
 }
 
 fn rpc(method: &'static str) -> impl FnOnce(ttrpc::Error) -> Error {
-    move |source| Error::Rpc { method, source }
+    move |error| Error::Rpc { method, error }
 }

@@ -32,7 +32,7 @@ pub enum Error {
         #[source]
         source: capsa_agent_client::Error,
     },
-    #[error("agent {0}")]
+    #[error(transparent)]
     Agent(#[from] capsa_agent_client::Error),
     #[error("build the OCI spec")]
     Spec(#[from] oci_spec::OciSpecError),

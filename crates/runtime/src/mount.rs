@@ -39,6 +39,25 @@ fn mount_err(source: &Path, target: &Path, e: nix::Error) -> Error {
     }
 }
 
+/// Bind-mounts `dir` on itself with shared propagation, so that mounts made
+/// below it later also appear in the mount namespace of virtiofsd, which
+/// takes a slave copy of the host's mounts when it starts.
+pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| mount_err(dir, dir, e))?;
+    if let Err(e) = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    ) {
+        let _ = umount2(dir, MntFlags::MNT_DETACH);
+        return Err(mount_err(dir, dir, e));
+    }
+    Ok(())
+}
+
 /// Detaches the mount on `target`; a target that is not mounted is fine.
 pub fn unmount(target: &Path) -> Result<(), Error> {
     match umount2(target, MntFlags::MNT_DETACH) {

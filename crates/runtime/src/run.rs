@@ -111,7 +111,10 @@ async fn wait_or_stop(
         status = &mut wait => return Ok(status?),
         signal = stop => {
             tracing::info!(container = %cid, signal, "stopping the workload");
-            agent.signal_process(cid, cid, signal as u32).await?;
+            // The workload may have exited meanwhile: WaitProcess tells.
+            if let Err(e) = agent.signal_process(cid, cid, signal as u32).await {
+                tracing::debug!(container = %cid, error = %e, "SignalProcess");
+            }
         }
     }
     if let Ok(status) = tokio::time::timeout(STOP_GRACE, &mut wait).await {

@@ -27,10 +27,16 @@ impl StateDir {
             .create(&path)
             .map_err(Error::io(&path))?;
         let dir = Self { path };
-        std::fs::DirBuilder::new()
+        let shared = dir.shared_dir();
+        let made = std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(dir.shared_dir())
-            .map_err(Error::io(dir.shared_dir()))?;
+            .create(&shared)
+            .map_err(Error::io(&shared))
+            .and_then(|()| mount::make_shared_mount(&shared));
+        if let Err(e) = made {
+            let _ = dir.remove();
+            return Err(e);
+        }
         Ok(dir)
     }
 
@@ -38,7 +44,8 @@ impl StateDir {
         &self.path
     }
 
-    /// Exported to the guest over virtio-fs.
+    /// Exported to the guest over virtio-fs; a mount point with shared
+    /// propagation (see [`mount::make_shared_mount`]).
     pub fn shared_dir(&self) -> PathBuf {
         self.path.join("shared")
     }

@@ -1,0 +1,228 @@
+//! Containers, run by youki's libcontainer.
+//!
+//! Layout of a container `<id>`:
+//! - `/run/capsa-agent/<id>/config.json`: the bundle (the adapted spec; the
+//!   rootfs is the spec's `root.path`, in the virtio-fs share);
+//! - `/run/capsa-agent/<id>/state/<id>/`: libcontainer's state;
+//! - `/run/capsa-console/<n>.sock`: the console socket while a container
+//!   with a terminal is created (short, as `sun_path` is 108 bytes).
+//!
+//! Every libcontainer call is blocking and some fork or `chdir` (process
+//! wide): they run on blocking threads, one at a time ([`LOCK`]).
+
+mod console;
+mod executor;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container as Handle;
+use libcontainer::error::LibcontainerError;
+use libcontainer::signal::Signal as LcSignal;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
+
+use crate::reaper::{ExitWatch, Reaper, ReaperError};
+use crate::stdio::{Stdio, StdioError};
+
+use console::{ConsoleError, ConsoleSocket};
+use executor::WorkloadExecutor;
+
+/// Bundles live in `<BUNDLE_ROOT>/<id>`.
+pub const BUNDLE_ROOT: &str = "/run/capsa-agent";
+/// Console sockets live here while containers are created.
+pub const CONSOLE_DIR: &str = "/run/capsa-console";
+/// How long the container's init gets to send its pty master.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serializes libcontainer calls (they fork and change the working directory).
+static LOCK: Mutex<()> = Mutex::new(());
+static CONSOLE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("cannot prepare {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("cannot write the bundle's config.json")]
+    SaveSpec(#[source] oci_spec::OciSpecError),
+    #[error("cannot set up stdio")]
+    Stdio(#[from] StdioError),
+    #[error("cannot set up the console socket")]
+    Console(#[from] ConsoleError),
+    #[error("libcontainer failed to create the container")]
+    Create(#[source] LibcontainerError),
+    #[error("libcontainer failed to start the container")]
+    Start(#[source] LibcontainerError),
+    #[error("libcontainer failed to kill the container")]
+    Kill(#[source] LibcontainerError),
+    #[error("libcontainer failed to delete the container")]
+    Delete(#[source] LibcontainerError),
+    #[error("libcontainer returned a container without pid")]
+    NoPid,
+    #[error("cannot watch the container's init process")]
+    Watch(#[source] ReaperError),
+}
+
+/// A container created by libcontainer, its init process not started yet.
+pub struct Created {
+    pub handle: Handle,
+    pub pid: i32,
+    pub exit: ExitWatch,
+    pub stdio: Stdio,
+}
+
+/// The agent's side of the stdio while the container is built.
+enum PendingIo {
+    Pipes(Box<Stdio>),
+    /// The pty master arrives on the socket during the build.
+    Console(ConsoleSocket),
+}
+
+/// The bundle directory of container `id`.
+pub fn bundle_dir(id: &str) -> PathBuf {
+    Path::new(BUNDLE_ROOT).join(id)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Creates container `id` from `spec` (already adapted): writes the bundle,
+/// builds the container (its init waits for [`start`]) and watches its init.
+/// Blocking. On error nothing is left behind.
+pub fn create(id: &str, spec: &Spec, reaper: &Reaper) -> Result<Created, ContainerError> {
+    let _guard = lock();
+    let bundle = bundle_dir(id);
+    if bundle.exists() {
+        // The sandbox does not know `id`: whatever is there is stale.
+        tracing::warn!(bundle = %bundle.display(), "removing a stale bundle");
+        std::fs::remove_dir_all(&bundle).map_err(|e| ContainerError::Io(bundle.clone(), e))?;
+    }
+    let result = create_locked(id, spec, reaper, &bundle);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&bundle);
+    }
+    result
+}
+
+fn create_locked(
+    id: &str,
+    spec: &Spec,
+    reaper: &Reaper,
+    bundle: &Path,
+) -> Result<Created, ContainerError> {
+    let state = bundle.join("state");
+    std::fs::create_dir_all(&state).map_err(|e| ContainerError::Io(state.clone(), e))?;
+    spec.save(bundle.join("config.json"))
+        .map_err(ContainerError::SaveSpec)?;
+
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(&state)
+        .map_err(ContainerError::Create)?
+        .with_executor(WorkloadExecutor);
+
+    let (builder, io) = if terminal {
+        std::fs::create_dir_all(CONSOLE_DIR)
+            .map_err(|e| ContainerError::Io(CONSOLE_DIR.into(), e))?;
+        let n = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let console = ConsoleSocket::bind(&Path::new(CONSOLE_DIR).join(format!("{n}.sock")))?;
+        let builder = builder.with_console_socket(Some(console.path()));
+        (builder, PendingIo::Console(console))
+    } else {
+        let (stdio, child) = Stdio::pipes()?;
+        let builder = builder
+            .with_stdin(child.stdin)
+            .with_stdout(child.stdout)
+            .with_stderr(child.stderr);
+        (builder, PendingIo::Pipes(Box::new(stdio)))
+    };
+
+    // The builder, and with it the agent's copies of the child ends of the
+    // pipes, is consumed here: once the workload exits, reads see EOF.
+    let handle = builder
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(ContainerError::Create)?;
+
+    let pid = match handle.pid() {
+        Some(pid) => pid.as_raw(),
+        None => return Err(discard(handle, ContainerError::NoPid)),
+    };
+    let exit = match reaper.watch(pid) {
+        Ok(exit) => exit,
+        Err(e) => return Err(discard(handle, ContainerError::Watch(e))),
+    };
+    let stdio = match io {
+        PendingIo::Pipes(stdio) => *stdio,
+        PendingIo::Console(console) => match receive_terminal(&console, spec) {
+            Ok(stdio) => stdio,
+            Err(e) => {
+                reaper.forget(pid);
+                return Err(discard(handle, e));
+            }
+        },
+    };
+    Ok(Created {
+        handle,
+        pid,
+        exit,
+        stdio,
+    })
+}
+
+/// Receives the pty master and gives the terminal the spec's
+/// `process.consoleSize` (libcontainer does not).
+fn receive_terminal(console: &ConsoleSocket, spec: &Spec) -> Result<Stdio, ContainerError> {
+    let master = console.receive(CONSOLE_TIMEOUT)?;
+    let size = spec.process().as_ref().and_then(|p| p.console_size());
+    if let Some(size) = size {
+        let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+        console::set_size(&master, clamp(size.height()), clamp(size.width()))?;
+    }
+    Ok(Stdio::terminal(master)?)
+}
+
+/// Best effort removal of a container that failed half-way; returns `err`.
+fn discard(mut handle: Handle, err: ContainerError) -> ContainerError {
+    if let Err(e) = handle.delete(true) {
+        let error = crate::error::chain(&e);
+        tracing::warn!(id = handle.id(), %error, "cannot delete a failed container");
+    }
+    err
+}
+
+/// Starts the container's init process (it execs the workload). Blocking.
+pub fn start(handle: &mut Handle) -> Result<(), ContainerError> {
+    let _guard = lock();
+    handle.start().map_err(ContainerError::Start)
+}
+
+/// Sends `signal` to every process of the container (through its cgroup).
+/// Blocking.
+pub fn kill_all(handle: &mut Handle, signal: Signal) -> Result<(), ContainerError> {
+    let _guard = lock();
+    handle
+        .kill(LcSignal::from(signal), true)
+        .map_err(ContainerError::Kill)
+}
+
+/// Deletes the container: kills what is left, removes its cgroup, its
+/// state and its bundle. Blocking.
+pub fn delete(handle: &mut Handle) -> Result<(), ContainerError> {
+    let _guard = lock();
+    handle.delete(true).map_err(ContainerError::Delete)?;
+    let bundle = bundle_dir(handle.id());
+    std::fs::remove_dir_all(&bundle).map_err(|e| ContainerError::Io(bundle, e))
+}

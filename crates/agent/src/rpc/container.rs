@@ -1,0 +1,73 @@
+//! Container and process methods on the wire.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capsa_protocols::agent;
+
+use super::sandbox::storage_spec;
+use super::status::detached;
+use crate::sandbox::{ContainerRequest, Sandbox, SandboxError};
+
+/// A wire CreateContainerRequest as the agent's container request.
+pub fn container_request(
+    req: agent::CreateContainerRequest,
+) -> Result<ContainerRequest, SandboxError> {
+    let oci = req.OCI.as_ref().ok_or(SandboxError::NoSpec)?;
+    let spec = capsa_protocols::convert::spec_from_grpc(oci)
+        .map_err(|e| SandboxError::SpecConversion(Box::new(e)))?;
+    Ok(ContainerRequest {
+        container_id: req.container_id,
+        exec_id: req.exec_id,
+        spec,
+        storages: req.storages.iter().map(storage_spec).collect(),
+    })
+}
+
+pub async fn create(
+    sandbox: &Arc<Sandbox>,
+    req: agent::CreateContainerRequest,
+) -> Result<(), SandboxError> {
+    let req = container_request(req)?;
+    let sandbox = sandbox.clone();
+    detached(async move { sandbox.create_container(req).await }).await
+}
+
+pub async fn start(
+    sandbox: &Arc<Sandbox>,
+    req: agent::StartContainerRequest,
+) -> Result<(), SandboxError> {
+    let sandbox = sandbox.clone();
+    detached(async move { sandbox.start_container(&req.container_id).await }).await
+}
+
+pub async fn remove(
+    sandbox: &Arc<Sandbox>,
+    req: agent::RemoveContainerRequest,
+) -> Result<(), SandboxError> {
+    let sandbox = sandbox.clone();
+    let timeout = Duration::from_secs(req.timeout.into());
+    detached(async move { sandbox.remove_container(&req.container_id, timeout).await }).await
+}
+
+pub async fn wait(
+    sandbox: &Sandbox,
+    req: agent::WaitProcessRequest,
+) -> Result<agent::WaitProcessResponse, SandboxError> {
+    let status = sandbox
+        .wait_process(&req.container_id, &req.exec_id)
+        .await?;
+    Ok(agent::WaitProcessResponse {
+        status,
+        ..Default::default()
+    })
+}
+
+pub async fn signal(
+    sandbox: &Sandbox,
+    req: agent::SignalProcessRequest,
+) -> Result<(), SandboxError> {
+    sandbox
+        .signal_process(&req.container_id, &req.exec_id, req.signal)
+        .await
+}

@@ -1,0 +1,60 @@
+//! Stdio methods on the wire.
+//!
+//! End of file follows Kata's agent: ReadStdout/ReadStderr at end of file
+//! fail with code INTERNAL (message [`EOF_MESSAGE`]) instead of returning
+//! no data; so does ReadStderr of a process with a terminal (its output is
+//! all on stdout).
+
+use capsa_protocols::agent;
+
+use super::status::{eof, to_status, EOF_MESSAGE};
+use crate::sandbox::Sandbox;
+
+pub async fn read(
+    sandbox: &Sandbox,
+    req: agent::ReadStreamRequest,
+    stderr: bool,
+    method: &str,
+) -> ttrpc::Result<agent::ReadStreamResponse> {
+    let (cid, eid) = (&req.container_id, &req.exec_id);
+    let data = if stderr {
+        sandbox.read_stderr(cid, eid, req.len).await
+    } else {
+        sandbox.read_stdout(cid, eid, req.len).await
+    };
+    let data = match data {
+        Ok(data) => data,
+        Err(e) if stderr && is_missing_stream(&e) => Vec::new(),
+        Err(e) => return Err(to_status(method, e)),
+    };
+    if data.is_empty() {
+        tracing::debug!(container = %cid, stderr, "{EOF_MESSAGE}");
+        return Err(eof());
+    }
+    Ok(agent::ReadStreamResponse {
+        data,
+        ..Default::default()
+    })
+}
+
+fn is_missing_stream(e: &crate::sandbox::SandboxError) -> bool {
+    matches!(
+        e,
+        crate::sandbox::SandboxError::Stdio(_, crate::stdio::StdioError::NoStream(_))
+    )
+}
+
+pub async fn write(
+    sandbox: &Sandbox,
+    req: agent::WriteStreamRequest,
+    method: &str,
+) -> ttrpc::Result<agent::WriteStreamResponse> {
+    let len = sandbox
+        .write_stdin(&req.container_id, &req.exec_id, &req.data)
+        .await
+        .map_err(|e| to_status(method, e))?;
+    Ok(agent::WriteStreamResponse {
+        len: len as u32,
+        ..Default::default()
+    })
+}

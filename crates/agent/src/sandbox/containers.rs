@@ -1,0 +1,236 @@
+//! Containers and their processes: create, start, signal, wait, remove.
+
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::lifecycle::{mount_all, unmount_all};
+use super::{Container, ContainerState, Sandbox, SandboxError};
+use crate::container::{self, spec};
+use crate::process::Process;
+use crate::storage::StorageSpec;
+use crate::validate;
+
+/// What CreateContainer asks for.
+#[derive(Debug, Clone)]
+pub struct ContainerRequest {
+    pub container_id: String,
+    /// The init process's exec id; the container id when empty.
+    pub exec_id: String,
+    pub spec: Spec,
+    pub storages: Vec<StorageSpec>,
+}
+
+impl Sandbox {
+    /// Creates a container; its init process waits for StartContainer.
+    pub async fn create_container(&self, req: ContainerRequest) -> Result<(), SandboxError> {
+        let id = req.container_id.clone();
+        validate::container_id(&id)?;
+        if !req.exec_id.is_empty() {
+            validate::exec_id(&req.exec_id)?;
+        }
+        spec::check(&req.spec)?;
+        self.reserve(&id, true).await?;
+        let result = self.create_reserved(req).await;
+        let mut state = self.state.lock().await;
+        state.busy.remove(&id);
+        let container = result?;
+        state.containers.insert(id, Arc::new(container));
+        Ok(())
+    }
+
+    /// Marks `id` busy; `new` says whether it must not exist yet or must.
+    async fn reserve(&self, id: &str, new: bool) -> Result<(), SandboxError> {
+        let mut state = self.state.lock().await;
+        if state.busy.contains(id) {
+            return Err(SandboxError::ContainerBusy(id.to_string()));
+        }
+        match (state.containers.contains_key(id), new) {
+            (true, true) => return Err(SandboxError::ContainerExists(id.to_string())),
+            (false, false) => return Err(SandboxError::NoContainer(id.to_string())),
+            _ => {}
+        }
+        state.busy.insert(id.to_string());
+        Ok(())
+    }
+
+    async fn create_reserved(&self, req: ContainerRequest) -> Result<Container, SandboxError> {
+        let id = req.container_id;
+        let exec_id = if req.exec_id.is_empty() {
+            id.clone()
+        } else {
+            req.exec_id
+        };
+        let storages = req.storages;
+        let storages = tokio::task::spawn_blocking(move || mount_all(&storages)).await??;
+
+        let mut spec = req.spec;
+        let notes = spec::adapt(&mut spec, &id);
+        let notes = match notes {
+            Ok(notes) => notes,
+            Err(e) => {
+                unmount_all(&storages);
+                return Err(e.into());
+            }
+        };
+        for note in notes {
+            tracing::info!(container = %id, "spec adapted: {note}");
+        }
+
+        let reaper = self.reaper.clone();
+        let cid = id.clone();
+        let created =
+            tokio::task::spawn_blocking(move || container::create(&cid, &spec, &reaper)).await?;
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                unmount_all(&storages);
+                return Err(SandboxError::Container(id, Box::new(e)));
+            }
+        };
+        tracing::info!(container = %id, pid = created.pid, "container created");
+        Ok(Container {
+            init: Arc::new(Process {
+                exec_id,
+                pid: created.pid,
+                exit: created.exit,
+                stdio: created.stdio,
+            }),
+            id,
+            handle: StdMutex::new(created.handle),
+            state: StdMutex::new(ContainerState::Created),
+            storages,
+        })
+    }
+
+    /// Starts the container's init process (it execs the workload).
+    pub async fn start_container(&self, id: &str) -> Result<(), SandboxError> {
+        let container = self.container(id).await?;
+        {
+            let mut state = container
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *state != ContainerState::Created {
+                return Err(SandboxError::AlreadyStarted(id.to_string()));
+            }
+            if container.init.status().is_some() {
+                return Err(SandboxError::Exited {
+                    container_id: id.to_string(),
+                    exec_id: container.init.exec_id.clone(),
+                });
+            }
+            *state = ContainerState::Running;
+        }
+        let c = container.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut handle = c.handle.lock().unwrap_or_else(PoisonError::into_inner);
+            container::start(&mut handle)
+        })
+        .await?
+        .map_err(|e| SandboxError::Container(id.to_string(), Box::new(e)))?;
+        tracing::info!(container = %id, "container started");
+        Ok(())
+    }
+
+    /// Kills the container (if still running), waits at most `timeout` for
+    /// its init to exit (no limit when zero), then removes it.
+    pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
+        let container = self.container(id).await?;
+        self.reserve(id, false).await?;
+        let result = self.teardown(&container, timeout).await;
+        let mut state = self.state.lock().await;
+        state.busy.remove(id);
+        if result.is_ok() {
+            state.containers.remove(id);
+            tracing::info!(container = %id, "container removed");
+        }
+        result
+    }
+
+    /// Kills, waits, deletes and unmounts.
+    pub(super) async fn teardown(
+        &self,
+        container: &Arc<Container>,
+        timeout: Duration,
+    ) -> Result<(), SandboxError> {
+        let id = container.id.clone();
+        let init = &container.init;
+        if init.status().is_none() {
+            // The init is PID 1 of the container's pid namespace: the
+            // kernel kills every other process of the container with it.
+            match kill(Pid::from_raw(init.pid), Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(SandboxError::Kill(init.pid, e)),
+            }
+        }
+        let status = if timeout.is_zero() {
+            init.exit.wait().await
+        } else {
+            tokio::time::timeout(timeout, init.exit.wait())
+                .await
+                .map_err(|_| SandboxError::StopTimeout(id.clone(), timeout))?
+        };
+        tracing::debug!(container = %id, status, "init exited");
+        let c = container.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut handle = c.handle.lock().unwrap_or_else(PoisonError::into_inner);
+            let deleted = container::delete(&mut handle);
+            unmount_all(&c.storages);
+            deleted
+        })
+        .await?
+        .map_err(|e| SandboxError::Container(id, Box::new(e)))
+    }
+
+    /// Sends signal `signal` to a process. Like Kata, SIGTERM becomes
+    /// SIGKILL for a container's init that does not catch SIGTERM (as PID 1
+    /// of its namespace it would ignore it).
+    pub async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+    ) -> Result<(), SandboxError> {
+        let process = self.process(container_id, exec_id).await?;
+        let mut sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or(SandboxError::Signal(signal))?;
+        let exited = || SandboxError::Exited {
+            container_id: container_id.to_string(),
+            exec_id: process.exec_id.clone(),
+        };
+        if process.status().is_some() {
+            return Err(exited());
+        }
+        if sig == Signal::SIGTERM && !process.catches(Signal::SIGTERM) {
+            tracing::info!(
+                container = container_id,
+                "SIGTERM not caught by init: SIGKILL instead"
+            );
+            sig = Signal::SIGKILL;
+        }
+        tracing::info!(container = container_id, pid = process.pid, signal = %sig, "signal");
+        match kill(Pid::from_raw(process.pid), sig) {
+            Ok(()) => Ok(()),
+            Err(Errno::ESRCH) => Err(exited()),
+            Err(e) => Err(SandboxError::Kill(process.pid, e)),
+        }
+    }
+
+    /// Waits for a process to exit; its exit code, or 128+N if killed by
+    /// signal N.
+    pub async fn wait_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<i32, SandboxError> {
+        let process: Arc<Process> = self.process(container_id, exec_id).await?;
+        Ok(process.exit.wait().await)
+    }
+}

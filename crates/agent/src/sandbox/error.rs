@@ -1,0 +1,161 @@
+//! Errors of the sandbox operations and their kinds (which become ttRPC
+//! codes at the wire).
+
+use std::time::Duration;
+
+use crate::container::spec::SpecError;
+use crate::container::ContainerError;
+use crate::modules::ModuleError;
+use crate::stdio::StdioError;
+use crate::storage::StorageError;
+use crate::validate::ValidateError;
+
+/// The class of an error, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    DeadlineExceeded,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Invalid(#[from] ValidateError),
+    #[error("invalid OCI spec")]
+    Spec(#[from] SpecError),
+    #[error("the request has no OCI spec")]
+    NoSpec,
+    #[error("cannot convert the OCI spec")]
+    SpecConversion(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("signal {0} is not a valid signal")]
+    Signal(u32),
+    #[error("read length must be positive")]
+    ZeroRead,
+    #[error("the sandbox is already created")]
+    SandboxExists,
+    #[error("container {0:?} already exists")]
+    ContainerExists(String),
+    #[error("container {0:?} is being created or removed")]
+    ContainerBusy(String),
+    #[error("container {0:?} not found")]
+    NoContainer(String),
+    #[error("process {exec_id:?} of container {container_id:?} not found")]
+    NoProcess {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("process {exec_id:?} of container {container_id:?} has already exited")]
+    Exited {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("container {0:?} is already started")]
+    AlreadyStarted(String),
+    #[error("storage {index} ({driver})")]
+    Storage {
+        index: usize,
+        driver: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("kernel module {0:?}")]
+    Module(String, #[source] ModuleError),
+    #[error("cannot set the hostname")]
+    Hostname(#[source] nix::Error),
+    #[error("container {0:?}")]
+    Container(String, #[source] Box<ContainerError>),
+    #[error("stdio of container {0:?}")]
+    Stdio(String, #[source] StdioError),
+    #[error("cannot signal process {0}")]
+    Kill(i32, #[source] nix::Error),
+    #[error("container {0:?} did not stop within {1:?}")]
+    StopTimeout(String, Duration),
+    #[error("a blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl SandboxError {
+    pub fn kind(&self) -> ErrorKind {
+        use SandboxError as E;
+        match self {
+            E::Invalid(_)
+            | E::Spec(_)
+            | E::NoSpec
+            | E::SpecConversion(_)
+            | E::Signal(_)
+            | E::ZeroRead => ErrorKind::InvalidArgument,
+            E::Storage { source, .. } => match source {
+                StorageError::Driver(_)
+                | StorageError::Invalid(_)
+                | StorageError::NoTag
+                | StorageError::Mode(_) => ErrorKind::InvalidArgument,
+                StorageError::Mkdir(..) | StorageError::Mount { .. } => ErrorKind::Internal,
+            },
+            E::Module(_, ModuleError::Name(_) | ModuleError::Params(_)) => {
+                ErrorKind::InvalidArgument
+            }
+            E::Module(_, ModuleError::NotFound { .. }) => ErrorKind::NotFound,
+            E::SandboxExists | E::ContainerExists(_) => ErrorKind::AlreadyExists,
+            E::NoContainer(_) | E::NoProcess { .. } | E::Exited { .. } => ErrorKind::NotFound,
+            E::ContainerBusy(_) | E::AlreadyStarted(_) => ErrorKind::FailedPrecondition,
+            E::Stdio(_, StdioError::NoStream(_) | StdioError::StdinClosed) => {
+                ErrorKind::FailedPrecondition
+            }
+            E::StopTimeout(..) => ErrorKind::DeadlineExceeded,
+            E::Module(..)
+            | E::Hostname(_)
+            | E::Container(..)
+            | E::Stdio(..)
+            | E::Kill(..)
+            | E::Join(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let invalid = crate::validate::container_id("a/b").unwrap_err();
+        assert_eq!(
+            SandboxError::from(invalid).kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            SandboxError::ContainerExists("a".into()).kind(),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            SandboxError::NoContainer("a".into()).kind(),
+            ErrorKind::NotFound
+        );
+        let storage = SandboxError::Storage {
+            index: 0,
+            driver: "blk".into(),
+            source: StorageError::Driver("blk".into()),
+        };
+        assert_eq!(storage.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            SandboxError::Stdio("a".into(), StdioError::StdinClosed).kind(),
+            ErrorKind::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn messages_carry_the_ids() {
+        let err = SandboxError::NoProcess {
+            container_id: "c".into(),
+            exec_id: "e".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "process \"e\" of container \"c\" not found"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! The ttRPC server: binds (vsock port 1024 by default), serves the agent
+//! API, and stops after DestroySandbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use capsa_protocols::AGENT_VSOCK_PORT;
+use tokio::time::{sleep, timeout, Instant};
+use ttrpc::asynchronous::Server;
+
+use crate::reaper::Reaper;
+use crate::rpc;
+use crate::sandbox::Sandbox;
+
+/// Overrides the listen address (e.g. `unix:///tmp/agent.sock` to run the
+/// agent on a host for tests).
+pub const ADDRESS_ENV: &str = "CAPSA_AGENT_ADDR";
+/// How long binding is retried (the vsock transport may still be coming up).
+const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time given to the DestroySandbox reply to leave before the server stops.
+const REPLY_GRACE: Duration = Duration::from_millis(250);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `vsock://-1:1024`: any CID, the agent port.
+pub fn default_address() -> String {
+    format!("vsock://-1:{AGENT_VSOCK_PORT}")
+}
+
+/// Starts the reaper and serves until DestroySandbox. An error is fatal.
+pub async fn run(is_init: bool) -> anyhow::Result<()> {
+    let reaper = Reaper::new();
+    reaper.spawn().context("cannot start the reaper")?;
+    let sandbox = Arc::new(Sandbox::new(reaper, is_init));
+    let address = std::env::var(ADDRESS_ENV).unwrap_or_else(|_| default_address());
+    serve(sandbox, &address).await
+}
+
+/// Serves `sandbox` on `address` until DestroySandbox.
+pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
+    let mut server = bind(address).await?;
+    for (name, service) in rpc::services(sandbox.clone()) {
+        server = server.register_service(HashMap::from([(name, service)]));
+    }
+    server
+        .start()
+        .await
+        .context("cannot start the ttRPC server")?;
+    tracing::info!(%address, "serving the agent API");
+
+    sandbox.shutdown_requested().await;
+    sleep(REPLY_GRACE).await;
+    if timeout(SHUTDOWN_TIMEOUT, server.shutdown()).await.is_err() {
+        tracing::warn!("the ttRPC server did not stop in {SHUTDOWN_TIMEOUT:?}");
+    }
+    Ok(())
+}
+
+async fn bind(address: &str) -> anyhow::Result<Server> {
+    if let Some(path) = address.strip_prefix("unix://") {
+        let _ = std::fs::remove_file(path);
+    }
+    let deadline = Instant::now() + BIND_TIMEOUT;
+    loop {
+        match Server::new().bind(address) {
+            Ok(server) => return Ok(server),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(%address, error = %e, "bind failed, retrying");
+                sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on {address}"));
+            }
+        }
+    }
+}
