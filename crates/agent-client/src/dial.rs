@@ -15,8 +15,10 @@ use crate::Error;
 
 /// Pause between two connection attempts while the guest boots.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest wait for the `OK` line of one attempt.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the `OK` line of one attempt. A CONNECT sent before the
+/// guest's vsock driver has queued receive buffers can stay unanswered; a
+/// fresh attempt after a short wait goes through.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Connects to `endpoint`, retrying until `deadline`.
 pub async fn dial(endpoint: &AgentEndpoint, deadline: Instant) -> Result<Socket, Error> {

@@ -91,8 +91,8 @@ pub trait Vm: Send + Sync {
     /// Waits up to `timeout` for the hypervisor to exit on its own (for example
     /// after the guest powered off). Returns true if it exited.
     async fn wait_exit(&mut self, timeout: Duration) -> Result<bool, Error>;
-    /// Stops the VM: asks the guest to power off and waits up to `grace`, then
-    /// kills the hypervisor; stops the helpers and removes their sockets.
+    /// Stops the VM: asks the hypervisor to quit and waits up to `grace`,
+    /// then kills it; stops the helpers and removes their sockets.
     /// Safe to call more than once and on a VM that never started.
     async fn shutdown(&mut self, grace: Duration) -> Result<(), Error>;
 }

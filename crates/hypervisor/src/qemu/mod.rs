@@ -196,14 +196,17 @@ impl Vm for QemuVm {
 
     async fn shutdown(&mut self, grace: Duration) -> Result<(), Error> {
         if let Some(mut qemu) = self.qemu.take() {
+            // The guest powers itself off when its agent is told to
+            // (DestroySandbox); a guest still running here is not listening
+            // (the agent as PID 1 has no ACPI button handler), so QEMU is
+            // asked to quit, then killed.
             if qemu.child.try_wait()?.is_none() && !grace.is_zero() {
                 let qmp = self.cfg.run_dir.join("qmp.sock");
-                if let Err(e) = qmp::execute(&qmp, "system_powerdown").await {
-                    tracing::debug!(vm = %self.cfg.id, error = %e, "system_powerdown");
-                }
-                if timeout(grace, qemu.child.wait()).await.is_err() {
-                    tracing::warn!(vm = %self.cfg.id, "guest ignored power-off: quit");
-                    let _ = qmp::execute(&qmp, "quit").await;
+                match qmp::execute(&qmp, "quit").await {
+                    Ok(_) => {
+                        let _ = timeout(grace, qemu.child.wait()).await;
+                    }
+                    Err(e) => tracing::debug!(vm = %self.cfg.id, error = %e, "QMP quit"),
                 }
             }
             qemu.stop(HELPER_GRACE).await;

@@ -2,7 +2,7 @@
 //!
 //! The `qapi` crate generates the whole QAPI schema of one QEMU release and
 //! its async client is built on its own codec stack; capsa sends three
-//! commands (`system_powerdown`, `quit`, `query-status`), so a small client
+//! commands (`quit`, `query-status`), so a small client
 //! over tokio and serde_json is simpler and does not tie capsa to the schema
 //! of one QEMU version.
 
