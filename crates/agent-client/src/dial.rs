@@ -133,10 +133,10 @@ mod tests {
             path: "/nonexistent/capsa.sock".into(),
             port: 1024,
         };
-        let err = dial(&ep, Instant::now() + Duration::from_millis(300))
-            .await
-            .unwrap_err()
-            .to_string();
+        let Err(err) = dial(&ep, Instant::now() + Duration::from_millis(300)).await else {
+            panic!("dial must fail");
+        };
+        let err = err.to_string();
         assert!(err.contains("/nonexistent/capsa.sock"), "{err}");
     }
 

@@ -166,7 +166,7 @@ fn missing_command_fails_cleanly() {
 #[test]
 fn missing_rootfs_fails_cleanly() {
     let env = TestEnv::new();
-    let mut c = capsa(
+    let c = capsa(
         &env,
         &["run", "--rootfs", "/nonexistent/rootfs", "--", "true"],
     );

@@ -69,14 +69,8 @@ impl Sandbox {
         let dial_timeout = Duration::from_secs(config.agent.capsa.dial_timeout.into());
         let deadline = Instant::now() + dial_timeout;
         let vm = &mut self.vm;
-        let exited = async {
-            loop {
-                match vm.wait_exit(Duration::from_millis(250)).await {
-                    Ok(false) => continue,
-                    Ok(true) | Err(_) => break,
-                }
-            }
-        };
+        let exited =
+            async { while let Ok(false) = vm.wait_exit(Duration::from_millis(250)).await {} };
         let agent = tokio::select! {
             r = AgentClient::connect(&endpoint, deadline) => r.map_err(|source| Error::AgentDial {
                 console: state::tail(&self.dir.console_log(), CONSOLE_TAIL_LINES),
