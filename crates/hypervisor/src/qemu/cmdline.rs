@@ -19,9 +19,12 @@ pub struct Sockets<'a> {
 pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    // Guest RAM is a shared memfd (vhost-user helpers map it), given as the
+    // machine's memory backend: with `-numa` instead, microvm guests hang
+    // calibrating the TSC.
     let machine = match cfg.machine_type.as_str() {
-        "microvm" => "microvm,pcie=on,rtc=on".to_string(),
-        other => other.to_string(),
+        "microvm" => "microvm,pcie=on,rtc=on,pit=on,memory-backend=mem".to_string(),
+        other => format!("{other},memory-backend=mem"),
     };
     let mem = format!("{}M", cfg.memory_mib);
     push(&["-name", &format!("capsa-{}", cfg.id)]);
@@ -35,12 +38,9 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
         },
     ]);
     push(&["-smp", &cfg.vcpus.to_string(), "-m", &mem]);
-    // vhost-user devices need guest memory the helpers can map.
     push(&[
         "-object",
         &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-        "-numa",
-        "node,memdev=mem",
     ]);
     push(&["-kernel", &cfg.kernel.to_string_lossy()]);
     if let Some(initrd) = &cfg.initrd {
@@ -137,7 +137,7 @@ mod tests {
             vhost_user_vsock: Some(Path::new("/vs.sock")),
         };
         let args = build(&cfg(), Accelerator::Tcg, &s);
-        assert_eq!(after(&args, "-machine"), ["q35"]);
+        assert_eq!(after(&args, "-machine"), ["q35,memory-backend=mem"]);
         assert_eq!(after(&args, "-accel"), ["tcg"]);
         assert_eq!(after(&args, "-cpu"), ["max"]);
         assert_eq!(after(&args, "-m"), ["256M"]);
@@ -167,7 +167,10 @@ mod tests {
         c.machine_type = "microvm".into();
         let args = build(&c, Accelerator::Kvm, &s);
         assert_eq!(after(&args, "-cpu"), ["host"]);
-        assert_eq!(after(&args, "-machine"), ["microvm,pcie=on,rtc=on"]);
+        assert_eq!(
+            after(&args, "-machine"),
+            ["microvm,pcie=on,rtc=on,pit=on,memory-backend=mem"]
+        );
         assert_eq!(after(&args, "-device"), ["vhost-vsock-pci,guest-cid=7"]);
     }
 }
