@@ -26,6 +26,8 @@ pub enum Error {
     /// the guest console log.
     #[error("the VM exited before its agent answered; guest console ends with:\n{console}")]
     VmExited { console: String },
+    #[error("the guest did not bring its vsock device up in {seconds} s; guest console ends with:\n{console}")]
+    VsockNotReady { seconds: u64, console: String },
     #[error("connect to the agent; guest console ends with:\n{console}")]
     AgentDial {
         console: String,

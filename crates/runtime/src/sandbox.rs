@@ -68,19 +68,33 @@ impl Sandbox {
         let endpoint = self.vm.agent_endpoint(AGENT_VSOCK_PORT);
         let dial_timeout = Duration::from_secs(config.agent.capsa.dial_timeout.into());
         let deadline = Instant::now() + dial_timeout;
+        let console = |dir: &StateDir| state::tail(&dir.console_log(), CONSOLE_TAIL_LINES);
+        // Dialing before the guest has set its vsock device up can wedge
+        // the vsock backend: wait for the device first.
+        match self.vm.wait_vsock_ready(dial_timeout).await {
+            Ok(true) => {}
+            Ok(false) if self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true) => {
+                return Err(Error::VmExited {
+                    console: console(&self.dir),
+                })
+            }
+            Ok(false) => {
+                return Err(Error::VsockNotReady {
+                    seconds: dial_timeout.as_secs(),
+                    console: console(&self.dir),
+                })
+            }
+            Err(e) => return Err(Error::Vm(e)),
+        }
         let vm = &mut self.vm;
         let exited =
             async { while let Ok(false) = vm.wait_exit(Duration::from_millis(250)).await {} };
         let agent = tokio::select! {
             r = AgentClient::connect(&endpoint, deadline) => r.map_err(|source| Error::AgentDial {
-                console: state::tail(&self.dir.console_log(), CONSOLE_TAIL_LINES),
+                console: console(&self.dir),
                 source,
             })?,
-            () = exited => {
-                return Err(Error::VmExited {
-                    console: state::tail(&self.dir.console_log(), CONSOLE_TAIL_LINES),
-                })
-            }
+            () = exited => return Err(Error::VmExited { console: console(&self.dir) }),
         };
         tracing::info!(sandbox = %self.id, "agent connected");
         let req = agent::CreateSandboxRequest {

@@ -71,11 +71,14 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
             "-chardev",
             &format!("socket,id=vsock0,path={}", sock.display()),
             "-device",
-            "vhost-user-vsock-pci,chardev=vsock0",
+            "vhost-user-vsock-pci,chardev=vsock0,id=vsock0",
         ]),
         None => push(&[
             "-device",
-            &format!("vhost-vsock-pci,guest-cid={}", cfg.vsock.guest_cid),
+            &format!(
+                "vhost-vsock-pci,guest-cid={},id=vsock0",
+                cfg.vsock.guest_cid
+            ),
         ]),
     }
     if let (Some(fs), Some(sock)) = (&cfg.shared_fs, sockets.virtiofs) {
@@ -150,7 +153,7 @@ mod tests {
             ["console=ttyS0 panic=1 quiet agent.log=debug"]
         );
         let devices = after(&args, "-device");
-        assert!(devices.contains(&"vhost-user-vsock-pci,chardev=vsock0"));
+        assert!(devices.contains(&"vhost-user-vsock-pci,chardev=vsock0,id=vsock0"));
         assert!(devices.contains(&"vhost-user-fs-pci,chardev=fs0,tag=kataShared"));
         assert!(args.contains(&"-no-reboot".to_string()));
         assert_eq!(after(&args, "-qmp"), ["unix:/q.sock,server=on,wait=off"]);
@@ -171,6 +174,9 @@ mod tests {
             after(&args, "-machine"),
             ["microvm,pcie=on,rtc=on,pit=on,memory-backend=mem"]
         );
-        assert_eq!(after(&args, "-device"), ["vhost-vsock-pci,guest-cid=7"]);
+        assert_eq!(
+            after(&args, "-device"),
+            ["vhost-vsock-pci,guest-cid=7,id=vsock0"]
+        );
     }
 }

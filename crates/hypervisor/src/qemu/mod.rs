@@ -14,6 +14,8 @@ use crate::{AgentEndpoint, Error, Vm, VmConfig};
 
 /// Longest wait for a helper's or QEMU's socket to appear.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// QOM path of the vsock device's virtio backend (`-device ...,id=vsock0`).
+const VSOCK_QOM_PATH: &str = "/machine/peripheral/vsock0/virtio-backend";
 /// Longest wait for a helper to exit after SIGTERM.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 
@@ -166,6 +168,23 @@ impl Vm for QemuVm {
         self.qemu.as_ref().and_then(Helper::pid)
     }
 
+    async fn wait_vsock_ready(&mut self, limit: Duration) -> Result<bool, Error> {
+        let qmp = self.cfg.run_dir.join("qmp.sock");
+        let args = serde_json::json!({ "path": VSOCK_QOM_PATH });
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.wait_exit(Duration::ZERO).await? {
+                return Ok(false);
+            }
+            let status = qmp::execute(&qmp, "x-query-virtio-status", Some(args.clone())).await?;
+            if status["status"].to_string().contains("DRIVER_OK") {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(false)
+    }
+
     fn agent_endpoint(&self, port: u32) -> AgentEndpoint {
         if self.kernel_vsock {
             AgentEndpoint::Vsock {
@@ -202,7 +221,7 @@ impl Vm for QemuVm {
             // asked to quit, then killed.
             if qemu.child.try_wait()?.is_none() && !grace.is_zero() {
                 let qmp = self.cfg.run_dir.join("qmp.sock");
-                match qmp::execute(&qmp, "quit").await {
+                match qmp::execute(&qmp, "quit", None).await {
                     Ok(_) => {
                         let _ = timeout(grace, qemu.child.wait()).await;
                     }

@@ -2,7 +2,7 @@
 //!
 //! The `qapi` crate generates the whole QAPI schema of one QEMU release and
 //! its async client is built on its own codec stack; capsa sends three
-//! commands (`quit`, `query-status`), so a small client
+//! commands (`quit`, `x-query-virtio-status`), so a small client
 //! over tokio and serde_json is simpler and does not tie capsa to the schema
 //! of one QEMU version.
 
@@ -19,13 +19,17 @@ use crate::Error;
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one QMP command on the socket at `path` and returns its `return`.
-pub async fn execute(path: &Path, command: &str) -> Result<Value, Error> {
-    timeout(QMP_TIMEOUT, execute_inner(path, command))
+pub async fn execute(path: &Path, command: &str, arguments: Option<Value>) -> Result<Value, Error> {
+    timeout(QMP_TIMEOUT, execute_inner(path, command, arguments))
         .await
         .map_err(|_| Error::Qmp(format!("{command}: no answer in {QMP_TIMEOUT:?}")))?
 }
 
-async fn execute_inner(path: &Path, command: &str) -> Result<Value, Error> {
+async fn execute_inner(
+    path: &Path,
+    command: &str,
+    arguments: Option<Value>,
+) -> Result<Value, Error> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|e| Error::Qmp(format!("connect {}: {e}", path.display())))?;
@@ -36,7 +40,11 @@ async fn execute_inner(path: &Path, command: &str) -> Result<Value, Error> {
         return Err(Error::Qmp(format!("unexpected greeting {greeting}")));
     }
     for cmd in ["qmp_capabilities", command] {
-        let msg = json!({ "execute": cmd }).to_string() + "\n";
+        let msg = match (&arguments, cmd == command) {
+            (Some(args), true) => json!({ "execute": cmd, "arguments": args }),
+            _ => json!({ "execute": cmd }),
+        };
+        let msg = msg.to_string() + "\n";
         write
             .write_all(msg.as_bytes())
             .await
