@@ -37,6 +37,20 @@ pub async fn run(is_init: bool) -> anyhow::Result<()> {
     serve(sandbox, &address).await
 }
 
+/// Tells the host, on the console, that the agent listens (see
+/// `capsa_protocols::AGENT_READY_LINE`). Only as PID 1: on a host the console
+/// is not ours.
+fn announce_ready() {
+    use std::io::Write;
+    if std::process::id() != 1 {
+        return;
+    }
+    let line = format!("{}\n", capsa_protocols::AGENT_READY_LINE);
+    if let Ok(mut console) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+        let _ = console.write_all(line.as_bytes());
+    }
+}
+
 /// Serves `sandbox` on `address` until DestroySandbox.
 pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
     let mut server = bind(address).await?;
@@ -48,6 +62,7 @@ pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
         .await
         .context("cannot start the ttRPC server")?;
     tracing::info!(%address, "serving the agent API");
+    announce_ready();
 
     sandbox.shutdown_requested().await;
     sleep(REPLY_GRACE).await;

@@ -25,6 +25,10 @@ pub mod convert;
 
 /// vsock port the agent listens on (Kata's convention).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Line capsa's agent writes on the guest console, whatever its log level,
+/// once it listens. Not part of Kata's protocol: a runtime may use it to
+/// avoid dialing too early, and must not require it.
+pub const AGENT_READY_LINE: &str = "capsa-agent: listening on vsock port 1024";
 /// virtio-fs tag of the directory the host shares with the guest.
 pub const SHARED_FS_TAG: &str = "kataShared";
 /// Where the guest mounts the shared directory.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use capsa_agent_client::AgentClient;
 use capsa_config::Config;
 use capsa_hypervisor::{qemu::QemuVm, Vm};
-use capsa_protocols::{agent, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
+use capsa_protocols::{agent, AGENT_READY_LINE, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
 use tokio::time::Instant;
 
 use crate::spec::{self, ProcessSpec};
@@ -16,6 +16,8 @@ use crate::{mount, Error};
 
 /// Lines of the guest console shown when the guest fails.
 const CONSOLE_TAIL_LINES: usize = 30;
+/// Longest wait for the agent's readiness line on the console.
+const READY_LINE_WAIT: Duration = Duration::from_secs(5);
 /// How long the guest gets to power off by itself after DestroySandbox.
 const POWEROFF_WAIT: Duration = Duration::from_secs(5);
 /// How long the hypervisor gets to stop after a power-off request.
@@ -85,6 +87,14 @@ impl Sandbox {
                 })
             }
             Err(e) => return Err(Error::Vm(e)),
+        }
+        // A CONNECT that reaches the guest before its agent listens can, now
+        // and then, leave vhost-device-vsock answering no CONNECT of this VM
+        // again. capsa's agent says on the console when it listens; other
+        // agents do not, so the wait is bounded.
+        let console_log = self.dir.console_log();
+        if !state::wait_for_line(&console_log, AGENT_READY_LINE, READY_LINE_WAIT).await {
+            tracing::debug!(sandbox = %self.id, "no readiness line from the agent; dialing anyway");
         }
         let vm = &mut self.vm;
         let exited =

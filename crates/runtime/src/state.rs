@@ -79,6 +79,25 @@ pub fn tail(path: &Path, max_lines: usize) -> String {
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
 
+/// Waits up to `limit` for a line equal to `line` in the file at `path`
+/// (which may not exist yet). Returns whether it appeared.
+pub async fn wait_for_line(path: &Path, line: &str, limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read(path).unwrap_or_default();
+        if String::from_utf8_lossy(&text)
+            .lines()
+            .any(|l| l.trim_end_matches('\r') == line)
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +113,28 @@ mod tests {
         dir.remove().unwrap();
         assert!(!dir.path().exists());
         dir.remove().unwrap();
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let short = std::time::Duration::from_millis(100);
+        assert!(!wait_for_line(&log, "ready", short).await, "no file yet");
+        std::fs::write(&log, "not ready\r\n").unwrap();
+        assert!(
+            !wait_for_line(&log, "ready", short).await,
+            "whole lines only"
+        );
+        let writer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                std::fs::write(&log, "boot\r\nready\r\n").unwrap();
+            })
+        };
+        assert!(wait_for_line(&log, "ready", std::time::Duration::from_secs(5)).await);
+        writer.await.unwrap();
     }
 
     #[test]
