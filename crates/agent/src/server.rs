@@ -41,13 +41,8 @@ pub async fn run(is_init: bool) -> anyhow::Result<()> {
 /// `capsa_protocols::AGENT_READY_LINE`). Only as PID 1: on a host the console
 /// is not ours.
 fn announce_ready() {
-    use std::io::Write;
-    if std::process::id() != 1 {
-        return;
-    }
-    let line = format!("{}\n", capsa_protocols::AGENT_READY_LINE);
-    if let Ok(mut console) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
-        let _ = console.write_all(line.as_bytes());
+    if std::process::id() == 1 {
+        crate::power::console_line(capsa_protocols::AGENT_READY_LINE);
     }
 }
 
