@@ -74,6 +74,36 @@ fn killed_workload_returns_128_plus_signal() {
 }
 
 #[test]
+fn sigkilled_capsa_takes_its_vm_along_and_the_next_run_cleans_up() {
+    let env = TestEnv::new();
+    let mut c = capsa(&env, &["run", "--rootfs"]);
+    c.arg(&env.rootfs)
+        .args(["--", "sh", "-c", "echo ready; sleep 1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    let mut g = Guarded::spawn(&mut c);
+    let mut stdout = g.child().stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("workload output");
+    g.child().kill().unwrap();
+    g.child().wait().unwrap();
+    // The VM and its helpers get SIGKILL with their parent.
+    let state = env.state_dir.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !capsa_test_infra::leaks::processes_naming(&state).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helpers outlived capsa"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its mounts and state remain until the next capsa collects them.
+    let out = run(&env, &[], &["true"], None);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn stdin_reaches_the_workload_with_i() {
     let env = TestEnv::new();
     let out = run(

@@ -36,6 +36,9 @@ impl Sandbox {
     /// Creates the state directory, boots the VM, connects to the agent and
     /// creates the sandbox in the guest (mounting the shared directory).
     pub async fn start(config: &Config, size: VmSize) -> Result<Self, Error> {
+        for stale in StateDir::collect_stale(&config.runtime.state_dir) {
+            tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
+        }
         let id = vm::new_id();
         let dir = StateDir::create(&config.runtime.state_dir, &id)?;
         let vm = QemuVm::new(vm::vm_config(config, &id, &dir, size));

@@ -33,11 +33,45 @@ impl StateDir {
             .create(&shared)
             .map_err(Error::io(&shared))
             .and_then(|()| mount::make_shared_mount(&shared));
+        let owner = dir.path.join(OWNER_FILE);
+        let made = made.and_then(|()| {
+            std::fs::write(&owner, std::process::id().to_string()).map_err(Error::io(&owner))
+        });
         if let Err(e) = made {
             let _ = dir.remove();
             return Err(e);
         }
         Ok(dir)
+    }
+
+    /// Removes the state directories below `root` whose owner process is
+    /// gone: a `capsa` killed with SIGKILL takes its VM and helpers with it
+    /// (parent-death signal) but cannot unmount or remove its state.
+    /// Returns the ids collected.
+    pub fn collect_stale(root: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return Vec::new();
+        };
+        let mut collected = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            // Directories without an owner file are not capsa's: left alone.
+            let Some(pid) = owner else { continue };
+            if process_alive(pid) {
+                continue;
+            }
+            let dir = Self { path: path.clone() };
+            match dir.remove() {
+                Ok(()) => collected.push(entry.file_name().to_string_lossy().into_owned()),
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "stale sandbox state not removed")
+                }
+            }
+        }
+        collected
     }
 
     pub fn path(&self) -> &Path {
@@ -69,6 +103,17 @@ impl StateDir {
         }
         std::fs::remove_dir_all(&self.path).map_err(Error::io(&self.path))
     }
+}
+
+/// Holds the pid of the `capsa` process that owns a state directory.
+const OWNER_FILE: &str = "owner.pid";
+
+fn process_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; EPERM still means the process exists.
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::Error::ESRCH)
+    )
 }
 
 /// The last `max_lines` lines of a log file (empty if unreadable).
@@ -113,6 +158,29 @@ mod tests {
         dir.remove().unwrap();
         assert!(!dir.path().exists());
         dir.remove().unwrap();
+    }
+
+    #[test]
+    fn stale_state_of_a_dead_owner_is_collected() {
+        let root = tempfile::tempdir().unwrap();
+        let live = StateDir::create(root.path(), "live").unwrap();
+        let dead = StateDir::create(root.path(), "dead").unwrap();
+        // A pid that surely exited: a child we ran and reaped.
+        let gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        let mut gone = gone;
+        gone.wait().unwrap();
+        std::fs::write(dead.path().join(OWNER_FILE), gone_pid.to_string()).unwrap();
+        let foreign = root.path().join("not-capsa");
+        std::fs::create_dir(&foreign).unwrap();
+        assert_eq!(
+            StateDir::collect_stale(root.path()),
+            vec!["dead".to_string()]
+        );
+        assert!(!dead.path().exists());
+        assert!(live.path().exists(), "a live owner's state stays");
+        assert!(foreign.exists(), "directories without an owner file stay");
+        live.remove().unwrap();
     }
 
     #[tokio::test]

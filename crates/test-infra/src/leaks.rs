@@ -2,6 +2,24 @@
 
 use std::path::Path;
 
+/// Processes whose command line contains `needle`, as `pid: cmdline`.
+pub fn processes_naming(needle: &str) -> Vec<String> {
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            procs.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    procs
+}
+
 /// Fails if anything still refers to `state_dir`: a process whose command
 /// line names it (QEMU, virtiofsd and vhost-device-vsock all get paths
 /// below it), a mount below it, or an entry in it.
