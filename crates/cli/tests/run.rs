@@ -22,6 +22,23 @@ fn run(env: &TestEnv, opts: &[&str], cmd: &[&str], input: Option<&[u8]>) -> Outp
     out
 }
 
+/// Starts `capsa run -- sh -c 'echo ready; sleep 1000'` and returns once the
+/// workload has printed `ready`.
+fn start_sleeper(env: &TestEnv) -> Guarded {
+    let mut c = capsa(env, &["run", "--rootfs"]);
+    c.arg(&env.rootfs)
+        .args(["--", "sh", "-c", "echo ready; sleep 1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut g = Guarded::spawn(&mut c);
+    let mut stdout = g.child().stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("workload output");
+    assert_eq!(&first, b"ready\n");
+    g
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -55,17 +72,7 @@ fn killed_workload_returns_128_plus_signal() {
     // SIGTERM to `capsa run` stops the workload: a shell that is PID 1 of its
     // namespace ignores SIGTERM, so capsa ends it with SIGKILL: 128+9.
     let env = TestEnv::new();
-    let mut c = capsa(&env, &["run", "--rootfs"]);
-    c.arg(&env.rootfs)
-        .args(["--", "sh", "-c", "echo ready; sleep 1000"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null());
-    let mut g = Guarded::spawn(&mut c);
-    let mut stdout = g.child().stdout.take().unwrap();
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut first).expect("workload output");
-    assert_eq!(&first, b"ready\n");
+    let mut g = start_sleeper(&env);
     let pid = nix::unistd::Pid::from_raw(g.child().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = g.output(LIMIT);
@@ -76,16 +83,7 @@ fn killed_workload_returns_128_plus_signal() {
 #[test]
 fn sigkilled_capsa_takes_its_vm_along_and_the_next_run_cleans_up() {
     let env = TestEnv::new();
-    let mut c = capsa(&env, &["run", "--rootfs"]);
-    c.arg(&env.rootfs)
-        .args(["--", "sh", "-c", "echo ready; sleep 1000"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .stdin(std::process::Stdio::null());
-    let mut g = Guarded::spawn(&mut c);
-    let mut stdout = g.child().stdout.take().unwrap();
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut first).expect("workload output");
+    let mut g = start_sleeper(&env);
     g.child().kill().unwrap();
     g.child().wait().unwrap();
     // The VM and its helpers get SIGKILL with their parent.

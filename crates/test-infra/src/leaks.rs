@@ -25,19 +25,7 @@ pub fn processes_naming(needle: &str) -> Vec<String> {
 /// below it), a mount below it, or an entry in it.
 pub fn assert_no_leaks(state_dir: &Path) {
     let needle = state_dir.to_string_lossy().into_owned();
-    let mut procs = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            procs.push(format!("{pid}: {cmdline}"));
-        }
-    }
+    let procs = processes_naming(&needle);
     assert!(
         procs.is_empty(),
         "processes left behind:\n{}",
