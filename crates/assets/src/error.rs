@@ -11,12 +11,38 @@ pub enum Error {
     },
     #[error("kernel {0} not found")]
     MissingKernel(PathBuf),
+    #[error("module directory {0} not found")]
+    MissingModulesDir(PathBuf),
+    #[error("kernel {image} is version {image_version} but its modules are for {modules_version}")]
+    VersionMismatch {
+        image: PathBuf,
+        image_version: String,
+        modules_version: String,
+    },
+    #[error("package {0} is unknown to apt (is `apt-get update` done?)")]
+    UnknownPackage(String),
+    #[error("package {package} holds no kernel image")]
+    NoKernelInPackage { package: String },
+    #[error("downloaded {0} does not match the archive's sha256")]
+    Checksum(PathBuf),
     #[error("module {0} is neither in the kernel's module tree nor built in")]
     UnknownModule(String),
-    #[error("{0} failed: {1}")]
-    Tool(String, String),
-    #[error("manifest: {0}")]
-    Manifest(String),
+    #[error("cannot run {tool}")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed: {stderr}")]
+    Tool { tool: String, stderr: String },
+    #[error("{0} is too large for the initrd")]
+    TooLarge(String),
+    #[error("manifest {path}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Error {

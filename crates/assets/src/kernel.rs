@@ -1,128 +1,175 @@
 //! The guest kernel: a Debian package fetched and unpacked, or files on disk.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::Error;
+use crate::manifest::KernelInput;
+use crate::{apt, files, Error};
 
-/// An unpacked kernel: its image and, if modular, its module tree root.
+/// A kernel ready to use: its image and, if modular, its module tree.
+#[derive(Debug)]
 pub struct Kernel {
     pub version: String,
     pub image: PathBuf,
-    /// Directory that holds `lib/modules/<version>`.
-    pub root: Option<PathBuf>,
-    /// What identifies the input (package and version, or file path).
-    pub input: String,
+    /// `.../lib/modules/<version>`, `None` for a kernel without modules.
+    pub modules_dir: Option<PathBuf>,
+    pub input: KernelInput,
 }
 
-fn run(tool: &str, cmd: &mut Command) -> Result<String, Error> {
-    let out = cmd
-        .output()
-        .map_err(|e| Error::Tool(tool.into(), e.to_string()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(5).collect();
-        return Err(Error::Tool(
-            tool.into(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `linux-image-cloud-amd64` → `linux-image-6.1.0-NN-cloud-amd64`: follows
-/// the metapackage's dependency; a real image package is returned as is.
-fn resolve_package(name: &str) -> Result<String, Error> {
-    let depends = run(
-        "apt-cache",
-        Command::new("apt-cache").args(["depends", "--important", name]),
-    )?;
-    let target = depends
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .map(str::trim)
-        .find(|d| d.starts_with("linux-image-"));
-    Ok(target.unwrap_or(name).to_string())
-}
-
-/// Fetches (once) and unpacks (once) the kernel package `name` in `cache`.
+/// Resolves `name` to its image package, fetches it into `cache` (once) and
+/// unpacks it there (once).
 pub fn from_package(name: &str, cache: &Path) -> Result<Kernel, Error> {
-    let package = resolve_package(name)?;
-    let pkg_dir = cache.join(&package);
-    std::fs::create_dir_all(&pkg_dir).map_err(|e| Error::io(&pkg_dir, e))?;
-    let find_deb = || -> Option<PathBuf> {
-        std::fs::read_dir(&pkg_dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+    let package = apt::resolve_kernel(name)?;
+    let dir = cache.join(&package.name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let _lock = files::lock_dir(&dir)?;
+    let deb = apt::fetch(&package, &dir)?;
+    let root = dir.join("root");
+    apt::unpack(&deb, &root)?;
+
+    let no_kernel = || Error::NoKernelInPackage {
+        package: package.name.clone(),
     };
-    let deb = match find_deb() {
-        Some(deb) => deb,
-        None => {
-            tracing::info!(%package, "downloading the kernel package");
-            run(
-                "apt-get download",
-                Command::new("apt-get")
-                    .args(["download", "-q", &package])
-                    .current_dir(&pkg_dir),
-            )?;
-            find_deb().ok_or_else(|| Error::Tool("apt-get download".into(), "no .deb".into()))?
-        }
-    };
-    let root = pkg_dir.join("root");
-    if !root.join("boot").is_dir() {
-        let tmp = pkg_dir.join("root.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        run(
-            "dpkg-deb",
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp),
-        )?;
-        std::fs::rename(&tmp, &root).map_err(|e| Error::io(&root, e))?;
-    }
     let modules = root.join("lib/modules");
-    let version = std::fs::read_dir(&modules)
-        .map_err(|e| Error::io(&modules, e))?
+    let mut versions: Vec<String> = std::fs::read_dir(&modules)
+        .map_err(|_| no_kernel())?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .ok_or_else(|| Error::io(&modules, std::io::ErrorKind::NotFound.into()))?;
-    let image = root.join("boot").join(format!("vmlinuz-{version}"));
-    if !image.is_file() {
-        return Err(Error::MissingKernel(image));
-    }
-    let deb_name = deb.file_name().unwrap_or_default().to_string_lossy();
+        .filter(|v| root.join("boot").join(format!("vmlinuz-{v}")).is_file())
+        .collect();
+    versions.sort();
+    let version = versions.pop().ok_or_else(no_kernel)?;
     Ok(Kernel {
+        image: root.join("boot").join(format!("vmlinuz-{version}")),
+        modules_dir: Some(modules.join(&version)),
         version,
-        image,
-        root: Some(root),
-        input: format!("package {deb_name}"),
+        input: KernelInput::Package {
+            requested: name.into(),
+            name: package.name,
+            version: package.version,
+        },
     })
 }
 
-/// A kernel on disk; `modules_dir` is `<root>/lib/modules/<version>`.
+/// A kernel on disk; `modules_dir` is its `lib/modules/<version>` tree. The
+/// version is the tree's name, or read from the image's boot header.
 pub fn from_path(kernel: &Path, modules_dir: Option<&Path>) -> Result<Kernel, Error> {
     if !kernel.is_file() {
         return Err(Error::MissingKernel(kernel.into()));
     }
-    let (version, root) = match modules_dir {
-        None => (String::from("unknown"), None),
+    let image_version = image_version(kernel);
+    let version = match modules_dir {
         Some(dir) => {
             if !dir.is_dir() {
-                return Err(Error::io(dir, std::io::ErrorKind::NotFound.into()));
+                return Err(Error::MissingModulesDir(dir.into()));
             }
             let version = dir
+                .canonicalize()
+                .map_err(|e| Error::io(dir, e))?
                 .file_name()
                 .map(|v| v.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let root = dir.ancestors().nth(3).map(Path::to_path_buf);
-            (version, root)
+            match image_version {
+                Some(iv) if iv != version => {
+                    return Err(Error::VersionMismatch {
+                        image: kernel.into(),
+                        image_version: iv,
+                        modules_version: version,
+                    })
+                }
+                _ => version,
+            }
         }
+        None => image_version.unwrap_or_else(|| "unknown".into()),
     };
     Ok(Kernel {
         version,
         image: kernel.into(),
-        root,
-        input: format!("path {}", kernel.display()),
+        modules_dir: modules_dir.map(Path::to_path_buf),
+        input: KernelInput::Path {
+            kernel: kernel.into(),
+            modules_dir: modules_dir.map(Path::to_path_buf),
+        },
     })
+}
+
+/// The release of an x86 bzImage (`6.1.0-56-cloud-amd64`), from the
+/// `kernel_version` pointer of its boot protocol header.
+fn image_version(path: &Path) -> Option<String> {
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .ok()?;
+    bzimage_version(&head)
+}
+
+fn bzimage_version(head: &[u8]) -> Option<String> {
+    if head.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let ptr = u16::from_le_bytes(head.get(0x20e..0x210)?.try_into().ok()?) as usize;
+    if ptr == 0 {
+        return None;
+    }
+    let text = head.get(ptr + 0x200..)?;
+    let end = text.iter().position(|&b| b == 0)?;
+    let release = std::str::from_utf8(&text[..end])
+        .ok()?
+        .split_whitespace()
+        .next()?;
+    Some(release.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_bzimage(release: &str) -> Vec<u8> {
+        let mut img = vec![0u8; 0x1000];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        let text = format!("{release} (builder@example) #1 SMP\0");
+        img[0x500..0x500 + text.len()].copy_from_slice(text.as_bytes());
+        img
+    }
+
+    #[test]
+    fn reads_the_release_from_the_boot_header() {
+        assert_eq!(
+            bzimage_version(&fake_bzimage("6.1.0-56-cloud-amd64")).as_deref(),
+            Some("6.1.0-56-cloud-amd64")
+        );
+        assert_eq!(bzimage_version(&[0u8; 0x1000]), None);
+        assert_eq!(bzimage_version(b"short"), None);
+    }
+
+    #[test]
+    fn path_kernel_checks_its_modules_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("vmlinuz");
+        std::fs::write(&image, fake_bzimage("6.1.0-1-test")).unwrap();
+        let good = dir.path().join("lib/modules/6.1.0-1-test");
+        let bad = dir.path().join("lib/modules/6.1.0-2-test");
+        std::fs::create_dir_all(&good).unwrap();
+        std::fs::create_dir_all(&bad).unwrap();
+
+        let k = from_path(&image, Some(&good)).unwrap();
+        assert_eq!(k.version, "6.1.0-1-test");
+        assert_eq!(from_path(&image, None).unwrap().version, "6.1.0-1-test");
+        let err = from_path(&image, Some(&bad)).unwrap_err().to_string();
+        assert!(
+            err.contains("6.1.0-1-test") && err.contains("6.1.0-2-test"),
+            "{err}"
+        );
+        let err = from_path(&dir.path().join("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = from_path(&image, Some(&dir.path().join("gone")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gone"), "{err}");
+    }
 }

@@ -1,7 +1,15 @@
 //! Guest assets: the kernel the VM boots and the initrd whose `/init` is the
 //! capsa agent.
+//!
+//! [`build`] writes `vmlinuz`, `initrd.img` and `manifest.json` into an
+//! output directory. The kernel comes from a Debian package (downloaded and
+//! unpacked under `<out_dir>/cache`, never installed) or from files on disk;
+//! the initrd holds the agent, the modules the guest needs (dependencies
+//! first, decompressed) and `/etc/capsa/modules.load`, their load order.
+//! The manifest records the inputs, so a build with unchanged inputs
+//! returns the existing assets without writing anything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the guest kernel comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,207 +41,162 @@ pub struct AssetsSpec {
 /// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock.
 pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtiofs", "vmw_vsock_virtio_transport"];
 
-mod cpio;
+mod apt;
 mod error;
+mod files;
+mod initrd;
 mod kernel;
 mod manifest;
 mod modules;
 
 pub use error::Error;
-pub use manifest::{load_manifest, Manifest};
+pub use initrd::MODULES_LOAD;
+pub use manifest::{load_manifest, Inputs, KernelInput, Manifest, Outputs};
 pub use modules::module_name;
 
-use std::io::Write;
-use std::path::Path;
-
-use sha2::{Digest, Sha256};
+use files::{sha256, write_atomic};
 
 /// Builds the assets of `spec` in `spec.out_dir`, or returns the existing
-/// manifest when no input changed.
+/// manifest when no input changed and the outputs are intact. Concurrent
+/// builds into one directory wait for each other.
 pub fn build(spec: &AssetsSpec) -> Result<Manifest, Error> {
     std::fs::create_dir_all(&spec.out_dir).map_err(|e| Error::io(&spec.out_dir, e))?;
+    let out_dir = spec
+        .out_dir
+        .canonicalize()
+        .map_err(|e| Error::io(&spec.out_dir, e))?;
+    let _lock = files::lock_dir(&out_dir)?;
+
     let agent = std::fs::read(&spec.agent_binary).map_err(|e| Error::io(&spec.agent_binary, e))?;
     let kernel = match &spec.kernel {
-        KernelSource::DebianPackage { name } => {
-            kernel::from_package(name, &spec.out_dir.join("cache"))?
-        }
+        KernelSource::DebianPackage { name } => kernel::from_package(name, &out_dir.join("cache"))?,
         KernelSource::Path {
             kernel,
             modules_dir,
         } => kernel::from_path(kernel, modules_dir.as_deref())?,
     };
-    let mut wanted: Vec<String> = DEFAULT_MODULES.iter().map(|m| m.to_string()).collect();
-    wanted.extend(spec.modules.iter().cloned());
     let kernel_bytes = std::fs::read(&kernel.image).map_err(|e| Error::io(&kernel.image, e))?;
-    let inputs = manifest::Inputs {
+    let inputs = Inputs {
+        format: manifest::FORMAT,
         kernel: kernel.input.clone(),
         kernel_sha256: sha256(&kernel_bytes),
         agent_sha256: sha256(&agent),
-        modules: wanted.clone(),
-        builder: env!("CARGO_PKG_VERSION").to_string(),
+        modules: requested_modules(&spec.modules),
     };
-    if let Some(existing) = manifest::up_to_date(&spec.out_dir, &inputs) {
-        tracing::info!(out = %spec.out_dir.display(), "guest assets are up to date");
+    if let Some(existing) = manifest::current(&out_dir, &inputs, &kernel_bytes) {
+        tracing::info!(out = %out_dir.display(), "guest assets are up to date");
         return Ok(existing);
     }
+    // Without a manifest, a build cut short is redone next time.
+    let _ = std::fs::remove_file(out_dir.join(manifest::FILE));
 
-    let (module_files, module_order) = match &kernel.root {
-        Some(root) => {
-            let tree = modules::ModuleTree::load(root, &kernel.version)?;
-            let order = tree.resolve(&wanted)?;
-            let dir = root.join("lib/modules").join(&kernel.version);
-            let mut files = Vec::new();
-            for rel in &order {
-                let data = read_module(&dir.join(rel))?;
-                files.push((plain_ko(rel), data));
-            }
-            (files, order.iter().map(|r| plain_ko(r)).collect())
+    let modules = match &kernel.modules_dir {
+        Some(dir) => modules::collect(dir, &kernel.version, &inputs.modules)?,
+        None => {
+            tracing::info!("kernel without modules: none added to the initrd");
+            Vec::new()
         }
-        None => (Vec::new(), Vec::new()),
     };
-    let initrd = initrd(&agent, &kernel.version, &module_files, &module_order)?;
-
-    let vmlinuz = spec.out_dir.join("vmlinuz");
-    let initrd_path = spec.out_dir.join("initrd.img");
-    write_atomic(&vmlinuz, &kernel_bytes)?;
-    write_atomic(&initrd_path, &initrd)?;
-    let manifest = Manifest {
-        kernel_version: kernel.version.clone(),
-        kernel: vmlinuz,
-        initrd: initrd_path,
-        modules: module_order,
+    let initrd = initrd::build(&agent, &kernel.version, &modules)?;
+    let outputs = manifest::Outputs {
         kernel_sha256: inputs.kernel_sha256.clone(),
         initrd_sha256: sha256(&initrd),
-        inputs,
     };
-    manifest::save(&spec.out_dir, &manifest)?;
-    tracing::info!(out = %spec.out_dir.display(), version = %manifest.kernel_version, "guest assets built");
+    let vmlinuz = out_dir.join("vmlinuz");
+    let initrd_path = out_dir.join("initrd.img");
+    write_if_changed(&vmlinuz, &kernel_bytes)?;
+    write_if_changed(&initrd_path, &initrd)?;
+
+    let manifest = Manifest {
+        kernel_version: kernel.version,
+        kernel: vmlinuz,
+        initrd: initrd_path,
+        modules: modules.into_iter().map(|m| m.path).collect(),
+        inputs,
+        outputs,
+    };
+    manifest::save(&out_dir, &manifest)?;
+    tracing::info!(
+        out = %out_dir.display(),
+        version = %manifest.kernel_version,
+        modules = manifest.modules.len(),
+        "guest assets built"
+    );
     Ok(manifest)
 }
 
-/// `kernel/fs/fuse/virtiofs.ko.xz` → `kernel/fs/fuse/virtiofs.ko`.
-fn plain_ko(rel: &str) -> String {
-    match rel.find(".ko") {
-        Some(i) => format!("{}.ko", &rel[..i]),
-        None => rel.to_string(),
-    }
-}
-
-/// Reads a module, decompressing `.xz` and `.zst` files with Debian's tools.
-fn read_module(path: &Path) -> Result<Vec<u8>, Error> {
-    let name = path.to_string_lossy();
-    let tool = if name.ends_with(".xz") {
-        Some("xz")
-    } else if name.ends_with(".zst") {
-        Some("zstd")
-    } else {
-        None
-    };
-    match tool {
-        None => std::fs::read(path).map_err(|e| Error::io(path, e)),
-        Some(tool) => {
-            let out = std::process::Command::new(tool)
-                .args(["-d", "-c"])
-                .arg(path)
-                .output()
-                .map_err(|e| Error::Tool(tool.into(), e.to_string()))?;
-            if !out.status.success() {
-                return Err(Error::Tool(
-                    tool.into(),
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
-                ));
-            }
-            Ok(out.stdout)
+/// [`DEFAULT_MODULES`] then `extra`, each name once.
+fn requested_modules(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in DEFAULT_MODULES
+        .iter()
+        .map(|m| m.to_string())
+        .chain(extra.iter().cloned())
+    {
+        if !names.iter().any(|n| module_name(n) == module_name(&name)) {
+            names.push(name);
         }
     }
+    names
 }
 
-/// The gzip-compressed cpio newc initrd: `/init` (the agent), the modules and
-/// `/etc/capsa/modules.load`, with fixed metadata so the bytes depend only on
-/// the inputs.
-fn initrd(
-    agent: &[u8],
-    version: &str,
-    modules: &[(String, Vec<u8>)],
-    order: &[String],
-) -> Result<Vec<u8>, Error> {
-    use cpio::Entry;
-    let load = order.iter().map(|m| format!("{m}\n")).collect::<String>();
-    let moddir = format!("lib/modules/{version}");
-    let mut dirs: Vec<String> = [
-        "dev",
-        "etc",
-        "etc/capsa",
-        "proc",
-        "run",
-        "sys",
-        "tmp",
-        "lib",
-    ]
-    .iter()
-    .map(|d| d.to_string())
-    .collect();
-    for (rel, _) in modules {
-        let mut parent = Path::new(&moddir).join(rel);
-        while parent.pop() && !parent.as_os_str().is_empty() {
-            let p = parent.to_string_lossy().into_owned();
-            if !dirs.contains(&p) {
-                dirs.push(p);
-            }
-        }
+/// Leaves `path` alone (and its mtime) when it already holds `data`.
+fn write_if_changed(path: &Path, data: &[u8]) -> Result<(), Error> {
+    if std::fs::read(path).is_ok_and(|old| old == data) {
+        return Ok(());
     }
-    dirs.sort();
-    let module_paths: Vec<String> = modules
-        .iter()
-        .map(|(r, _)| format!("{moddir}/{r}"))
-        .collect();
-    let mut entries: Vec<Entry<'_>> = dirs
-        .iter()
-        .map(|d| Entry::Dir {
-            path: d,
-            mode: 0o755,
-        })
-        .collect();
-    entries.push(Entry::CharDev {
-        path: "dev/console",
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    entries.push(Entry::File {
-        path: "etc/capsa/modules.load",
-        mode: 0o644,
-        data: load.as_bytes(),
-    });
-    entries.push(Entry::File {
-        path: "init",
-        mode: 0o755,
-        data: agent,
-    });
-    for (path, (_, data)) in module_paths.iter().zip(modules) {
-        entries.push(Entry::File {
-            path,
-            mode: 0o644,
-            data,
-        });
+    write_atomic(path, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_first_and_names_are_not_repeated() {
+        let names = requested_modules(&["overlay".into(), "virtio-pci".into(), "overlay".into()]);
+        assert_eq!(
+            names,
+            [
+                "virtio_pci",
+                "virtiofs",
+                "vmw_vsock_virtio_transport",
+                "overlay"
+            ]
+        );
     }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    cpio::write(&mut gz, &entries).map_err(|e| Error::io("initrd", e))?;
-    let out = gz.finish().map_err(|e| Error::io("initrd", e))?;
-    Ok(out)
-}
 
-fn sha256(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+    #[test]
+    fn builds_from_a_kernel_path_without_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("bzImage");
+        let agent = dir.path().join("agent");
+        std::fs::write(&kernel, b"not really a kernel").unwrap();
+        std::fs::write(&agent, b"agent").unwrap();
+        let spec = AssetsSpec {
+            out_dir: dir.path().join("out"),
+            kernel: KernelSource::Path {
+                kernel: kernel.clone(),
+                modules_dir: None,
+            },
+            agent_binary: agent,
+            modules: vec!["anything".into()],
+        };
+        let m = build(&spec).unwrap();
+        assert_eq!(m.kernel_version, "unknown");
+        assert!(m.modules.is_empty());
+        assert_eq!(std::fs::read(&m.kernel).unwrap(), b"not really a kernel");
+        assert_eq!(load_manifest(&dir.path().join("out")).unwrap(), m);
+        assert_eq!(build(&spec).unwrap(), m);
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        let missing = AssetsSpec {
+            kernel: KernelSource::Path {
+                kernel: dir.path().join("missing-kernel"),
+                modules_dir: None,
+            },
+            ..spec
+        };
+        let err = build(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing-kernel"), "{err}");
+    }
 }

@@ -1,9 +1,12 @@
 //! Kernel modules: from names to files in load order, dependencies first.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
+use crate::files::run;
+use crate::initrd::Module;
 use crate::Error;
 
 /// A kernel module tree (`lib/modules/<version>`) with its dependency table.
@@ -22,28 +25,40 @@ pub fn module_name(path_or_name: &str) -> String {
     base.replace('-', "_")
 }
 
+/// `kernel/fs/fuse/virtiofs.ko.xz` → `kernel/fs/fuse/virtiofs.ko`.
+pub fn plain_ko(rel: &str) -> &str {
+    [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|ext| rel.strip_suffix(ext))
+        .unwrap_or(rel)
+}
+
+/// The modules of `names` and their dependencies, in load order, read (and
+/// decompressed) from the tree `dir`.
+pub fn collect(dir: &Path, version: &str, names: &[String]) -> Result<Vec<Module>, Error> {
+    let tree = ModuleTree::load(dir, version)?;
+    tree.resolve(names)?
+        .iter()
+        .map(|rel| {
+            Ok(Module {
+                path: plain_ko(rel).to_string(),
+                data: read_module(&dir.join(rel))?,
+            })
+        })
+        .collect()
+}
+
 impl ModuleTree {
-    /// Reads `modules.dep` and `modules.builtin` of `dir`, running
-    /// `depmod -b <root> <version>` first if the tree has no `modules.dep`
-    /// (Debian's kernel packages ship none).
-    pub fn load(root: &Path, version: &str) -> Result<Self, Error> {
-        let dir = root.join("lib/modules").join(version);
-        if !dir.join("modules.dep").is_file() {
-            let out = Command::new("depmod")
-                .arg("-b")
-                .arg(root)
-                .arg(version)
-                .output()
-                .map_err(|e| Error::Tool("depmod".into(), e.to_string()))?;
-            if !out.status.success() {
-                return Err(Error::Tool(
-                    "depmod".into(),
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
-                ));
-            }
-        }
-        let dep = std::fs::read_to_string(dir.join("modules.dep"))
-            .map_err(|e| Error::io(dir.join("modules.dep"), e))?;
+    /// Reads `modules.dep` and `modules.builtin` of `dir`. A tree without
+    /// `modules.dep` (Debian's packages ship none) gets one from
+    /// `depmod -n`, which writes nothing into the tree.
+    pub fn load(dir: &Path, version: &str) -> Result<Self, Error> {
+        let dep_file = dir.join("modules.dep");
+        let dep = if dep_file.is_file() {
+            std::fs::read_to_string(&dep_file).map_err(|e| Error::io(&dep_file, e))?
+        } else {
+            depmod(dir, version)?
+        };
         let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
         Ok(Self::parse(&dep, &builtin))
     }
@@ -77,6 +92,7 @@ impl ModuleTree {
         for name in names {
             let name = module_name(name);
             if self.builtin.contains(&name) {
+                tracing::debug!(module = %name, "built into the kernel");
                 continue;
             }
             let path = self
@@ -99,6 +115,52 @@ impl ModuleTree {
     }
 }
 
+/// `modules.dep` of the tree `dir`, computed by `depmod -n` over a scratch
+/// base directory whose `lib/modules/<version>` points at `dir`.
+fn depmod(dir: &Path, version: &str) -> Result<String, Error> {
+    let base = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let link_dir = base.path().join("lib/modules");
+    std::fs::create_dir_all(&link_dir).map_err(|e| Error::io(&link_dir, e))?;
+    let target = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    std::os::unix::fs::symlink(&target, link_dir.join(version))
+        .map_err(|e| Error::io(&link_dir, e))?;
+    let out = run(
+        "depmod",
+        Command::new("depmod")
+            .arg("-n")
+            .arg("-b")
+            .arg(base.path())
+            .arg(version),
+    )?;
+    // modules.dep comes first; the other files follow, each under a comment.
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .take_while(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
+
+/// Reads a module, decompressing `.xz` and `.zst` with Debian's tools and
+/// `.gz` in process.
+fn read_module(path: &Path) -> Result<Vec<u8>, Error> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else if name.ends_with(".gz") {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut data = Vec::new();
+        flate2::read::GzDecoder::new(file)
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io(path, e))?;
+        return Ok(data);
+    } else {
+        return std::fs::read(path).map_err(|e| Error::io(path, e));
+    };
+    run(tool, Command::new(tool).args(["-d", "-c"]).arg(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,21 +181,23 @@ kernel/net/vmw_vsock/vsock.ko:
         let order = tree
             .resolve(&[
                 "virtiofs".into(),
-                "vmw_vsock_virtio_transport".into(),
+                "vmw-vsock-virtio-transport".into(),
                 "loop".into(),
+                "virtio".into(),
             ])
             .unwrap();
-        let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
-        let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
-        assert!(pos("virtio_ring") < pos("virtio"));
-        assert!(pos("virtio") < pos("virtiofs"));
-        assert!(pos("fuse") < pos("virtiofs"));
-        assert!(pos("vsock") < pos("vmw_vsock_virtio_transport_common"));
-        assert!(pos("vmw_vsock_virtio_transport_common") < pos("vmw_vsock_virtio_transport"));
         assert_eq!(
-            names.len(),
-            7,
-            "no duplicates, built-in loop skipped: {names:?}"
+            order,
+            [
+                "kernel/fs/fuse/fuse.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/fs/fuse/virtiofs.ko",
+                "kernel/net/vmw_vsock/vsock.ko",
+                "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz",
+                "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz",
+            ],
+            "dependencies first, no duplicates, built-in loop skipped"
         );
     }
 
@@ -145,5 +209,31 @@ kernel/net/vmw_vsock/vsock.ko:
             .unwrap_err()
             .to_string();
         assert!(err.contains("no_such_mod"), "{err}");
+    }
+
+    #[test]
+    fn names_and_plain_paths() {
+        assert_eq!(module_name("kernel/a/virtio-pci.ko.zst"), "virtio_pci");
+        assert_eq!(plain_ko("kernel/a/b.ko.zst"), "kernel/a/b.ko");
+        assert_eq!(plain_ko("kernel/a/b.ko"), "kernel/a/b.ko");
+    }
+
+    #[test]
+    fn compressed_modules_are_decompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"\x7fELF pretend module".to_vec();
+        let plain = dir.path().join("m.ko");
+        std::fs::write(&plain, &data).unwrap();
+        for (tool, ext) in [("xz", "xz"), ("zstd", "zst"), ("gzip", "gz")] {
+            let status = Command::new(tool)
+                .args(["-k", "-q"])
+                .arg(&plain)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{tool}");
+            let packed = dir.path().join(format!("m.ko.{ext}"));
+            assert_ne!(std::fs::read(&packed).unwrap(), data);
+            assert_eq!(read_module(&packed).unwrap(), data, "{ext}");
+        }
     }
 }

@@ -7,6 +7,12 @@ pub enum Error {
     MissingFile { what: &'static str, path: PathBuf },
     #[error("KVM was asked for but /dev/kvm is not usable")]
     KvmUnavailable,
+    #[error("create log file {path}")]
+    LogFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("start {program}")]
     Spawn {
         program: PathBuf,

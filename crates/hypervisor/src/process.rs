@@ -12,6 +12,9 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::Error;
 
+/// Longest wait for a child to be reaped after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
 /// A started child and the file its output goes to.
 pub struct Helper {
     pub name: String,
@@ -23,20 +26,34 @@ impl Helper {
     /// Starts `program` with `args`, stdout and stderr to `log`. The child
     /// gets SIGKILL if capsa dies, so it never outlives its VM's owner.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self, Error> {
-        let out = std::fs::File::create(&log)?;
-        let err = out.try_clone()?;
+        let out = std::fs::File::create(&log).map_err(|source| Error::LogFile {
+            path: log.clone(),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| Error::LogFile {
+            path: log.clone(),
+            source,
+        })?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
+        // The death signal follows the thread that forks, so the spawning
+        // thread must live as long as the VM (a tokio worker does; a
+        // `spawn_blocking` thread does not).
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the child between fork and exec and
-        // only calls prctl(2), which is async-signal-safe.
+        // only calls prctl(2) and getppid(2), which are async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl: then no signal comes.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
                 }
                 Ok(())
             });
@@ -92,17 +109,37 @@ impl Helper {
         }
     }
 
-    /// Ends the child: SIGTERM, up to `grace` to exit, then SIGKILL; reaps it.
+    /// Ends the child: SIGTERM, up to `grace` to exit, then SIGKILL.
     pub async fn stop(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
+        self.terminate();
+        if timeout(grace, self.child.wait()).await.is_err() {
+            tracing::debug!(name = %self.name, "did not stop on SIGTERM");
+            self.kill().await;
+        }
+    }
+
+    /// Sends SIGTERM (if the child is not reaped yet).
+    pub fn terminate(&self) {
+        // `id()` is `None` once the child is reaped, so the pid signalled is
+        // always our unreaped child, never a reused one.
         if let Some(pid) = self.child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        if timeout(grace, self.child.wait()).await.is_err() {
-            tracing::debug!(name = %self.name, "did not stop on SIGTERM: SIGKILL");
-            let _ = self.child.kill().await;
+    }
+
+    /// SIGKILL, then reaps the child (bounded: a child stuck in the kernel
+    /// is left to tokio, which reaps it when it finally dies).
+    pub async fn kill(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        tracing::debug!(name = %self.name, pid = ?self.child.id(), "SIGKILL");
+        let _ = self.child.start_kill();
+        if timeout(KILL_WAIT, self.child.wait()).await.is_err() {
+            tracing::warn!(name = %self.name, pid = ?self.child.id(), "not reaped after SIGKILL");
         }
     }
 }

@@ -3,10 +3,10 @@
 mod cmdline;
 pub mod qmp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::accel::{self, Accelerator};
 use crate::process::Helper;
@@ -44,8 +44,12 @@ impl QemuVm {
         }
     }
 
+    /// Claims the file `name` in `run_dir`: removes a stale one (a socket
+    /// left by a killed run would look ready before its helper listens) and
+    /// remembers it for removal on shutdown.
     fn path(&mut self, name: &str) -> PathBuf {
         let p = self.cfg.run_dir.join(name);
+        remove_file(&p);
         self.created.push(p.clone());
         p
     }
@@ -106,8 +110,8 @@ impl QemuVm {
             None => None,
             Some(fs) => {
                 let sock = self.path("virtiofsd.sock");
-                self.created
-                    .push(self.cfg.run_dir.join("virtiofsd.sock.pid"));
+                // virtiofsd's lock file next to its socket.
+                self.path("virtiofsd.sock.pid");
                 let log = self.path("virtiofsd.log");
                 let mut args = vec![
                     format!("--socket-path={}", sock.display()),
@@ -135,18 +139,43 @@ impl QemuVm {
             },
         );
         let program = self.cfg.hypervisor_path.clone();
-        let mut qemu = Helper::spawn("qemu", &program, &args, log)?;
-        let ready = qemu.wait_for_socket(&qmp, SOCKET_TIMEOUT).await;
-        self.qemu = Some(qemu);
-        ready.map_err(|e| match e {
-            Error::HelperExited { status, log, .. } => Error::QemuExited {
-                status,
-                stderr: log,
-            },
-            other => other,
-        })?;
+        let qemu = self
+            .qemu
+            .insert(Helper::spawn("qemu", &program, &args, log)?);
+        wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT).await?;
         tracing::info!(vm = %self.cfg.id, pid = ?self.pid(), "QEMU started");
         Ok(())
+    }
+}
+
+/// Waits until QEMU answers `query-status` over QMP. The QMP socket alone
+/// proves little: QEMU creates it before it loads the kernel, and commands
+/// are only answered once the machine is built and the main loop runs.
+async fn wait_qemu_ready(qemu: &mut Helper, qmp: &Path, limit: Duration) -> Result<(), Error> {
+    let exited = |qemu: &Helper, status: String| Error::QemuExited {
+        status,
+        stderr: qemu.log_tail(),
+    };
+    let deadline = Instant::now() + limit;
+    qemu.wait_for_socket(qmp, limit)
+        .await
+        .map_err(|e| match e {
+            Error::HelperExited { status, .. } => exited(qemu, status),
+            other => other,
+        })?;
+    loop {
+        let answer = qmp::execute(qmp, "query-status", None).await;
+        if let Some(status) = qemu.child.try_wait()? {
+            return Err(exited(qemu, status.to_string()));
+        }
+        match answer {
+            Ok(status) => {
+                tracing::debug!(%status, "QEMU answers QMP");
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 
@@ -154,8 +183,11 @@ impl QemuVm {
 impl Vm for QemuVm {
     async fn start(&mut self) -> Result<(), Error> {
         let result = self.start_inner().await;
-        if result.is_err() {
-            self.shutdown(Duration::ZERO).await?;
+        if let Err(e) = &result {
+            tracing::debug!(vm = %self.cfg.id, error = %e, "start failed: cleaning up");
+            if let Err(e) = self.shutdown(Duration::ZERO).await {
+                tracing::warn!(vm = %self.cfg.id, error = %e, "cleanup after failed start");
+            }
         }
         result
     }
@@ -216,19 +248,28 @@ impl Vm for QemuVm {
     async fn shutdown(&mut self, grace: Duration) -> Result<(), Error> {
         if let Some(mut qemu) = self.qemu.take() {
             // The guest powers itself off when its agent is told to
-            // (DestroySandbox); a guest still running here is not listening
-            // (the agent as PID 1 has no ACPI button handler), so QEMU is
-            // asked to quit, then killed.
-            if qemu.child.try_wait()?.is_none() && !grace.is_zero() {
+            // (DestroySandbox); a guest still running here is not listening,
+            // and the agent as PID 1 handles no ACPI power button, so
+            // `system_powerdown` would only burn the grace period. QEMU is
+            // asked to quit over QMP (SIGTERM if QMP fails), all bounded by
+            // `grace` (a frozen QEMU may accept a connection and never
+            // answer), then killed.
+            if matches!(qemu.child.try_wait(), Ok(None)) && !grace.is_zero() {
                 let qmp = self.cfg.run_dir.join("qmp.sock");
-                match qmp::execute(&qmp, "quit", None).await {
-                    Ok(_) => {
-                        let _ = timeout(grace, qemu.child.wait()).await;
+                let id = &self.cfg.id;
+                let quit = async {
+                    if let Err(e) = qmp::execute(&qmp, "quit", None).await {
+                        tracing::debug!(vm = %id, error = %e, "QMP quit failed: SIGTERM");
+                        qemu.terminate();
                     }
-                    Err(e) => tracing::debug!(vm = %self.cfg.id, error = %e, "QMP quit"),
+                    qemu.child.wait().await
+                };
+                match timeout(grace, quit).await {
+                    Ok(status) => tracing::debug!(vm = %id, ?status, "QEMU quit"),
+                    Err(_) => tracing::debug!(vm = %id, ?grace, "QEMU did not quit"),
                 }
             }
-            qemu.stop(HELPER_GRACE).await;
+            qemu.kill().await;
         }
         for helper in [self.virtiofsd.take(), self.vsock.take()]
             .into_iter()
@@ -238,12 +279,16 @@ impl Vm for QemuVm {
             helper.stop(HELPER_GRACE).await;
         }
         for file in self.created.drain(..) {
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(file = %file.display(), error = %e, "not removed"),
-            }
+            remove_file(&file);
         }
         Ok(())
+    }
+}
+
+fn remove_file(file: &Path) {
+    match std::fs::remove_file(file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %file.display(), error = %e, "not removed"),
     }
 }

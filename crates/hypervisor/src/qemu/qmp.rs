@@ -1,10 +1,12 @@
 //! A minimal QMP client: greeting, `qmp_capabilities`, then one command.
 //!
-//! The `qapi` crate generates the whole QAPI schema of one QEMU release and
-//! its async client is built on its own codec stack; capsa sends three
-//! commands (`quit`, `x-query-virtio-status`), so a small client
-//! over tokio and serde_json is simpler and does not tie capsa to the schema
-//! of one QEMU version.
+//! Why not the `qapi` crate: it has a tokio client, but its commands are
+//! types generated from the QAPI schema of one QEMU release (`qapi-qmp`), so
+//! a command such as `x-query-virtio-status` exists only if that release
+//! matches the installed QEMU; it also brings `futures`, `tokio-util` and
+//! `tower-service` with it. capsa sends a handful of commands (`quit`,
+//! `x-query-virtio-status`), one connection each, so a small client over
+//! tokio and serde_json is simpler.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,216 @@
+//! The initrd: a gzip-compressed cpio "newc" archive with the agent as
+//! `/init`, the modules it loads and their list. Entries are sorted and
+//! carry fixed owners and times, so the bytes depend only on the inputs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use crate::Error;
+
+/// A module file for the initrd.
+pub struct Module {
+    /// Path under `/lib/modules/<version>/`, ending in `.ko`.
+    pub path: String,
+    pub data: Vec<u8>,
+}
+
+/// Where the agent finds the modules to load, one path per line relative to
+/// `/lib/modules/<version>/`, in load order.
+pub const MODULES_LOAD: &str = "etc/capsa/modules.load";
+
+enum Node<'a> {
+    Dir,
+    File(&'a [u8]),
+    CharDev { major: u32, minor: u32 },
+}
+
+/// Builds the compressed initrd.
+pub fn build(agent: &[u8], version: &str, modules: &[Module]) -> Result<Vec<u8>, Error> {
+    let load: String = modules.iter().map(|m| format!("{}\n", m.path)).collect();
+    let moddir = format!("lib/modules/{version}");
+    let mut tree = Tree::default();
+    for dir in ["dev", "etc/capsa", "proc", "run", "sys", &moddir] {
+        tree.add(dir.to_string(), 0o755, Node::Dir);
+    }
+    tree.add("tmp".into(), 0o1777, Node::Dir);
+    tree.add(
+        "dev/console".into(),
+        0o600,
+        Node::CharDev { major: 5, minor: 1 },
+    );
+    tree.add("init".into(), 0o755, Node::File(agent));
+    tree.add(MODULES_LOAD.into(), 0o644, Node::File(load.as_bytes()));
+    for m in modules {
+        tree.add(format!("{moddir}/{}", m.path), 0o644, Node::File(&m.data));
+    }
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    tree.write(&mut gz)?;
+    gz.finish().map_err(|e| Error::io("initrd", e))
+}
+
+/// Entries by path; a path's parents are added as directories.
+#[derive(Default)]
+struct Tree<'a> {
+    entries: BTreeMap<String, (u32, Node<'a>)>,
+}
+
+impl<'a> Tree<'a> {
+    fn add(&mut self, path: String, mode: u32, node: Node<'a>) {
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            self.entries
+                .entry(p.to_string())
+                .or_insert((0o755, Node::Dir));
+            parent = p;
+        }
+        self.entries.insert(path, (mode, node));
+    }
+
+    /// Writes the entries in path order (a directory before its content).
+    fn write<W: Write>(&self, out: &mut W) -> Result<(), Error> {
+        let io = |e| Error::io("initrd", e);
+        for (ino, (path, (mode, node))) in self.entries.iter().enumerate() {
+            let (kind, nlink, data, rdev) = match node {
+                Node::Dir => (cpio::newc::ModeFileType::Directory, 2, &[][..], (0, 0)),
+                Node::File(data) => (cpio::newc::ModeFileType::Regular, 1, *data, (0, 0)),
+                Node::CharDev { major, minor } => {
+                    (cpio::newc::ModeFileType::Char, 1, &[][..], (*major, *minor))
+                }
+            };
+            let size = u32::try_from(data.len()).map_err(|_| Error::TooLarge(path.clone()))?;
+            let mut w = cpio::NewcBuilder::new(path)
+                .ino(ino as u32 + 1)
+                .mode(*mode)
+                .set_mode_file_type(kind)
+                .nlink(nlink)
+                .rdev_major(rdev.0)
+                .rdev_minor(rdev.1)
+                .write(&mut *out, size);
+            w.write_all(data).map_err(io)?;
+            w.finish().map_err(io)?;
+        }
+        cpio::newc::trailer(out).map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    struct Item {
+        name: String,
+        mode: u32,
+        rdev: (u32, u32),
+        mtime: u32,
+        data: Vec<u8>,
+    }
+
+    /// Parses an archive back with the `cpio` crate's reader.
+    fn read_back(initrd: &[u8]) -> Vec<Item> {
+        let mut cpio = Vec::new();
+        flate2::read::GzDecoder::new(initrd)
+            .read_to_end(&mut cpio)
+            .unwrap();
+        let mut rest = &cpio[..];
+        let mut items = Vec::new();
+        loop {
+            let mut r = cpio::NewcReader::new(rest).unwrap();
+            if r.entry().is_trailer() {
+                return items;
+            }
+            let e = r.entry();
+            let mut item = Item {
+                name: e.name().to_string(),
+                mode: e.mode(),
+                rdev: (e.rdev_major(), e.rdev_minor()),
+                mtime: e.mtime(),
+                data: Vec::new(),
+            };
+            r.read_to_end(&mut item.data).unwrap();
+            items.push(item);
+            rest = r.finish().unwrap();
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        let modules = [
+            Module {
+                path: "kernel/drivers/virtio/virtio_ring.ko".into(),
+                data: b"ring".to_vec(),
+            },
+            Module {
+                path: "kernel/fs/fuse/fuse.ko".into(),
+                data: b"fuse!".to_vec(),
+            },
+        ];
+        build(b"#!agent\n", "6.1.0-9-test", &modules).unwrap()
+    }
+
+    #[test]
+    fn holds_init_modules_and_their_list() {
+        let items = read_back(&sample());
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "entries are sorted");
+        for dir in ["dev", "etc", "etc/capsa", "proc", "run", "sys", "tmp"] {
+            let i = items.iter().find(|i| i.name == dir).expect(dir);
+            assert_eq!(i.mode & 0o170000, 0o040000, "{dir} is a directory");
+        }
+        let get = |n: &str| items.iter().find(|i| i.name == n).unwrap();
+        assert_eq!(get("lib/modules/6.1.0-9-test").mode, 0o040755);
+        assert_eq!(get("tmp").mode, 0o041777);
+        assert_eq!(get("init").mode, 0o100755);
+        assert_eq!(get("init").data, b"#!agent\n");
+        assert_eq!(get("dev/console").mode, 0o020600);
+        assert_eq!(get("dev/console").rdev, (5, 1));
+        assert_eq!(
+            String::from_utf8(get(MODULES_LOAD).data.clone()).unwrap(),
+            "kernel/drivers/virtio/virtio_ring.ko\nkernel/fs/fuse/fuse.ko\n"
+        );
+        assert_eq!(
+            get("lib/modules/6.1.0-9-test/kernel/fs/fuse/fuse.ko").data,
+            b"fuse!"
+        );
+        assert!(items.iter().all(|i| i.mtime == 0));
+    }
+
+    #[test]
+    fn output_is_reproducible() {
+        assert_eq!(sample(), sample());
+    }
+
+    #[test]
+    fn gnu_cpio_lists_the_same_entries() {
+        let mut cpio = Vec::new();
+        flate2::read::GzDecoder::new(&sample()[..])
+            .read_to_end(&mut cpio)
+            .unwrap();
+        let mut child = Command::new("cpio")
+            .args(["-t", "-v", "--quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cpio (Debian package cpio)");
+        child.stdin.take().unwrap().write_all(&cpio).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let line = |name: &str| {
+            listing
+                .lines()
+                .find(|l| l.ends_with(&format!(" {name}")))
+                .unwrap_or_else(|| panic!("{name} not in {listing}"))
+                .to_string()
+        };
+        assert!(line("init").starts_with("-rwxr-xr-x"));
+        assert!(line("dev/console").starts_with("crw-------"));
+        assert!(line("dev/console").contains(" 5,"));
+        assert!(line("lib/modules/6.1.0-9-test/kernel/fs/fuse/fuse.ko").starts_with("-rw-r--r--"));
+        assert_eq!(listing.lines().count(), read_back(&sample()).len());
+    }
+}
