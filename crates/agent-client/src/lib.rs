@@ -210,7 +210,9 @@ fn read_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStrea
     }
 }
 
-fn until(timeout: Duration) -> Context {
+/// A ttRPC context that times the call out after `timeout` (for the
+/// generated clients of [`AgentClient::raw`]).
+pub fn until(timeout: Duration) -> Context {
     context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
 }
 

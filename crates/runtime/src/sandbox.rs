@@ -111,7 +111,7 @@ impl Sandbox {
         };
         tracing::info!(sandbox = %self.id, "agent connected");
         let req = agent::CreateSandboxRequest {
-            hostname: format!("capsa-{}", &self.id[..8]),
+            hostname: self.hostname(),
             sandbox_id: self.id.clone(),
             storages: vec![agent::Storage {
                 driver: "virtio-fs".into(),
@@ -150,19 +150,39 @@ impl Sandbox {
         rootfs: &Path,
         process: &ProcessSpec,
     ) -> Result<(), Error> {
+        let guest_root = self.share_rootfs(container_id, rootfs)?;
+        let oci = spec::build(process, &guest_root, &self.hostname())?;
+        self.create_container_spec(container_id, &oci).await
+    }
+
+    /// The hostname given to the guest and its containers.
+    pub fn hostname(&self) -> String {
+        format!("capsa-{}", &self.id[..8])
+    }
+
+    /// Bind-mounts `rootfs` at `<shared>/<container-id>/rootfs`; returns the
+    /// path the guest sees it at.
+    pub fn share_rootfs(&mut self, container_id: &str, rootfs: &Path) -> Result<String, Error> {
         if !rootfs.is_dir() {
             return Err(Error::Rootfs(rootfs.into()));
         }
         let host_root = self.dir.shared_dir().join(container_id).join("rootfs");
         std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
         mount::bind(rootfs, &host_root, false)?;
-        let guest_root = capsa_protocols::guest_rootfs_path(container_id);
-        let hostname = format!("capsa-{}", &self.id[..8]);
-        let oci = spec::build(process, &guest_root, &hostname)?;
+        Ok(capsa_protocols::guest_rootfs_path(container_id))
+    }
+
+    /// Creates container `container_id` from a complete OCI spec (its root
+    /// shared with [`Sandbox::share_rootfs`]).
+    pub async fn create_container_spec(
+        &mut self,
+        container_id: &str,
+        oci: &oci_spec::runtime::Spec,
+    ) -> Result<(), Error> {
         let req = agent::CreateContainerRequest {
             container_id: container_id.into(),
             exec_id: container_id.into(),
-            OCI: Some(capsa_protocols::convert::spec_to_grpc(&oci)).into(),
+            OCI: Some(capsa_protocols::convert::spec_to_grpc(oci)).into(),
             ..Default::default()
         };
         self.agent().create_container(req).await?;

@@ -1,0 +1,58 @@
+//! The runtime's `Sandbox` against a real VM: a container is created from a
+//! full OCI spec, its output read and its exit code waited for. Also the
+//! template for the agent API tests of this directory.
+
+use std::time::Duration;
+
+mod common;
+
+use capsa_agent_client::until;
+use capsa_protocols::agent;
+use capsa_runtime::ProcessSpec;
+use capsa_test_infra::{assert_no_leaks, TestEnv};
+use common::{boot, read_all};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_from_a_full_spec_runs_and_exits() {
+    let env = TestEnv::new();
+    let mut sandbox = boot(&env).await;
+    let root = sandbox
+        .share_rootfs("c1", &env.rootfs)
+        .expect("share rootfs");
+    let process = ProcessSpec {
+        args: vec!["sh".into(), "-c".into(), "hostname; exit 7".into()],
+        ..Default::default()
+    };
+    let mut spec = capsa_runtime::spec::build(&process, &root, "spec-host").unwrap();
+    spec.set_hostname(Some("spec-host".into()));
+    sandbox
+        .create_container_spec("c1", &spec)
+        .await
+        .expect("create");
+    sandbox.agent().start_container("c1").await.expect("start");
+    let out = read_all(&sandbox, "c1", "c1").await;
+    let code = sandbox
+        .agent()
+        .wait_process("c1", "c1")
+        .await
+        .expect("wait");
+    // A raw call through the generated client, as the other tests do.
+    let check = sandbox
+        .agent()
+        .raw()
+        .wait_process(
+            until(Duration::from_secs(10)),
+            &agent::WaitProcessRequest {
+                container_id: "c1".into(),
+                exec_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("raw WaitProcess");
+    sandbox.destroy().await.expect("destroy");
+    assert_eq!(out, "spec-host\n");
+    assert_eq!(code, 7);
+    assert_eq!(check.status, 7);
+    assert_no_leaks(&env.state_dir);
+}
