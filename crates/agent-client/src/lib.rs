@@ -20,6 +20,8 @@ pub use error::Error;
 
 /// Timeout of calls that should answer at once.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of DestroySandbox: the agent gives each container 10 s to die.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A connected agent. Cheap to clone: clones share the connection.
 #[derive(Clone)]
@@ -73,7 +75,7 @@ impl AgentClient {
     pub async fn destroy_sandbox(&self) -> Result<(), Error> {
         let req = agent::DestroySandboxRequest::new();
         self.agent
-            .destroy_sandbox(until(CALL_TIMEOUT), &req)
+            .destroy_sandbox(until(DESTROY_TIMEOUT), &req)
             .await
             .map_err(rpc("DestroySandbox"))?;
         Ok(())

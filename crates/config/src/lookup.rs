@@ -191,5 +191,22 @@ enable_debug = true
         .unwrap_err()
         .to_string();
         assert!(err.contains("default_memory"), "{err}");
+        let err = parse("[runtime]\nstate_dir = \"run/capsa\"\n", Path::new("/z.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runtime.state_dir"), "{err}");
+        assert!(err.contains("not an absolute path"), "{err}");
+    }
+
+    #[test]
+    fn debug_console_is_off_unless_asked() {
+        let c = parse("", Path::new("/d.toml")).unwrap();
+        assert!(!c.agent.capsa.debug_console_enabled);
+        let c = parse(
+            "[agent.capsa]\ndebug_console_enabled = true\n",
+            Path::new("/d.toml"),
+        )
+        .unwrap();
+        assert!(c.agent.capsa.debug_console_enabled);
     }
 }

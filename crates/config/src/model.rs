@@ -91,6 +91,9 @@ pub struct AgentConfig {
     /// Extra modules the agent loads in CreateSandbox (`"name param=value"`).
     pub kernel_modules: Vec<String>,
     pub enable_debug: bool,
+    /// A shell in the VM's root environment on vsock port
+    /// `debug_console_vport` (`capsa exec --vm`). Off by default.
+    pub debug_console_enabled: bool,
 }
 
 impl Default for AgentConfig {
@@ -99,6 +102,7 @@ impl Default for AgentConfig {
             dial_timeout: 30,
             kernel_modules: Vec::new(),
             enable_debug: false,
+            debug_console_enabled: false,
         }
     }
 }

@@ -55,6 +55,12 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     if q.initrd.as_os_str().is_empty() {
         return Err(invalid("hypervisor.qemu.initrd", "must be set".into()));
     }
+    if !config.runtime.state_dir.is_absolute() {
+        return Err(invalid(
+            "runtime.state_dir",
+            format!("{:?} is not an absolute path", config.runtime.state_dir),
+        ));
+    }
     if config.agent.capsa.dial_timeout == 0 {
         return Err(invalid(
             "agent.capsa.dial_timeout",

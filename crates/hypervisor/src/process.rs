@@ -39,6 +39,9 @@ impl Helper {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            // Its own process group: a Ctrl-C on capsa's terminal goes to
+            // capsa, which stops the VM in order, not to QEMU directly.
+            .process_group(0)
             .kill_on_drop(true);
         // The death signal follows the thread that forks, so the spawning
         // thread must live as long as the VM (a tokio worker does; a

@@ -45,15 +45,14 @@ fn mount_err(source: &Path, target: &Path, e: nix::Error) -> Error {
 pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| mount_err(dir, dir, e))?;
-    if let Err(e) = mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    ) {
-        let _ = umount2(dir, MntFlags::MNT_DETACH);
-        return Err(mount_err(dir, dir, e));
+    // Private first, so the mount leaves the peer group of its parent (the
+    // host's `/run` is usually shared): then shared, in a peer group of
+    // its own. Mounts below it never propagate back to the host.
+    for flags in [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED] {
+        if let Err(e) = mount(None::<&str>, dir, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(dir, MntFlags::MNT_DETACH);
+            return Err(mount_err(dir, dir, e));
+        }
     }
     Ok(())
 }

@@ -199,7 +199,12 @@ impl Sandbox {
     /// Best-effort teardown used by every path; only logs failures.
     async fn teardown(&mut self) {
         // Only a guest that accepted DestroySandbox is given time to power off.
+        let vm_gone = self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true);
         let powering_off = match self.agent.take() {
+            Some(_) if vm_gone => {
+                tracing::info!(sandbox = %self.id, "the VM is gone: no DestroySandbox");
+                false
+            }
             Some(agent) => match agent.destroy_sandbox().await {
                 Ok(()) => true,
                 Err(e) => {

@@ -1,7 +1,7 @@
 //! A sandbox's state directory: `<state_dir>/<sandbox-id>/`, holding the
 //! VM's sockets, its console log and the directory shared with the guest.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::{mount, Error};
@@ -21,6 +21,9 @@ impl StateDir {
             .mode(0o711)
             .create(root)
             .map_err(Error::io(root))?;
+        // Mount points are matched against /proc/self/mountinfo, which
+        // holds canonical paths: a symlinked root would hide them.
+        let root = root.canonicalize().map_err(Error::io(root))?;
         let path = root.join(id);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -101,8 +104,28 @@ impl StateDir {
         if !mount::mounts_below(&self.path).is_empty() {
             return Err(Error::BusyStateDir(self.path.clone()));
         }
-        std::fs::remove_dir_all(&self.path).map_err(Error::io(&self.path))
+        let dev = std::fs::symlink_metadata(&self.path)
+            .map_err(Error::io(&self.path))?
+            .dev();
+        remove_tree(&self.path, dev)
     }
+}
+
+/// Removes `path` and everything below it, but never descends into a
+/// directory on another device than `dev`: a mount that
+/// [`mount::mounts_below`] missed is refused, not emptied.
+fn remove_tree(path: &Path, dev: u64) -> Result<(), Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(Error::io(path))?;
+    if !meta.is_dir() {
+        return std::fs::remove_file(path).map_err(Error::io(path));
+    }
+    if meta.dev() != dev {
+        return Err(Error::BusyStateDir(path.into()));
+    }
+    for entry in std::fs::read_dir(path).map_err(Error::io(path))? {
+        remove_tree(&entry.map_err(Error::io(path))?.path(), dev)?;
+    }
+    std::fs::remove_dir(path).map_err(Error::io(path))
 }
 
 /// Holds the pid of the `capsa` process that owns a state directory.
@@ -228,5 +251,41 @@ mod tests {
             data.path().join("keep").exists(),
             "source data must survive"
         );
+    }
+
+    #[test]
+    fn removal_never_crosses_into_another_filesystem() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let inner = root.path().join("a/mnt");
+        std::fs::create_dir_all(&inner).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &inner,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(inner.join("precious"), "x").unwrap();
+        let dev = std::fs::metadata(root.path()).unwrap().dev();
+        let err = remove_tree(&root.path().join("a"), dev).unwrap_err();
+        let kept = inner.join("precious").exists();
+        mount::unmount(&inner).unwrap();
+        assert!(matches!(err, Error::BusyStateDir(ref p) if p == &inner), "{err:?}");
+        assert!(kept, "a file of the other filesystem was removed");
+    }
+
+    #[test]
+    fn a_symlinked_root_is_resolved() {
+        let real = tempfile::tempdir().unwrap();
+        let link_dir = tempfile::tempdir().unwrap();
+        let link = link_dir.path().join("state");
+        std::os::unix::fs::symlink(real.path(), &link).unwrap();
+        let dir = StateDir::create(&link, "sb").unwrap();
+        assert_eq!(dir.path(), real.path().canonicalize().unwrap().join("sb"));
+        dir.remove().unwrap();
     }
 }

@@ -7,6 +7,9 @@ use capsa_hypervisor::{AcceleratorChoice, SharedFs, VmConfig, VsockConfig};
 
 use crate::state::StateDir;
 
+/// The vsock port of the guest's debug console (Kata's default).
+pub const DEBUG_CONSOLE_VPORT: u32 = 1026;
+
 /// Per-sandbox overrides of the configured VM size.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VmSize {
@@ -22,6 +25,9 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         .split_whitespace()
         .map(String::from)
         .collect();
+    if config.agent.capsa.debug_console_enabled {
+        kernel_params.push(format!("agent.debug_console_vport={DEBUG_CONSOLE_VPORT}"));
+    }
     if config.agent.capsa.enable_debug || config.runtime.enable_debug {
         kernel_params.push("agent.log=debug".into());
     }
