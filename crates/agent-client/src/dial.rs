@@ -58,6 +58,32 @@ async fn try_once(endpoint: &AgentEndpoint) -> Result<Socket, String> {
 }
 
 async fn hybrid(path: &Path, port: u32) -> Result<Socket, String> {
+    Ok(Socket::from(hybrid_stream(path, port).await?))
+}
+
+/// A raw byte stream to `port` of the guest through the hybrid vsock
+/// socket at `path` (for services that are not ttRPC, like the debug
+/// console), retrying until `deadline`.
+pub async fn dial_hybrid_stream(
+    path: &Path,
+    port: u32,
+    deadline: Instant,
+) -> Result<UnixStream, Error> {
+    loop {
+        match hybrid_stream(path, port).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::Dial {
+                    endpoint: format!("hvsock://{}:{port}", path.display()),
+                    last: e,
+                })
+            }
+            Err(_) => sleep(RETRY_INTERVAL).await,
+        }
+    }
+}
+
+async fn hybrid_stream(path: &Path, port: u32) -> Result<UnixStream, String> {
     let mut stream = UnixStream::connect(path)
         .await
         .map_err(|e| format!("connect {}: {e}", path.display()))?;
@@ -82,7 +108,7 @@ async fn hybrid(path: &Path, port: u32) -> Result<Socket, String> {
             line.trim_end()
         ));
     }
-    Ok(Socket::from(stream))
+    Ok(stream)
 }
 
 #[cfg(test)]

@@ -10,6 +10,15 @@ pub enum Error {
         method: &'static str,
         error: ttrpc::Error,
     },
+    /// Like `Rpc`, for a method named at run time (`call_json`).
+    #[error("agent {method}: {}", describe(.error))]
+    Call { method: String, error: ttrpc::Error },
+    #[error("the agent API has no method {0:?}")]
+    UnknownMethod(String),
+    #[error("the request is not a valid {message} in JSON: {reason}")]
+    BadRequest { message: String, reason: String },
+    #[error("the reply of {method} cannot be decoded: {reason}")]
+    BadReply { method: String, reason: String },
 }
 
 impl Error {
@@ -17,6 +26,10 @@ impl Error {
     pub fn code(&self) -> Option<ttrpc::Code> {
         match self {
             Error::Rpc {
+                error: ttrpc::Error::RpcStatus(s),
+                ..
+            }
+            | Error::Call {
                 error: ttrpc::Error::RpcStatus(s),
                 ..
             } => s.code.enum_value().ok(),

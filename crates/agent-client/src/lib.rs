@@ -7,6 +7,7 @@
 
 mod dial;
 mod error;
+mod json;
 
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use capsa_protocols::{agent, agent_ttrpc::AgentServiceClient, health, health_ttr
 use tokio::time::Instant;
 use ttrpc::context::{self, Context};
 
-pub use dial::{describe, dial};
+pub use dial::{describe, dial, dial_hybrid_stream};
 pub use error::Error;
+pub use json::methods;
 
 /// Timeout of calls that should answer at once.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,6 +28,7 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(15);
 /// A connected agent. Cheap to clone: clones share the connection.
 #[derive(Clone)]
 pub struct AgentClient {
+    conn: ttrpc::asynchronous::Client,
     agent: AgentServiceClient,
     health: HealthClient,
 }
@@ -36,6 +39,7 @@ impl AgentClient {
         let socket = dial(endpoint, deadline).await?;
         let client = ttrpc::asynchronous::Client::new(socket);
         let this = Self {
+            conn: client.clone(),
             agent: AgentServiceClient::new(client.clone()),
             health: HealthClient::new(client),
         };
@@ -200,6 +204,132 @@ impl AgentClient {
             .await
             .map_err(rpc("ReadStderr"))?;
         Ok(reply.data)
+    }
+}
+
+/// Process and cgroup methods.
+impl AgentClient {
+    /// Runs `process` in the running container `container_id` as `exec_id`.
+    pub async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process: capsa_protocols::oci::Process,
+    ) -> Result<(), Error> {
+        let req = agent::ExecProcessRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            process: Some(process).into(),
+            ..Default::default()
+        };
+        self.agent
+            .exec_process(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("ExecProcess"))?;
+        Ok(())
+    }
+
+    /// The container's processes: `format` "table" (ps-like text) or
+    /// "json" (an array of pids).
+    pub async fn list_processes(&self, container_id: &str, format: &str) -> Result<Vec<u8>, Error> {
+        let req = agent::ListProcessesRequest {
+            container_id: container_id.into(),
+            format: format.into(),
+            ..Default::default()
+        };
+        let reply = self
+            .agent
+            .list_processes(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("ListProcesses"))?;
+        Ok(reply.process_list)
+    }
+
+    pub async fn pause(&self, container_id: &str) -> Result<(), Error> {
+        let req = agent::PauseContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .pause_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("PauseContainer"))?;
+        Ok(())
+    }
+
+    pub async fn resume(&self, container_id: &str) -> Result<(), Error> {
+        let req = agent::ResumeContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .resume_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("ResumeContainer"))?;
+        Ok(())
+    }
+
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources: capsa_protocols::oci::LinuxResources,
+    ) -> Result<(), Error> {
+        let req = agent::UpdateContainerRequest {
+            container_id: container_id.into(),
+            resources: Some(resources).into(),
+            ..Default::default()
+        };
+        self.agent
+            .update_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("UpdateContainer"))?;
+        Ok(())
+    }
+
+    pub async fn stats_container(
+        &self,
+        container_id: &str,
+    ) -> Result<agent::StatsContainerResponse, Error> {
+        let req = agent::StatsContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .stats_container(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("StatsContainer"))
+    }
+
+    /// Waits (without timeout) for the next OOM kill; returns the id of
+    /// its container.
+    pub async fn get_oom_event(&self) -> Result<String, Error> {
+        let reply = self
+            .agent
+            .get_oom_event(context::with_timeout(0), &agent::GetOOMEventRequest::new())
+            .await
+            .map_err(rpc("GetOOMEvent"))?;
+        Ok(reply.container_id)
+    }
+
+    pub async fn tty_win_resize(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), Error> {
+        let req = agent::TtyWinResizeRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            row: rows,
+            column: cols,
+            ..Default::default()
+        };
+        self.agent
+            .tty_win_resize(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("TtyWinResize"))?;
+        Ok(())
     }
 }
 

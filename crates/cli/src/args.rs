@@ -29,6 +29,76 @@ pub enum Command {
     /// Guest assets (kernel and initrd).
     #[command(subcommand)]
     Assets(AssetsCommand),
+    /// List sandboxes: id, state, hypervisor pid, age, command.
+    Ps,
+    /// Print a sandbox's record as JSON (pids, agent address, logs, containers).
+    Inspect {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Run a command in a running sandbox's container (or, with --vm, a
+    /// shell in the VM itself).
+    Exec(ExecArgs),
+    /// Send a signal to a sandbox's workload.
+    Kill {
+        /// Sandbox id.
+        id: String,
+        /// Signal name (TERM, SIGKILL) or number.
+        #[arg(short, long, default_value = "TERM", value_parser = parse_signal)]
+        signal: i32,
+    },
+    /// Remove sandboxes and their state.
+    Rm {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Stop a running sandbox first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Call an agent API method of a running sandbox with a JSON request;
+    /// prints the JSON reply (e.g. `capsa agent-ctl ID GetGuestDetails '{}'`).
+    AgentCtl {
+        /// Sandbox id.
+        id: String,
+        /// Method name as in agent.proto (`--list` to see them).
+        #[arg(required_unless_present = "list")]
+        method: Option<String>,
+        /// The request in protobuf's JSON mapping.
+        #[arg(default_value = "{}")]
+        request: String,
+        /// List the methods instead.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// Keep stdin open and forward it.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE), repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
+    pub cwd: String,
+    /// User (and group) the process runs as.
+    #[arg(short, long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// A shell in the VM's root environment, outside every container
+    /// (needs debug_console_enabled = true in [agent.capsa]).
+    #[arg(long, conflicts_with_all = ["tty", "env", "user"])]
+    pub vm: bool,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "CMD", required_unless_present = "vm")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +121,12 @@ pub struct RunArgs {
     /// User (and group) the workload runs as.
     #[arg(short, long, value_name = "UID[:GID]", value_parser = parse_user)]
     pub user: Option<(u32, u32)>,
+    /// Leave the sandbox running in the background and print its id.
+    #[arg(short, long, conflicts_with = "interactive")]
+    pub detach: bool,
+    /// The sandbox's id (default: a random one).
+    #[arg(long, value_name = "ID")]
+    pub name: Option<String>,
     /// VM memory in MiB (default: hypervisor.qemu.default_memory).
     #[arg(long, value_name = "MiB")]
     pub memory: Option<u32>,
@@ -101,6 +177,23 @@ fn parse_env(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|sig| sig as i32)
+            .map_err(|_| format!("{n} is not a signal number"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| format!("{s:?} is not a signal name"))
+}
+
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
     let number = |v: &str| {
         v.parse::<u32>()
@@ -124,6 +217,27 @@ mod tests {
         assert!(parse_env("A=b=c").is_ok());
         assert!(parse_env("=x").is_err());
         assert!(parse_env("noequals").is_err());
+        assert_eq!(parse_signal("TERM"), Ok(15));
+        assert_eq!(parse_signal("sigkill"), Ok(9));
+        assert_eq!(parse_signal("2"), Ok(2));
+        assert!(parse_signal("NOPE").unwrap_err().contains("NOPE"));
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn exec_needs_a_command_unless_vm() {
+        assert!(Cli::try_parse_from(["capsa", "exec", "sb"]).is_err());
+        let cli = Cli::try_parse_from(["capsa", "exec", "--vm", "sb"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Exec(ExecArgs { vm: true, .. })
+        ));
+        let cli = Cli::try_parse_from(["capsa", "exec", "-t", "sb", "--", "ls", "-l"]).unwrap();
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(e.command, ["ls", "-l"]);
+        assert!(e.tty);
     }
 
     #[test]

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &args::Cli) {
-    let default = if cli.debug { "debug" } else { "warn" };
+    // The owner of a detached sandbox logs to a file: it says what happened.
+    let detached = std::env::var_os(cmd::DETACHED_DIR_ENV).is_some();
+    let default = match (cli.debug, detached) {
+        (true, _) => "debug",
+        (false, true) => "info",
+        (false, false) => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

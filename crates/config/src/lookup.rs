@@ -191,9 +191,12 @@ enable_debug = true
         .unwrap_err()
         .to_string();
         assert!(err.contains("default_memory"), "{err}");
-        let err = parse("[runtime]\nstate_dir = \"run/capsa\"\n", Path::new("/z.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            "[runtime]\nstate_dir = \"run/capsa\"\n",
+            Path::new("/z.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("runtime.state_dir"), "{err}");
         assert!(err.contains("not an absolute path"), "{err}");
     }

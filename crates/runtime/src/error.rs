@@ -18,6 +18,38 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    #[error("process of container {container} did not exit {seconds} s after SIGKILL")]
+    NoExit { container: String, seconds: u64 },
+    #[error("sandbox {id:?} is {state}, not running")]
+    NotRunning { id: String, state: String },
+    #[error(
+        "sandbox {0:?} is running: stop it with `capsa kill {0}` first, or use `capsa rm --force`"
+    )]
+    StillRunning(String),
+    #[error("sandbox {0:?} has no debug console: set debug_console_enabled = true in [agent.capsa] and start it again")]
+    NoDebugConsole(String),
+    #[error("pid {pid}, the owner of sandbox {id:?}, is not a capsa process; not signalled")]
+    NotOwner { id: String, pid: i32 },
+    #[error("signal pid {pid}")]
+    Signal {
+        pid: i32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the owner of sandbox {id:?} (pid {pid}) did not exit in {seconds} s")]
+    OwnerStuck { id: String, pid: i32, seconds: u64 },
+    #[error("sandbox id {id:?} {reason}")]
+    BadId { id: String, reason: String },
+    #[error("no sandbox {id:?} in {root}")]
+    NoSandbox { id: String, root: PathBuf },
+    #[error("sandbox {0:?} exists already")]
+    SandboxExists(String),
+    #[error("read the sandbox record {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("state directory {0} still has mounts below it; not removed")]
     BusyStateDir(PathBuf),
     #[error("start the VM")]

@@ -4,16 +4,21 @@
 //! agent), puts containers in it and takes everything down again, leaving
 //! nothing behind.
 
+pub mod attach;
 mod error;
+pub mod io;
 pub mod mount;
+pub mod record;
 pub mod run;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod vm;
 
+pub use attach::{Found, Liveness};
 pub use error::Error;
-pub use run::{run, RunSpec, Stdio};
+pub use io::{GuestProcess, Stdio};
+pub use run::{run, run_detached, RunSpec};
 pub use sandbox::Sandbox;
 pub use spec::ProcessSpec;
 pub use vm::VmSize;

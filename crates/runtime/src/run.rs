@@ -1,25 +1,19 @@
-//! `capsa run`: one container in a fresh sandbox, its stdio streamed to the
-//! caller, its exit status returned, everything taken down afterwards.
+//! `capsa run`: one container in a fresh sandbox. Attached, its stdio is
+//! streamed to the caller, its exit status returned and everything taken
+//! down afterwards. Detached, the sandbox's owner is a background process
+//! that logs the output and keeps the record once the workload exited.
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use capsa_agent_client::AgentClient;
 use capsa_config::Config;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::task::JoinHandle;
 
+use crate::io::{GuestProcess, Stdio};
+use crate::record::SandboxStatus;
 use crate::spec::ProcessSpec;
+use crate::state::StateDir;
 use crate::vm::VmSize;
 use crate::{Error, Sandbox};
-
-/// Bytes asked of the agent per ReadStdout/ReadStderr call.
-const READ_CHUNK: u32 = 32 * 1024;
-/// How long the workload gets after the stop signal before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
-/// How long output may keep draining after the workload exited.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -32,141 +26,162 @@ pub struct RunSpec {
     pub size: VmSize,
 }
 
-/// The caller's side of the workload's stdio.
-pub struct Stdio {
-    pub stdin: Box<dyn AsyncRead + Send + Unpin>,
-    pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
-    pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
-}
-
-/// Runs the workload and returns its exit status (128+N when killed by
-/// signal N). When `stop` resolves to a signal number, that signal is sent
-/// to the workload, then SIGKILL after a grace period.
+/// Runs the workload attached and returns its exit status (128+N when
+/// killed by signal N). When `stop` resolves to a signal number, that
+/// signal is sent to the workload, then SIGKILL after a grace period. If
+/// `stop` resolves while the VM boots, the boot is abandoned and 128+N
+/// returned.
 pub async fn run(
     spec: RunSpec,
+    name: Option<&str>,
     stdio: Stdio,
     stop: impl Future<Output = i32> + Send,
 ) -> Result<i32, Error> {
     if !spec.rootfs.is_dir() {
         return Err(Error::Rootfs(spec.rootfs.clone()));
     }
-    let mut sandbox = Sandbox::start(&spec.config, spec.size).await?;
-    let result = run_in(&mut sandbox, &spec, stdio, stop).await;
+    tokio::pin!(stop);
+    let id = name.map_or_else(crate::vm::new_id, String::from);
+    let started = Sandbox::start_named(&spec.config, &id, spec.size);
+    let mut sandbox = tokio::select! {
+        s = started => s?,
+        signal = &mut stop => {
+            // Dropping the start future dropped the VM, whose helpers are
+            // killed on drop; what is left is the state directory.
+            tracing::info!(signal, "stopped while the sandbox started");
+            let dir = StateDir::at(&spec.config.runtime.state_dir, &id);
+            if let Err(e) = dir.remove() {
+                tracing::warn!(sandbox = %id, error = %e, "state directory not removed");
+            }
+            return Ok(128 + signal);
+        }
+    };
+    let result = attached(&mut sandbox, &spec, stdio, stop).await;
     let destroyed = sandbox.destroy().await;
     let status = result?;
     destroyed?;
     Ok(status)
 }
 
-async fn run_in(
+async fn attached(
     sandbox: &mut Sandbox,
     spec: &RunSpec,
     stdio: Stdio,
     stop: impl Future<Output = i32> + Send,
 ) -> Result<i32, Error> {
+    let process = create_and_start(sandbox, spec).await?;
+    let pumps = process
+        .pump(stdio, spec.interactive, spec.process.terminal)
+        .await?;
+    let status = process.wait_or_stop(stop).await;
+    pumps.finish().await;
+    record_exit(sandbox, &process.container_id, &status);
+    status
+}
+
+async fn create_and_start(sandbox: &mut Sandbox, spec: &RunSpec) -> Result<GuestProcess, Error> {
     let cid = sandbox.id().to_string();
     sandbox
         .create_container(&cid, &spec.rootfs, &spec.process)
         .await?;
     let agent = sandbox.agent().clone();
     agent.start_container(&cid).await?;
+    sandbox.update_record(|r| r.status = SandboxStatus::Running);
     tracing::info!(container = %cid, "workload started");
+    Ok(GuestProcess {
+        agent,
+        exec_id: cid.clone(),
+        container_id: cid,
+    })
+}
 
-    let stdin = if spec.interactive {
-        Some(tokio::spawn(pump_stdin(
-            agent.clone(),
-            cid.clone(),
-            stdio.stdin,
-        )))
-    } else {
-        agent.close_stdin(&cid, &cid).await?;
-        None
+fn record_exit(sandbox: &mut Sandbox, cid: &str, status: &Result<i32, Error>) {
+    if let Ok(code) = status {
+        tracing::info!(container = %cid, code, "workload exited");
+        sandbox.update_record(|r| {
+            if let Some(c) = r.containers.iter_mut().find(|c| c.id == cid) {
+                c.exit_code = Some(*code);
+            }
+        });
+    }
+}
+
+/// Runs the workload detached, in the state directory `dir` made by the
+/// parent `capsa run -d`: `ready` is told once the workload started (or
+/// why it could not), the output goes to `<dir>/<id>.log`, and once the
+/// workload exited (or `stop` resolved and it was stopped) the VM is taken
+/// down and the record kept. Returns the workload's exit status.
+pub async fn run_detached(
+    spec: RunSpec,
+    dir: StateDir,
+    ready: impl FnOnce(Result<&Sandbox, &Error>),
+    stop: impl Future<Output = i32> + Send,
+) -> Result<i32, Error> {
+    let mut sandbox = match prepare_detached(&spec, dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            ready(Err(&e));
+            return Err(e);
+        }
     };
-    let stdout = tokio::spawn(pump_output(agent.clone(), cid.clone(), false, stdio.stdout));
-    // With a terminal, stderr is the same pty as stdout.
-    let stderr = (!spec.process.terminal)
-        .then(|| tokio::spawn(pump_output(agent.clone(), cid.clone(), true, stdio.stderr)));
-
-    let status = wait_or_stop(&agent, &cid, stop).await;
-    drain(stdout).await;
-    if let Some(stderr) = stderr {
-        drain(stderr).await;
-    }
-    if let Some(stdin) = stdin {
-        stdin.abort();
-    }
+    let cid = sandbox.id().to_string();
+    let log = sandbox.dir().path().join(format!("{cid}.log"));
+    let opened = std::fs::File::create(&log).map_err(Error::io(&log));
+    let process = match opened {
+        Ok(file) => {
+            let out = tokio::fs::File::from_std(file.try_clone().map_err(Error::io(&log))?);
+            let err = tokio::fs::File::from_std(file);
+            let stdio = Stdio {
+                stdin: Box::new(tokio::io::empty()),
+                stdout: Box::new(out),
+                stderr: Box::new(err),
+            };
+            start_detached(&mut sandbox, &spec, stdio, &log).await
+        }
+        Err(e) => Err(e),
+    };
+    let (process, pumps) = match process {
+        Ok(p) => p,
+        Err(e) => {
+            // Down first: once told, the parent may look for leftovers.
+            if let Err(e) = sandbox.destroy().await {
+                tracing::warn!(error = %e, "teardown after a failed start");
+            }
+            ready(Err(&e));
+            return Err(e);
+        }
+    };
+    ready(Ok(&sandbox));
+    let status = process.wait_or_stop(stop).await;
+    pumps.finish().await;
+    record_exit(&mut sandbox, &cid, &status);
+    let stopped = sandbox.stop().await;
     let status = status?;
-    tracing::info!(container = %cid, status, "workload exited");
+    stopped?;
     Ok(status)
 }
 
-async fn wait_or_stop(
-    agent: &AgentClient,
-    cid: &str,
-    stop: impl Future<Output = i32> + Send,
-) -> Result<i32, Error> {
-    let wait = agent.wait_process(cid, cid);
-    tokio::pin!(wait);
-    tokio::select! {
-        status = &mut wait => return Ok(status?),
-        signal = stop => {
-            tracing::info!(container = %cid, signal, "stopping the workload");
-            // The workload may have exited meanwhile: WaitProcess tells.
-            if let Err(e) = agent.signal_process(cid, cid, signal as u32).await {
-                tracing::debug!(container = %cid, error = %e, "SignalProcess");
-            }
-        }
+async fn prepare_detached(spec: &RunSpec, dir: StateDir) -> Result<Sandbox, Error> {
+    if !spec.rootfs.is_dir() {
+        let _ = dir.remove();
+        return Err(Error::Rootfs(spec.rootfs.clone()));
     }
-    if let Ok(status) = tokio::time::timeout(STOP_GRACE, &mut wait).await {
-        return Ok(status?);
-    }
-    tracing::info!(container = %cid, "workload still running after {STOP_GRACE:?}: SIGKILL");
-    agent.signal_process(cid, cid, libc::SIGKILL as u32).await?;
-    Ok(wait.await?)
+    Sandbox::start_in(&spec.config, dir, spec.size).await
 }
 
-async fn drain(task: JoinHandle<()>) {
-    if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
-        tracing::warn!("output did not reach end of file in {DRAIN_TIMEOUT:?}");
-    }
-}
-
-async fn pump_stdin(agent: AgentClient, cid: String, mut input: Box<dyn AsyncRead + Send + Unpin>) {
-    let mut buf = vec![0u8; READ_CHUNK as usize];
-    loop {
-        let n = match input.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Err(e) = agent.write_stdin(&cid, &cid, &buf[..n]).await {
-            tracing::debug!(error = %e, "stdin closed by the agent");
-            return;
+async fn start_detached(
+    sandbox: &mut Sandbox,
+    spec: &RunSpec,
+    stdio: Stdio,
+    log: &std::path::Path,
+) -> Result<(GuestProcess, crate::io::Pumps), Error> {
+    let process = create_and_start(sandbox, spec).await?;
+    let cid = process.container_id.clone();
+    sandbox.update_record(|r| {
+        if let Some(c) = r.containers.iter_mut().find(|c| c.id == cid) {
+            c.log = Some(log.to_path_buf());
         }
-    }
-    if let Err(e) = agent.close_stdin(&cid, &cid).await {
-        tracing::debug!(error = %e, "CloseStdin");
-    }
-}
-
-async fn pump_output(
-    agent: AgentClient,
-    cid: String,
-    stderr: bool,
-    mut out: Box<dyn AsyncWrite + Send + Unpin>,
-) {
-    loop {
-        let data = if stderr {
-            agent.read_stderr(&cid, &cid, READ_CHUNK).await
-        } else {
-            agent.read_stdout(&cid, &cid, READ_CHUNK).await
-        };
-        // The agent ends a stream with an empty read or an error (Kata's EOF).
-        let data = match data {
-            Ok(d) if !d.is_empty() => d,
-            _ => break,
-        };
-        if out.write_all(&data).await.is_err() || out.flush().await.is_err() {
-            break;
-        }
-    }
+    });
+    let pumps = process.pump(stdio, false, spec.process.terminal).await?;
+    Ok((process, pumps))
 }

@@ -1,6 +1,7 @@
 //! A sandbox: one VM, its helpers, its agent, and its containers.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
@@ -9,6 +10,7 @@ use capsa_hypervisor::{qemu::QemuVm, Vm};
 use capsa_protocols::{agent, AGENT_READY_LINE, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
 use tokio::time::Instant;
 
+use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
 use crate::spec::{self, ProcessSpec};
 use crate::state::{self, StateDir};
 use crate::vm::{self, VmSize};
@@ -30,27 +32,54 @@ pub struct Sandbox {
     dir: StateDir,
     vm: QemuVm,
     agent: Option<AgentClient>,
+    record: SandboxRecord,
+    /// Host directories shared as container root filesystems.
+    shared_roots: HashMap<String, PathBuf>,
 }
 
 impl Sandbox {
-    /// Creates the state directory, boots the VM, connects to the agent and
-    /// creates the sandbox in the guest (mounting the shared directory).
+    /// Starts a sandbox with a new random id.
     pub async fn start(config: &Config, size: VmSize) -> Result<Self, Error> {
+        Self::start_named(config, &vm::new_id(), size).await
+    }
+
+    /// Creates the state directory `<state_dir>/<id>`, boots the VM,
+    /// connects to the agent and creates the sandbox in the guest.
+    pub async fn start_named(config: &Config, id: &str, size: VmSize) -> Result<Self, Error> {
         for stale in StateDir::collect_stale(&config.runtime.state_dir) {
             tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
         }
-        let id = vm::new_id();
-        let dir = StateDir::create(&config.runtime.state_dir, &id)?;
+        let dir = StateDir::create(&config.runtime.state_dir, id)?;
+        Self::start_in(config, dir, size).await
+    }
+
+    /// Like [`Sandbox::start_named`] in a state directory created already
+    /// (by a parent process); this process becomes its owner.
+    pub async fn start_in(config: &Config, dir: StateDir, size: VmSize) -> Result<Self, Error> {
+        let id = dir.id();
         let vm = QemuVm::new(vm::vm_config(config, &id, &dir, size));
+        let record = SandboxRecord::new(&id, dir.path());
         let mut sandbox = Self {
             id,
             dir,
             vm,
             agent: None,
+            record,
+            shared_roots: HashMap::new(),
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
-        if let Err(e) = sandbox.boot(config).await {
+        let booted = match sandbox.dir.claim() {
+            Ok(()) => {
+                sandbox.save_record();
+                sandbox.boot(config).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = booted {
             sandbox.teardown().await;
+            if let Err(e) = sandbox.dir.remove() {
+                tracing::error!(sandbox = %sandbox.id, error = %e, "state directory not removed");
+            }
             return Err(e);
         }
         Ok(sandbox)
@@ -58,6 +87,28 @@ impl Sandbox {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn dir(&self) -> &StateDir {
+        &self.dir
+    }
+
+    /// What `state.json` says.
+    pub fn record(&self) -> &SandboxRecord {
+        &self.record
+    }
+
+    /// Changes the record and writes it out (failures are logged: the
+    /// record informs other commands, the sandbox works without it).
+    pub fn update_record(&mut self, change: impl FnOnce(&mut SandboxRecord)) {
+        change(&mut self.record);
+        self.save_record();
+    }
+
+    fn save_record(&self) {
+        if let Err(e) = self.record.save(self.dir.path()) {
+            tracing::warn!(sandbox = %self.id, error = %e, "state record not written");
+        }
     }
 
     /// The connected agent.
@@ -138,6 +189,18 @@ impl Sandbox {
         };
         self.agent = Some(agent);
         self.agent().create_sandbox(req).await?;
+        let (pid, accel) = (self.vm.pid(), self.vm.accelerator());
+        let debug_port = config
+            .agent
+            .capsa
+            .debug_console_enabled
+            .then_some(vm::DEBUG_CONSOLE_VPORT);
+        self.update_record(|r| {
+            r.hypervisor_pid = pid;
+            r.accelerator = accel.map(|a| a.to_string());
+            r.agent = Some(AgentAddress::from(&endpoint));
+            r.debug_console_port = debug_port;
+        });
         Ok(())
     }
 
@@ -157,7 +220,9 @@ impl Sandbox {
 
     /// The hostname given to the guest and its containers.
     pub fn hostname(&self) -> String {
-        format!("capsa-{}", &self.id[..8])
+        // Sandbox ids are checked: ASCII, so any byte count is a boundary.
+        let short = &self.id[..self.id.len().min(8)];
+        format!("capsa-{short}")
     }
 
     /// Bind-mounts `rootfs` at `<shared>/<container-id>/rootfs`; returns the
@@ -169,6 +234,8 @@ impl Sandbox {
         let host_root = self.dir.shared_dir().join(container_id).join("rootfs");
         std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
         mount::bind(rootfs, &host_root, false)?;
+        self.shared_roots
+            .insert(container_id.to_string(), rootfs.to_path_buf());
         Ok(capsa_protocols::guest_rootfs_path(container_id))
     }
 
@@ -186,6 +253,25 @@ impl Sandbox {
             ..Default::default()
         };
         self.agent().create_container(req).await?;
+        let rootfs = self
+            .shared_roots
+            .get(container_id)
+            .cloned()
+            .unwrap_or_default();
+        let command = oci
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        self.update_record(|r| {
+            r.containers.push(ContainerRecord {
+                id: container_id.into(),
+                rootfs,
+                command,
+                log: None,
+                exit_code: None,
+            })
+        });
         Ok(())
     }
 
@@ -194,6 +280,18 @@ impl Sandbox {
     pub async fn destroy(mut self) -> Result<(), Error> {
         self.teardown().await;
         self.dir.remove()
+    }
+
+    /// Tears the sandbox down like [`Sandbox::destroy`] but keeps the
+    /// record and the logs in the state directory, with status `Stopped`,
+    /// for `capsa ps`/`inspect` until `capsa rm`.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        self.teardown().await;
+        self.update_record(|r| {
+            r.status = SandboxStatus::Stopped;
+            r.hypervisor_pid = None;
+        });
+        self.dir.release()
     }
 
     /// Best-effort teardown used by every path; only logs failures.
@@ -223,9 +321,6 @@ impl Sandbox {
         }
         if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
             tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");
-        }
-        if let Err(e) = self.dir.remove() {
-            tracing::error!(sandbox = %self.id, error = %e, "state directory not removed");
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct ProcessSpec {
     pub uid: u32,
     pub gid: u32,
     pub terminal: bool,
+    /// Rows and columns of the terminal, with `terminal`.
+    pub console_size: Option<(u16, u16)>,
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -54,6 +56,15 @@ pub fn build(process: &ProcessSpec, guest_root: &str, hostname: &str) -> Result<
         .rlimits(default_process.rlimits().clone().unwrap_or_default())
         .no_new_privileges(default_process.no_new_privileges().unwrap_or(true))
         .build()?;
+    let mut proc = proc;
+    if let (true, Some((rows, cols))) = (process.terminal, process.console_size) {
+        proc.set_console_size(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build()?,
+        ));
+    }
     spec.set_process(Some(proc));
     spec.set_root(Some(
         RootBuilder::default()
@@ -82,6 +93,7 @@ mod tests {
             uid: 1000,
             gid: 100,
             terminal: true,
+            console_size: Some((30, 100)),
         }
     }
 
@@ -107,6 +119,8 @@ mod tests {
         );
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
         assert!(env.contains(&"TERM=xterm".to_string()));
+        let size = p.console_size().unwrap();
+        assert_eq!((size.height(), size.width()), (30, 100));
         assert_eq!(spec.hostname().as_deref(), Some("h"));
         assert_eq!(
             spec.root().as_ref().unwrap().path().to_str().unwrap(),

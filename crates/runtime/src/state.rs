@@ -16,6 +16,7 @@ pub struct StateDir {
 impl StateDir {
     /// Creates `<root>/<id>` (mode 0700); fails if it already exists.
     pub fn create(root: &Path, id: &str) -> Result<Self, Error> {
+        crate::vm::check_id(id)?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
@@ -28,7 +29,10 @@ impl StateDir {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(Error::io(&path))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::SandboxExists(id.into()),
+                _ => Error::io(&path)(e),
+            })?;
         let dir = Self { path };
         let shared = dir.shared_dir();
         let made = std::fs::DirBuilder::new()
@@ -77,8 +81,98 @@ impl StateDir {
         collected
     }
 
+    /// The state directory of sandbox `id` below `root`, which must exist.
+    pub fn open(root: &Path, id: &str) -> Result<Self, Error> {
+        crate::vm::check_id(id)?;
+        let path = canonical(root).join(id);
+        if !path.join(crate::record::RECORD_FILE).is_file() {
+            return Err(Error::NoSandbox {
+                id: id.into(),
+                root: root.into(),
+            });
+        }
+        Ok(Self { path })
+    }
+
+    /// An existing state directory at `path`, made by a parent process.
+    pub fn existing(path: &Path) -> Result<Self, Error> {
+        let path = path.canonicalize().map_err(Error::io(path))?;
+        if !path.is_dir() {
+            return Err(Error::io(&path)(std::io::ErrorKind::NotADirectory.into()));
+        }
+        Ok(Self { path })
+    }
+
+    /// The directory of sandbox `id` below `root`, whether it exists or not.
+    pub(crate) fn at(root: &Path, id: &str) -> Self {
+        Self {
+            path: canonical(root).join(id),
+        }
+    }
+
+    /// The sandbox ids below `root` that have a record, sorted.
+    pub fn list(root: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join(crate::record::RECORD_FILE).is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The sandbox id: the directory's name.
+    pub fn id(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Makes this process the owner: the directory is collected as stale
+    /// once it dies.
+    pub fn claim(&self) -> Result<(), Error> {
+        let owner = self.path.join(OWNER_FILE);
+        std::fs::write(&owner, std::process::id().to_string()).map_err(Error::io(&owner))
+    }
+
+    /// The owner's pid, if it is alive.
+    pub fn live_owner(&self) -> Option<i32> {
+        std::fs::read_to_string(self.path.join(OWNER_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|pid| process_alive(*pid))
+    }
+
+    /// Gives the directory up but keeps its files: detaches every mount,
+    /// removes the shared directory and the owner file. What is left (the
+    /// record and the logs) is removed by [`StateDir::remove`].
+    pub fn release(&self) -> Result<(), Error> {
+        for target in mount::mounts_below(&self.path) {
+            mount::unmount(&target)?;
+        }
+        if !mount::mounts_below(&self.path).is_empty() {
+            return Err(Error::BusyStateDir(self.path.clone()));
+        }
+        let dev = std::fs::symlink_metadata(&self.path)
+            .map_err(Error::io(&self.path))?
+            .dev();
+        let shared = self.shared_dir();
+        if shared.exists() {
+            remove_tree(&shared, dev)?;
+        }
+        let owner = self.path.join(OWNER_FILE);
+        match std::fs::remove_file(&owner) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&owner)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Exported to the guest over virtio-fs; a mount point with shared
@@ -126,6 +220,12 @@ fn remove_tree(path: &Path, dev: u64) -> Result<(), Error> {
         remove_tree(&entry.map_err(Error::io(path))?.path(), dev)?;
     }
     std::fs::remove_dir(path).map_err(Error::io(path))
+}
+
+/// `root` with symlinks resolved (as mountinfo shows it), or as given if
+/// it does not exist.
+fn canonical(root: &Path) -> PathBuf {
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
 }
 
 /// Holds the pid of the `capsa` process that owns a state directory.
@@ -274,7 +374,10 @@ mod tests {
         let err = remove_tree(&root.path().join("a"), dev).unwrap_err();
         let kept = inner.join("precious").exists();
         mount::unmount(&inner).unwrap();
-        assert!(matches!(err, Error::BusyStateDir(ref p) if p == &inner), "{err:?}");
+        assert!(
+            matches!(err, Error::BusyStateDir(ref p) if p == &inner),
+            "{err:?}"
+        );
         assert!(kept, "a file of the other filesystem was removed");
     }
 

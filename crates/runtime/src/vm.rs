@@ -6,6 +6,7 @@ use capsa_config::Config;
 use capsa_hypervisor::{AcceleratorChoice, SharedFs, VmConfig, VsockConfig};
 
 use crate::state::StateDir;
+use crate::Error;
 
 /// The vsock port of the guest's debug console (Kata's default).
 pub const DEBUG_CONSOLE_VPORT: u32 = 1026;
@@ -74,9 +75,56 @@ fn guest_cid() -> u32 {
 }
 
 /// A new sandbox id: 16 hex digits (short enough for socket paths).
-pub(crate) fn new_id() -> String {
+/// Longest sandbox id (it names a directory and ends up in socket paths).
+pub const MAX_ID_LEN: usize = 64;
+
+/// Checks a sandbox id given by a user: `[A-Za-z0-9_.-]`, not starting
+/// with `.`, at most [`MAX_ID_LEN`] bytes.
+pub fn check_id(id: &str) -> Result<(), Error> {
+    let bad_char = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+    let reason = if id.is_empty() {
+        Some("is empty".to_string())
+    } else if id.len() > MAX_ID_LEN {
+        Some(format!("is longer than {MAX_ID_LEN} bytes"))
+    } else if id.starts_with('.') {
+        Some("starts with '.'".to_string())
+    } else {
+        bad_char.map(|c| format!("contains {c:?} (allowed: letters, digits, '_', '-', '.')"))
+    };
+    match reason {
+        Some(reason) => Err(Error::BadId {
+            id: id.into(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+pub fn new_id() -> String {
     let mut bytes = [0u8; 8];
     let _ = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_ids_are_checked() {
+        for ok in ["web", "a.b-c_d", "0123456789abcdef"] {
+            assert!(check_id(ok).is_ok(), "{ok}");
+        }
+        let reason = |id: &str| check_id(id).unwrap_err().to_string();
+        assert!(reason("").contains("is empty"));
+        assert!(reason("a/b").contains("'/'"));
+        assert!(reason("..").contains("starts with '.'"));
+        assert!(reason(&"x".repeat(65)).contains("longer than 64"));
+        assert!(reason("a b").contains("' '"));
+        assert_eq!(new_id().len(), 16);
+        assert!(check_id(&new_id()).is_ok());
+    }
 }

@@ -1,9 +1,15 @@
 //! One module per subcommand.
 
+mod agent_ctl;
 mod assets;
 mod check;
 mod config;
+mod exec;
+mod kill;
+mod ps;
 mod run;
+
+pub use run::DETACHED_DIR_ENV;
 
 use crate::args::{AssetsCommand, Cli, Command};
 
@@ -15,5 +21,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Check => check::check(config),
         Command::Config => config::show(config),
         Command::Assets(AssetsCommand::Build(args)) => assets::build(args),
+        Command::Ps => ps::ps(config),
+        Command::Inspect { id } => ps::inspect(config, &id),
+        Command::Exec(args) => exec::exec(config, args).await,
+        Command::Kill { id, signal } => kill::kill(config, &id, signal).await,
+        Command::Rm { ids, force } => kill::rm(config, &ids, force).await,
+        Command::AgentCtl {
+            id,
+            method,
+            request,
+            list,
+        } => agent_ctl::agent_ctl(config, &id, method.as_deref(), &request, list).await,
     }
 }

@@ -1,36 +1,41 @@
-//! `capsa run`.
+//! `capsa run`, attached or detached (`-d`).
+//!
+//! Detached, `capsa run -d` creates the sandbox's state directory, starts
+//! a copy of itself in a new session with `CAPSA_DETACHED_DIR` set (the
+//! sandbox's owner: it boots the VM, logs the workload's output and takes
+//! the VM down when the workload exits), waits for its one-line report on
+//! a pipe, prints the sandbox id and exits.
 
-use std::path::Path;
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use capsa_runtime::state::StateDir;
 use capsa_runtime::{ProcessSpec, RunSpec, Stdio, VmSize};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::RunArgs;
 use crate::terminal::RawMode;
 
+/// Set in the environment of the detached owner: its state directory.
+pub const DETACHED_DIR_ENV: &str = "CAPSA_DETACHED_DIR";
+/// The owner's report of a good start.
+const READY: &str = "ok";
+
 pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
     let (config, source) = capsa_config::load(config)?;
     tracing::info!(%source, "configuration");
-    let (uid, gid) = args.user.unwrap_or((0, 0));
-    let spec = RunSpec {
-        config,
-        rootfs: args.rootfs,
-        process: ProcessSpec {
-            args: args.command,
-            env: args.env,
-            cwd: args.cwd,
-            uid,
-            gid,
-            terminal: args.tty,
-        },
-        interactive: args.interactive,
-        size: VmSize {
-            vcpus: args.vcpus,
-            memory_mib: args.memory,
-        },
-    };
-    let stdin: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.interactive {
+    if let Some(dir) = std::env::var_os(DETACHED_DIR_ENV) {
+        return own(config, args, PathBuf::from(dir)).await;
+    }
+    if args.detach {
+        return detach(&config, &args).await;
+    }
+    let name = args.name.clone();
+    let (tty, interactive) = (args.tty, args.interactive);
+    let spec = run_spec(config, args);
+    let stdin: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if interactive {
         Box::new(tokio::io::stdin())
     } else {
         Box::new(tokio::io::empty())
@@ -41,19 +46,163 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
         stderr: Box::new(tokio::io::stderr()),
     };
     // With a terminal and -i, keystrokes (Ctrl-C included) go to the workload.
-    let _raw = (args.tty && args.interactive)
+    let _raw = (tty && interactive)
         .then(RawMode::enable_on_stdin)
         .flatten();
+    let status = capsa_runtime::run(spec, name.as_deref(), stdio, stop_signal()?)
+        .await
+        .context("capsa run")?;
+    Ok(u8::try_from(status).unwrap_or(255))
+}
+
+fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
+    let (uid, gid) = args.user.unwrap_or((0, 0));
+    RunSpec {
+        config,
+        rootfs: args.rootfs,
+        process: ProcessSpec {
+            args: args.command,
+            env: args.env,
+            cwd: args.cwd,
+            uid,
+            gid,
+            terminal: args.tty,
+            console_size: args.tty.then(crate::terminal::size).flatten(),
+        },
+        interactive: args.interactive,
+        size: VmSize {
+            vcpus: args.vcpus,
+            memory_mib: args.memory,
+        },
+    }
+}
+
+/// SIGINT or SIGTERM, as the signal number.
+pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = i32>> {
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let stop = async move {
+    Ok(async move {
         tokio::select! {
             _ = sigint.recv() => libc::SIGINT,
             _ = sigterm.recv() => libc::SIGTERM,
         }
+    })
+}
+
+/// The parent side of `run -d`.
+async fn detach(config: &capsa_config::Config, args: &RunArgs) -> anyhow::Result<u8> {
+    if !args.rootfs.is_dir() {
+        bail!("rootfs {} is not a directory", args.rootfs.display());
+    }
+    let root = &config.runtime.state_dir;
+    for stale in StateDir::collect_stale(root) {
+        tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
+    }
+    let id = args.name.clone().unwrap_or_else(capsa_runtime::vm::new_id);
+    let dir = StateDir::create(root, &id).context("create the sandbox's state directory")?;
+    match spawn_owner(&dir) {
+        Ok((mut owner, report)) => {
+            let result = tokio::task::spawn_blocking(move || read_report(report))
+                .await
+                .context("wait for the sandbox's owner")?;
+            match result {
+                Some(line) if line == READY => {
+                    println!("{id}");
+                    Ok(0)
+                }
+                Some(line) => {
+                    let text = line.strip_prefix("error: ").unwrap_or(&line);
+                    let message = serde_json::from_str::<String>(text).unwrap_or(line.clone());
+                    bail!("{message}")
+                }
+                None => {
+                    // The owner died without a word: nobody else cleans up.
+                    let _ = tokio::task::spawn_blocking(move || owner.wait()).await;
+                    let log = capsa_runtime::state::tail(&dir.path().join("capsa.log"), 20);
+                    if let Err(e) = dir.remove() {
+                        tracing::warn!(error = %e, "state directory not removed");
+                    }
+                    bail!("the sandbox's owner exited during start; its log ends with:\n{log}")
+                }
+            }
+        }
+        Err(e) => {
+            let _ = dir.remove();
+            Err(e)
+        }
+    }
+}
+
+/// Starts the owner; returns it and the read end of its report pipe.
+fn spawn_owner(dir: &StateDir) -> anyhow::Result<(std::process::Child, std::fs::File)> {
+    let log_path = dir.path().join("capsa.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("create {}", log_path.display()))?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
+    let exe = std::env::current_exe().context("find capsa's own executable")?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(DETACHED_DIR_ENV, dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(write)
+        .stderr(log);
+    // SAFETY: runs in the child between fork and exec; setsid(2) is
+    // async-signal-safe. A session of its own: the owner outlives this
+    // process and its terminal.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", exe.display()))?;
+    tracing::info!(pid = child.id(), dir = %dir.path().display(), "sandbox owner started");
+    // `cmd` holds the write end: drop it so that EOF comes if the owner dies.
+    drop(cmd);
+    Ok((child, std::fs::File::from(read)))
+}
+
+fn read_report(pipe: std::fs::File) -> Option<String> {
+    let mut line = String::new();
+    match std::io::BufReader::new(pipe).read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim_end().to_string()),
+        _ => None,
+    }
+}
+
+/// The detached owner: runs the sandbox, reports on stdout once.
+async fn own(config: capsa_config::Config, args: RunArgs, dir: PathBuf) -> anyhow::Result<u8> {
+    let dir = StateDir::existing(&dir)?;
+    tracing::info!(sandbox = %dir.id(), "owner of a detached sandbox");
+    let spec = run_spec(config, args);
+    let ready = |result: Result<&capsa_runtime::Sandbox, &capsa_runtime::Error>| {
+        let line = match result {
+            Ok(_) => READY.to_string(),
+            // One line: the message (guest console tails have newlines)
+            // travels as a JSON string.
+            Err(e) => format!("error: {}", serde_json::Value::from(chain(e))),
+        };
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        // Nothing else goes to the parent: stdout becomes /dev/null.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+        }
     };
-    let status = capsa_runtime::run(spec, stdio, stop)
-        .await
-        .context("capsa run")?;
+    let status = capsa_runtime::run_detached(spec, dir, ready, stop_signal()?).await?;
+    tracing::info!(status, "the workload exited; sandbox stopped");
     Ok(u8::try_from(status).unwrap_or(255))
+}
+
+/// An error and its sources, `: `-separated (as anyhow's `{:#}`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -1,0 +1,107 @@
+//! Any AgentService method, called with a JSON request and answered in
+//! JSON (`capsa agent-ctl`). The method's request and reply types come
+//! from the protocol's descriptors, so every method of `agent.proto` works
+//! without code of its own.
+
+use std::time::Duration;
+
+use capsa_protocols::agent;
+use protobuf::reflect::MethodDescriptor;
+
+use crate::{AgentClient, Error};
+
+const SERVICE: &str = "AgentService";
+
+/// The AgentService methods of the protocol, by wire name.
+pub fn methods() -> Vec<String> {
+    service_methods()
+        .map(|m| m.proto().name().to_string())
+        .collect()
+}
+
+fn service_methods() -> impl Iterator<Item = MethodDescriptor> {
+    agent::file_descriptor()
+        .services()
+        .filter(|s| s.proto().name() == SERVICE)
+        .flat_map(|s| s.methods().collect::<Vec<_>>())
+}
+
+impl AgentClient {
+    /// Calls `method` with the request given as JSON (protobuf's JSON
+    /// mapping, field names as in the `.proto` or in lowerCamelCase) and
+    /// returns the reply as JSON.
+    pub async fn call_json(
+        &self,
+        method: &str,
+        request: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
+        let descriptor = service_methods()
+            .find(|m| m.proto().name() == method)
+            .ok_or_else(|| Error::UnknownMethod(method.to_string()))?;
+        let mut req = descriptor.input_type().new_instance();
+        protobuf_json_mapping::merge_from_str(&mut *req, request).map_err(|e| {
+            Error::BadRequest {
+                message: descriptor.input_type().name().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let payload = req.write_to_bytes_dyn().map_err(|e| Error::BadRequest {
+            message: descriptor.input_type().name().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut call = ttrpc::Request::new();
+        call.service = format!("grpc.{SERVICE}");
+        call.method = method.to_string();
+        call.timeout_nano = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
+        call.payload = payload;
+        let reply = self.conn.request(call).await.map_err(|error| Error::Call {
+            method: method.to_string(),
+            error,
+        })?;
+        let output = descriptor.output_type();
+        let message = output
+            .parse_from_bytes(&reply.payload)
+            .map_err(|e| Error::BadReply {
+                method: method.to_string(),
+                reason: e.to_string(),
+            })?;
+        protobuf_json_mapping::print_to_string(&*message).map_err(|e| Error::BadReply {
+            method: method.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_of_the_service_is_known() {
+        let m = methods();
+        for name in [
+            "CreateContainer",
+            "ExecProcess",
+            "GetGuestDetails",
+            "CopyFile",
+        ] {
+            assert!(m.iter().any(|x| x == name), "{name} missing from {m:?}");
+        }
+    }
+
+    #[test]
+    fn json_requests_map_to_messages() {
+        let d = service_methods()
+            .find(|m| m.proto().name() == "SignalProcess")
+            .unwrap();
+        let mut req = d.input_type().new_instance();
+        protobuf_json_mapping::merge_from_str(&mut *req, r#"{"container_id": "c1", "signal": 9}"#)
+            .unwrap();
+        let bytes = req.write_to_bytes_dyn().unwrap();
+        let typed: agent::SignalProcessRequest =
+            protobuf::Message::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(typed.container_id, "c1");
+        assert_eq!(typed.signal, 9);
+    }
+}

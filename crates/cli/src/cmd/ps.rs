@@ -1,0 +1,56 @@
+//! `capsa ps` and `capsa inspect`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use capsa_runtime::record::human_age;
+use capsa_runtime::Found;
+
+pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
+    let (config, _) = capsa_config::load(config)?;
+    let found = Found::all(&config.runtime.state_dir);
+    println!(
+        "{:<20} {:<9} {:>8} {:>5}  COMMAND",
+        "ID", "STATE", "PID", "AGE"
+    );
+    for f in found {
+        let r = &f.record;
+        let pid = r
+            .hypervisor_pid
+            .filter(|_| matches!(f.liveness, capsa_runtime::Liveness::Recorded(s) if s != capsa_runtime::record::SandboxStatus::Stopped))
+            .map_or_else(|| "-".to_string(), |p| p.to_string());
+        let command = r
+            .containers
+            .first()
+            .map(|c| c.command.join(" "))
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:<9} {:>8} {:>5}  {}",
+            r.id,
+            f.liveness.to_string(),
+            pid,
+            human_age(r.age()),
+            command
+        );
+    }
+    Ok(0)
+}
+
+pub fn inspect(config: Option<&Path>, id: &str) -> anyhow::Result<u8> {
+    let (config, _) = capsa_config::load(config)?;
+    let found = Found::open(&config.runtime.state_dir, id)?;
+    let mut value = serde_json::to_value(&found.record).context("encode the record")?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("state".into(), found.liveness.to_string().into());
+        obj.insert("age_seconds".into(), found.record.age().into());
+        obj.insert(
+            "state_dir".into(),
+            found.dir.path().display().to_string().into(),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).context("encode the record")?
+    );
+    Ok(0)
+}

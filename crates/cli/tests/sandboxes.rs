@@ -1,0 +1,333 @@
+//! Detached sandboxes: `capsa run -d`, `ps`, `inspect`, `exec`,
+//! `agent-ctl`, `kill`, `rm`, against real VMs.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use capsa_test_infra::leaks::processes_naming;
+use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn capsa(env: &TestEnv, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    cmd.arg("--config").arg(&env.config).args(args);
+    run_bounded(cmd, None, LIMIT)
+}
+
+fn capsa_with_input(env: &TestEnv, args: &[&str], input: &[u8]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    cmd.arg("--config").arg(&env.config).args(args);
+    run_bounded(cmd, Some(input), LIMIT)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A detached sandbox, removed (with its owner) when the test ends, even
+/// if it fails.
+struct Detached<'a> {
+    env: &'a TestEnv,
+    id: String,
+}
+
+impl<'a> Detached<'a> {
+    /// `capsa run -d --name <id> --rootfs <busybox> -- <cmd>`.
+    fn start(env: &'a TestEnv, id: &str, cmd: &[&str]) -> Self {
+        let rootfs = env.rootfs.to_string_lossy().into_owned();
+        let mut args = vec!["run", "-d", "--name", id, "--rootfs", &rootfs, "--"];
+        args.extend_from_slice(cmd);
+        let out = capsa(env, &args);
+        assert!(out.status.success(), "run -d failed: {out:?}");
+        assert_eq!(text(&out.stdout).trim(), id, "run -d prints the id");
+        Self {
+            env,
+            id: id.to_string(),
+        }
+    }
+
+    fn inspect(&self) -> serde_json::Value {
+        let out = capsa(self.env, &["inspect", &self.id]);
+        assert!(out.status.success(), "inspect: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+    }
+
+    /// Waits until `inspect` says `state`.
+    fn wait_state(&self, state: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let v = self.inspect();
+            if v["state"] == state {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "sandbox never became {state}: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        let dir = self.env.state_dir.join(&self.id);
+        if !dir.exists() {
+            return;
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
+        cmd.arg("--config")
+            .arg(&self.env.config)
+            .args(["rm", "--force", &self.id]);
+        let _ = run_bounded(cmd, None, LIMIT);
+        // Last resort: the owner this test started, by the pid it recorded.
+        if let Ok(record) = std::fs::read(dir.join("state.json")) {
+            let record: serde_json::Value = serde_json::from_slice(&record).unwrap_or_default();
+            if let Some(pid) = record["owner_pid"].as_i64() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Nothing of the test's sandboxes is left: no process (VM helpers name
+/// the state directory, owners name the configuration file), mount or
+/// state.
+fn assert_all_gone(env: &TestEnv) {
+    assert_no_leaks(&env.state_dir);
+    let owners = processes_naming(&env.config.to_string_lossy());
+    assert!(owners.is_empty(), "owners left behind: {owners:?}");
+}
+
+#[test]
+fn detached_sandbox_lifecycle() {
+    let env = TestEnv::new();
+    let sb = Detached::start(&env, "web", &["sh", "-c", "echo started; sleep 1000"]);
+
+    // ps: id, state, hypervisor pid, age.
+    let ps = capsa(&env, &["ps"]);
+    assert!(ps.status.success(), "{ps:?}");
+    let line = text(&ps.stdout)
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("web missing from ps: {ps:?}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1], "running", "{line}");
+    let pid: u32 = cols[2].parse().expect("hypervisor pid column");
+    assert!(cols[3].ends_with('s') || cols[3].ends_with('m'), "{line}");
+
+    // inspect: the same pid, a live QEMU, the agent's socket, the console log.
+    let v = sb.inspect();
+    assert_eq!(v["hypervisor_pid"], pid, "{v:#}");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("hypervisor alive");
+    assert!(text(&cmdline).contains("qemu"), "{}", text(&cmdline));
+    assert_eq!(v["agent"]["kind"], "hybrid-vsock", "{v:#}");
+    assert_eq!(v["agent"]["port"], 1024, "{v:#}");
+    let sock = v["agent"]["path"].as_str().expect("agent path");
+    assert!(std::path::Path::new(sock).exists(), "{sock}");
+    let console = v["console_log"].as_str().expect("console log");
+    assert!(
+        std::fs::read_to_string(console)
+            .unwrap()
+            .contains("capsa-agent"),
+        "console log without the agent's lines"
+    );
+    assert_eq!(v["containers"][0]["id"], "web", "{v:#}");
+
+    // exec: output, exit code, environment, and the workload's processes.
+    let out = capsa(
+        &env,
+        &[
+            "exec",
+            "-e",
+            "GREETING=hi",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING from exec; ps -o comm | grep -c sleep; exit 5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(text(&out.stdout), "hi from exec\n1\n", "{out:?}");
+
+    // agent-ctl: a method and a refusal, in JSON.
+    let out = capsa(&env, &["agent-ctl", "web", "GetGuestDetails", "{}"]);
+    assert!(out.status.success(), "{out:?}");
+    let details: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON reply");
+    assert!(details.get("agentDetails").is_some(), "{details:#}");
+    let out = capsa(
+        &env,
+        &[
+            "agent-ctl",
+            "web",
+            "WaitProcess",
+            r#"{"container_id": "nope"}"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("NOT_FOUND") && text(&out.stderr).contains("nope"),
+        "{out:?}"
+    );
+
+    // rm refuses a running sandbox.
+    let out = capsa(&env, &["rm", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("is running"), "{out:?}");
+
+    // kill: the workload dies, the VM goes, the record stays.
+    let out = capsa(&env, &["kill", "web", "--signal", "KILL"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = sb.wait_state("stopped");
+    assert_eq!(v["containers"][0]["exit_code"], 137, "{v:#}");
+    let log = v["containers"][0]["log"].as_str().expect("log path");
+    assert_eq!(std::fs::read_to_string(log).unwrap(), "started\n");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU still runs after the workload exited"
+    );
+
+    // rm: nothing left.
+    let out = capsa(&env, &["rm", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = capsa(&env, &["inspect", "web"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains("no sandbox \"web\""), "{out:?}");
+    assert_all_gone(&env);
+}
+
+#[test]
+fn forced_rm_stops_a_running_sandbox_and_leaves_nothing() {
+    let env = TestEnv::new();
+    let _sb = Detached::start(&env, "busy", &["sleep", "1000"]);
+    let out = capsa(&env, &["rm", "--force", "busy"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_gone(&env);
+}
+
+#[test]
+fn detached_start_failures_are_reported_and_leave_nothing() {
+    let env = TestEnv::new();
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "x",
+            "--rootfs",
+            "/no/such/dir",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains("/no/such/dir"), "{out:?}");
+
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "a/b",
+            "--rootfs",
+            &env.rootfs.to_string_lossy(),
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains("\"a/b\""), "{out:?}");
+
+    // The workload cannot start: the owner reports why, and cleans up.
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "y",
+            "--rootfs",
+            &env.rootfs.to_string_lossy(),
+            "--",
+            "/no/such/binary",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("CreateContainer")
+            || text(&out.stderr).contains("StartContainer"),
+        "{out:?}"
+    );
+    assert_all_gone(&env);
+}
+
+#[test]
+fn a_used_name_is_refused() {
+    let env = TestEnv::new();
+    let _sb = Detached::start(&env, "twice", &["sleep", "1000"]);
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "twice",
+            "--rootfs",
+            &env.rootfs.to_string_lossy(),
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("\"twice\" exists already"),
+        "{out:?}"
+    );
+    let out = capsa(&env, &["rm", "-f", "twice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_gone(&env);
+}
+
+#[test]
+fn debug_console_is_a_shell_in_the_vm() {
+    let env = TestEnv::new();
+    // Off by default: the error says how to turn it on.
+    let sb = Detached::start(&env, "nodebug", &["sleep", "1000"]);
+    let out = capsa(&env, &["exec", "--vm", "nodebug"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("debug_console_enabled"),
+        "{out:?}"
+    );
+    drop(sb);
+
+    let text_config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{text_config}\n[agent.capsa]\ndebug_console_enabled = true\n"),
+    )
+    .unwrap();
+    let _sb = Detached::start(&env, "debug", &["sleep", "1000"]);
+    // The VM's root environment: the agent is PID 1 there, and the
+    // container's rootfs is a virtio-fs mount.
+    let out = capsa_with_input(
+        &env,
+        &["exec", "--vm", "debug"],
+        b"echo sum=$((6*7)); cat /proc/1/comm; grep -c virtiofs /proc/mounts; exit\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("sum=42"), "{stdout}");
+    assert!(stdout.contains("capsa-agent"), "{stdout}");
+    let out = capsa(&env, &["rm", "-f", "debug"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_gone(&env);
+}
