@@ -239,6 +239,37 @@ impl Sandbox {
         Ok(capsa_protocols::guest_rootfs_path(container_id))
     }
 
+    /// The host directory shared with the guest for container
+    /// `container_id` (`<shared>/<container-id>`), and the guest's path of
+    /// its `rootfs` subdirectory. The caller mounts what it needs below it.
+    pub fn container_share(&self, container_id: &str) -> (PathBuf, String) {
+        (
+            self.dir.shared_dir().join(container_id),
+            capsa_protocols::guest_rootfs_path(container_id),
+        )
+    }
+
+    /// Removes container `container_id` from the guest, then detaches and
+    /// removes what was shared for it.
+    pub async fn remove_container(&mut self, container_id: &str) -> Result<(), Error> {
+        let removed = self.agent().remove_container(container_id).await;
+        let (share, _) = self.container_share(container_id);
+        for target in mount::mounts_below(&share) {
+            mount::unmount(&target)?;
+        }
+        if share.exists() && mount::mounts_below(&share).is_empty() {
+            std::fs::remove_dir_all(&share).map_err(Error::io(&share))?;
+        }
+        self.shared_roots.remove(container_id);
+        self.update_record(|r| r.containers.retain(|c| c.id != container_id));
+        removed.map_err(Error::from)
+    }
+
+    /// The hypervisor's pid while it runs.
+    pub fn hypervisor_pid(&self) -> Option<u32> {
+        self.vm.pid()
+    }
+
     /// Creates container `container_id` from a complete OCI spec (its root
     /// shared with [`Sandbox::share_rootfs`]).
     pub async fn create_container_spec(

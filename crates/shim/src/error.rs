@@ -1,0 +1,100 @@
+//! The shim's errors and their ttRPC status codes.
+
+use containerd_shim::protos::protobuf::Enum;
+use containerd_shim::protos::ttrpc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("task {0:?} not found")]
+    NoTask(String),
+    #[error("process {exec_id:?} of task {id:?} not found")]
+    NoProcess { id: String, exec_id: String },
+    #[error("task {0:?} exists already")]
+    TaskExists(String),
+    #[error("exec {exec_id:?} of task {id:?} exists already")]
+    ExecExists { id: String, exec_id: String },
+    #[error("pod {pod:?} is not served by this shim (it serves {served:?})")]
+    OtherPod { pod: String, served: String },
+    #[error("task {0:?} has no VM: its pod was not created by this shim")]
+    NoPod(String),
+    #[error("process {0:?} is still running")]
+    Running(String),
+    #[error("process {0:?} is not running")]
+    NotRunning(String),
+    #[error("{0} is not supported by capsa")]
+    Unsupported(&'static str),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("read the OCI spec of bundle {bundle}")]
+    Spec {
+        bundle: String,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("mount the rootfs of {id}")]
+    Rootfs {
+        id: String,
+        #[source]
+        source: containerd_shim::Error,
+    },
+    #[error("open the {stream} of {id} ({path})")]
+    Stdio {
+        id: String,
+        stream: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] capsa_config::Error),
+    #[error(transparent)]
+    Runtime(#[from] capsa_runtime::Error),
+    #[error(transparent)]
+    Agent(#[from] capsa_agent_client::Error),
+}
+
+impl Error {
+    fn code(&self) -> ttrpc::Code {
+        match self {
+            Error::NoTask(_) | Error::NoProcess { .. } | Error::NoPod(_) => ttrpc::Code::NOT_FOUND,
+            Error::TaskExists(_) | Error::ExecExists { .. } => ttrpc::Code::ALREADY_EXISTS,
+            Error::Running(_) | Error::NotRunning(_) | Error::OtherPod { .. } => {
+                ttrpc::Code::FAILED_PRECONDITION
+            }
+            Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
+            Error::Invalid { .. } | Error::Spec { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            // The agent client's ttrpc is another release: same codes.
+            Error::Agent(e) => e
+                .code()
+                .and_then(|c| ttrpc::Code::from_i32(c as i32))
+                .unwrap_or(ttrpc::Code::INTERNAL),
+            _ => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+/// The whole chain in one message, as containerd shows it to the user.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        let message = chain(&e);
+        tracing::warn!(error = %message, "request failed");
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
+    }
+}

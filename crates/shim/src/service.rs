@@ -1,0 +1,528 @@
+//! containerd's Task API over a pod.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use capsa_protocols::agent;
+use containerd_shim::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
+    PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
+    StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
+};
+use containerd_shim::protos::api::{CheckpointTaskRequest, Empty};
+use containerd_shim::protos::events::task::TaskIO;
+use containerd_shim::protos::types::task::{ProcessInfo, Status};
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use oci_spec::runtime::Spec;
+use tokio::sync::Mutex;
+
+use crate::annotations::{self, Role};
+use crate::error::Error;
+use crate::events::Events;
+use crate::pod::{Pod, Task as PodTask};
+use crate::process::{Exit, Proc};
+use crate::stdio::StdioPaths;
+
+/// The task service of one shim (one pod).
+pub struct Service {
+    pub namespace: String,
+    pub events: Arc<Events>,
+    pub exit: Arc<ExitSignal>,
+    pod: Mutex<Option<Arc<Pod>>>,
+}
+
+impl Service {
+    pub fn new(namespace: &str, events: Events, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            events: Arc::new(events),
+            exit,
+            pod: Mutex::new(None),
+        }
+    }
+
+    async fn pod(&self, id: &str) -> Result<Arc<Pod>, Error> {
+        self.pod
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| Error::NoTask(id.into()))
+    }
+
+    async fn task(&self, id: &str) -> Result<(Arc<Pod>, Arc<PodTask>), Error> {
+        let pod = self.pod(id).await?;
+        let task = pod.task(id)?;
+        Ok((pod, task))
+    }
+
+    async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, Error> {
+        let bundle = Path::new(&req.bundle);
+        let spec = Spec::load(bundle.join("config.json")).map_err(|source| Error::Spec {
+            bundle: req.bundle.clone(),
+            source,
+        })?;
+        let role = annotations::role(spec.annotations().as_ref());
+        let pod_id = role.pod_id(&req.id).to_string();
+        tracing::info!(container = %req.id, pod = %pod_id, ?role, "create");
+        let pod = {
+            let mut slot = self.pod.lock().await;
+            match (&*slot, &role) {
+                (Some(pod), _) if pod.id == pod_id => pod.clone(),
+                (Some(pod), _) => {
+                    return Err(Error::OtherPod {
+                        pod: pod_id,
+                        served: pod.id.clone(),
+                    })
+                }
+                (None, Role::Container { .. }) => {
+                    return Err(Error::OtherPod {
+                        pod: pod_id,
+                        served: String::new(),
+                    })
+                }
+                (None, _) => {
+                    let explicit = crate::options::config_path(req.options.as_ref());
+                    let (config, source) = capsa_config::load(explicit.as_deref())?;
+                    tracing::info!(%source, "configuration");
+                    let pod =
+                        Pod::start(&pod_id, &self.namespace, &config, self.events.clone()).await?;
+                    *slot = Some(pod.clone());
+                    pod
+                }
+            }
+        };
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        // For the `delete` action, should this shim die.
+        let marker = bundle.join(crate::shim::POD_STATE_FILE);
+        let _ = std::fs::write(&marker, pod.state_dir.display().to_string());
+        let init = Arc::new(Proc::new("", stdio, None));
+        let created = pod
+            .create_task(&req.id, &req.bundle, &req.rootfs, spec, init)
+            .await;
+        if let Err(e) = created {
+            if pod
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                pod.destroy().await;
+                *self.pod.lock().await = None;
+            }
+            return Err(e);
+        }
+        let io = TaskIO {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+            ..Default::default()
+        };
+        self.events
+            .created(&req.id, &req.bundle, io, pod.pid())
+            .await;
+        Ok(CreateTaskResponse {
+            pid: pod.pid(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_start(&self, req: StartRequest) -> Result<StartResponse, Error> {
+        let (pod, task) = self.task(&req.id).await?;
+        let proc = task.process(&req.exec_id)?;
+        if proc.status() != Status::CREATED {
+            return Err(Error::Running(req.exec_id));
+        }
+        pod.start_process(&task, &proc).await?;
+        if req.exec_id.is_empty() {
+            self.events.started(&req.id, pod.pid()).await;
+        } else {
+            self.events
+                .exec_started(&req.id, &req.exec_id, pod.pid())
+                .await;
+        }
+        Ok(StartResponse {
+            pid: pod.pid(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse, Error> {
+        let (pod, task) = self.task(&req.id).await?;
+        let proc = task.process(&req.exec_id)?;
+        let exit = match (proc.status(), proc.exit()) {
+            (_, Some(exit)) => exit,
+            // Created but never started: nothing runs, nothing to wait for.
+            (Status::CREATED, None) => Exit::now(0),
+            _ => return Err(Error::Running(req.id)),
+        };
+        if !req.exec_id.is_empty() {
+            task.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req.exec_id);
+        } else {
+            let last = pod.remove_task(&req.id).await?;
+            self.events.deleted(&req.id, pod.pid(), &exit).await;
+            // The pod's VM goes with its sandbox container or its last task.
+            if last || req.id == pod.id {
+                pod.destroy().await;
+            }
+        }
+        Ok(DeleteResponse {
+            pid: pod.pid(),
+            exit_status: exit.status,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_exec(&self, req: ExecProcessRequest) -> Result<(), Error> {
+        let (_pod, task) = self.task(&req.id).await?;
+        let spec = req.spec.as_ref().ok_or_else(|| Error::Invalid {
+            what: "exec request",
+            reason: "no process spec".into(),
+        })?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&spec.value).map_err(|e| Error::Invalid {
+                what: "exec process spec",
+                reason: e.to_string(),
+            })?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        {
+            let mut execs = task.execs.lock().unwrap_or_else(|e| e.into_inner());
+            if execs.contains_key(&req.exec_id) {
+                return Err(Error::ExecExists {
+                    id: req.id,
+                    exec_id: req.exec_id,
+                });
+            }
+            let proc = Arc::new(Proc::new(&req.exec_id, stdio, Some(process)));
+            execs.insert(req.exec_id.clone(), proc);
+        }
+        self.events.exec_added(&req.id, &req.exec_id).await;
+        Ok(())
+    }
+
+    async fn do_state(&self, req: StateRequest) -> Result<StateResponse, Error> {
+        let (pod, task) = self.task(&req.id).await?;
+        let proc = task.process(&req.exec_id)?;
+        let exit = proc.exit();
+        Ok(StateResponse {
+            id: req.id,
+            bundle: task.bundle.clone(),
+            pid: pod.pid(),
+            status: proc.status().into(),
+            stdin: proc.stdio.stdin.clone(),
+            stdout: proc.stdio.stdout.clone(),
+            stderr: proc.stdio.stderr.clone(),
+            terminal: proc.stdio.terminal,
+            exit_status: exit.as_ref().map_or(0, |e| e.status),
+            exited_at: exit.map(|e| e.at).into(),
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    async fn do_kill(&self, req: KillRequest) -> Result<(), Error> {
+        let (pod, task) = self.task(&req.id).await?;
+        let proc = task.process(&req.exec_id)?;
+        if proc.exit().is_some() {
+            return Err(Error::NotRunning(req.id));
+        }
+        let exec_id = if req.exec_id.is_empty() {
+            req.id.clone()
+        } else {
+            req.exec_id.clone()
+        };
+        tracing::info!(container = %req.id, exec = %exec_id, signal = req.signal, all = req.all, "kill");
+        pod.agent()
+            .signal_process(&req.id, &exec_id, req.signal)
+            .await?;
+        Ok(())
+    }
+
+    async fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse, Error> {
+        let (_pod, task) = self.task(&req.id).await?;
+        let proc = task.process(&req.exec_id)?;
+        let exit = proc.wait().await;
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, Error> {
+        let (pod, _task) = self.task(&req.id).await?;
+        let request = agent::ListProcessesRequest {
+            container_id: req.id.clone(),
+            format: "json".into(),
+            ..Default::default()
+        };
+        let reply = pod
+            .agent()
+            .raw()
+            .list_processes(
+                capsa_agent_client::until(std::time::Duration::from_secs(30)),
+                &request,
+            )
+            .await
+            .map_err(|error| capsa_agent_client::Error::Rpc {
+                method: "ListProcesses",
+                error,
+            })?;
+        let pids: Vec<u32> = serde_json::from_slice(&reply.process_list).unwrap_or_default();
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_pause(&self, id: &str, pause: bool) -> Result<(), Error> {
+        let (pod, task) = self.task(id).await?;
+        let raw = pod.agent().raw();
+        let ctx = capsa_agent_client::until(std::time::Duration::from_secs(30));
+        let (method, result) = if pause {
+            let req = agent::PauseContainerRequest {
+                container_id: id.into(),
+                ..Default::default()
+            };
+            ("PauseContainer", raw.pause_container(ctx, &req).await)
+        } else {
+            let req = agent::ResumeContainerRequest {
+                container_id: id.into(),
+                ..Default::default()
+            };
+            ("ResumeContainer", raw.resume_container(ctx, &req).await)
+        };
+        result.map_err(|error| capsa_agent_client::Error::Rpc { method, error })?;
+        if pause {
+            task.init.set_status(Status::PAUSED);
+            self.events.paused(id).await;
+        } else {
+            task.init.set_status(Status::RUNNING);
+            self.events.resumed(id).await;
+        }
+        Ok(())
+    }
+
+    async fn do_resize(&self, req: ResizePtyRequest) -> Result<(), Error> {
+        let (pod, task) = self.task(&req.id).await?;
+        task.process(&req.exec_id)?;
+        let exec_id = if req.exec_id.is_empty() {
+            req.id.clone()
+        } else {
+            req.exec_id
+        };
+        let request = agent::TtyWinResizeRequest {
+            container_id: req.id,
+            exec_id,
+            row: req.height,
+            column: req.width,
+            ..Default::default()
+        };
+        pod.agent()
+            .raw()
+            .tty_win_resize(
+                capsa_agent_client::until(std::time::Duration::from_secs(10)),
+                &request,
+            )
+            .await
+            .map_err(|error| capsa_agent_client::Error::Rpc {
+                method: "TtyWinResize",
+                error,
+            })?;
+        Ok(())
+    }
+
+    async fn do_update(&self, req: UpdateTaskRequest) -> Result<(), Error> {
+        let (pod, _task) = self.task(&req.id).await?;
+        let any = req.resources.as_ref().ok_or_else(|| Error::Invalid {
+            what: "update",
+            reason: "no resources".into(),
+        })?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::Invalid {
+                what: "resources",
+                reason: e.to_string(),
+            })?;
+        let request = agent::UpdateContainerRequest {
+            container_id: req.id,
+            resources: Some(capsa_protocols::convert::resources_to_grpc(&resources)).into(),
+            ..Default::default()
+        };
+        pod.agent()
+            .raw()
+            .update_container(
+                capsa_agent_client::until(std::time::Duration::from_secs(30)),
+                &request,
+            )
+            .await
+            .map_err(|error| capsa_agent_client::Error::Rpc {
+                method: "UpdateContainer",
+                error,
+            })?;
+        Ok(())
+    }
+
+    async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, Error> {
+        let (pod, _task) = self.task(&req.id).await?;
+        let request = agent::StatsContainerRequest {
+            container_id: req.id,
+            ..Default::default()
+        };
+        let reply = pod
+            .agent()
+            .raw()
+            .stats_container(
+                capsa_agent_client::until(std::time::Duration::from_secs(30)),
+                &request,
+            )
+            .await
+            .map_err(|error| capsa_agent_client::Error::Rpc {
+                method: "StatsContainer",
+                error,
+            })?;
+        Ok(StatsResponse {
+            stats: Some(crate::stats::to_metrics(&reply)?).into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        Ok(self.do_create(req).await?)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        Ok(self.do_start(req).await?)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        Ok(self.do_delete(req).await?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        Ok(self.do_pids(req).await?)
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.do_pause(&req.id, true).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.do_pause(&req.id, false).await?;
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        Err(Error::Unsupported("checkpointing a task").into())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        self.do_kill(req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.do_exec(req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.do_resize(req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        let (_pod, task) = self.task(&req.id).await?;
+        let proc = task.process(&req.exec_id)?;
+        if req.stdin {
+            proc.close_stdin.notify_one();
+        }
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.do_update(req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        Ok(self.do_wait(req).await?)
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Ok(self.do_stats(req).await?)
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        let task_pid = match self.pod(&req.id).await {
+            Ok(pod) => pod.pid(),
+            Err(_) => 0,
+        };
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        Ok(self.do_state(req).await?)
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        let pod = self.pod.lock().await.clone();
+        if let Some(pod) = pod {
+            if !pod
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                return Ok(Empty::new());
+            }
+            pod.destroy().await;
+        }
+        tracing::info!("shutdown: no task left");
+        self.exit.signal();
+        Ok(Empty::new())
+    }
+}

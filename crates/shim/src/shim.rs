@@ -1,0 +1,112 @@
+//! The shim process: containerd's `start` and `delete` actions and the
+//! task service of a pod.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, DeleteResponse, Error as ShimError, Flags, StartOpts};
+use oci_spec::runtime::Spec;
+
+use crate::annotations;
+use crate::events::Events;
+use crate::pod::VM_DIED_STATUS;
+use crate::service::Service;
+
+/// The file in a bundle that names the pod state directory its task lives
+/// in, for the `delete` action after the shim died.
+pub const POD_STATE_FILE: &str = "capsa-pod-state";
+
+pub struct CapsaShim {
+    exit: Arc<ExitSignal>,
+    id: String,
+    namespace: String,
+}
+
+#[async_trait]
+impl Shim for CapsaShim {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // The VM's processes are the shim's children, waited for by tokio:
+        // no reaper may take their exit statuses.
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        Self {
+            exit: Arc::new(ExitSignal::default()),
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    /// Starts the pod's shim, or finds the running one: a container of a
+    /// pod is grouped with its sandbox, so containerd gets the address of
+    /// the shim that owns the pod's VM.
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimError> {
+        let spec = Spec::load("config.json").ok();
+        let role = annotations::role(spec.as_ref().and_then(|s| s.annotations().as_ref()));
+        let grouping = role.pod_id(&opts.id).to_string();
+        // `spawn` starts a shim on the group's socket; when the pod's
+        // shim already serves it, the new one exits and its address is
+        // the running shim's.
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    /// Cleans up after a shim that died: the pod's VM died with it (its
+    /// processes get SIGKILL when their parent dies); its mounts and
+    /// state directory are removed here. Harmless when run again.
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, ShimError> {
+        match std::fs::read_to_string(POD_STATE_FILE) {
+            Ok(dir) => cleanup(Path::new(dir.trim()), &self.id),
+            Err(_) => tracing::info!(task = %self.id, "no pod state recorded: nothing to clean"),
+        }
+        Ok(DeleteResponse {
+            exit_status: VM_DIED_STATUS,
+            exited_at: Some(Timestamp::now()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        Service::new(
+            &self.namespace,
+            Events::new(publisher, &self.namespace),
+            self.exit.clone(),
+        )
+    }
+}
+
+/// Removes the pod state at `dir` if it belongs to task `id` (its sandbox
+/// or standalone task); a joined container's share goes with its pod.
+fn cleanup(dir: &Path, id: &str) {
+    let pod = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    if pod.as_deref() != Some(id) {
+        tracing::info!(task = id, pod = ?pod, "a container of another pod: its pod cleans up");
+        return;
+    }
+    let root: PathBuf = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    match capsa_runtime::Found::open(&root, id) {
+        Ok(found) => {
+            if let Some(owner) = found.dir.live_owner() {
+                tracing::warn!(task = id, owner, "the pod's owner is alive: killing it");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(owner),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            match found.dir.remove() {
+                Ok(()) => tracing::info!(task = id, dir = %dir.display(), "pod state removed"),
+                Err(e) => tracing::error!(task = id, error = %e, "pod state not removed"),
+            }
+        }
+        Err(e) => tracing::info!(task = id, error = %e, "no pod state left"),
+    }
+}

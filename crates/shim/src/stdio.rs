@@ -1,0 +1,177 @@
+//! The host side of a process's stdio as containerd hands it over: FIFO
+//! paths (`ctr`, CRI), `file://` and `binary://` log URIs, or nothing.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use capsa_runtime::Stdio;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
+
+use crate::error::Error;
+use crate::process::Proc;
+
+/// What containerd asked for.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Opens the streams of `proc` of task `id` in `namespace`. Returns them
+/// and whether there is a stdin to forward.
+pub async fn open(id: &str, namespace: &str, proc: &Arc<Proc>) -> Result<(Stdio, bool), Error> {
+    let paths = &proc.stdio;
+    let (stdout, stderr) = if let Some(rest) = paths.stdout.strip_prefix("binary://") {
+        // One logger for both streams.
+        log_binary(id, namespace, rest)?
+    } else {
+        let stdout = output(id, "stdout", &paths.stdout).await?;
+        let stderr = if paths.stderr.is_empty() || paths.terminal {
+            Box::new(tokio::io::sink()) as Writer
+        } else {
+            output(id, "stderr", &paths.stderr).await?
+        };
+        (stdout, stderr)
+    };
+    let interactive = !paths.stdin.is_empty();
+    let stdin = if interactive {
+        input(id, &paths.stdin, proc.clone())?
+    } else {
+        Box::new(tokio::io::empty()) as Reader
+    };
+    Ok((
+        Stdio {
+            stdin,
+            stdout,
+            stderr,
+        },
+        interactive,
+    ))
+}
+
+fn io_err(id: &str, stream: &'static str, path: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let (id, path) = (id.to_string(), path.to_string());
+    move |source| Error::Stdio {
+        id,
+        stream,
+        path,
+        source,
+    }
+}
+
+async fn output(id: &str, stream: &'static str, uri: &str) -> Result<Writer, Error> {
+    if uri.is_empty() {
+        return Ok(Box::new(tokio::io::sink()));
+    }
+    if let Some(path) = uri.strip_prefix("file://") {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(io_err(id, stream, path))?;
+        return Ok(Box::new(file));
+    }
+    // A FIFO whose reader containerd opened already; if it did not (yet),
+    // open it read-write so the open cannot fail with ENXIO.
+    let sender = match pipe::OpenOptions::new().open_sender(uri) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(uri)
+            .map_err(io_err(id, stream, uri))?,
+        Err(e) => return Err(io_err(id, stream, uri)(e)),
+    };
+    Ok(Box::new(sender))
+}
+
+/// stdin from a FIFO, through a pipe that ends when CloseIO comes and
+/// what the FIFO holds has been passed on. The FIFO is opened read-write:
+/// it never reports end of file by itself, CloseIO is the end.
+fn input(id: &str, path: &str, proc: Arc<Proc>) -> Result<Reader, Error> {
+    let mut fifo = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+        .map_err(io_err(id, "stdin", path))?;
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                read = fifo.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => if tx.write_all(&buf[..n]).await.is_err() { break },
+                },
+                () = proc.close_stdin.notified() => {
+                    // Pass on what is already in the FIFO, then end.
+                    while let Ok(n) = fifo.try_read(&mut buf) {
+                        if n == 0 || tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = tx.shutdown().await;
+    });
+    Ok(Box::new(rx))
+}
+
+/// `binary:///path/to/logger?key=value`: containerd's logging binary
+/// protocol. The binary gets the stdout and stderr pipes as fds 3 and 4
+/// and closes fd 5 when it is ready; `CONTAINER_ID` and
+/// `CONTAINER_NAMESPACE` are in its environment.
+fn log_binary(id: &str, namespace: &str, rest: &str) -> Result<(Writer, Writer), Error> {
+    let stream = "log binary";
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let args: Vec<String> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => format!("{k}={v}"),
+            None => kv.to_string(),
+        })
+        .collect();
+    let pipe = || nix::unistd::pipe().map_err(|e| io_err(id, stream, path)(e.into()));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = std::process::Command::new(path);
+    cmd.args(&args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null());
+    // SAFETY: runs between fork and exec; dup2(2) is async-signal-safe and
+    // the fds are open in the parent for the duration of spawn.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(io_err(id, stream, path))?;
+    tracing::info!(
+        container = id,
+        logger = path,
+        pid = child.id(),
+        "logging binary started"
+    );
+    drop((out_r, err_r, ready_w));
+    // The logger closes its end of the ready pipe once it is ready.
+    let mut ready = std::fs::File::from(ready_r);
+    let _ = std::io::Read::read(&mut ready, &mut [0u8; 1]);
+    let file = |fd: OwnedFd| Box::new(tokio::fs::File::from_std(std::fs::File::from(fd))) as Writer;
+    Ok((file(out_w), file(err_w)))
+}
