@@ -13,7 +13,9 @@ DEFAULTS_DIR     ?= /usr/share/defaults/capsa
 AGENT_TARGET     := x86_64-unknown-linux-gnu
 AGENT_BIN        := $(CARGO_TARGET_DIR)/$(AGENT_TARGET)/release/capsa-agent
 CAPSA_BIN        := $(CARGO_TARGET_DIR)/release/capsa
+SHIM_BIN         := $(CARGO_TARGET_DIR)/release/containerd-shim-capsa-v2
 DEMO_ROOTFS      := $(CACHE)/demo-rootfs
+LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc
@@ -41,11 +43,13 @@ deps:
 
 ## Host binaries, and the agent linked statically for the guest.
 build: deps
-	cargo build --release -p capsa
+	cargo build --release -p capsa -p capsa-shim
 	$(MAKE) agent
 
+## libseccomp (seccomp profiles of containers) is linked in statically.
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static" \
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
 	  cargo build --release -p capsa-agent --target $(AGENT_TARGET)
 
 ## Guest kernel and initrd (rebuilt only when an input changed).
@@ -55,6 +59,7 @@ assets: build
 
 install: assets
 	install -D -m 0755 $(CAPSA_BIN) $(PREFIX)/bin/capsa
+	install -D -m 0755 $(SHIM_BIN) $(PREFIX)/bin/containerd-shim-capsa-v2
 	install -D -m 0644 $(ASSETS_DIR)/vmlinuz $(SHARE_DIR)/vmlinuz
 	install -D -m 0644 $(ASSETS_DIR)/initrd.img $(SHARE_DIR)/initrd.img
 	install -D -m 0644 $(ASSETS_DIR)/manifest.json $(SHARE_DIR)/manifest.json

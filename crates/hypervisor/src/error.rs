@@ -5,6 +5,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("{what} {path} not found")]
     MissingFile { what: &'static str, path: PathBuf },
+    #[error("run directory {path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
     #[error("KVM was asked for but /dev/kvm is not usable")]
     KvmUnavailable,
     #[error("create log file {path}")]

@@ -58,18 +58,18 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
     ]);
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", cfg.console_log.display()),
+        &format!("file,id=console,path={}", opt(&cfg.console_log)),
         "-serial",
         "chardev:console",
     ]);
     push(&[
         "-qmp",
-        &format!("unix:{},server=on,wait=off", sockets.qmp.display()),
+        &format!("unix:{},server=on,wait=off", opt(&sockets.qmp)),
     ]);
     match sockets.vhost_user_vsock {
         Some(sock) => push(&[
             "-chardev",
-            &format!("socket,id=vsock0,path={}", sock.display()),
+            &format!("socket,id=vsock0,path={}", opt(sock)),
             "-device",
             "vhost-user-vsock-pci,chardev=vsock0,id=vsock0",
         ]),
@@ -84,12 +84,17 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
     if let (Some(fs), Some(sock)) = (&cfg.shared_fs, sockets.virtiofs) {
         push(&[
             "-chardev",
-            &format!("socket,id=fs0,path={}", sock.display()),
+            &format!("socket,id=fs0,path={}", opt(sock)),
             "-device",
             &format!("vhost-user-fs-pci,chardev=fs0,tag={}", fs.tag),
         ]);
     }
     a
+}
+
+/// A path as a QEMU option value: a comma ends a value, `,,` is a comma.
+fn opt(path: &std::path::Path) -> String {
+    path.display().to_string().replace(',', ",,")
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ impl QemuVm {
     async fn start_inner(&mut self) -> Result<(), Error> {
         let host = accel::detect();
         self.kernel_vsock = host.vhost_vsock;
+        check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
         let (accel, why) = accel::resolve(self.cfg.accelerator, &host)?;
         tracing::info!(vm = %self.cfg.id, accelerator = %accel, reason = %why, "accelerator chosen");
@@ -285,10 +286,58 @@ impl Vm for QemuVm {
     }
 }
 
+/// Longest socket file name created in the run directory.
+const LONGEST_SOCKET: &str = "vhost-vsock.sock";
+/// `sun_path` holds 108 bytes, the last one NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The run directory must give socket paths that fit in `sun_path`, and
+/// no comma: vhost-device-vsock's `--vm` takes comma-separated values
+/// without an escape.
+fn check_run_dir(dir: &Path) -> Result<(), Error> {
+    let longest = dir.join(LONGEST_SOCKET);
+    let len = longest.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(Error::RunDir {
+            path: dir.into(),
+            reason: format!(
+                "its socket paths are up to {len} bytes, more than the {MAX_SOCKET_PATH} a Unix socket path can hold: choose a shorter state_dir"
+            ),
+        });
+    }
+    if dir.to_string_lossy().contains(',') {
+        return Err(Error::RunDir {
+            path: dir.into(),
+            reason: "it contains ',', which helper command lines cannot carry".into(),
+        });
+    }
+    Ok(())
+}
+
 fn remove_file(file: &Path) {
     match std::fs::remove_file(file) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(file = %file.display(), error = %e, "not removed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dirs_must_fit_socket_paths() {
+        assert!(check_run_dir(Path::new("/run/capsa/0123456789abcdef")).is_ok());
+        let long = format!("/tmp/{}", "d".repeat(90));
+        let err = check_run_dir(Path::new(&long)).unwrap_err().to_string();
+        assert!(
+            err.contains("shorter state_dir") && err.contains(&long),
+            "{err}"
+        );
+        let err = check_run_dir(Path::new("/run/a,b"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("','"), "{err}");
     }
 }
