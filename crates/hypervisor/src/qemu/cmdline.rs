@@ -64,7 +64,7 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
     ]);
     push(&[
         "-qmp",
-        &format!("unix:{},server=on,wait=off", opt(&sockets.qmp)),
+        &format!("unix:{},server=on,wait=off", opt(sockets.qmp)),
     ]);
     match sockets.vhost_user_vsock {
         Some(sock) => push(&[
