@@ -10,7 +10,9 @@
 //! [`storage`], [`stdio`], [`reaper`] and [`modules`] do the work.
 
 pub mod container;
+pub mod debug_console;
 pub mod error;
+pub mod guest;
 pub mod init;
 pub mod logging;
 pub mod modules;

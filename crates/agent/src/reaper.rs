@@ -37,7 +37,33 @@ type Slot = Arc<watch::Sender<Option<i32>>>;
 /// Reaps children and hands exit statuses to their watchers. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Reaper {
-    watched: Arc<Mutex<HashMap<i32, Slot>>>,
+    watched: Arc<Mutex<Watched>>,
+}
+
+#[derive(Default)]
+struct Watched {
+    slots: HashMap<i32, Slot>,
+    /// Number of live [`Hold`]s.
+    holds: usize,
+    /// Statuses of unwatched children reaped while held.
+    unclaimed: HashMap<i32, i32>,
+}
+
+/// While a hold lives, the statuses of unwatched children are kept, so a
+/// process that exits before [`Reaper::watch`] (an exec'd command that ends
+/// at once) still gets its status. Dropping the last hold drops them.
+pub struct Hold {
+    watched: Arc<Mutex<Watched>>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut w = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        w.holds -= 1;
+        if w.holds == 0 {
+            w.unclaimed.clear();
+        }
+    }
 }
 
 /// The exit status of one process, once it is known.
@@ -69,8 +95,12 @@ impl Reaper {
     /// exited but must not have been reaped yet.
     pub fn watch(&self, pid: i32) -> Result<ExitWatch, ReaperError> {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        if watched.contains_key(&pid) {
+        if watched.slots.contains_key(&pid) {
             return Err(ReaperError::AlreadyWatched(pid));
+        }
+        if let Some(code) = watched.unclaimed.remove(&pid) {
+            let slot = Arc::new(watch::channel(Some(code)).0);
+            return Ok(ExitWatch { pid, slot });
         }
         // The lock orders this check with `reap`: a zombie still answers
         // kill(0); ESRCH means the status was taken before we asked.
@@ -78,14 +108,24 @@ impl Reaper {
             return Err(ReaperError::Gone(pid));
         }
         let slot = Arc::new(watch::channel(None).0);
-        watched.insert(pid, slot.clone());
+        watched.slots.insert(pid, slot.clone());
         Ok(ExitWatch { pid, slot })
+    }
+
+    /// Keeps the statuses of unwatched children until the hold is dropped.
+    pub fn hold(&self) -> Hold {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        watched.holds += 1;
+        Hold {
+            watched: self.watched.clone(),
+        }
     }
 
     /// Stops watching `pid` (its status, if it comes, will be dropped).
     pub fn forget(&self, pid: i32) {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        watched.remove(&pid);
+        watched.slots.remove(&pid);
+        watched.unclaimed.remove(&pid);
     }
 
     /// Reaps every child that has exited.
@@ -99,7 +139,7 @@ impl Reaper {
                     let (Some(pid), Some(code)) = (status.pid(), exit_code(status)) else {
                         continue;
                     };
-                    match watched.remove(&pid.as_raw()) {
+                    match watched.slots.remove(&pid.as_raw()) {
                         Some(slot) => {
                             tracing::debug!(
                                 pid = pid.as_raw(),
@@ -107,6 +147,9 @@ impl Reaper {
                                 "watched process exited"
                             );
                             slot.send_replace(Some(code));
+                        }
+                        None if watched.holds > 0 => {
+                            watched.unclaimed.insert(pid.as_raw(), code);
                         }
                         None => tracing::trace!(pid = pid.as_raw(), status = code, "reaped"),
                     }
@@ -224,6 +267,17 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never reaped");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+
+        // Held: a child that exits before it is watched keeps its status.
+        let hold = reaper.hold();
+        let early = spawn("exit 5");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while kill(Pid::from_raw(early), None).is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "never reaped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(wait(reaper.watch(early).unwrap()).await, 5);
+        drop(hold);
         task.abort();
     }
 }

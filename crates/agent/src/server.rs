@@ -1,5 +1,12 @@
 //! The ttRPC server: binds (vsock port 1024 by default), serves the agent
 //! API, and stops after DestroySandbox.
+//!
+//! Message size: ttrpc-rust (0.10) refuses a frame whose payload is over
+//! `ttrpc::proto::MESSAGE_LENGTH_MAX` (4 MiB): it reads and discards the
+//! payload, answers that stream with INVALID_ARGUMENT ("message length N
+//! exceed maximum message size of 4194304") and keeps the connection and
+//! every other one serving. Methods bound their own fields further
+//! (WriteStdin 1 MiB, ReseedRandomDev 64 KiB, CopyFile file size 256 MiB).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +40,9 @@ pub async fn run(is_init: bool) -> anyhow::Result<()> {
     let reaper = Reaper::new();
     reaper.spawn().context("cannot start the reaper")?;
     let sandbox = Arc::new(Sandbox::new(reaper, is_init));
+    // Nothing listens unless the kernel command line (or the environment)
+    // asks for the debug console; binding may be retried for a while.
+    tokio::task::spawn_blocking(crate::debug_console::start);
     let address = std::env::var(ADDRESS_ENV).unwrap_or_else(|_| default_address());
     serve(sandbox, &address).await
 }

@@ -61,6 +61,8 @@ pub struct InputStream {
 /// The agent's side of a process's stdio.
 pub struct Stdio {
     terminal: bool,
+    /// A copy of the pty master, to set the terminal's size.
+    console: Option<OwnedFd>,
     stdin: Mutex<Option<InputStream>>,
     stdout: Mutex<OutputStream>,
     stderr: Option<Mutex<OutputStream>>,
@@ -148,6 +150,7 @@ impl Stdio {
         let (stderr_r, stderr_w) = cloexec_pipe()?;
         let stdio = Stdio {
             terminal: false,
+            console: None,
             stdin: Mutex::new(Some(InputStream::new(stdin_w)?)),
             stdout: Mutex::new(OutputStream::new(stdout_r, false)?),
             stderr: Some(Mutex::new(OutputStream::new(stderr_r, false)?)),
@@ -166,8 +169,13 @@ impl Stdio {
             .as_fd()
             .try_clone_to_owned()
             .map_err(StdioError::Dup)?;
+        let console = master
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(StdioError::Dup)?;
         Ok(Stdio {
             terminal: true,
+            console: Some(console),
             stdin: Mutex::new(Some(InputStream::new(writer)?)),
             stdout: Mutex::new(OutputStream::new(master, true)?),
             stderr: None,
@@ -176,6 +184,11 @@ impl Stdio {
 
     pub fn is_terminal(&self) -> bool {
         self.terminal
+    }
+
+    /// The pty master, for a process with a terminal.
+    pub fn console(&self) -> Option<&OwnedFd> {
+        self.console.as_ref()
     }
 
     /// Reads stdout (the terminal with a pty); empty at end of file.

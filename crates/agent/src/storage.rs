@@ -2,16 +2,29 @@
 //!
 //! Drivers handled:
 //! - `virtio-fs`: `source` is the virtio-fs tag, mounted with type `virtiofs`;
-//! - `local`: a directory is created (`mode=` option, default 0777);
-//! - `ephemeral`: a tmpfs is mounted.
+//! - `local`: a directory is created (`mode=` option, default 0777), as
+//!   Kata's `/run/kata-containers/sandbox/local/<name>`;
+//! - `ephemeral`: a tmpfs is mounted (options such as `size=` go to tmpfs).
+//!
+//! Every mount point must be below the sandbox directory [`STORAGE_ROOT`]
+//! (`/run/kata-containers`): it is checked lexically, then created and
+//! opened with [`Beneath`], so a symbolic link on the way (the shared
+//! directory is writable by the host and the containers) cannot move a
+//! mount elsewhere; the mount is done on the opened directory
+//! (`/proc/self/fd/N`), not on the path again.
 
-use std::fs::Permissions;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fchmod, Mode};
 
-use crate::validate::{self, ValidateError};
+use crate::validate::{self, Beneath, ConfineError, ValidateError};
+
+/// The directory every storage mount point must be below.
+pub const STORAGE_ROOT: &str = "/run/kata-containers";
+/// What a mount point is called in errors.
+const KIND: &str = "storage mount point";
 
 /// A storage request, independent of the wire format.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,34 +162,58 @@ fn local_mode(options: &[String]) -> Result<u32, StorageError> {
     }
 }
 
-/// Does what `storage` asks. Blocking (mount calls).
+/// Does what `storage` asks, below [`STORAGE_ROOT`]. Blocking (mount
+/// calls).
 pub fn add(storage: &StorageSpec) -> Result<Mounted, StorageError> {
-    let target = validate::guest_path("storage mount point", &storage.mount_point)?;
-    match storage.driver.as_str() {
+    add_below(Path::new(STORAGE_ROOT), storage)
+}
+
+/// Does what `storage` asks, its mount point confined below `root`.
+pub fn add_below(root: &Path, storage: &StorageSpec) -> Result<Mounted, StorageError> {
+    let rel = validate::relative_below(KIND, root, &storage.mount_point)?;
+    let target = root.join(&rel);
+    let (source, fstype) = match storage.driver.as_str() {
         "virtio-fs" => {
             if storage.source.is_empty() {
                 return Err(StorageError::NoTag);
             }
-            let fstype = non_empty(&storage.fstype, "virtiofs");
-            mount_fs(&storage.source, &target, fstype, &storage.options)
+            (
+                storage.source.as_str(),
+                non_empty(&storage.fstype, "virtiofs"),
+            )
         }
-        "ephemeral" => {
-            let fstype = non_empty(&storage.fstype, "tmpfs");
-            let source = non_empty(&storage.source, "tmpfs");
-            mount_fs(source, &target, fstype, &storage.options)
-        }
+        "ephemeral" => (
+            non_empty(&storage.source, "tmpfs"),
+            non_empty(&storage.fstype, "tmpfs"),
+        ),
         "local" => {
             let mode = local_mode(&storage.options)?;
-            std::fs::create_dir_all(&target).map_err(|e| StorageError::Mkdir(target.clone(), e))?;
-            std::fs::set_permissions(&target, Permissions::from_mode(mode))
-                .map_err(|e| StorageError::Mkdir(target.clone(), e))?;
-            Ok(Mounted {
+            let dir = confined_dir(root, &rel, &storage.mount_point)?;
+            fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(mode))
+                .map_err(|e| StorageError::Mkdir(target.clone(), e.into()))?;
+            tracing::info!(target = %target.display(), mode = format!("{mode:o}"), "local storage");
+            return Ok(Mounted {
                 mount_point: target,
                 is_mount: false,
-            })
+            });
         }
-        other => Err(StorageError::Driver(other.to_string())),
-    }
+        other => return Err(StorageError::Driver(other.to_string())),
+    };
+    let dir = confined_dir(root, &rel, &storage.mount_point)?;
+    mount_fs(source, &dir, &target, fstype, &storage.options)
+}
+
+/// Creates (mode 0755) and opens the mount point `rel` below `root`.
+fn confined_dir(root: &Path, rel: &Path, mount_point: &str) -> Result<OwnedFd, StorageError> {
+    let mode = Mode::from_bits_truncate(0o755);
+    // The root is the agent's own (a constant), not the request's.
+    std::fs::create_dir_all(root).map_err(|e| StorageError::Mkdir(root.to_path_buf(), e))?;
+    let beneath =
+        Beneath::open(KIND, root, mount_point).and_then(|b| b.make_dirs(rel, mode, (None, None)));
+    beneath.map_err(|e| match e {
+        ConfineError::Invalid(e) => StorageError::Invalid(e),
+        ConfineError::Sys { path, errno, .. } => StorageError::Mkdir(path, errno.into()),
+    })
 }
 
 fn non_empty<'a>(value: &'a str, default: &'a str) -> &'a str {
@@ -187,13 +224,14 @@ fn non_empty<'a>(value: &'a str, default: &'a str) -> &'a str {
     }
 }
 
+/// Mounts on the directory `dir` (opened at `target`).
 fn mount_fs(
     source: &str,
+    dir: &OwnedFd,
     target: &Path,
     fstype: &str,
     options: &[String],
 ) -> Result<Mounted, StorageError> {
-    std::fs::create_dir_all(target).map_err(|e| StorageError::Mkdir(target.to_path_buf(), e))?;
     let opts = parse_options(options);
     let err = |errno| StorageError::Mount {
         fstype: fstype.to_string(),
@@ -201,17 +239,21 @@ fn mount_fs(
         target: target.to_path_buf(),
         errno,
     };
+    let at = format!("/proc/self/fd/{}", dir.as_raw_fd());
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-    mount(Some(source), target, Some(fstype), opts.flags, data).map_err(err)?;
+    mount(Some(source), at.as_str(), Some(fstype), opts.flags, data).map_err(err)?;
     if !opts.propagation.is_empty() {
-        mount(
+        let propagated = mount(
             None::<&str>,
             target,
             None::<&str>,
             opts.propagation,
             None::<&str>,
-        )
-        .map_err(err)?;
+        );
+        if let Err(errno) = propagated {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            return Err(err(errno));
+        }
     }
     tracing::info!(%source, target = %target.display(), %fstype, "storage mounted");
     Ok(Mounted {
@@ -236,6 +278,7 @@ pub fn remove(mounted: &Mounted) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn opts(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -282,15 +325,17 @@ mod tests {
     #[test]
     fn local_storage_creates_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("a/b");
+        let target = dir.path().join("sandbox/local/vol");
         let spec = StorageSpec {
             driver: "local".into(),
+            source: "local".into(),
             mount_point: target.to_str().unwrap().into(),
             options: opts(&["mode=0700"]),
             ..Default::default()
         };
-        let m = add(&spec).unwrap();
+        let m = add_below(dir.path(), &spec).unwrap();
         assert!(!m.is_mount);
+        assert_eq!(m.mount_point, target);
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o700);
         remove(&m);
@@ -298,10 +343,66 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_root_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run/kata-containers");
+        let fd = confined_dir(&root, Path::new("shared/containers"), "/m").unwrap();
+        drop(fd);
+        assert!(root.join("shared/containers").is_dir());
+    }
+
+    #[test]
+    fn mount_points_stay_below_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("shared/evil")).unwrap();
+        let local = |mp: String| StorageSpec {
+            driver: "local".into(),
+            mount_point: mp,
+            ..Default::default()
+        };
+        let through_link = format!("{}/shared/evil/vol", root.display());
+        let err = add_below(&root, &local(through_link.clone())).unwrap_err();
+        assert_eq!(
+            crate::error::chain(&err),
+            format!(
+                "invalid storage: storage mount point {through_link:?} escapes {} \
+                 (through a symbolic link)",
+                root.display()
+            )
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        let err = add_below(&root, &local("/etc/x".into())).unwrap_err();
+        assert_eq!(
+            crate::error::chain(&err),
+            format!(
+                "invalid storage: storage mount point \"/etc/x\" is not below {}",
+                root.display()
+            )
+        );
+        let err = add(&local("/run/kata-containers".into())).unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::Invalid(ValidateError::NotBelow { .. })
+        ));
+        let ephemeral = StorageSpec {
+            driver: "ephemeral".into(),
+            ..local(format!("{}/../x", root.display()))
+        };
+        assert!(matches!(
+            add_below(&root, &ephemeral),
+            Err(StorageError::Invalid(ValidateError::ParentComponent { .. }))
+        ));
+    }
+
+    #[test]
     fn bad_storages_are_refused() {
         let base = StorageSpec {
             driver: "virtio-fs".into(),
-            mount_point: "/run/x".into(),
+            mount_point: "/run/kata-containers/x".into(),
             ..Default::default()
         };
         assert!(matches!(add(&base), Err(StorageError::NoTag)));

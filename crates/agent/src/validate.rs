@@ -5,6 +5,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
+mod beneath;
+
+pub use beneath::{Beneath, ConfineError};
+
 /// Longest container or exec id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -27,6 +31,18 @@ pub enum ValidateError {
     NotAbsolute { kind: &'static str, path: String },
     #[error("{kind} {path:?} contains a \"..\" component")]
     ParentComponent { kind: &'static str, path: String },
+    #[error("{kind} {path:?} is not below {root}")]
+    NotBelow {
+        kind: &'static str,
+        path: String,
+        root: String,
+    },
+    #[error("{kind} {path:?} escapes {root} (through a symbolic link)")]
+    Escapes {
+        kind: &'static str,
+        path: String,
+        root: String,
+    },
 }
 
 /// Checks a container id.
@@ -97,6 +113,31 @@ pub fn guest_path(kind: &'static str, path: &str) -> Result<PathBuf, ValidateErr
         });
     }
     Ok(p.to_path_buf())
+}
+
+/// `path` (checked with [`guest_path`]) relative to `root`, of which it
+/// must be a strict descendant (lexically; [`Beneath`] confines lookups).
+pub fn relative_below(
+    kind: &'static str,
+    root: &Path,
+    path: &str,
+) -> Result<PathBuf, ValidateError> {
+    let p = guest_path(kind, path)?;
+    let outside = || ValidateError::NotBelow {
+        kind,
+        path: path.to_string(),
+        root: root.display().to_string(),
+    };
+    let rel: PathBuf = p
+        .strip_prefix(root)
+        .map_err(|_| outside())?
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    if rel.as_os_str().is_empty() {
+        return Err(outside());
+    }
+    Ok(rel)
 }
 
 #[cfg(test)]

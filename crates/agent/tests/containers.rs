@@ -60,6 +60,7 @@ fn request(id: &str, spec: Spec) -> ContainerRequest {
         exec_id: id.to_string(),
         spec,
         storages: Vec::new(),
+        sandbox_pidns: false,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Kernel packages through Debian's tools: `apt-cache` to resolve a
+//! Packages (the kernel, busybox) through Debian's tools: `apt-cache` to resolve a
 //! metapackage to its image package, `apt-get download` to fetch it (never
 //! install), `dpkg-deb -x` to unpack it.
 
@@ -78,7 +78,8 @@ fn parse_dependency(text: &str) -> Option<Dependency> {
     })
 }
 
-fn show(name: &str) -> Result<Package, Error> {
+/// The candidate version of package `name`.
+pub fn show(name: &str) -> Result<Package, Error> {
     let out = run(
         "apt-cache show",
         Command::new("apt-cache").args(["show", "--no-all-versions", name]),
@@ -143,7 +144,7 @@ pub fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Error> {
         ..package.clone()
     };
     let deb = dir.join(package.deb_file_name());
-    tracing::info!(package = %package.name, version = %package.version, "downloading the kernel package");
+    tracing::info!(package = %package.name, version = %package.version, "downloading a package");
     let tmp = tempfile::Builder::new()
         .prefix(".download")
         .tempdir_in(dir)

@@ -21,6 +21,8 @@ pub enum Error {
     },
     #[error("package {0} is unknown to apt (is `apt-get update` done?)")]
     UnknownPackage(String),
+    #[error("package {package} holds no busybox binary")]
+    NoBusyboxInPackage { package: String },
     #[error("package {package} holds no kernel image")]
     NoKernelInPackage { package: String },
     #[error("downloaded {0} does not match the archive's sha256")]

@@ -1,5 +1,6 @@
 //! The initrd: a gzip-compressed cpio "newc" archive with the agent as
-//! `/init`, the modules it loads and their list. Entries are sorted and
+//! `/init`, the modules it loads and their list, and optionally busybox as
+//! `/bin/busybox` with `/bin/sh` linked to it (the debug console's shell). Entries are sorted and
 //! carry fixed owners and times, so the bytes depend only on the inputs.
 
 use std::collections::BTreeMap;
@@ -21,11 +22,21 @@ pub const MODULES_LOAD: &str = "etc/capsa/modules.load";
 enum Node<'a> {
     Dir,
     File(&'a [u8]),
+    Symlink(&'a str),
     CharDev { major: u32, minor: u32 },
 }
 
+/// Where the shell goes, and its link.
+pub const BUSYBOX: &str = "bin/busybox";
+pub const SH: &str = "bin/sh";
+
 /// Builds the compressed initrd.
-pub fn build(agent: &[u8], version: &str, modules: &[Module]) -> Result<Vec<u8>, Error> {
+pub fn build(
+    agent: &[u8],
+    version: &str,
+    modules: &[Module],
+    busybox: Option<&[u8]>,
+) -> Result<Vec<u8>, Error> {
     let load: String = modules.iter().map(|m| format!("{}\n", m.path)).collect();
     let moddir = format!("lib/modules/{version}");
     let mut tree = Tree::default();
@@ -42,6 +53,10 @@ pub fn build(agent: &[u8], version: &str, modules: &[Module]) -> Result<Vec<u8>,
     tree.add(MODULES_LOAD.into(), 0o644, Node::File(load.as_bytes()));
     for m in modules {
         tree.add(format!("{moddir}/{}", m.path), 0o644, Node::File(&m.data));
+    }
+    if let Some(busybox) = busybox {
+        tree.add(BUSYBOX.into(), 0o755, Node::File(busybox));
+        tree.add(SH.into(), 0o777, Node::Symlink("busybox"));
     }
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -74,6 +89,12 @@ impl<'a> Tree<'a> {
             let (kind, nlink, data, rdev) = match node {
                 Node::Dir => (cpio::newc::ModeFileType::Directory, 2, &[][..], (0, 0)),
                 Node::File(data) => (cpio::newc::ModeFileType::Regular, 1, *data, (0, 0)),
+                Node::Symlink(target) => (
+                    cpio::newc::ModeFileType::Symlink,
+                    1,
+                    target.as_bytes(),
+                    (0, 0),
+                ),
                 Node::CharDev { major, minor } => {
                     (cpio::newc::ModeFileType::Char, 1, &[][..], (*major, *minor))
                 }
@@ -147,7 +168,7 @@ mod tests {
                 data: b"fuse!".to_vec(),
             },
         ];
-        build(b"#!agent\n", "6.1.0-9-test", &modules).unwrap()
+        build(b"#!agent\n", "6.1.0-9-test", &modules, Some(b"busybox!")).unwrap()
     }
 
     #[test]
@@ -177,6 +198,12 @@ mod tests {
             b"fuse!"
         );
         assert!(items.iter().all(|i| i.mtime == 0));
+        assert_eq!(get(BUSYBOX).mode, 0o100755);
+        assert_eq!(get(BUSYBOX).data, b"busybox!");
+        assert_eq!(get(SH).mode, 0o120777);
+        assert_eq!(get(SH).data, b"busybox");
+        let bare = build(b"a", "v", &[], None).unwrap();
+        assert!(read_back(&bare).iter().all(|i| !i.name.starts_with("bin")));
     }
 
     #[test]
@@ -208,6 +235,7 @@ mod tests {
                 .to_string()
         };
         assert!(line("init").starts_with("-rwxr-xr-x"));
+        assert!(line("bin/sh -> busybox").starts_with("lrwxrwxrwx"));
         assert!(line("dev/console").starts_with("crw-------"));
         assert!(line("dev/console").contains(" 5,"));
         assert!(line("lib/modules/6.1.0-9-test/kernel/fs/fuse/fuse.ko").starts_with("-rw-r--r--"));

@@ -5,7 +5,9 @@
 //! output directory. The kernel comes from a Debian package (downloaded and
 //! unpacked under `<out_dir>/cache`, never installed) or from files on disk;
 //! the initrd holds the agent, the modules the guest needs (dependencies
-//! first, decompressed) and `/etc/capsa/modules.load`, their load order.
+//! first, decompressed), `/etc/capsa/modules.load`, their load order, and
+//! a shell for the debug console (`/bin/busybox` from Debian's
+//! `busybox-static`, `/bin/sh` a link to it).
 //! The manifest records the inputs, so a build with unchanged inputs
 //! returns the existing assets without writing anything.
 
@@ -48,18 +50,27 @@ mod initrd;
 mod kernel;
 mod manifest;
 mod modules;
+mod shell;
 
 pub use error::Error;
 pub use initrd::MODULES_LOAD;
-pub use manifest::{load_manifest, Inputs, KernelInput, Manifest, Outputs};
+pub use manifest::{load_manifest, Inputs, KernelInput, Manifest, Outputs, ShellInput};
 pub use modules::module_name;
+pub use shell::SHELL_PACKAGE;
 
 use files::{sha256, write_atomic};
 
 /// Builds the assets of `spec` in `spec.out_dir`, or returns the existing
 /// manifest when no input changed and the outputs are intact. Concurrent
-/// builds into one directory wait for each other.
+/// builds into one directory wait for each other. The initrd gets the
+/// shell of [`SHELL_PACKAGE`].
 pub fn build(spec: &AssetsSpec) -> Result<Manifest, Error> {
+    build_with_shell(spec, Some(SHELL_PACKAGE))
+}
+
+/// [`build`], with the shell of Debian package `shell_package` (none:
+/// no shell, no debug console).
+pub fn build_with_shell(spec: &AssetsSpec, shell_package: Option<&str>) -> Result<Manifest, Error> {
     std::fs::create_dir_all(&spec.out_dir).map_err(|e| Error::io(&spec.out_dir, e))?;
     let out_dir = spec
         .out_dir
@@ -76,12 +87,16 @@ pub fn build(spec: &AssetsSpec) -> Result<Manifest, Error> {
         } => kernel::from_path(kernel, modules_dir.as_deref())?,
     };
     let kernel_bytes = std::fs::read(&kernel.image).map_err(|e| Error::io(&kernel.image, e))?;
+    let shell = shell_package
+        .map(|name| shell::from_package(name, &out_dir.join("cache")))
+        .transpose()?;
     let inputs = Inputs {
         format: manifest::FORMAT,
         kernel: kernel.input.clone(),
         kernel_sha256: sha256(&kernel_bytes),
         agent_sha256: sha256(&agent),
         modules: requested_modules(&spec.modules),
+        shell: shell.as_ref().map(|s| s.input.clone()),
     };
     if let Some(existing) = manifest::current(&out_dir, &inputs, &kernel_bytes) {
         tracing::info!(out = %out_dir.display(), "guest assets are up to date");
@@ -97,7 +112,8 @@ pub fn build(spec: &AssetsSpec) -> Result<Manifest, Error> {
             Vec::new()
         }
     };
-    let initrd = initrd::build(&agent, &kernel.version, &modules)?;
+    let busybox = shell.as_ref().map(|s| s.busybox.as_slice());
+    let initrd = initrd::build(&agent, &kernel.version, &modules, busybox)?;
     let outputs = manifest::Outputs {
         kernel_sha256: inputs.kernel_sha256.clone(),
         initrd_sha256: sha256(&initrd),
@@ -182,12 +198,13 @@ mod tests {
             agent_binary: agent,
             modules: vec!["anything".into()],
         };
-        let m = build(&spec).unwrap();
+        let m = build_with_shell(&spec, None).unwrap();
         assert_eq!(m.kernel_version, "unknown");
+        assert_eq!(m.inputs.shell, None);
         assert!(m.modules.is_empty());
         assert_eq!(std::fs::read(&m.kernel).unwrap(), b"not really a kernel");
         assert_eq!(load_manifest(&dir.path().join("out")).unwrap(), m);
-        assert_eq!(build(&spec).unwrap(), m);
+        assert_eq!(build_with_shell(&spec, None).unwrap(), m);
 
         let missing = AssetsSpec {
             kernel: KernelSource::Path {
@@ -196,7 +213,7 @@ mod tests {
             },
             ..spec
         };
-        let err = build(&missing).unwrap_err().to_string();
+        let err = build_with_shell(&missing, None).unwrap_err().to_string();
         assert!(err.contains("missing-kernel"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use crate::Error;
 
 /// Version of the initrd layout; bump it when the builder's output changes
 /// for the same inputs, so existing assets get rebuilt.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// Where the kernel came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,18 @@ pub struct Inputs {
     pub agent_sha256: String,
     /// Requested module names (defaults first), before resolution.
     pub modules: Vec<String>,
+    /// The shell of the VM's root environment (for the debug console),
+    /// if the initrd has one.
+    pub shell: Option<ShellInput>,
+}
+
+/// The package the initrd's `/bin/busybox` comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellInput {
+    pub package: String,
+    pub version: String,
+    /// Of the `busybox` binary.
+    pub sha256: String,
 }
 
 /// Hashes of the files written.
@@ -107,6 +119,11 @@ mod tests {
             kernel_sha256: sha256(b"kernel"),
             agent_sha256: sha256(b"agent"),
             modules: vec!["virtio_pci".into()],
+            shell: Some(ShellInput {
+                package: "busybox-static".into(),
+                version: "1:1.35.0-4+b3".into(),
+                sha256: sha256(b"busybox"),
+            }),
         }
     }
 
@@ -141,7 +158,9 @@ mod tests {
     fn any_changed_input_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         saved(dir.path());
-        let changes: [fn(&mut Inputs); 5] = [
+        let changes: [fn(&mut Inputs); 7] = [
+            |i| i.shell = None,
+            |i| i.shell.as_mut().unwrap().version = "1:1.36.1-1".into(),
             |i| i.format += 1,
             |i| i.agent_sha256 = sha256(b"new agent"),
             |i| i.kernel_sha256 = sha256(b"new kernel"),

@@ -96,6 +96,16 @@ fn check_initrd(m: &Manifest, agent: &[u8]) {
     }
     let init = dir.path().join("init");
     assert_eq!(std::fs::read(init).unwrap(), agent, "/init is the agent");
+    // The debug console's shell: a static busybox that runs here too.
+    let sh = dir.path().join("bin/sh");
+    assert_eq!(std::fs::read_link(&sh).unwrap(), Path::new("busybox"));
+    let shell = m.inputs.shell.as_ref().expect("a shell input");
+    assert_eq!(shell.package, capsa_assets::SHELL_PACKAGE);
+    let out = Command::new(&sh)
+        .args(["-c", "echo $((6*7))"])
+        .output()
+        .expect("run the initrd's busybox");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
 }
 
 #[test]

@@ -22,9 +22,9 @@ async fn unimplemented_methods_are_named() {
     let agent = sandbox.agent().clone();
     let result = agent
         .raw()
-        .set_guest_date_time(
+        .mem_hotplug_by_probe(
             context::with_timeout(10_000_000_000),
-            &agent::SetGuestDateTimeRequest::default(),
+            &agent::MemHotplugByProbeRequest::default(),
         )
         .await;
     let version = agent.version().await;
@@ -35,7 +35,7 @@ async fn unimplemented_methods_are_named() {
         panic!("expected an RPC status, got {result:?}");
     };
     assert_eq!(status.code(), ttrpc::Code::UNIMPLEMENTED, "{status:?}");
-    assert!(status.message.contains("SetGuestDateTime"), "{status:?}");
+    assert!(status.message.contains("MemHotplugByProbe"), "{status:?}");
     let version = version.expect("the agent keeps serving after a refusal");
     assert!(!version.agent_version.is_empty());
 }

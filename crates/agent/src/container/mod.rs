@@ -10,7 +10,8 @@
 //! Every libcontainer call is blocking and some fork or `chdir` (process
 //! wide): they run on blocking threads, one at a time ([`LOCK`]).
 
-mod console;
+pub mod console;
+mod exec;
 mod executor;
 pub mod spec;
 
@@ -31,6 +32,7 @@ use crate::reaper::{ExitWatch, Reaper, ReaperError};
 use crate::stdio::{Stdio, StdioError};
 
 use console::{ConsoleError, ConsoleSocket};
+pub use exec::{exec, Spawned};
 use executor::WorkloadExecutor;
 
 /// Bundles live in `<BUNDLE_ROOT>/<id>`.
@@ -66,6 +68,18 @@ pub enum ContainerError {
     NoPid,
     #[error("cannot watch the container's init process")]
     Watch(#[source] ReaperError),
+    #[error("cannot read the container's spec")]
+    LoadSpec(#[source] oci_spec::OciSpecError),
+    #[error("cannot write the exec process spec {0}")]
+    SaveProcess(PathBuf, #[source] serde_json::Error),
+    #[error("libcontainer failed to exec {0:?} in the container")]
+    Exec(String, #[source] LibcontainerError),
+    #[error("cannot watch exec process {0:?}")]
+    WatchExec(String, #[source] ReaperError),
+    #[error("libcontainer failed to pause the container")]
+    Pause(#[source] LibcontainerError),
+    #[error("libcontainer failed to resume the container")]
+    Resume(#[source] LibcontainerError),
 }
 
 /// A container created by libcontainer, its init process not started yet.
@@ -166,7 +180,7 @@ fn create_locked(
     };
     let stdio = match io {
         PendingIo::Pipes(stdio) => *stdio,
-        PendingIo::Console(console) => match receive_terminal(&console, spec) {
+        PendingIo::Console(console) => match receive_terminal(&console, spec.process().as_ref()) {
             Ok(stdio) => stdio,
             Err(e) => {
                 reaper.forget(pid);
@@ -184,9 +198,12 @@ fn create_locked(
 
 /// Receives the pty master and gives the terminal the spec's
 /// `process.consoleSize` (libcontainer does not).
-fn receive_terminal(console: &ConsoleSocket, spec: &Spec) -> Result<Stdio, ContainerError> {
+fn receive_terminal(
+    console: &ConsoleSocket,
+    process: Option<&oci_spec::runtime::Process>,
+) -> Result<Stdio, ContainerError> {
     let master = console.receive(CONSOLE_TIMEOUT)?;
-    let size = spec.process().as_ref().and_then(|p| p.console_size());
+    let size = process.and_then(|p| p.console_size());
     if let Some(size) = size {
         let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
         console::set_size(&master, clamp(size.height()), clamp(size.width()))?;
@@ -207,6 +224,19 @@ fn discard(mut handle: Handle, err: ContainerError) -> ContainerError {
 pub fn start(handle: &mut Handle) -> Result<(), ContainerError> {
     let _guard = lock();
     handle.start().map_err(ContainerError::Start)
+}
+
+/// Freezes every process of the container (cgroup v2 freezer; returns once
+/// the cgroup reports `frozen 1`). Blocking.
+pub fn pause(handle: &mut Handle) -> Result<(), ContainerError> {
+    let _guard = lock();
+    handle.pause().map_err(ContainerError::Pause)
+}
+
+/// Thaws the container. Blocking.
+pub fn resume(handle: &mut Handle) -> Result<(), ContainerError> {
+    let _guard = lock();
+    handle.resume().map_err(ContainerError::Resume)
 }
 
 /// Sends `signal` to every process of the container (through its cgroup).

@@ -3,12 +3,24 @@
 //! The spec was written for the host: paths of namespaces to join, hooks
 //! and security profiles name things of the host that do not exist in the
 //! guest. What changes is returned as notes, which the agent logs.
+//!
+//! Bind mounts are confined: their source must be in the share
+//! ([`capsa_protocols::GUEST_SHARED_DIR`]) or in a storage's mount point,
+//! never elsewhere in the guest (the agent's own files, `/dev`, `/proc`).
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction, Mount, Spec,
+};
 
 use crate::validate;
+
+/// The umask of a process whose spec gives none (runc's default), rather
+/// than whatever the agent has. Kata's protocol has no umask field: this is
+/// the umask of every process the host starts.
+pub const DEFAULT_UMASK: u32 = 0o022;
 
 /// Parent of the cgroups of containers without `linux.cgroupsPath`.
 pub const DEFAULT_CGROUP_PARENT: &str = "/capsa";
@@ -25,6 +37,34 @@ pub enum SpecError {
     Root(#[source] validate::ValidateError),
     #[error("cannot build the linux section")]
     Linux(#[source] oci_spec::OciSpecError),
+    #[error("seccomp action SCMP_ACT_NOTIFY (syscalls {0:?}) is not supported: the guest has no seccomp listener")]
+    SeccompNotify(Vec<String>),
+    #[error("bind mount on {destination:?}: source {source_path:?} is not an absolute path")]
+    BindRelative {
+        destination: PathBuf,
+        source_path: PathBuf,
+    },
+    #[error("bind mount on {destination:?}: cannot resolve source {source_path:?}")]
+    BindResolve {
+        destination: PathBuf,
+        source_path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("bind mount on {destination:?}: source {source_path:?} (resolved to {resolved:?}) is outside the shared directory {shared} and the storages' mount points")]
+    BindOutside {
+        destination: PathBuf,
+        source_path: PathBuf,
+        resolved: PathBuf,
+        shared: &'static str,
+    },
+    #[error("cannot set sysctl {key} to {value:?} in the guest")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 /// Checks that `spec` can run a container at all.
@@ -43,7 +83,15 @@ pub fn check(spec: &Spec) -> Result<PathBuf, SpecError> {
 /// - hooks are removed: they name host binaries, and a hook's wait would
 ///   race with the agent's central reaper;
 /// - AppArmor and SELinux labels are removed (the guest has neither);
-/// - seccomp is removed: this agent is built without seccomp support;
+/// - a process without umask gets [`DEFAULT_UMASK`]; `noNewPrivileges`
+///   `false` is removed (the same, and what lets libcontainer load seccomp
+///   before it drops the capabilities);
+/// - the seccomp profile is kept (libcontainer loads it, libseccomp is
+///   linked in); its listener path, a host path, is removed, and a profile
+///   with `SCMP_ACT_NOTIFY` is refused;
+/// - bind mounts must take their source from the share or from one of
+///   `storage_roots` (the storages' mount points); the source is resolved
+///   (symbolic links included) and replaced by its real path;
 /// - the network namespace is removed (containers use the VM's network),
 ///   namespace paths are dropped (they are host paths), and mount and pid
 ///   namespaces are added when missing: a container never shares the
@@ -51,7 +99,11 @@ pub fn check(spec: &Spec) -> Result<PathBuf, SpecError> {
 /// - `linux.cgroupsPath` becomes an absolute cgroupfs path, by default
 ///   `/capsa/<id>`; systemd-style (`slice:prefix:name`) or paths with `..`
 ///   are replaced by the default.
-pub fn adapt(spec: &mut Spec, id: &str) -> Result<Vec<String>, SpecError> {
+pub fn adapt(
+    spec: &mut Spec,
+    id: &str,
+    storage_roots: &[PathBuf],
+) -> Result<Vec<String>, SpecError> {
     let mut notes = Vec::new();
     if spec.hooks().is_some() {
         spec.set_hooks(None);
@@ -66,6 +118,18 @@ pub fn adapt(spec: &mut Spec, id: &str) -> Result<Vec<String>, SpecError> {
             process.set_selinux_label(None);
             notes.push("selinux label removed".to_string());
         }
+        // `false` and absent mean the same, but libcontainer loads a seccomp
+        // profile before it drops the capabilities only when the field is
+        // absent; with `false` it loads it after, without CAP_SYS_ADMIN,
+        // and the kernel refuses the filter.
+        if process.no_new_privileges() == Some(false) {
+            process.set_no_new_privileges(None);
+            notes.push("noNewPrivileges false left implicit".to_string());
+        }
+        if process.user().umask().is_none() {
+            process.user_mut().set_umask(Some(DEFAULT_UMASK));
+            notes.push(format!("umask set to {DEFAULT_UMASK:04o}"));
+        }
     }
     if spec.linux().is_none() {
         let linux = LinuxBuilder::default()
@@ -77,9 +141,22 @@ pub fn adapt(spec: &mut Spec, id: &str) -> Result<Vec<String>, SpecError> {
     let Some(linux) = spec.linux_mut() else {
         return Ok(notes);
     };
-    if linux.seccomp().is_some() {
-        linux.set_seccomp(None);
-        notes.push("seccomp profile removed: not supported by this agent".to_string());
+    if let Some(seccomp) = linux.seccomp_mut() {
+        let notify: Vec<String> = seccomp
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|c| c.action() == LinuxSeccompAction::ScmpActNotify)
+            .flat_map(|c| c.names().iter().cloned())
+            .collect();
+        if !notify.is_empty() || seccomp.default_action() == LinuxSeccompAction::ScmpActNotify {
+            return Err(SpecError::SeccompNotify(notify));
+        }
+        if seccomp.listener_path().is_some() {
+            seccomp.set_listener_path(None);
+            seccomp.set_listener_metadata(None);
+            notes.push("seccomp listener path removed".to_string());
+        }
     }
     if linux.mount_label().is_some() {
         linux.set_mount_label(None);
@@ -93,7 +170,133 @@ pub fn adapt(spec: &mut Spec, id: &str) -> Result<Vec<String>, SpecError> {
         notes.push(format!("cgroups path {given:?} set to {path:?}"));
     }
     linux.set_cgroups_path(Some(path));
+    if let Some(mounts) = spec.mounts_mut() {
+        confine_binds(mounts, storage_roots, &mut notes)?;
+    }
     Ok(notes)
+}
+
+/// Whether `m` is a bind mount (OCI: type `bind`, or option `bind`/`rbind`).
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Checks that every bind mount's source is in the share or in a storage,
+/// and replaces it by its resolved path.
+fn confine_binds(
+    mounts: &mut [Mount],
+    storage_roots: &[PathBuf],
+    notes: &mut Vec<String>,
+) -> Result<(), SpecError> {
+    let shared = capsa_protocols::GUEST_SHARED_DIR;
+    let roots: Vec<PathBuf> = std::iter::once(Path::new(shared))
+        .chain(storage_roots.iter().map(PathBuf::as_path))
+        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()))
+        .collect();
+    for m in mounts.iter_mut().filter(|m| is_bind(m)) {
+        let destination = m.destination().clone();
+        let source_path = m.source().clone().unwrap_or_default();
+        if !source_path.is_absolute() {
+            return Err(SpecError::BindRelative {
+                destination,
+                source_path,
+            });
+        }
+        let resolved = match std::fs::canonicalize(&source_path) {
+            Ok(p) => p,
+            Err(error) => {
+                return Err(SpecError::BindResolve {
+                    destination,
+                    source_path,
+                    error,
+                })
+            }
+        };
+        if !roots.iter().any(|r| resolved.starts_with(r)) {
+            return Err(SpecError::BindOutside {
+                destination,
+                source_path,
+                resolved,
+                shared,
+            });
+        }
+        if resolved != source_path {
+            notes.push(format!(
+                "bind mount on {destination:?}: source {source_path:?} resolved to {resolved:?}"
+            ));
+            m.set_source(Some(resolved));
+        }
+    }
+    Ok(())
+}
+
+/// Removes the `net.*` sysctls from `spec` and sets them in the guest.
+///
+/// Containers have no network namespace of their own: they use the VM's,
+/// which is the pod's network, so a network sysctl is the pod's setting
+/// (as with Kata, whose containers join the sandbox's namespace).
+/// libcontainer refuses `net.*` sysctls without a network namespace of the
+/// container, so the agent sets them itself. The other sysctls stay in the
+/// spec: libcontainer sets them in the container's namespaces (IPC, UTS).
+/// Blocking; returns one note per sysctl set.
+pub fn apply_network_sysctls(spec: &mut Spec) -> Result<Vec<String>, SpecError> {
+    let Some(sysctls) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.sysctl_mut().as_mut())
+    else {
+        return Ok(Vec::new());
+    };
+    let network: HashMap<String, String> = sysctls
+        .iter()
+        .filter(|(k, _)| k.replace('/', ".").starts_with("net."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    sysctls.retain(|k, _| !network.contains_key(k));
+    let mut keys: Vec<_> = network.keys().collect();
+    keys.sort();
+    let mut notes = Vec::new();
+    for key in keys {
+        let value = &network[key];
+        let path = sysctl_path(key).ok_or_else(|| SpecError::Sysctl {
+            key: key.clone(),
+            value: value.clone(),
+            error: std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid sysctl name"),
+        })?;
+        std::fs::write(&path, value).map_err(|error| SpecError::Sysctl {
+            key: key.clone(),
+            value: value.clone(),
+            error,
+        })?;
+        tracing::info!(%key, %value, "network sysctl set in the guest");
+        notes.push(format!(
+            "sysctl {key}={value} set in the guest (the pod's network)"
+        ));
+    }
+    Ok(notes)
+}
+
+/// `/proc/sys/<a>/<b>/...` for `a.b...` (or `a/b/...`); `None` when a part
+/// is empty or `..`.
+fn sysctl_path(key: &str) -> Option<PathBuf> {
+    let parts: Vec<&str> = if key.contains('/') {
+        key.split('/').collect()
+    } else {
+        key.split('.').collect()
+    };
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return None;
+    }
+    let mut path = PathBuf::from("/proc/sys");
+    path.extend(parts);
+    Some(path)
 }
 
 fn adapt_namespaces(namespaces: &mut Vec<LinuxNamespace>, notes: &mut Vec<String>) {
@@ -138,7 +341,10 @@ pub fn cgroup_path(given: Option<&Path>, id: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{HookBuilder, HooksBuilder, LinuxSeccompBuilder, RootBuilder};
+    use oci_spec::runtime::{
+        HookBuilder, HooksBuilder, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder,
+        RootBuilder,
+    };
 
     fn kinds(spec: &Spec) -> Vec<LinuxNamespaceType> {
         let linux = spec.linux().as_ref().unwrap();
@@ -186,6 +392,7 @@ mod tests {
         ));
         let process = spec.process_mut().as_mut().unwrap();
         process.set_apparmor_profile(Some("cri-containerd.apparmor.d".into()));
+        process.set_no_new_privileges(Some(false));
         let linux = spec.linux_mut().as_mut().unwrap();
         linux.set_seccomp(Some(LinuxSeccompBuilder::default().build().unwrap()));
         let ns = linux.namespaces_mut().as_mut().unwrap();
@@ -195,7 +402,7 @@ mod tests {
             .unwrap()
             .set_path(Some("/proc/42/ns/ipc".into()));
 
-        let notes = adapt(&mut spec, "c1").unwrap();
+        let notes = adapt(&mut spec, "c1", &[]).unwrap();
 
         assert!(spec.hooks().is_none());
         assert!(spec
@@ -205,7 +412,11 @@ mod tests {
             .apparmor_profile()
             .is_none());
         let linux = spec.linux().as_ref().unwrap();
-        assert!(linux.seccomp().is_none());
+        assert!(linux.seccomp().is_some(), "the seccomp profile is kept");
+        let user = spec.process().as_ref().unwrap().user();
+        assert_eq!(user.umask(), Some(DEFAULT_UMASK));
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), None);
         let k = kinds(&spec);
         assert!(!k.contains(&LinuxNamespaceType::Network));
         assert!(k.contains(&LinuxNamespaceType::Pid));
@@ -236,7 +447,7 @@ mod tests {
     fn spec_without_linux_gets_namespaces_and_cgroup() {
         let mut spec = Spec::default();
         spec.set_linux(None);
-        adapt(&mut spec, "x").unwrap();
+        adapt(&mut spec, "x", &[]).unwrap();
         assert_eq!(
             kinds(&spec),
             vec![LinuxNamespaceType::Mount, LinuxNamespaceType::Pid]
@@ -255,5 +466,143 @@ mod tests {
         assert_eq!(p("/"), PathBuf::from("/capsa/id"));
         assert_eq!(p(""), PathBuf::from("/capsa/id"));
         assert_eq!(cgroup_path(None, "id"), PathBuf::from("/capsa/id"));
+    }
+
+    fn bind(destination: &str, source: &Path, options: &[&str]) -> Mount {
+        MountBuilder::default()
+            .destination(destination)
+            .typ("bind")
+            .source(source)
+            .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    }
+
+    fn with_mounts(mounts: Vec<Mount>) -> Spec {
+        let mut spec = Spec::default();
+        spec.mounts_mut()
+            .get_or_insert_with(Vec::new)
+            .extend(mounts);
+        spec
+    }
+
+    #[test]
+    fn bind_sources_in_a_storage_are_kept_and_resolved() {
+        let storage = tempfile::tempdir().unwrap();
+        let data = storage.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&data, storage.path().join("link")).unwrap();
+        let mut spec = with_mounts(vec![
+            bind("/data", &data, &["rbind"]),
+            bind("/link", &storage.path().join("link"), &["ro"]),
+        ]);
+        let notes = adapt(&mut spec, "c", &[storage.path().to_path_buf()]).unwrap();
+        let real = std::fs::canonicalize(&data).unwrap();
+        let mounts = spec.mounts().as_ref().unwrap();
+        let bound: Vec<_> = mounts
+            .iter()
+            .filter(|m| is_bind(m))
+            .map(|m| m.source().clone().unwrap())
+            .collect();
+        assert_eq!(bound, vec![real.clone(), real]);
+        assert!(notes.iter().any(|n| n.contains("resolved to")), "{notes:?}");
+        // The default mounts (proc, tmpfs, ...) are not binds: untouched.
+        assert!(mounts.iter().any(|m| m.typ().as_deref() == Some("proc")));
+    }
+
+    #[test]
+    fn bind_sources_elsewhere_in_the_guest_are_refused() {
+        let storage = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let roots = [storage.path().to_path_buf()];
+
+        let mut spec = with_mounts(vec![bind("/etc/x", elsewhere.path(), &[])]);
+        let err = adapt(&mut spec, "c", &roots).unwrap_err();
+        assert!(matches!(err, SpecError::BindOutside { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("/etc/x"), "{message}");
+        assert!(message.contains("shared/containers"), "{message}");
+
+        // A symbolic link in the storage to elsewhere is resolved first.
+        std::os::unix::fs::symlink(elsewhere.path(), storage.path().join("escape")).unwrap();
+        let mut spec = with_mounts(vec![bind("/e", &storage.path().join("escape"), &[])]);
+        let err = adapt(&mut spec, "c", &roots).unwrap_err();
+        assert!(matches!(err, SpecError::BindOutside { .. }), "{err:?}");
+
+        // `..` leaving the storage, and a type-less mount with option bind.
+        let up = storage
+            .path()
+            .join("..")
+            .join(elsewhere.path().file_name().unwrap());
+        let mut m = bind("/up", &up, &["bind"]);
+        m.set_typ(None);
+        let mut spec = with_mounts(vec![m]);
+        let err = adapt(&mut spec, "c", &roots).unwrap_err();
+        assert!(matches!(err, SpecError::BindOutside { .. }), "{err:?}");
+
+        let mut spec = with_mounts(vec![bind("/r", Path::new("relative"), &[])]);
+        let err = adapt(&mut spec, "c", &roots).unwrap_err();
+        assert!(matches!(err, SpecError::BindRelative { .. }), "{err:?}");
+
+        let mut spec = with_mounts(vec![bind("/m", &storage.path().join("missing"), &[])]);
+        let err = adapt(&mut spec, "c", &roots).unwrap_err();
+        assert!(matches!(err, SpecError::BindResolve { .. }), "{err:?}");
+        assert!(err.to_string().contains("/m"), "{err}");
+    }
+
+    #[test]
+    fn seccomp_notify_is_refused_and_listener_removed() {
+        let call = |action| {
+            LinuxSyscallBuilder::default()
+                .names(vec!["mkdir".to_string()])
+                .action(action)
+                .build()
+                .unwrap()
+        };
+        let mut spec = Spec::default();
+        let seccomp = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![call(LinuxSeccompAction::ScmpActNotify)])
+            .build()
+            .unwrap();
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_seccomp(Some(seccomp));
+        let err = adapt(&mut spec, "c", &[]).unwrap_err();
+        assert!(
+            matches!(err, SpecError::SeccompNotify(ref n) if n == &["mkdir"]),
+            "{err:?}"
+        );
+
+        let mut spec = Spec::default();
+        let seccomp = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .listener_path("/run/host/seccomp.sock")
+            .syscalls(vec![call(LinuxSeccompAction::ScmpActErrno)])
+            .build()
+            .unwrap();
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_seccomp(Some(seccomp));
+        adapt(&mut spec, "c", &[]).unwrap();
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert!(seccomp.listener_path().is_none());
+        assert_eq!(seccomp.syscalls().as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sysctl_paths() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.1/forwarding"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/conf/eth0.1/forwarding"))
+        );
+        assert_eq!(sysctl_path("net..x"), None);
+        assert_eq!(sysctl_path("net/../../etc"), None);
     }
 }

@@ -21,6 +21,7 @@ pub fn container_request(
         exec_id: req.exec_id,
         spec,
         storages: req.storages.iter().map(storage_spec).collect(),
+        sandbox_pidns: req.sandbox_pidns,
     })
 }
 

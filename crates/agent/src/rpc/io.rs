@@ -44,11 +44,25 @@ fn is_missing_stream(e: &crate::sandbox::SandboxError) -> bool {
     )
 }
 
+/// Largest WriteStdin `data` accepted (clients send far smaller chunks).
+pub const MAX_WRITE: usize = 1 << 20;
+
 pub async fn write(
     sandbox: &Sandbox,
     req: agent::WriteStreamRequest,
     method: &str,
 ) -> ttrpc::Result<agent::WriteStreamResponse> {
+    if req.data.len() > MAX_WRITE {
+        let message = format!(
+            "stdin data is {} bytes long, more than {MAX_WRITE}",
+            req.data.len()
+        );
+        tracing::warn!(%method, "{message}");
+        return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::INVALID_ARGUMENT,
+            message,
+        )));
+    }
     let len = sandbox
         .write_stdin(&req.container_id, &req.exec_id, &req.data)
         .await

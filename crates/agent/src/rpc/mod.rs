@@ -7,8 +7,10 @@
 //! [`Sandbox`], and turns errors into ttRPC statuses ([`status`]).
 
 mod container;
+mod guest;
 mod health;
 mod io;
+mod process;
 mod sandbox;
 pub mod status;
 mod unimplemented;
@@ -44,6 +46,7 @@ pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, Service> {
     let mut services = agent_ttrpc::create_agent_service(agent);
     unimplemented::replace_unimplemented(&mut services);
     services.extend(health_ttrpc::create_health(health));
+    guest::count_requests(&mut services);
     services
 }
 
@@ -58,6 +61,54 @@ fn reply<T>(method: &str, result: Result<T, crate::sandbox::SandboxError>) -> tt
 
 #[async_trait]
 impl agent_ttrpc::AgentService for AgentRpc {
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GuestDetailsRequest,
+    ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        guest::guest_details(req).await
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        guest::online_cpu_mem(req).await.map(|()| Empty::new())
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        guest::set_guest_date_time(req).await.map(|()| Empty::new())
+    }
+
+    async fn reseed_random_dev(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<Empty> {
+        guest::reseed_random_dev(req).await.map(|()| Empty::new())
+    }
+
+    async fn copy_file(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CopyFileRequest,
+    ) -> ttrpc::Result<Empty> {
+        guest::copy_file(req).await.map(|()| Empty::new())
+    }
+
+    async fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        guest::get_metrics(&self.sandbox).await
+    }
+
     async fn create_sandbox(
         &self,
         _ctx: &TtrpcContext,
@@ -156,5 +207,72 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         io::read(&self.sandbox, req, true, &path("ReadStderr")).await
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply("ExecProcess", process::exec(&self.sandbox, req).await).map(|()| Empty::new())
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListProcessesRequest,
+    ) -> ttrpc::Result<agent::ListProcessesResponse> {
+        reply("ListProcesses", process::list(&self.sandbox, req).await)
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let paused = process::pause(&self.sandbox, req.container_id).await;
+        reply("PauseContainer", paused).map(|()| Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let resumed = process::resume(&self.sandbox, req.container_id).await;
+        reply("ResumeContainer", resumed).map(|()| Empty::new())
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply("UpdateContainer", process::update(&self.sandbox, req).await).map(|()| Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        reply("StatsContainer", process::stats(&self.sandbox, req).await)
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        reply("GetOOMEvent", process::oom_event(&self.sandbox).await)
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let resized = process::tty_win_resize(&self.sandbox, req).await;
+        reply("TtyWinResize", resized).map(|()| Empty::new())
     }
 }

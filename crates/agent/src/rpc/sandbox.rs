@@ -29,6 +29,7 @@ pub fn sandbox_request(req: &agent::CreateSandboxRequest) -> SandboxRequest {
             .iter()
             .map(|m| (m.name.clone(), m.parameters.clone()))
             .collect(),
+        sandbox_pidns: req.sandbox_pidns,
     }
 }
 

@@ -21,6 +21,20 @@ pub const IMPLEMENTED: &[&str] = &[
     "CloseStdin",
     "ReadStdout",
     "ReadStderr",
+    "ExecProcess",
+    "ListProcesses",
+    "PauseContainer",
+    "ResumeContainer",
+    "UpdateContainer",
+    "StatsContainer",
+    "GetOOMEvent",
+    "TtyWinResize",
+    "GetGuestDetails",
+    "OnlineCPUMem",
+    "SetGuestDateTime",
+    "ReseedRandomDev",
+    "CopyFile",
+    "GetMetrics",
 ];
 
 const AGENT_SERVICE: &str = "grpc.AgentService";

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::lifecycle::{mount_all, unmount_all};
-use super::{Container, ContainerState, Sandbox, SandboxError};
+use super::{cgroup, oom, pidns, Container, ContainerState, Sandbox, SandboxError};
 use crate::container::{self, spec};
 use crate::process::Process;
 use crate::storage::StorageSpec;
@@ -23,6 +23,8 @@ pub struct ContainerRequest {
     pub exec_id: String,
     pub spec: Spec,
     pub storages: Vec<StorageSpec>,
+    /// Join the sandbox's PID namespace (CreateContainer's `sandbox_pidns`).
+    pub sandbox_pidns: bool,
 }
 
 impl Sandbox {
@@ -39,6 +41,13 @@ impl Sandbox {
         let mut state = self.state.lock().await;
         state.busy.remove(&id);
         let container = result?;
+        let holder_alive = state
+            .pidns_holder
+            .as_ref()
+            .is_some_and(|h| state.containers.contains_key(h));
+        if !holder_alive {
+            state.pidns_holder = Some(id.clone());
+        }
         state.containers.insert(id, Arc::new(container));
         Ok(())
     }
@@ -69,7 +78,22 @@ impl Sandbox {
         let storages = tokio::task::spawn_blocking(move || mount_all(&storages)).await??;
 
         let mut spec = req.spec;
-        let notes = spec::adapt(&mut spec, &id);
+        let omitted = pidns::omits_pid_namespace(&spec);
+        // Bind mounts may take their source from the storages: the
+        // sandbox's and this container's.
+        let mut bind_roots: Vec<_> = {
+            let state = self.state.lock().await;
+            state
+                .storages
+                .iter()
+                .map(|m| m.mount_point.clone())
+                .collect()
+        };
+        bind_roots.extend(storages.iter().map(|m| m.mount_point.clone()));
+        let notes = spec::adapt(&mut spec, &id, &bind_roots).and_then(|mut notes| {
+            notes.extend(spec::apply_network_sysctls(&mut spec)?);
+            Ok(notes)
+        });
         let notes = match notes {
             Ok(notes) => notes,
             Err(e) => {
@@ -80,6 +104,15 @@ impl Sandbox {
         for note in notes {
             tracing::info!(container = %id, "spec adapted: {note}");
         }
+        if let Some(pid) = self.shared_pidns(&id, req.sandbox_pidns, omitted).await {
+            pidns::join(&mut spec, pid);
+            tracing::info!(container = %id, pid, "joining the sandbox's PID namespace");
+        }
+        let cgroup_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .unwrap_or_else(|| spec::cgroup_path(None, &id));
 
         let reaper = self.reaper.clone();
         let cid = id.clone();
@@ -93,7 +126,11 @@ impl Sandbox {
             }
         };
         tracing::info!(container = %id, pid = created.pid, "container created");
+        let cgroup = cgroup::dir(&cgroup_path);
         Ok(Container {
+            _oom: oom::watch(&id, cgroup.clone(), self.oom.sender()),
+            cgroup,
+            execs: StdMutex::default(),
             init: Arc::new(Process {
                 exec_id,
                 pid: created.pid,
@@ -147,6 +184,9 @@ impl Sandbox {
         state.busy.remove(id);
         if result.is_ok() {
             state.containers.remove(id);
+            if state.pidns_holder.as_deref() == Some(id) {
+                state.pidns_holder = None;
+            }
             tracing::info!(container = %id, "container removed");
         }
         result
@@ -208,7 +248,8 @@ impl Sandbox {
         if process.status().is_some() {
             return Err(exited());
         }
-        if sig == Signal::SIGTERM && !process.catches(Signal::SIGTERM) {
+        let is_init = self.container(container_id).await?.init.pid == process.pid;
+        if is_init && sig == Signal::SIGTERM && !process.catches(Signal::SIGTERM) {
             tracing::info!(
                 container = container_id,
                 "SIGTERM not caught by init: SIGKILL instead"
@@ -231,6 +272,16 @@ impl Sandbox {
         exec_id: &str,
     ) -> Result<i32, SandboxError> {
         let process: Arc<Process> = self.process(container_id, exec_id).await?;
-        Ok(process.exit.wait().await)
+        let status = process.exit.wait().await;
+        // As Kata's agent: an exec process is forgotten once waited for.
+        let container = self.container(container_id).await?;
+        if !Arc::ptr_eq(&process, &container.init) {
+            let mut execs = container
+                .execs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            execs.remove(&process.exec_id);
+        }
+        Ok(status)
     }
 }

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use super::cgroup::CgroupError;
+use super::resources::ResourcesError;
+use crate::container::console::ConsoleError;
 use crate::container::spec::SpecError;
 use crate::container::ContainerError;
 use crate::modules::ModuleError;
@@ -76,6 +79,38 @@ pub enum SandboxError {
     StopTimeout(String, Duration),
     #[error("a blocking task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the request has no process")]
+    NoProcessSpec,
+    #[error("exec process {0:?} has no args")]
+    NoArgs(String),
+    #[error("exec id {exec_id:?} is already in use in container {container_id:?}")]
+    ExecExists {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("container {0:?} is not running")]
+    NotRunning(String),
+    #[error("container {0:?} is paused")]
+    Paused(String),
+    #[error("container {0:?} is not paused")]
+    NotPaused(String),
+    #[error("process {exec_id:?} of container {container_id:?} has no terminal")]
+    NoTerminal {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("terminal size {rows}x{cols} is out of range")]
+    WinSize { rows: u32, cols: u32 },
+    #[error("terminal of container {0:?}")]
+    Console(String, #[source] ConsoleError),
+    #[error("unknown process list format {0:?} (expected \"table\" or \"json\")")]
+    Format(String),
+    #[error("the request has no resources")]
+    NoResources,
+    #[error("resources of container {0:?}")]
+    Resources(String, #[source] ResourcesError),
+    #[error("cgroup of container {0:?}")]
+    Cgroup(String, #[source] CgroupError),
 }
 
 impl SandboxError {
@@ -87,7 +122,23 @@ impl SandboxError {
             | E::NoSpec
             | E::SpecConversion(_)
             | E::Signal(_)
-            | E::ZeroRead => ErrorKind::InvalidArgument,
+            | E::ZeroRead
+            | E::NoProcessSpec
+            | E::NoArgs(_)
+            | E::WinSize { .. }
+            | E::Format(_)
+            | E::NoResources
+            | E::Resources(..) => ErrorKind::InvalidArgument,
+            E::ExecExists { .. } => ErrorKind::AlreadyExists,
+            E::NotRunning(_) | E::Paused(_) | E::NotPaused(_) | E::NoTerminal { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            E::Cgroup(_, CgroupError::Write { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                ErrorKind::InvalidArgument
+            }
+            E::Console(..) | E::Cgroup(..) => ErrorKind::Internal,
             E::Storage { source, .. } => match source {
                 StorageError::Driver(_)
                 | StorageError::Invalid(_)

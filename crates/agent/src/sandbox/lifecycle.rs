@@ -17,6 +17,8 @@ pub struct SandboxRequest {
     pub storages: Vec<StorageSpec>,
     /// Module names and their `key=value` parameters.
     pub kernel_modules: Vec<(String, Vec<String>)>,
+    /// The containers share one PID namespace (the first container's).
+    pub sandbox_pidns: bool,
 }
 
 impl Sandbox {
@@ -47,6 +49,7 @@ impl Sandbox {
         }
         let storages = req.storages;
         state.storages = tokio::task::spawn_blocking(move || mount_all(&storages)).await??;
+        state.sandbox_pidns = req.sandbox_pidns;
         state.created = true;
         Ok(())
     }

@@ -2,13 +2,21 @@
 //! their processes) and the operations of the agent API, independent of
 //! the wire format.
 
+mod cgroup;
 mod containers;
 mod error;
+mod exec;
 mod io;
 mod lifecycle;
+mod oom;
+mod pidns;
+mod ps;
+mod resources;
+mod stats;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use libcontainer::container::Container as Handle;
 use tokio::sync::{watch, Mutex};
@@ -28,20 +36,38 @@ pub enum ContainerState {
     Created,
     /// Started.
     Running,
+    /// Started, then frozen by PauseContainer.
+    Paused,
 }
 
 /// One container of the sandbox.
 pub struct Container {
     pub id: String,
     pub init: Arc<Process>,
+    /// Processes added by ExecProcess, by exec id; `None` while one starts.
+    execs: StdMutex<HashMap<String, Option<Arc<Process>>>>,
+    /// The container's cgroup directory (under `/sys/fs/cgroup`).
+    cgroup: PathBuf,
     handle: StdMutex<Handle>,
     state: StdMutex<ContainerState>,
     storages: Vec<Mounted>,
+    /// Watches the cgroup for OOM kills while the container exists.
+    _oom: oom::Watch,
+}
+
+impl Container {
+    fn state(&self) -> ContainerState {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Default)]
 struct State {
     created: bool,
+    /// CreateSandbox asked for one PID namespace shared by the containers.
+    sandbox_pidns: bool,
+    /// The container whose PID namespace is the sandbox's (the first one).
+    pidns_holder: Option<String>,
     storages: Vec<Mounted>,
     containers: HashMap<String, Arc<Container>>,
     /// Ids of containers being created or removed.
@@ -56,6 +82,7 @@ pub struct Sandbox {
     init: bool,
     state: Mutex<State>,
     shutdown: watch::Sender<bool>,
+    oom: oom::Events,
 }
 
 impl Sandbox {
@@ -65,6 +92,7 @@ impl Sandbox {
             init,
             state: Mutex::default(),
             shutdown: watch::channel(false).0,
+            oom: oom::Events::default(),
         }
     }
 
@@ -72,6 +100,11 @@ impl Sandbox {
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// How many containers the sandbox holds (for GetMetrics).
+    pub async fn container_count(&self) -> usize {
+        self.state.lock().await.containers.len()
     }
 
     /// The container `id`.
@@ -100,9 +133,17 @@ impl Sandbox {
         if exec_id.is_empty() || exec_id == container.id || exec_id == container.init.exec_id {
             return Ok(container.init.clone());
         }
-        Err(SandboxError::NoProcess {
-            container_id: container_id.to_string(),
-            exec_id: exec_id.to_string(),
-        })
+        let execs = container
+            .execs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        execs
+            .get(exec_id)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| SandboxError::NoProcess {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.to_string(),
+            })
     }
 }
