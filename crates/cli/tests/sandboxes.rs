@@ -316,17 +316,17 @@ fn debug_console_is_a_shell_in_the_vm() {
     )
     .unwrap();
     let _sb = Detached::start(&env, "debug", &["sleep", "1000"]);
-    // The VM's root environment: the agent is PID 1 there, and the
-    // container's rootfs is a virtio-fs mount.
+    // The VM's root environment: PID 1 is the agent (`/init`), not the
+    // container's workload (`sleep`, busybox) as inside the container.
     let out = capsa_with_input(
         &env,
         &["exec", "--vm", "debug"],
-        b"echo sum=$((6*7)); cat /proc/1/comm; grep -c virtiofs /proc/mounts; exit\n",
+        b"echo sum=$((6*7)); echo pid1=$(readlink /proc/1/exe); exit\n",
     );
     assert!(out.status.success(), "{out:?}");
     let stdout = text(&out.stdout);
     assert!(stdout.contains("sum=42"), "{stdout}");
-    assert!(stdout.contains("capsa-agent"), "{stdout}");
+    assert!(stdout.contains("pid1=/init"), "{stdout}");
     let out = capsa(&env, &["rm", "-f", "debug"]);
     assert!(out.status.success(), "{out:?}");
     assert_all_gone(&env);

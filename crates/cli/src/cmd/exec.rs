@@ -47,8 +47,15 @@ pub async fn exec(config: Option<&Path>, args: ExecArgs) -> anyhow::Result<u8> {
     Ok(u8::try_from(status).unwrap_or(255))
 }
 
-/// Relays stdin and stdout to the guest's debug console until either side
-/// closes.
+/// How long the console may stay silent after our input ended before
+/// capsa closes it (piped input that did not end the shell).
+const QUIET_AFTER_INPUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Relays stdin and stdout to the guest's debug console until the shell
+/// exits (the guest closes the connection), or, once stdin has ended, the
+/// console has been quiet for [`QUIET_AFTER_INPUT`]. (Nothing is sent for
+/// the end of input: the shell asks its terminal questions, such as the
+/// cursor position, and would take a ^D or an `exit` as their answer.)
 async fn debug_console(found: &Found) -> anyhow::Result<u8> {
     let stream = found
         .debug_console()
@@ -56,6 +63,7 @@ async fn debug_console(found: &Found) -> anyhow::Result<u8> {
         .with_context(|| format!("open the debug console of {}", found.record.id))?;
     let _raw = RawMode::enable_on_stdin();
     let (mut from_vm, mut to_vm) = stream.into_split();
+    let (done_tx, mut input_done) = tokio::sync::watch::channel(false);
     let upstream = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 4096];
@@ -69,15 +77,32 @@ async fn debug_console(found: &Found) -> anyhow::Result<u8> {
                 }
             }
         }
-        // Keep the connection open for the shell's last output: only
-        // the write half is shut down.
-        let _ = to_vm.shutdown().await;
+        let _ = done_tx.send(true);
+        // Keep the write half (and the connection) open.
+        std::future::pending::<()>().await;
     });
     let mut stdout = tokio::io::stdout();
-    tokio::io::copy(&mut from_vm, &mut stdout)
-        .await
-        .context("relay the debug console")?;
-    let _ = stdout.flush().await;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let read = if *input_done.borrow() {
+            match tokio::time::timeout(QUIET_AFTER_INPUT, from_vm.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                r = from_vm.read(&mut buf) => r,
+                _ = input_done.changed() => continue,
+            }
+        };
+        match read.context("read the debug console")? {
+            0 => break,
+            n => {
+                stdout.write_all(&buf[..n]).await.context("write stdout")?;
+                stdout.flush().await.context("write stdout")?;
+            }
+        }
+    }
     upstream.abort();
     Ok(0)
 }
