@@ -108,6 +108,7 @@ pub fn process_to_grpc(p: &o::Process) -> g::Process {
             GID: u.gid(),
             AdditionalGids: u.additional_gids().clone().unwrap_or_default(),
             Username: u.username().clone().unwrap_or_default(),
+            Umask: u.umask(),
             ..Default::default()
         }),
         Args: p.args().clone().unwrap_or_default(),
@@ -350,6 +351,7 @@ pub fn process_from_grpc(p: &g::Process) -> Result<o::Process, ConvertError> {
         user.set_gid(u.GID);
         user.set_additional_gids(opt_vec(&u.AdditionalGids));
         user.set_username(opt_str(&u.Username));
+        user.set_umask(u.Umask);
     }
     out.set_user(user);
     out.set_args(opt_vec(&p.Args));

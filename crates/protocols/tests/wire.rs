@@ -177,3 +177,28 @@ fn bad_enum_values_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn user_fields_are_katas_and_umask_is_an_extra_field() {
+    let user = oci::User {
+        UID: 1,
+        GID: 2,
+        AdditionalGids: vec![3],
+        Username: "u".into(),
+        Umask: Some(0o027),
+        ..Default::default()
+    };
+    let bytes = user.write_to_bytes().unwrap();
+    assert_eq!(tags(&bytes), vec![(1, 0), (2, 0), (3, 2), (4, 2), (5, 0)]);
+    // An unset umask is not on the wire: a Kata agent sees Kata's message.
+    let kata = oci::User {
+        Umask: None,
+        ..user.clone()
+    };
+    let bytes = kata.write_to_bytes().unwrap();
+    assert!(tags(&bytes).iter().all(|(f, _)| *f <= 4));
+    assert_eq!(
+        oci::User::parse_from_bytes(&user.write_to_bytes().unwrap()).unwrap(),
+        user
+    );
+}

@@ -246,6 +246,7 @@ async fn rlimits_hostname_sysctls_groups_umask() {
     user.set_uid(1000);
     user.set_gid(1000);
     user.set_additional_gids(Some(vec![10, 20]));
+    user.set_umask(Some(0o027));
     custom.linux_mut().as_mut().unwrap().set_sysctl(Some(
         [
             ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
@@ -272,8 +273,8 @@ async fn rlimits_hostname_sysctls_groups_umask() {
     assert_eq!(get("fwd"), "1", "net.* sysctls set in the VM's network");
     assert_eq!(get("uid"), "1000");
     assert_eq!(get("groups"), "1000 10 20");
-    assert_eq!(get("umask"), "0022");
-    assert_eq!(get("mode"), "644");
+    assert_eq!(get("umask"), "0027", "the spec's umask");
+    assert_eq!(get("mode"), "640");
 
     assert_eq!(plain_code, 0, "{plain_out}");
     let v = values(&plain_out);

@@ -18,8 +18,8 @@ use oci_spec::runtime::{
 use crate::validate;
 
 /// The umask of a process whose spec gives none (runc's default), rather
-/// than whatever the agent has. Kata's protocol has no umask field: this is
-/// the umask of every process the host starts.
+/// than whatever the agent has. Kata's `oci.User` has no umask; capsa's
+/// carries it as an extra field (5), so a Kata runtime's processes get this.
 pub const DEFAULT_UMASK: u32 = 0o022;
 
 /// Parent of the cgroups of containers without `linux.cgroupsPath`.
