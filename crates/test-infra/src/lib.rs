@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
 
@@ -56,11 +57,22 @@ impl TestEnv {
 
     /// `extra` is appended to the `[hypervisor.qemu]` table.
     pub fn with_qemu_extra(extra: &str) -> Self {
+        Self::build("capsa-test-", "state", extra)
+    }
+
+    /// A state directory with a short path (`/tmp/cs-XXXXXX/s`): sandbox
+    /// ids of 64 characters, as containerd's, still give socket paths that
+    /// fit in `sun_path`.
+    pub fn short() -> Self {
+        Self::build("cs-", "s", "")
+    }
+
+    fn build(prefix: &str, state: &str, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("capsa-test-")
+            .prefix(prefix)
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let state_dir = dir.path().join("state");
+        let state_dir = dir.path().join(state);
         let rootfs = dir.path().join("rootfs");
         rootfs::busybox(&rootfs);
         let assets = assets_dir();

@@ -1,0 +1,63 @@
+//! containerd with the capsa shim registered, and leak checks.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use capsa_test_infra::containerd::{Containerd, Opts};
+use capsa_test_infra::leaks::processes_naming;
+use capsa_test_infra::{assert_no_leaks, TestEnv};
+
+pub const RUNTIME: &str = "io.containerd.capsa.v2";
+
+/// A capsa configuration (short state directory) and a private containerd
+/// whose `PATH` finds this build's shim first.
+pub struct Setup {
+    pub ctrd: Containerd,
+    pub env: TestEnv,
+    pub image: String,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let env = TestEnv::short();
+        let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2"));
+        let ctrd = Containerd::start(Opts {
+            shim_dir: shim.parent().map(Path::to_path_buf),
+            capsa_config: Some(env.config.clone()),
+        });
+        let image = ctrd.import_busybox();
+        Self { ctrd, env, image }
+    }
+
+    /// `ctr run --runtime io.containerd.capsa.v2 <opts> <image> <id> <cmd>`.
+    pub fn run(&self, opts: &[&str], id: &str, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(opts);
+        args.push(&self.image);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctrd.ctr(&args)
+    }
+
+    /// Nothing of capsa is left: no process naming the state directory or
+    /// the shim, no mount, no state.
+    pub fn assert_all_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // containerd reaps and deletes asynchronously after a task ends.
+        while Instant::now() < deadline && !processes_naming("containerd-shim-capsa-v2").is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let shims: Vec<String> = processes_naming("containerd-shim-capsa-v2")
+            .into_iter()
+            .filter(|p| p.contains(&self.ctrd.socket().display().to_string()))
+            .collect();
+        assert!(shims.is_empty(), "shims left behind: {shims:?}");
+        assert_no_leaks(&self.env.state_dir);
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -1,0 +1,198 @@
+//! The shim under Debian's containerd, driven with `ctr`: real VMs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{text, Setup};
+
+#[test]
+fn run_rm_prints_output_and_returns_the_exit_code() {
+    let s = Setup::new();
+    let out = s.run(
+        &["--rm", "--env", "GREETING=hello", "--cwd", "/tmp"],
+        "t1",
+        &[
+            "sh",
+            "-c",
+            "echo $GREETING from $(pwd); echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", s.ctrd.log_tail());
+    assert_eq!(text(&out.stdout), "hello from /tmp\n");
+    assert!(text(&out.stderr).contains("oops"), "{out:?}");
+    s.assert_all_gone();
+}
+
+#[test]
+fn a_terminal_is_a_tty() {
+    let s = Setup::new();
+    // `ctr run -t` needs a terminal of its own: `script` gives it one.
+    let ctr = format!(
+        "CONTAINERD_SNAPSHOTTER={snap} ctr --address {sock} --namespace k8s.io run --rm -t \
+         --runtime {rt} {image} tty1 sh -c 'tty; test -t 0 && echo is-a-tty; exit 4'",
+        snap = s.ctrd.snapshotter(),
+        sock = s.ctrd.socket().display(),
+        rt = common::RUNTIME,
+        image = s.image,
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &ctr, "/dev/null"]);
+    let out = capsa_test_infra::run_bounded(cmd, None, Duration::from_secs(120));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    assert!(stdout.contains("is-a-tty"), "{stdout}");
+    s.assert_all_gone();
+}
+
+#[test]
+fn a_missing_command_fails_cleanly() {
+    let s = Setup::new();
+    let out = s.run(&["--rm"], "nocmd", &["/no/such/binary"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("/no/such/binary"), "{out:?}");
+    // The failed task leaves a container record in containerd only.
+    s.ctrd.ctr(&["containers", "delete", "nocmd"]);
+    s.assert_all_gone();
+}
+
+#[test]
+fn stdin_reaches_the_workload() {
+    let s = Setup::new();
+    let mut args = vec!["run", "--rm", "--runtime", common::RUNTIME, &s.image, "in1"];
+    args.extend_from_slice(&["sh", "-c", "read line; echo got:$line; wc -l"]);
+    let out = s.ctrd.ctr_with_input(&args, b"first\nsecond\nthird\n");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["got:first", "2"]
+    );
+    s.assert_all_gone();
+}
+
+#[test]
+fn detached_task_exec_ps_pause_metrics_kill_delete() {
+    let s = Setup::new();
+    let out = s.run(
+        &["-d"],
+        "bg",
+        &[
+            "sh",
+            "-c",
+            "while :; do date +%s > /tmp/tick; sleep 0.2; done",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}\n{}", s.ctrd.log_tail());
+
+    // exec: output and exit code.
+    let out = s.ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "bg",
+        "sh",
+        "-c",
+        "echo from-exec; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(text(&out.stdout), "from-exec\n");
+
+    // ps: the workload's processes.
+    let ps = s.ctrd.ctr_ok(&["task", "ps", "bg"]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+
+    // pause freezes the loop, resume thaws it.
+    s.ctrd.ctr_ok(&["task", "pause", "bg"]);
+    let ls = s.ctrd.ctr_ok(&["task", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("bg ") && l.contains("PAUSED")),
+        "{ls}"
+    );
+    s.ctrd.ctr_ok(&["task", "resume", "bg"]);
+    let ls = s.ctrd.ctr_ok(&["task", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("bg ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+
+    // metrics: CPU and memory of the container's cgroup.
+    let metrics = s
+        .ctrd
+        .ctr_ok(&["task", "metrics", "--format", "json", "bg"]);
+    let m: serde_json::Value = serde_json::from_str(&metrics).expect("metrics JSON");
+    let mem = m["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
+    assert!(mem > 0, "no memory usage in {m:#}");
+
+    // kill: the task stops with the signal's status.
+    s.ctrd
+        .ctr_ok(&["task", "kill", "--signal", "SIGKILL", "bg"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ls = s.ctrd.ctr_ok(&["task", "ls"]);
+        if ls
+            .lines()
+            .any(|l| l.starts_with("bg ") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task never stopped: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.ctrd.ctr_ok(&["task", "delete", "bg"]);
+    s.ctrd.ctr_ok(&["containers", "delete", "bg"]);
+    s.assert_all_gone();
+}
+
+#[test]
+fn a_read_only_bind_mount_is_readable_not_writable() {
+    let s = Setup::new();
+    let host = s.env.dir.path().join("data");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("hello.txt"), "from the host\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        host.display()
+    );
+    let out = s.run(
+        &["--rm", "--mount", &mount],
+        "ro1",
+        &[
+            "sh",
+            "-c",
+            "cat /data/hello.txt; touch /data/new && echo WROTE || echo refused",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "from the host\nrefused\n");
+    assert!(!host.join("new").exists());
+    s.assert_all_gone();
+}
+
+#[test]
+fn three_containers_in_parallel() {
+    let s = Setup::new();
+    let results: Vec<std::process::Output> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    s.run(
+                        &["--rm"],
+                        &format!("par{i}"),
+                        &["sh", "-c", &format!("echo n{i}")],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, out) in results.iter().enumerate() {
+        assert!(out.status.success(), "par{i}: {out:?}");
+        assert_eq!(text(&out.stdout), format!("n{i}\n"));
+    }
+    s.assert_all_gone();
+}

@@ -1,0 +1,238 @@
+//! A thin, blocking CRI (v1) client over containerd's socket.
+//!
+//! It owns a small tokio runtime: call it from plain (not async) tests.
+
+use super::Containerd;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How long one CRI call may take (a capsa pod boots a VM).
+const CALL_LIMIT: Duration = Duration::from_secs(120);
+
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub image: ImageServiceClient<Channel>,
+    log_dir: PathBuf,
+}
+
+impl Containerd {
+    /// A CRI client connected to this containerd.
+    pub fn cri(&self) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let socket = self.socket().to_path_buf();
+        let channel = rt
+            .block_on(async {
+                Endpoint::try_from("http://[::]:50051")
+                    .expect("endpoint")
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(socket).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
+                    }))
+                    .await
+            })
+            .expect("connect CRI");
+        Cri {
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            image: ImageServiceClient::new(channel),
+            log_dir: self.dir().join("pods"),
+        }
+    }
+}
+
+impl Cri {
+    /// Runs `fut` with the runtime's clients, bounded by [`CALL_LIMIT`];
+    /// panics with `what` on error or timeout.
+    fn call<T, F>(&self, what: &str, fut: F) -> T
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match self.rt.block_on(async { tokio::time::timeout(CALL_LIMIT, fut).await }) {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => panic!("CRI {what} failed: {status}"),
+            Err(_) => panic!("CRI {what} timed out after {CALL_LIMIT:?}"),
+        }
+    }
+
+    /// CRI's `Version` (e.g. to check that the service answers).
+    pub fn version(&self) -> VersionResponse {
+        let mut c = self.runtime.clone();
+        self.call("Version", c.version(VersionRequest::default()))
+    }
+
+    /// A pod in the host's network namespace (no CNI needed), with its log
+    /// directory in the instance's directory.
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let log_directory = self.log_dir.join(name);
+        std::fs::create_dir_all(&log_directory).expect("pod log dir");
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("{name}-uid"),
+                namespace: "capsa-test".into(),
+                attempt: 0,
+            }),
+            // Host network implies the host's UTS namespace: no hostname.
+            log_directory: log_directory.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Pod as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Runs a pod with `config`; `runtime_handler` "" is the default (runc),
+    /// "capsa" is capsa's shim. Returns the pod id.
+    pub fn run_pod_with(&self, config: PodSandboxConfig, runtime_handler: &str) -> String {
+        let mut c = self.runtime.clone();
+        let req = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: runtime_handler.into(),
+        };
+        self.call("RunPodSandbox", c.run_pod_sandbox(req))
+            .pod_sandbox_id
+    }
+
+    /// Runs the pod [`Self::pod_config`]`(name)`; returns its id.
+    pub fn run_pod(&self, name: &str, runtime_handler: &str) -> String {
+        self.run_pod_with(self.pod_config(name), runtime_handler)
+    }
+
+    /// Creates container `name` running `command` from `image` in the pod;
+    /// returns its id.
+    pub fn create_container(
+        &self,
+        pod_id: &str,
+        pod_config: &PodSandboxConfig,
+        name: &str,
+        image: &str,
+        command: &[&str],
+    ) -> String {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let mut c = self.runtime.clone();
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        self.call("CreateContainer", c.create_container(req))
+            .container_id
+    }
+
+    pub fn start(&self, container_id: &str) {
+        let mut c = self.runtime.clone();
+        let req = StartContainerRequest {
+            container_id: container_id.into(),
+        };
+        self.call("StartContainer", c.start_container(req));
+    }
+
+    /// Runs `cmd` in the container; returns (stdout, stderr, exit code).
+    pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout: Duration) -> (String, String, i32) {
+        let mut c = self.runtime.clone();
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout.as_secs() as i64,
+        };
+        let r = self.call("ExecSync", c.exec_sync(req));
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (text(r.stdout), text(r.stderr), r.exit_code)
+    }
+
+    pub fn container_status(&self, id: &str) -> ContainerStatus {
+        let mut c = self.runtime.clone();
+        let req = ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        self.call("ContainerStatus", c.container_status(req))
+            .status
+            .expect("container status")
+    }
+
+    pub fn pod_status(&self, pod_id: &str) -> PodSandboxStatus {
+        let mut c = self.runtime.clone();
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: false,
+        };
+        self.call("PodSandboxStatus", c.pod_sandbox_status(req))
+            .status
+            .expect("pod status")
+    }
+
+    pub fn stop_container(&self, id: &str, timeout: Duration) {
+        let mut c = self.runtime.clone();
+        let req = StopContainerRequest {
+            container_id: id.into(),
+            timeout: timeout.as_secs() as i64,
+        };
+        self.call("StopContainer", c.stop_container(req));
+    }
+
+    pub fn remove_container(&self, id: &str) {
+        let mut c = self.runtime.clone();
+        let req = RemoveContainerRequest {
+            container_id: id.into(),
+        };
+        self.call("RemoveContainer", c.remove_container(req));
+    }
+
+    pub fn stop_pod(&self, pod_id: &str) {
+        let mut c = self.runtime.clone();
+        let req = StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        };
+        self.call("StopPodSandbox", c.stop_pod_sandbox(req));
+    }
+
+    pub fn remove_pod(&self, pod_id: &str) {
+        let mut c = self.runtime.clone();
+        let req = RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        };
+        self.call("RemovePodSandbox", c.remove_pod_sandbox(req));
+    }
+
+    /// Ids of the pods CRI knows.
+    pub fn list_pods(&self) -> Vec<String> {
+        let mut c = self.runtime.clone();
+        let req = ListPodSandboxRequest { filter: None };
+        let r = self.call("ListPodSandbox", c.list_pod_sandbox(req));
+        r.items.into_iter().map(|p| p.id).collect()
+    }
+}
