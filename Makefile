@@ -77,6 +77,7 @@ lint: deps
 
 test: assets lint
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo test --workspace -- --test-threads=2
+	./scripts/check-leaks.sh
 
 bench: install
 	scripts/busybox-rootfs.sh $(DEMO_ROOTFS)

@@ -46,8 +46,8 @@ pub async fn run(
     let mut sandbox = tokio::select! {
         s = started => s?,
         signal = &mut stop => {
-            // Dropping the start future dropped the VM, whose helpers are
-            // killed on drop; what is left is the state directory.
+            // Dropping the start future dropped the sandbox being built:
+            // its helpers are killed and its state directory removed.
             tracing::info!(signal, "stopped while the sandbox started");
             let dir = StateDir::at(&spec.config.runtime.state_dir, &id);
             if let Err(e) = dir.remove() {

@@ -35,6 +35,8 @@ pub struct Sandbox {
     record: SandboxRecord,
     /// Host directories shared as container root filesystems.
     shared_roots: HashMap<String, PathBuf>,
+    /// Taken down by `destroy` or `stop`: nothing left for `Drop`.
+    finished: bool,
 }
 
 impl Sandbox {
@@ -66,6 +68,7 @@ impl Sandbox {
             agent: None,
             record,
             shared_roots: HashMap::new(),
+            finished: false,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -76,6 +79,7 @@ impl Sandbox {
             Err(e) => Err(e),
         };
         if let Err(e) = booted {
+            sandbox.finished = true;
             sandbox.teardown().await;
             if let Err(e) = sandbox.dir.remove() {
                 tracing::error!(sandbox = %sandbox.id, error = %e, "state directory not removed");
@@ -309,6 +313,7 @@ impl Sandbox {
     /// Tears the sandbox down: asks the agent to destroy it (the guest powers
     /// off), stops the VM and its helpers, unmounts and removes the state.
     pub async fn destroy(mut self) -> Result<(), Error> {
+        self.finished = true;
         self.teardown().await;
         self.dir.remove()
     }
@@ -317,6 +322,7 @@ impl Sandbox {
     /// record and the logs in the state directory, with status `Stopped`,
     /// for `capsa ps`/`inspect` until `capsa rm`.
     pub async fn stop(mut self) -> Result<(), Error> {
+        self.finished = true;
         self.teardown().await;
         self.update_record(|r| {
             r.status = SandboxStatus::Stopped;
@@ -326,6 +332,8 @@ impl Sandbox {
     }
 
     /// Best-effort teardown used by every path; only logs failures.
+    /// (A sandbox dropped without `destroy`, e.g. by a panic or a
+    /// cancelled start, is cleaned up by `Drop`.)
     async fn teardown(&mut self) {
         // Only a guest that accepted DestroySandbox is given time to power off.
         let vm_gone = self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true);
@@ -352,6 +360,21 @@ impl Sandbox {
         }
         if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
             tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");
+        }
+    }
+}
+
+/// A sandbox dropped without [`Sandbox::destroy`] (a panic, a cancelled
+/// future): its VM's processes are killed as the VM is dropped (after
+/// this), and its mounts and state directory are removed here.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::warn!(sandbox = %self.id, "sandbox dropped without teardown: cleaning up");
+        if let Err(e) = self.dir.remove() {
+            tracing::error!(sandbox = %self.id, error = %e, "state directory not removed");
         }
     }
 }

@@ -56,3 +56,24 @@ async fn container_from_a_full_spec_runs_and_exits() {
     assert_eq!(check.status, 7);
     assert_no_leaks(&env.state_dir);
 }
+
+/// A sandbox dropped without `destroy` (a panicking test, a cancelled
+/// start) still leaves nothing: its helpers are killed, its mounts and
+/// state directory removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sandbox_leaves_nothing() {
+    let env = TestEnv::new();
+    let mut sandbox = boot(&env).await;
+    sandbox
+        .share_rootfs("c1", &env.rootfs)
+        .expect("share rootfs");
+    drop(sandbox);
+    // SIGKILL was sent on drop; give the kernel a moment to end them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && !capsa_test_infra::leaks::processes_naming(&env.state_dir.to_string_lossy()).is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_no_leaks(&env.state_dir);
+}

@@ -1,0 +1,21 @@
+#!/bin/sh
+# After the whole test suite: no capsa process, mount or state directory of
+# a test may be left on the host. Tests put their state under /tmp/capsa-*
+# and /tmp/cs-* (capsa) and /tmp/capsa-ctrd-* (containerd).
+set -u
+status=0
+procs=$(ps -eo pid=,args= | grep -E 'containerd-shim-capsa-v2|qemu-system|virtiofsd|vhost-device-vsock|containerd --config /tmp/capsa-ctrd-' \
+        | grep -E '/tmp/(capsa-|cs-)' | grep -v grep || true)
+if [ -n "$procs" ]; then
+    echo "check-leaks: processes left behind:"; echo "$procs"; status=1
+fi
+mounts=$(grep -E ' /tmp/(capsa-|cs-)' /proc/self/mountinfo || true)
+if [ -n "$mounts" ]; then
+    echo "check-leaks: mounts left behind:"; echo "$mounts"; status=1
+fi
+dirs=$(find /tmp -maxdepth 1 \( -name 'capsa-test-*' -o -name 'cs-*' -o -name 'capsa-ctrd-*' \) 2>/dev/null || true)
+if [ -n "$dirs" ]; then
+    echo "check-leaks: directories left behind:"; echo "$dirs"; status=1
+fi
+[ $status -eq 0 ] && echo "check-leaks: nothing left behind"
+exit $status
