@@ -57,6 +57,34 @@ pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Binds `source` (a shared mount point) on `view`, read-only, as a slave
+/// of `source`'s peer group, itself shared: mounts made below `source`
+/// appear below `view` (with their own flags, so a read-write rootfs
+/// stays writable) and in copies of the mount namespace taken later
+/// (virtiofsd's); nothing made below `view` goes back.
+pub fn read_only_view(source: &Path, view: &Path) -> Result<(), Error> {
+    mount(
+        Some(source),
+        view,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| mount_err(source, view, e))?;
+    let steps = [
+        MsFlags::MS_SLAVE,
+        MsFlags::MS_SHARED,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+    ];
+    for flags in steps {
+        if let Err(e) = mount(None::<&str>, view, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(view, MntFlags::MNT_DETACH);
+            return Err(mount_err(source, view, e));
+        }
+    }
+    Ok(())
+}
+
 /// Detaches the mount on `target`; a target that is not mounted is fine.
 pub fn unmount(target: &Path) -> Result<(), Error> {
     match umount2(target, MntFlags::MNT_DETACH) {

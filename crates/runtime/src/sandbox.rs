@@ -235,7 +235,7 @@ impl Sandbox {
         if !rootfs.is_dir() {
             return Err(Error::Rootfs(rootfs.into()));
         }
-        let host_root = self.dir.shared_dir().join(container_id).join("rootfs");
+        let host_root = self.dir.mounts_dir().join(container_id).join("rootfs");
         std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
         mount::bind(rootfs, &host_root, false)?;
         self.shared_roots
@@ -248,7 +248,7 @@ impl Sandbox {
     /// its `rootfs` subdirectory. The caller mounts what it needs below it.
     pub fn container_share(&self, container_id: &str) -> (PathBuf, String) {
         (
-            self.dir.shared_dir().join(container_id),
+            self.dir.mounts_dir().join(container_id),
             capsa_protocols::guest_rootfs_path(container_id),
         )
     }

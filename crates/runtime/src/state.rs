@@ -34,12 +34,7 @@ impl StateDir {
                 _ => Error::io(&path)(e),
             })?;
         let dir = Self { path };
-        let shared = dir.shared_dir();
-        let made = std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&shared)
-            .map_err(Error::io(&shared))
-            .and_then(|()| mount::make_shared_mount(&shared));
+        let made = dir.make_share();
         let owner = dir.path.join(OWNER_FILE);
         let made = made.and_then(|()| {
             std::fs::write(&owner, std::process::id().to_string()).map_err(Error::io(&owner))
@@ -164,9 +159,10 @@ impl StateDir {
         let dev = std::fs::symlink_metadata(&self.path)
             .map_err(Error::io(&self.path))?
             .dev();
-        let shared = self.shared_dir();
-        if shared.exists() {
-            remove_tree(&shared, dev)?;
+        for d in [self.shared_dir(), self.mounts_dir()] {
+            if d.exists() {
+                remove_tree(&d, dev)?;
+            }
         }
         let owner = self.path.join(OWNER_FILE);
         match std::fs::remove_file(&owner) {
@@ -175,10 +171,33 @@ impl StateDir {
         }
     }
 
-    /// Exported to the guest over virtio-fs; a mount point with shared
-    /// propagation (see [`mount::make_shared_mount`]).
+    /// Exported to the guest over virtio-fs: a read-only view of
+    /// [`StateDir::mounts_dir`]. The guest can write only inside what the
+    /// host mounted there read-write (a container's rootfs, rw volumes),
+    /// never create entries of its own among the host's mount points.
     pub fn shared_dir(&self) -> PathBuf {
         self.path.join("shared")
+    }
+
+    /// Where the host mounts what it shares (private to the host; mounts
+    /// made here propagate to [`StateDir::shared_dir`]).
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.path.join("mounts")
+    }
+
+    /// `mounts/`: a mount point of its own with shared propagation;
+    /// `shared/`: a read-only bind of it that receives its mounts (slave)
+    /// and passes them on to virtiofsd's copy (shared).
+    fn make_share(&self) -> Result<(), Error> {
+        let (mounts, shared) = (self.mounts_dir(), self.shared_dir());
+        for d in [&mounts, &shared] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(d)
+                .map_err(Error::io(d))?;
+        }
+        mount::make_shared_mount(&mounts)?;
+        mount::read_only_view(&mounts, &shared)
     }
 
     pub fn console_log(&self) -> PathBuf {
@@ -275,6 +294,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = StateDir::create(root.path(), "sb1").unwrap();
         assert!(dir.shared_dir().is_dir());
+        assert!(dir.mounts_dir().is_dir());
         assert!(StateDir::create(root.path(), "sb1").is_err());
         std::fs::write(dir.console_log(), "a\nb\nc\n").unwrap();
         assert_eq!(tail(&dir.console_log(), 2), "b\nc");
@@ -337,7 +357,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         std::fs::write(data.path().join("keep"), "x").unwrap();
         let dir = StateDir::create(root.path(), "sb2").unwrap();
-        let target = dir.shared_dir().join("c1");
+        let target = dir.mounts_dir().join("c1");
         std::fs::create_dir(&target).unwrap();
         mount::bind(data.path(), &target, true).unwrap();
         assert!(target.join("keep").exists());

@@ -122,7 +122,9 @@ async fn bad_requests_are_refused_and_the_agent_keeps_serving() {
     // CopyFile out of the sandbox directory: through symbolic links the
     // host (or a container) put in the shared directory, with "..", or
     // straight to another directory.
-    let shared = env.state_dir.join(sandbox.id()).join("shared");
+    // (Planted on the host side of the share: the guest's view of it is
+    // read-only.)
+    let shared = env.state_dir.join(sandbox.id()).join("mounts");
     std::os::unix::fs::symlink("/etc", shared.join("abs")).unwrap();
     std::os::unix::fs::symlink("../../../../etc", shared.join("rel")).unwrap();
     let copy = |path: String, file_size: i64, data: &[u8]| agent::CopyFileRequest {
