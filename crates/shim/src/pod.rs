@@ -68,6 +68,7 @@ impl Pod {
         events: Arc<Events>,
     ) -> Result<Arc<Self>, Error> {
         let sandbox = Sandbox::start_named(config, id, capsa_runtime::VmSize::default()).await?;
+        let console = sandbox.record().console_log.clone();
         let pod = Arc::new(Self {
             id: id.into(),
             namespace: namespace.into(),
@@ -80,6 +81,7 @@ impl Pod {
         });
         tokio::spawn(watch_vm(pod.clone()));
         tokio::spawn(watch_oom(pod.clone()));
+        tokio::spawn(forward_console(pod.clone(), console));
         tracing::info!(pod = id, pid = pod.pid, "pod VM started");
         Ok(pod)
     }
@@ -280,6 +282,38 @@ async fn watch_vm(pod: Arc<Pod>) {
         }
         pod.destroy().await;
         return;
+    }
+}
+
+/// Forwards the guest's console (kernel and agent log lines) to the shim's
+/// log, and so to containerd's, each line tagged with the pod's id, until
+/// the VM is gone.
+async fn forward_console(pod: Arc<Pod>, path: PathBuf) {
+    use tokio::io::AsyncBufReadExt;
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        tracing::warn!(pod = %pod.id, path = %path.display(), "no guest console log to forward");
+        return;
+    };
+    let mut lines = tokio::io::BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        match lines.read_line(&mut line).await {
+            // At the end of what QEMU wrote so far (maybe mid-line): wait.
+            Ok(_) if !line.ends_with('\n') => {
+                if pod.sandbox.lock().await.is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(_) => {
+                let text = line.trim_end();
+                if !text.is_empty() {
+                    tracing::info!(pod = %pod.id, "guest: {text}");
+                }
+                line.clear();
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -21,6 +21,18 @@ fn run_rm_prints_output_and_returns_the_exit_code() {
     assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", s.ctrd.log_tail());
     assert_eq!(text(&out.stdout), "hello from /tmp\n");
     assert!(text(&out.stderr).contains("oops"), "{out:?}");
+    // The shim's log, and the guest's (kernel and agent) through it, reach
+    // containerd's log with the pod's id.
+    let log = s.ctrd.log();
+    let guest: Vec<&str> = log.lines().filter(|l| l.contains("guest: ")).collect();
+    assert!(
+        guest
+            .iter()
+            .any(|l| l.contains("capsa-agent") && l.contains("t1")),
+        "no agent line tagged with the pod in containerd's log:\n{}",
+        s.ctrd.log_tail()
+    );
+    assert!(log.contains("pod VM started"), "{}", s.ctrd.log_tail());
     s.assert_all_gone();
 }
 

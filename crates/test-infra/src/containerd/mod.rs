@@ -151,6 +151,11 @@ impl Containerd {
         self.child.as_ref().expect("containerd").id()
     }
 
+    /// containerd's whole log (its own lines and its shims').
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last 60 lines of containerd's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
