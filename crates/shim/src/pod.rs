@@ -65,9 +65,11 @@ impl Pod {
         id: &str,
         namespace: &str,
         config: &capsa_config::Config,
+        size: capsa_runtime::VmSize,
         events: Arc<Events>,
     ) -> Result<Arc<Self>, Error> {
-        let sandbox = Sandbox::start_named(config, id, capsa_runtime::VmSize::default()).await?;
+        tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, "VM size");
+        let sandbox = Sandbox::start_named(config, id, size).await?;
         let console = sandbox.record().console_log.clone();
         let pod = Arc::new(Self {
             id: id.into(),

@@ -87,8 +87,11 @@ impl Service {
                     let explicit = crate::options::config_path(req.options.as_ref());
                     let (config, source) = capsa_config::load(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
+                    let q = &config.hypervisor.qemu;
+                    let size = crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory);
                     let pod =
-                        Pod::start(&pod_id, &self.namespace, &config, self.events.clone()).await?;
+                        Pod::start(&pod_id, &self.namespace, &config, size, self.events.clone())
+                            .await?;
                     *slot = Some(pod.clone());
                     pod
                 }

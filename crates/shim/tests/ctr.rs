@@ -208,3 +208,25 @@ fn three_containers_in_parallel() {
     }
     s.assert_all_gone();
 }
+
+#[test]
+fn the_vm_is_sized_from_the_configuration_plus_the_task_limits() {
+    let s = Setup::new();
+    // Default 512 MiB (configuration) + 512 MiB asked by the task.
+    let out = s.run(
+        &["--rm", "--memory-limit", "536870912"],
+        "big",
+        &["sh", "-c", "grep MemTotal /proc/meminfo"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let kib: u64 = text(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {out:?}"));
+    assert!(
+        kib > 900 * 1024,
+        "guest has {kib} KiB, expected about 1 GiB"
+    );
+    s.assert_all_gone();
+}
