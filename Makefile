@@ -82,6 +82,8 @@ test: assets lint
 bench: install
 	scripts/busybox-rootfs.sh $(DEMO_ROOTFS)
 	scripts/bench.sh $(DEMO_ROOTFS)
+	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
+	  cargo run --release -p capsa-shim --example bench
 
 clean:
 	cargo clean
