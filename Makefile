@@ -18,7 +18,8 @@ DEMO_ROOTFS      := $(CACHE)/demo-rootfs
 LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
-                    libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc
+                    libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
+                    containerd runc
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test lint bench clean

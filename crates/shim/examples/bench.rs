@@ -24,7 +24,8 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let shim_dir = PathBuf::from(std::env::var("SHIM_DIR").expect("SHIM_DIR: the shim's directory"));
+    let shim_dir =
+        PathBuf::from(std::env::var("SHIM_DIR").expect("SHIM_DIR: the shim's directory"));
     let env = TestEnv::short();
     let ctrd = Containerd::start(Opts {
         shim_dir: Some(shim_dir),
@@ -55,7 +56,16 @@ fn main() {
     for pods in [1, 5] {
         let ids: Vec<String> = (0..pods).map(|i| format!("idle{pods}-{i}")).collect();
         for id in &ids {
-            let out = ctrd.ctr(&["run", "-d", "--runtime", CAPSA, &image, id, "sleep", "100000"]);
+            let out = ctrd.ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                CAPSA,
+                &image,
+                id,
+                "sleep",
+                "100000",
+            ]);
             assert!(out.status.success(), "start {id}: {out:?}");
         }
         // Let the guests settle.
@@ -94,7 +104,10 @@ fn wait_stopped(ctrd: &Containerd, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let ls = ctrd.ctr_ok(&["task", "ls"]);
-        if !ls.lines().any(|l| l.starts_with(&format!("{id} ")) && !l.contains("STOPPED")) {
+        if !ls
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} ")) && !l.contains("STOPPED"))
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -185,7 +198,13 @@ impl BareVm {
         let start = Instant::now();
         let status = Command::new("qemu-system-x86_64")
             .args(["-M", "q35", "-accel", self.accel, "-m", "512", "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
             .args(["-serial", "null", "-kernel"])
             .arg(&self.kernel)
             .arg("-initrd")

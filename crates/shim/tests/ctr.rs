@@ -230,3 +230,51 @@ fn the_vm_is_sized_from_the_configuration_plus_the_task_limits() {
     );
     s.assert_all_gone();
 }
+
+#[test]
+fn file_and_binary_log_uris() {
+    let s = Setup::new();
+    let dir = s.env.dir.path();
+    // file://: stdout and stderr appended to one file.
+    let log = dir.join("task.log");
+    let uri = format!("file://{}", log.display());
+    let out = s.run(
+        &["--rm", "--log-uri", &uri],
+        "flog",
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text_log = std::fs::read_to_string(&log).expect("log file");
+    assert!(
+        text_log.contains("to-out") && text_log.contains("to-err"),
+        "{text_log}"
+    );
+
+    // binary://: containerd's logging-binary protocol (fds 3, 4, 5).
+    let logger = dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\ncat <&3 > \"$1.out\" &\ncat <&4 > \"$1.err\" &\nexec 5>&-\nwait\n",
+    )
+    .unwrap();
+    let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&logger, exec).unwrap();
+    let base = dir.join("blog");
+    let uri = format!("binary://{}?{}", logger.display(), base.display());
+    let out = s.run(
+        &["--rm", "--log-uri", &uri],
+        "blog",
+        &["sh", "-c", "echo b-out; echo b-err >&2"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read = |ext: &str| {
+        std::fs::read_to_string(format!("{}.{ext}", base.display())).unwrap_or_default()
+    };
+    while Instant::now() < deadline && (read("out").is_empty() || read("err").is_empty()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(read("out"), "b-out\n");
+    assert_eq!(read("err"), "b-err\n");
+    s.assert_all_gone();
+}

@@ -79,3 +79,49 @@ fn shim_killed_then_containerd_cleans_up() {
     s.ctrd.ctr_ok(&["containers", "delete", "shimdies"]);
     s.assert_all_gone();
 }
+
+/// containerd's cleanup after a dead shim is the shim's `delete` action:
+/// run by hand a second time in the same bundle, it finds nothing left
+/// and still answers.
+#[test]
+fn delete_action_twice_is_harmless() {
+    let s = Setup::new();
+    let out = s.run(&["-d"], "twice", &["sleep", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let socket = s.ctrd.socket().display().to_string();
+    let shim: i32 = processes_naming("containerd-shim-capsa-v2")
+        .iter()
+        .find(|p| p.contains(&socket) && p.contains("twice"))
+        .and_then(|p| p.split(':').next()?.parse().ok())
+        .expect("the shim");
+    // Keep a copy of the bundle's marker to run `delete` again afterwards.
+    let bundle = s
+        .ctrd
+        .dir()
+        .join("state/io.containerd.runtime.v2.task/k8s.io/twice");
+    let marker = std::fs::read_to_string(bundle.join("capsa-pod-state")).expect("pod marker");
+    kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+    wait_stopped(&s, "twice");
+    let _ = s.ctrd.ctr(&["task", "delete", "twice"]);
+    s.ctrd.ctr_ok(&["containers", "delete", "twice"]);
+    s.assert_all_gone();
+
+    let again = s.env.dir.path().join("bundle-again");
+    std::fs::create_dir_all(&again).unwrap();
+    std::fs::write(again.join("capsa-pod-state"), marker).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2"))
+        .args([
+            "-namespace",
+            "k8s.io",
+            "-id",
+            "twice",
+            "-address",
+            &socket,
+            "delete",
+        ])
+        .current_dir(&again)
+        .output()
+        .expect("run delete");
+    assert!(out.status.success(), "{out:?}");
+    s.assert_all_gone();
+}

@@ -3,15 +3,19 @@
 
 use capsa_test_infra::containerd::{Containerd, Opts, PAUSE_IMAGE};
 use capsa_test_infra::leaks::processes_naming;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 fn start() -> Containerd {
     Containerd::start(Opts::default())
 }
 
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// Asserts that nothing of the instance in `dir` is left on the host.
-fn assert_gone(dir: &PathBuf) {
+fn assert_gone(dir: &Path) {
     let needle = format!("{}/", dir.display());
     let procs = processes_naming(&needle);
     assert!(procs.is_empty(), "processes left:\n{}", procs.join("\n"));
@@ -31,29 +35,60 @@ fn starts_private_instance_and_answers() {
     // The process was started with this instance's configuration.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", c.pid())).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline);
-    assert!(cmdline.contains(&c.dir().display().to_string()), "{cmdline}");
+    assert!(
+        cmdline.contains(&c.dir().display().to_string()),
+        "{cmdline}"
+    );
     let plugins = c.ctr_ok(&["plugins", "ls"]);
-    let cri = plugins.lines().find(|l| l.contains("io.containerd.grpc.v1") && l.contains("cri"));
-    assert!(cri.is_some_and(|l| l.trim_end().ends_with("ok")), "{plugins}");
+    let cri = plugins
+        .lines()
+        .find(|l| l.contains("io.containerd.grpc.v1") && l.contains("cri"));
+    assert!(
+        cri.is_some_and(|l| l.trim_end().ends_with("ok")),
+        "{plugins}"
+    );
 }
 
 #[test]
 fn ctr_run_prints_output_and_returns_exit_code() {
     let c = start();
     let image = c.import_busybox();
-    let out = c.ctr(&["run", "--rm", &image, "hello", "sh", "-c", "echo hi; echo err >&2"]);
+    let root = c.runc_root();
+    let run = |id: &str, cmd: &str| -> Vec<String> {
+        let root = root.to_str().unwrap().to_string();
+        [
+            "run",
+            "--rm",
+            "--runc-root",
+            &root,
+            &image,
+            id,
+            "sh",
+            "-c",
+            cmd,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+
+    let out = c.ctr(&args(&run("hello", "echo hi; echo err >&2")));
     assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
-    let out = c.ctr(&["run", "--rm", &image, "failing", "sh", "-c", "exit 7"]);
+    let out = c.ctr(&args(&run("failing", "exit 7")));
     assert_eq!(out.status.code(), Some(7), "{out:?}");
 
-    // The image's default command is `sh`: it reads the script from stdin.
-    let out = c.ctr_with_input(&["run", "--rm", &image, "stdin"], b"echo from-stdin\n");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\n", "{out:?}");
-    // --rm removed the containers.
+    let cmd = run("stdin", "read line; echo got $line");
+    let out = c.ctr_with_input(&args(&cmd), b"from-stdin\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got from-stdin\n",
+        "{out:?}"
+    );
+    // --rm removed the containers; runc's state was private.
     assert_eq!(c.ctr_ok(&["containers", "ls", "-q"]), "");
+    assert!(root.join("k8s.io").is_dir(), "runc root {root:?} unused");
 }
 
 #[test]
@@ -67,11 +102,17 @@ fn cri_pod_with_runc_container() {
     let config = cri.pod_config("web");
     let pod = cri.run_pod_with(config.clone(), "");
     let status = cri.pod_status(&pod);
-    assert_eq!(status.state, k8s_cri::v1::PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::PodSandboxState::SandboxReady as i32
+    );
     let ctr = cri.create_container(&pod, &config, "app", &image, &["sleep", "3600"]);
     cri.start(&ctr);
     let status = cri.container_status(&ctr);
-    assert_eq!(status.state, k8s_cri::v1::ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
 
     let t = Duration::from_secs(30);
     let (out, err, code) = cri.exec_sync(&ctr, &["sh", "-c", "echo out; echo err >&2; exit 3"], t);
@@ -83,7 +124,10 @@ fn cri_pod_with_runc_container() {
 
     cri.stop_container(&ctr, Duration::from_secs(5));
     let status = cri.container_status(&ctr);
-    assert_eq!(status.state, k8s_cri::v1::ContainerState::ContainerExited as i32);
+    assert_eq!(
+        status.state,
+        k8s_cri::v1::ContainerState::ContainerExited as i32
+    );
     cri.remove_container(&ctr);
     cri.stop_pod(&pod);
     cri.remove_pod(&pod);
@@ -97,7 +141,18 @@ fn drop_leaves_nothing_even_with_running_containers() {
     let image = c.import_busybox();
     c.import_pause();
     // A detached ctr task and a running CRI pod, left for Drop to clean.
-    c.ctr_ok(&["run", "-d", &image, "bg", "sleep", "3600"]);
+    let root = c.runc_root();
+    let root = root.to_str().unwrap();
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runc-root",
+        root,
+        &image,
+        "bg",
+        "sleep",
+        "3600",
+    ]);
     let cri = c.cri();
     let config = cri.pod_config("left");
     let pod = cri.run_pod_with(config.clone(), "");
@@ -116,7 +171,18 @@ fn drop_cleans_up_after_a_panicking_test() {
         let c = start();
         *dir.lock().unwrap() = Some(c.dir().to_path_buf());
         let image = c.import_busybox();
-        c.ctr_ok(&["run", "-d", &image, "bg", "sleep", "3600"]);
+        let root = c.runc_root();
+        let root = root.to_str().unwrap();
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runc-root",
+            root,
+            &image,
+            "bg",
+            "sleep",
+            "3600",
+        ]);
         panic!("test failure");
     });
     assert!(result.is_err());

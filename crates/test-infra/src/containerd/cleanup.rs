@@ -69,7 +69,12 @@ fn process_tree(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        tree.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     tree
@@ -95,7 +100,9 @@ pub fn kill_processes_naming(needle: &str) -> Vec<String> {
         killed.push(line);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5)
-            && tree.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p))
+            && tree
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p))
         {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -52,16 +52,26 @@ impl Containerd {
 }
 
 impl Cri {
-    /// Runs `fut` with the runtime's clients, bounded by [`CALL_LIMIT`];
-    /// panics with `what` on error or timeout.
+    /// Runs `fut` bounded by [`CALL_LIMIT`]; panics with `what` on error
+    /// or timeout.
     fn call<T, F>(&self, what: &str, fut: F) -> T
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match self.rt.block_on(async { tokio::time::timeout(CALL_LIMIT, fut).await }) {
+        self.call_within(CALL_LIMIT, what, fut)
+    }
+
+    fn call_within<T, F>(&self, limit: Duration, what: &str, fut: F) -> T
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, fut).await });
+        match result {
             Ok(Ok(resp)) => resp.into_inner(),
             Ok(Err(status)) => panic!("CRI {what} failed: {status}"),
-            Err(_) => panic!("CRI {what} timed out after {CALL_LIMIT:?}"),
+            Err(_) => panic!("CRI {what} timed out after {limit:?}"),
         }
     }
 
@@ -168,7 +178,7 @@ impl Cri {
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: timeout.as_secs() as i64,
         };
-        let r = self.call("ExecSync", c.exec_sync(req));
+        let r = self.call_within(CALL_LIMIT + timeout, "ExecSync", c.exec_sync(req));
         let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
         (text(r.stdout), text(r.stderr), r.exit_code)
     }

@@ -75,9 +75,10 @@ fn tarball(spec: &Spec, scratch: &Path) -> PathBuf {
         return path;
     }
     let bytes = build(spec, scratch);
-    let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).expect("write image tarball");
-    std::fs::rename(&tmp, &path).expect("rename image tarball");
+    // Written aside and renamed: concurrent tests never see half a file.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).expect("image tarball temp file");
+    std::io::Write::write_all(&mut tmp, &bytes).expect("write image tarball");
+    tmp.persist(&path).expect("rename image tarball");
     path
 }
 

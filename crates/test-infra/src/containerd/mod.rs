@@ -6,7 +6,9 @@
 //! use capsa_test_infra::containerd::{Containerd, Opts};
 //! let c = Containerd::start(Opts::default());
 //! let image = c.import_busybox();
-//! let out = c.ctr(&["run", "--rm", &image, "t1", "sh", "-c", "echo hi"]);
+//! let root = c.runc_root();
+//! let root = root.to_str().unwrap();
+//! let out = c.ctr(&["run", "--rm", "--runc-root", root, &image, "t1", "echo", "hi"]);
 //! assert_eq!(out.stdout, b"hi\n");
 //! ```
 //!
@@ -110,8 +112,15 @@ impl Containerd {
     fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("containerd exited ({st}) before answering\n{}", self.log_tail());
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "containerd exited ({st}) before answering\n{}",
+                    self.log_tail()
+                );
             }
             let mut cmd = Command::new(CTR);
             cmd.arg("--address").arg(&self.socket).arg("version");
@@ -144,6 +153,13 @@ impl Containerd {
     /// `overlayfs` or `native`: the snapshotter of CRI and of `ctr`.
     pub fn snapshotter(&self) -> &str {
         self.snapshotter
+    }
+
+    /// runc's state directory for CRI's runc runtime; pass it to
+    /// `ctr run --runc-root` too, so that nothing lands in the host's
+    /// `/run/containerd/runc`.
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir().join("runc")
     }
 
     /// containerd's pid.
@@ -180,7 +196,10 @@ impl Containerd {
         crate::run_bounded(self.ctr_command(args), None, CTR_LIMIT)
     }
 
-    /// [`Self::ctr`] with `input` on its standard input.
+    /// [`Self::ctr`] with `input` on its standard input. Note: `ctr run`
+    /// does not reliably pass the end of its input on to the container
+    /// (it may read EOF before it can close the task's stdin), so the
+    /// container should read a known amount (`read line`), not up to EOF.
     pub fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         crate::run_bounded(self.ctr_command(args), Some(input), CTR_LIMIT)
     }
@@ -204,7 +223,10 @@ impl Containerd {
         let start = Instant::now();
         let run = |ns: &str, args: &[&str]| {
             let mut cmd = Command::new(CTR);
-            cmd.arg("--address").arg(&self.socket).arg("--namespace").arg(ns);
+            cmd.arg("--address")
+                .arg(&self.socket)
+                .arg("--namespace")
+                .arg(ns);
             cmd.args(args);
             cleanup::try_run(cmd, Duration::from_secs(20))
                 .filter(|o| o.status.success())
@@ -220,7 +242,10 @@ impl Containerd {
                 }
                 run(ns, &["tasks", "delete", "--force", id]);
             }
-            for id in run(ns, &["containers", "ls", "-q"]).unwrap_or_default().lines() {
+            for id in run(ns, &["containers", "ls", "-q"])
+                .unwrap_or_default()
+                .lines()
+            {
                 run(ns, &["containers", "delete", id]);
             }
         }
@@ -254,11 +279,17 @@ impl Drop for Containerd {
         let needle = format!("{}/", self.dir.path().display());
         let killed = cleanup::kill_processes_naming(&needle);
         if !killed.is_empty() {
-            eprintln!("capsa-test-infra: killed leftovers of containerd:\n{}", killed.join("\n"));
+            eprintln!(
+                "capsa-test-infra: killed leftovers of containerd:\n{}",
+                killed.join("\n")
+            );
         }
         cleanup::unmount_below(self.dir.path());
         if let Err(e) = std::fs::remove_dir_all(self.dir.path()) {
-            eprintln!("capsa-test-infra: removing {}: {e}", self.dir.path().display());
+            eprintln!(
+                "capsa-test-infra: removing {}: {e}",
+                self.dir.path().display()
+            );
         }
     }
 }
