@@ -20,6 +20,9 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// How long a logging binary may take to say it is ready (ms).
+const LOGGER_READY_MS: u16 = 10_000;
+
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 
@@ -139,7 +142,12 @@ fn log_binary(id: &str, namespace: &str, rest: &str) -> Result<(Writer, Writer),
             None => kv.to_string(),
         })
         .collect();
-    let pipe = || nix::unistd::pipe().map_err(|e| io_err(id, stream, path)(e.into()));
+    // Close-on-exec: the logger gets exactly fds 3, 4 and 5 (dup2 clears
+    // the flag there), no stray copy that would keep a pipe open.
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io_err(id, stream, path)(e.into()))
+    };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (ready_r, ready_w) = pipe()?;
@@ -169,9 +177,20 @@ fn log_binary(id: &str, namespace: &str, rest: &str) -> Result<(Writer, Writer),
         "logging binary started"
     );
     drop((out_r, err_r, ready_w));
-    // The logger closes its end of the ready pipe once it is ready.
-    let mut ready = std::fs::File::from(ready_r);
-    let _ = std::io::Read::read(&mut ready, &mut [0u8; 1]);
+    // The logger closes its end of the ready pipe once it is ready (or
+    // exits); a logger that does neither is not waited for past the bound.
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&ready_r),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, LOGGER_READY_MS);
+    if !matches!(ready, Ok(n) if n > 0) {
+        tracing::warn!(
+            container = id,
+            logger = path,
+            "the logging binary did not signal readiness"
+        );
+    }
     let file = |fd: OwnedFd| Box::new(tokio::fs::File::from_std(std::fs::File::from(fd))) as Writer;
     Ok((file(out_w), file(err_w)))
 }

@@ -254,7 +254,7 @@ fn file_and_binary_log_uris() {
     let logger = dir.join("logger.sh");
     std::fs::write(
         &logger,
-        "#!/bin/sh\ncat <&3 > \"$1.out\" &\ncat <&4 > \"$1.err\" &\nexec 5>&-\nwait\n",
+        "#!/bin/sh\nexec 5>&-\ncat <&3 > \"$1.out\" &\ncat <&4 > \"$1.err\" &\nwait\n",
     )
     .unwrap();
     let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);

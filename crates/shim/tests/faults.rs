@@ -119,6 +119,8 @@ fn delete_action_twice_is_harmless() {
             &socket,
             "delete",
         ])
+        // As containerd runs it.
+        .env("TTRPC_ADDRESS", format!("{socket}.ttrpc"))
         .current_dir(&again)
         .output()
         .expect("run delete");
