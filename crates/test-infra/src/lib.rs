@@ -107,6 +107,14 @@ impl TestEnv {
     }
 }
 
+/// Whatever a failed test left mounted below the environment (a sandbox
+/// whose owner was killed) is detached, so that the directory can go.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        containerd::cleanup::unmount_below(self.dir.path());
+    }
+}
+
 impl Default for TestEnv {
     fn default() -> Self {
         Self::new()

@@ -16,7 +16,7 @@
 //! naming its socket, with their descendants), unmounts everything below
 //! its directory and removes it, also when the test panicked.
 
-mod cleanup;
+pub(crate) mod cleanup;
 mod config;
 mod cri;
 mod image;
