@@ -59,6 +59,7 @@ async fn the_server_answers_and_stops_on_destroy_sandbox() {
     assert_eq!(version.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(version.grpc_version, capsa_agent::rpc::API_VERSION);
 
+    // Implemented methods check their input first.
     let err = agent
         .exec_process(ctx(), &agent::ExecProcessRequest::new())
         .await
@@ -66,15 +67,22 @@ async fn the_server_answers_and_stops_on_destroy_sandbox() {
     assert_eq!(
         status(err),
         (
-            Code::UNIMPLEMENTED,
-            "/grpc.AgentService/ExecProcess is not implemented".to_string()
+            Code::INVALID_ARGUMENT,
+            "the request has no process".to_string()
         )
     );
+    // Methods of later issues (networking, block devices) are named.
     let err = agent
-        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .list_interfaces(ctx(), &agent::ListInterfacesRequest::new())
         .await
         .unwrap_err();
-    assert_eq!(status(err).0, Code::UNIMPLEMENTED);
+    assert_eq!(
+        status(err),
+        (
+            Code::UNIMPLEMENTED,
+            "/grpc.AgentService/ListInterfaces is not implemented".to_string()
+        )
+    );
 
     let bad_id = agent::CreateContainerRequest {
         container_id: "../etc".into(),
@@ -120,7 +128,7 @@ async fn the_server_answers_and_stops_on_destroy_sandbox() {
     let blk = agent::CreateSandboxRequest {
         storages: vec![agent::Storage {
             driver: "blk".into(),
-            mount_point: "/run/x".into(),
+            mount_point: "/run/kata-containers/sandbox/x".into(),
             ..Default::default()
         }],
         ..Default::default()
