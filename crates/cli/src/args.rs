@@ -77,21 +77,8 @@ pub enum Command {
 pub struct ExecArgs {
     /// Sandbox id.
     pub id: String,
-    /// Keep stdin open and forward it.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Give the process a terminal.
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Set an environment variable (KEY=VALUE), repeatable.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
-    pub cwd: String,
-    /// User (and group) the process runs as.
-    #[arg(short, long, value_name = "UID[:GID]", value_parser = parse_user)]
-    pub user: Option<(u32, u32)>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// A shell in the VM's root environment, outside every container
     /// (needs debug_console_enabled = true in [agent.capsa]).
     #[arg(long, conflicts_with_all = ["tty", "env", "user"])]
@@ -106,21 +93,8 @@ pub struct RunArgs {
     /// Directory holding the container's root filesystem.
     #[arg(long, value_name = "DIR")]
     pub rootfs: PathBuf,
-    /// Keep stdin open and forward it to the workload.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Give the workload a terminal.
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Set an environment variable (KEY=VALUE), repeatable.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
-    pub cwd: String,
-    /// User (and group) the workload runs as.
-    #[arg(short, long, value_name = "UID[:GID]", value_parser = parse_user)]
-    pub user: Option<(u32, u32)>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// Leave the sandbox running in the background and print its id.
     #[arg(short, long, conflicts_with = "interactive")]
     pub detach: bool,
@@ -136,6 +110,64 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// How the process runs: `run` and `exec` take the same options.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Keep stdin open and forward it to the process.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE), repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
+    pub cwd: String,
+    /// User (and group) the process runs as.
+    #[arg(short, long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+}
+
+impl ProcessArgs {
+    /// The process to run `command` with these options.
+    pub fn spec(&self, command: Vec<String>) -> capsa_runtime::ProcessSpec {
+        let (uid, gid) = self.user.unwrap_or((0, 0));
+        capsa_runtime::ProcessSpec {
+            args: command,
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            uid,
+            gid,
+            terminal: self.tty,
+            console_size: self.tty.then(crate::terminal::size).flatten(),
+        }
+    }
+
+    /// The caller's stdio: stdin only with `-i`.
+    pub fn stdio(&self) -> capsa_runtime::Stdio {
+        let stdin: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if self.interactive {
+            Box::new(tokio::io::stdin())
+        } else {
+            Box::new(tokio::io::empty())
+        };
+        capsa_runtime::Stdio {
+            stdin,
+            stdout: Box::new(tokio::io::stdout()),
+            stderr: Box::new(tokio::io::stderr()),
+        }
+    }
+
+    /// With a terminal and `-i`, keystrokes (Ctrl-C included) go to the
+    /// process: the local terminal is raw until the guard is dropped.
+    pub fn raw_terminal(&self) -> Option<crate::terminal::RawMode> {
+        (self.tty && self.interactive)
+            .then(crate::terminal::RawMode::enable_on_stdin)
+            .flatten()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,7 +269,7 @@ mod tests {
             panic!("not exec")
         };
         assert_eq!(e.command, ["ls", "-l"]);
-        assert!(e.tty);
+        assert!(e.process.tty);
     }
 
     #[test]
@@ -250,7 +282,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.command, ["sh", "-c", "exit 3"]);
-        assert!(run.interactive && !run.tty);
-        assert_eq!(run.env, ["A=1"]);
+        assert!(run.process.interactive && !run.process.tty);
+        assert_eq!(run.process.env, ["A=1"]);
     }
 }

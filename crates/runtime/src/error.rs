@@ -80,3 +80,16 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
+
+/// An error and its sources in one line, `: `-separated (as anyhow's
+/// `{:#}`), for errors that cross a process boundary as text.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -16,7 +16,7 @@ pub mod state;
 pub mod vm;
 
 pub use attach::{Found, Liveness};
-pub use error::Error;
+pub use error::{chain as error_chain, Error};
 pub use io::{GuestProcess, Stdio};
 pub use run::{run, run_detached, RunSpec};
 pub use sandbox::Sandbox;

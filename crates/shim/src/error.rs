@@ -79,21 +79,9 @@ impl Error {
     }
 }
 
-/// The whole chain in one message, as containerd shows it to the user.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl From<Error> for ttrpc::Error {
     fn from(e: Error) -> Self {
-        let message = chain(&e);
+        let message = capsa_runtime::error_chain(&e);
         tracing::warn!(error = %message, "request failed");
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
     }

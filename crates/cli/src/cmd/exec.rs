@@ -4,12 +4,12 @@
 use std::path::Path;
 
 use anyhow::Context;
-use capsa_runtime::{Found, ProcessSpec, Stdio};
+use capsa_runtime::Found;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::args::ExecArgs;
 use crate::cmd::run::stop_signal;
-use crate::terminal::{self, RawMode};
+use crate::terminal::RawMode;
 
 pub async fn exec(config: Option<&Path>, args: ExecArgs) -> anyhow::Result<u8> {
     let (config, _) = capsa_config::load(config)?;
@@ -17,31 +17,17 @@ pub async fn exec(config: Option<&Path>, args: ExecArgs) -> anyhow::Result<u8> {
     if args.vm {
         return debug_console(&found).await;
     }
-    let (uid, gid) = args.user.unwrap_or((0, 0));
-    let process = ProcessSpec {
-        args: args.command,
-        env: args.env,
-        cwd: args.cwd,
-        uid,
-        gid,
-        terminal: args.tty,
-        console_size: args.tty.then(terminal::size).flatten(),
-    };
-    let stdin: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.interactive {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(tokio::io::empty())
-    };
-    let stdio = Stdio {
-        stdin,
-        stdout: Box::new(tokio::io::stdout()),
-        stderr: Box::new(tokio::io::stderr()),
-    };
-    let _raw = (args.tty && args.interactive)
-        .then(RawMode::enable_on_stdin)
-        .flatten();
+    let process = args.process.spec(args.command);
+    let stdio = args.process.stdio();
+    let _raw = args.process.raw_terminal();
     let status = found
-        .exec(None, &process, args.interactive, stdio, stop_signal()?)
+        .exec(
+            None,
+            &process,
+            args.process.interactive,
+            stdio,
+            stop_signal()?,
+        )
         .await
         .with_context(|| format!("exec in sandbox {}", args.id))?;
     Ok(u8::try_from(status).unwrap_or(255))

@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use capsa_runtime::state::StateDir;
-use capsa_runtime::{ProcessSpec, RunSpec, Stdio, VmSize};
+use capsa_runtime::{RunSpec, VmSize};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::RunArgs;
-use crate::terminal::RawMode;
 
 /// Set in the environment of the detached owner: its state directory.
 pub const DETACHED_DIR_ENV: &str = "CAPSA_DETACHED_DIR";
@@ -33,22 +32,9 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
         return detach(&config, &args).await;
     }
     let name = args.name.clone();
-    let (tty, interactive) = (args.tty, args.interactive);
+    let stdio = args.process.stdio();
+    let _raw = args.process.raw_terminal();
     let spec = run_spec(config, args);
-    let stdin: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if interactive {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(tokio::io::empty())
-    };
-    let stdio = Stdio {
-        stdin,
-        stdout: Box::new(tokio::io::stdout()),
-        stderr: Box::new(tokio::io::stderr()),
-    };
-    // With a terminal and -i, keystrokes (Ctrl-C included) go to the workload.
-    let _raw = (tty && interactive)
-        .then(RawMode::enable_on_stdin)
-        .flatten();
     let status = capsa_runtime::run(spec, name.as_deref(), stdio, stop_signal()?)
         .await
         .context("capsa run")?;
@@ -56,20 +42,11 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
 }
 
 fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
-    let (uid, gid) = args.user.unwrap_or((0, 0));
     RunSpec {
         config,
         rootfs: args.rootfs,
-        process: ProcessSpec {
-            args: args.command,
-            env: args.env,
-            cwd: args.cwd,
-            uid,
-            gid,
-            terminal: args.tty,
-            console_size: args.tty.then(crate::terminal::size).flatten(),
-        },
-        interactive: args.interactive,
+        process: args.process.spec(args.command),
+        interactive: args.process.interactive,
         size: VmSize {
             vcpus: args.vcpus,
             memory_mib: args.memory,
@@ -180,7 +157,10 @@ async fn own(config: capsa_config::Config, args: RunArgs, dir: PathBuf) -> anyho
             Ok(_) => READY.to_string(),
             // One line: the message (guest console tails have newlines)
             // travels as a JSON string.
-            Err(e) => format!("error: {}", serde_json::Value::from(chain(e))),
+            Err(e) => format!(
+                "error: {}",
+                serde_json::Value::from(capsa_runtime::error_chain(e))
+            ),
         };
         let mut out = std::io::stdout();
         let _ = writeln!(out, "{line}");
@@ -193,16 +173,4 @@ async fn own(config: capsa_config::Config, args: RunArgs, dir: PathBuf) -> anyho
     let status = capsa_runtime::run_detached(spec, dir, ready, stop_signal()?).await?;
     tracing::info!(status, "the workload exited; sandbox stopped");
     Ok(u8::try_from(status).unwrap_or(255))
-}
-
-/// An error and its sources, `: `-separated (as anyhow's `{:#}`).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
