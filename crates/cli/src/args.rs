@@ -158,6 +158,7 @@ impl ProcessArgs {
             stdin,
             stdout: Box::new(tokio::io::stdout()),
             stderr: Box::new(tokio::io::stderr()),
+            resize: self.tty.then(crate::terminal::follow_size).flatten(),
         }
     }
 

@@ -42,3 +42,22 @@ pub fn size() -> Option<(u16, u16)> {
     unsafe { get_window_size(1, &mut ws) }.ok()?;
     (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
+
+/// The terminal's size now and after every SIGWINCH, while the returned
+/// receiver lives; `None` if stdout is not a terminal.
+pub fn follow_size() -> Option<tokio::sync::watch::Receiver<(u16, u16)>> {
+    let first = size()?;
+    let mut winch =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()?;
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    tokio::spawn(async move {
+        while winch.recv().await.is_some() {
+            if let Some(now) = size() {
+                if tx.send(now).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Some(rx)
+}

@@ -24,6 +24,9 @@ pub struct Stdio {
     pub stdin: Box<dyn AsyncRead + Send + Unpin>,
     pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
     pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The caller's terminal size (rows, columns), for a process with a
+    /// terminal: every change is sent with TtyWinResize.
+    pub resize: Option<tokio::sync::watch::Receiver<(u16, u16)>>,
 }
 
 /// One process of the guest: container and exec id.
@@ -39,6 +42,7 @@ pub struct Pumps {
     stdin: Option<JoinHandle<()>>,
     stdout: JoinHandle<()>,
     stderr: Option<JoinHandle<()>>,
+    resize: Option<JoinHandle<()>>,
 }
 
 impl GuestProcess {
@@ -61,10 +65,15 @@ impl GuestProcess {
         let stdout = tokio::spawn(self.clone().pump_output(false, stdio.stdout));
         let stderr =
             (!terminal).then(|| tokio::spawn(self.clone().pump_output(true, stdio.stderr)));
+        let resize = match (terminal, stdio.resize) {
+            (true, Some(rx)) => Some(tokio::spawn(self.clone().follow_size(rx))),
+            _ => None,
+        };
         Ok(Pumps {
             stdin,
             stdout,
             stderr,
+            resize,
         })
     }
 
@@ -96,6 +105,21 @@ impl GuestProcess {
                 seconds: KILL_WAIT.as_secs(),
             })?
             .map_err(Error::from)
+    }
+
+    /// Sends each new terminal size to the process's pty.
+    async fn follow_size(self, mut sizes: tokio::sync::watch::Receiver<(u16, u16)>) {
+        while sizes.changed().await.is_ok() {
+            let (rows, cols) = *sizes.borrow_and_update();
+            let resized = self
+                .agent
+                .tty_win_resize(&self.container_id, &self.exec_id, rows.into(), cols.into())
+                .await;
+            match resized {
+                Ok(()) => tracing::debug!(rows, cols, "terminal resized"),
+                Err(e) => tracing::debug!(error = %e, "TtyWinResize"),
+            }
+        }
     }
 
     async fn pump_stdin(self, mut input: Box<dyn AsyncRead + Send + Unpin>) {
@@ -145,6 +169,9 @@ impl Pumps {
         }
         if let Some(stdin) = self.stdin {
             stdin.abort();
+        }
+        if let Some(resize) = self.resize {
+            resize.abort();
         }
     }
 }

@@ -135,6 +135,7 @@ pub async fn run_detached(
                 stdin: Box::new(tokio::io::empty()),
                 stdout: Box::new(out),
                 stderr: Box::new(err),
+                resize: None,
             };
             start_detached(&mut sandbox, &spec, stdio, &log).await
         }

@@ -53,6 +53,8 @@ pub async fn open(id: &str, namespace: &str, proc: &Arc<Proc>) -> Result<(Stdio,
             stdin,
             stdout,
             stderr,
+            // containerd sends sizes with ResizePty.
+            resize: None,
         },
         interactive,
     ))
