@@ -294,3 +294,64 @@ fn check_reports_the_accelerator() {
     };
     assert!(accel.contains(expected), "{accel}");
 }
+
+/// With `-t` on a real terminal, the workload's terminal starts at the
+/// local size and follows it (SIGWINCH → TtyWinResize).
+#[test]
+fn the_guest_terminal_follows_the_local_size() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let env = TestEnv::new();
+    let set_size = |fd: &std::os::fd::OwnedFd, rows: u16, cols: u16| {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one `winsize` from a live struct; the
+        // fd is an open pty master.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ");
+    };
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    set_size(&pty.master, 30, 100);
+    let mut c = capsa(&env, &["run", "-t", "--rootfs"]);
+    // The workload prints its size, waits for the resize, prints it again.
+    c.arg(&env.rootfs)
+        .args(["--", "sh", "-c", "stty size; sleep 3; stty size"])
+        .stdin(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(pty.slave));
+    let mut g = Guarded::spawn(&mut c);
+    // Only capsa holds the terminal now: its exit ends our reads (EIO).
+    drop(c);
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = std::time::Instant::now() + LIMIT;
+    // Read until the first size, then resize and signal capsa.
+    while !text(&seen).contains("30 100") {
+        assert!(std::time::Instant::now() < deadline, "{}", text(&seen));
+        match master.read(&mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let master_fd: std::os::fd::OwnedFd = master.try_clone().unwrap().into();
+    set_size(&master_fd, 40, 120);
+    let pid = nix::unistd::Pid::from_raw(g.child().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH).unwrap();
+    while !text(&seen).contains("40 120") && std::time::Instant::now() < deadline {
+        match master.read(&mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let status = g.child().wait().expect("wait");
+    let seen = text(&seen);
+    assert!(status.success(), "{status:?}: {seen}");
+    assert!(seen.contains("30 100"), "{seen}");
+    assert!(seen.contains("40 120"), "{seen}");
+    assert_no_leaks(&env.state_dir);
+}
