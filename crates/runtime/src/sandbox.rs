@@ -20,8 +20,6 @@ use crate::{mount, Error};
 const CONSOLE_TAIL_LINES: usize = 30;
 /// Longest wait for the agent's readiness line on the console.
 const READY_LINE_WAIT: Duration = Duration::from_secs(5);
-/// How long the guest gets to power off by itself after DestroySandbox.
-const POWEROFF_WAIT: Duration = Duration::from_secs(5);
 /// How long the hypervisor gets to stop after a power-off request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -335,28 +333,22 @@ impl Sandbox {
     /// (A sandbox dropped without `destroy`, e.g. by a panic or a
     /// cancelled start, is cleaned up by `Drop`.)
     async fn teardown(&mut self) {
-        // Only a guest that accepted DestroySandbox is given time to power off.
+        // The agent answers DestroySandbox once every container is gone and
+        // the guest's page cache is synced (what containers wrote through
+        // virtio-fs is on the host): then QEMU is told to quit at once,
+        // rather than waiting for the guest kernel to power itself off.
         let vm_gone = self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true);
-        let powering_off = match self.agent.take() {
+        match self.agent.take() {
             Some(_) if vm_gone => {
                 tracing::info!(sandbox = %self.id, "the VM is gone: no DestroySandbox");
-                false
             }
             Some(agent) => match agent.destroy_sandbox().await {
-                Ok(()) => true,
+                Ok(()) => tracing::debug!(sandbox = %self.id, "guest destroyed its sandbox"),
                 Err(e) => {
                     tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed");
-                    false
                 }
             },
-            None => false,
-        };
-        if powering_off {
-            match self.vm.wait_exit(POWEROFF_WAIT).await {
-                Ok(true) => tracing::debug!(sandbox = %self.id, "guest powered off"),
-                Ok(false) => tracing::warn!(sandbox = %self.id, "guest did not power off"),
-                Err(e) => tracing::warn!(sandbox = %self.id, error = %e, "waiting for the VM"),
-            }
+            None => {}
         }
         if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
             tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");

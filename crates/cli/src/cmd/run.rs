@@ -90,6 +90,9 @@ async fn detach(config: &capsa_config::Config, args: &RunArgs) -> anyhow::Result
                 Some(line) => {
                     let text = line.strip_prefix("error: ").unwrap_or(&line);
                     let message = serde_json::from_str::<String>(text).unwrap_or(line.clone());
+                    // The owner cleaned up before it reported; let it end
+                    // before we do, so nothing of the sandbox outlives us.
+                    let _ = tokio::task::spawn_blocking(move || owner.wait()).await;
                     bail!("{message}")
                 }
                 None => {
