@@ -6,29 +6,118 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::Error;
 
-/// Bind-mounts `source` on `target` (a directory that must exist),
-/// read-only if asked, and makes the mount private so nothing propagates
-/// back to the host.
+/// Bind-mounts `source` (with its submounts) on `target` (which must
+/// exist), read-only if asked, private so nothing propagates back to the
+/// host.
+///
+/// The mount is finished before it becomes visible: `target` usually
+/// lies in a shared tree (the sandbox's `mounts/`) whose copies (the
+/// guest's read-only view, virtiofsd's namespace) receive a copy of it
+/// the moment it is attached, and later flag changes do not reach those
+/// copies. So the tree is cloned detached (`open_tree`), made read-only
+/// and private (`mount_setattr`, recursively) and only then attached
+/// (`move_mount`).
 pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), Error> {
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| mount_err(source, target, e))?;
-    let mut steps = vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC];
-    if readonly {
-        steps.push(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY);
+    let err = |step: &str, e: std::io::Error| Error::Mount {
+        what: format!("{} ({step})", source.display()),
+        target: target.into(),
+        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
+    };
+    let tree = detached::clone_tree(source).map_err(|e| err("open_tree", e))?;
+    detached::set_attr(&tree, readonly).map_err(|e| err("mount_setattr", e))?;
+    detached::attach(&tree, target).map_err(|e| err("move_mount", e))
+}
+
+/// The new mount API, which nix does not wrap (syscalls of Linux 5.2 and
+/// 5.12; the structures and constants are those of `<linux/mount.h>`).
+mod detached {
+    use std::ffi::CString;
+    use std::io::Error;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+    /// `struct mount_attr`.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
     }
-    for flags in steps {
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(mount_err(source, target, e));
+
+    fn cpath(p: &Path) -> Result<CString, Error> {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// A detached copy of the mount tree at `source`.
+    pub fn clone_tree(source: &Path) -> Result<OwnedFd, Error> {
+        let path = cpath(source)?;
+        let flags =
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+        // SAFETY: open_tree(2) reads the NUL-terminated path, which lives
+        // for the call; it returns a new fd or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(Error::last_os_error());
         }
+        // SAFETY: the fd was just returned to us and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
-    Ok(())
+
+    /// Private propagation, and read-only if asked, for the whole tree.
+    pub fn set_attr(tree: &OwnedFd, readonly: bool) -> Result<(), Error> {
+        let attr = MountAttr {
+            attr_set: if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        };
+        let empty = c"";
+        // SAFETY: mount_setattr(2) reads `attr` (of the size passed) and
+        // the empty path; both outlive the call; `tree` is an open fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Attaches the detached tree on `target`.
+    pub fn attach(tree: &OwnedFd, target: &Path) -> Result<(), Error> {
+        let to = cpath(target)?;
+        let empty = c"";
+        // SAFETY: move_mount(2) reads the two NUL-terminated paths, which
+        // outlive the call; `tree` is an open fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 fn mount_err(source: &Path, target: &Path, e: nix::Error) -> Error {
@@ -87,7 +176,9 @@ pub fn read_only_view(source: &Path, view: &Path) -> Result<(), Error> {
 
 /// Detaches the mount on `target`; a target that is not mounted is fine.
 pub fn unmount(target: &Path) -> Result<(), Error> {
-    match umount2(target, MntFlags::MNT_DETACH) {
+    // Never through a symlink: paths below a sandbox's share may be
+    // renamed or replaced by the guest.
+    match umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(e) => Err(Error::Mount {
             what: "unmount".into(),
@@ -95,6 +186,25 @@ pub fn unmount(target: &Path) -> Result<(), Error> {
             source: e,
         }),
     }
+}
+
+/// Detaches every mount at or below `dir`, shallowest first: detaching a
+/// mount takes its whole subtree along, so the paths used are the host's
+/// own mount points (`mounts/`, `shared/`, `<id>/rootfs`), not paths
+/// inside a tree the guest can rearrange.
+pub fn unmount_all_below(dir: &Path) -> Result<(), Error> {
+    let mut left = mounts_below(dir);
+    // Stop when nothing is left or a round made no progress (the caller
+    // finds what could not be detached).
+    while let Some(top) = left.last().cloned() {
+        unmount(&top)?;
+        let now = mounts_below(dir);
+        if now.len() >= left.len() {
+            return Ok(());
+        }
+        left = now;
+    }
+    Ok(())
 }
 
 /// Mount points at or below `dir`, deepest first, from `/proc/self/mountinfo`.

@@ -43,16 +43,16 @@ pub async fn run(
     tokio::pin!(stop);
     let id = name.map_or_else(crate::vm::new_id, String::from);
     let started = Sandbox::start_named(&spec.config, &id, spec.size);
+    // Biased: a start that fails at once (a name in use) reports that,
+    // rather than a pending stop.
     let mut sandbox = tokio::select! {
+        biased;
         s = started => s?,
         signal = &mut stop => {
-            // Dropping the start future dropped the sandbox being built:
-            // its helpers are killed and its state directory removed.
-            tracing::info!(signal, "stopped while the sandbox started");
-            let dir = StateDir::at(&spec.config.runtime.state_dir, &id);
-            if let Err(e) = dir.remove() {
-                tracing::warn!(sandbox = %id, error = %e, "state directory not removed");
-            }
+            // Dropping the start future dropped the sandbox being built
+            // (it exists before the first await): its helpers are killed
+            // and its state directory removed by its `Drop`.
+            tracing::info!(sandbox = %id, signal, "stopped while the sandbox started");
             return Ok(128 + signal);
         }
     };

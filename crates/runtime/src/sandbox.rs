@@ -256,9 +256,7 @@ impl Sandbox {
     pub async fn remove_container(&mut self, container_id: &str) -> Result<(), Error> {
         let removed = self.agent().remove_container(container_id).await;
         let (share, _) = self.container_share(container_id);
-        for target in mount::mounts_below(&share) {
-            mount::unmount(&target)?;
-        }
+        mount::unmount_all_below(&share)?;
         if share.exists() && mount::mounts_below(&share).is_empty() {
             std::fs::remove_dir_all(&share).map_err(Error::io(&share))?;
         }

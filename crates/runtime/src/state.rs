@@ -98,13 +98,6 @@ impl StateDir {
         Ok(Self { path })
     }
 
-    /// The directory of sandbox `id` below `root`, whether it exists or not.
-    pub(crate) fn at(root: &Path, id: &str) -> Self {
-        Self {
-            path: canonical(root).join(id),
-        }
-    }
-
     /// The sandbox ids below `root` that have a record, sorted.
     pub fn list(root: &Path) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(root) else {
@@ -150,9 +143,7 @@ impl StateDir {
     /// removes the shared directory and the owner file. What is left (the
     /// record and the logs) is removed by [`StateDir::remove`].
     pub fn release(&self) -> Result<(), Error> {
-        for target in mount::mounts_below(&self.path) {
-            mount::unmount(&target)?;
-        }
+        mount::unmount_all_below(&self.path)?;
         if !mount::mounts_below(&self.path).is_empty() {
             return Err(Error::BusyStateDir(self.path.clone()));
         }
@@ -211,9 +202,7 @@ impl StateDir {
         if !self.path.exists() {
             return Ok(());
         }
-        for target in mount::mounts_below(&self.path) {
-            mount::unmount(&target)?;
-        }
+        mount::unmount_all_below(&self.path)?;
         if !mount::mounts_below(&self.path).is_empty() {
             return Err(Error::BusyStateDir(self.path.clone()));
         }
@@ -410,5 +399,25 @@ mod tests {
         let dir = StateDir::create(&link, "sb").unwrap();
         assert_eq!(dir.path(), real.path().canonicalize().unwrap().join("sb"));
         dir.remove().unwrap();
+    }
+
+    #[test]
+    fn a_read_only_bind_is_read_only_in_the_guest_view_too() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "sb3").unwrap();
+        let target = dir.mounts_dir().join("vol");
+        std::fs::create_dir(&target).unwrap();
+        mount::bind(data.path(), &target, true).unwrap();
+        let host_side = std::fs::write(target.join("a"), "x");
+        let guest_side = std::fs::write(dir.shared_dir().join("vol/b"), "x");
+        dir.remove().unwrap();
+        assert!(host_side.is_err(), "writable on the host side");
+        let err = guest_side.expect_err("writable through the guest's view");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        assert!(std::fs::read_dir(data.path()).unwrap().next().is_none());
     }
 }

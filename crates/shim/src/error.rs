@@ -21,6 +21,10 @@ pub enum Error {
     Running(String),
     #[error("process {0:?} is not running")]
     NotRunning(String),
+    /// runc's answer, which containerd's CRI plugin expects on a kill
+    /// that comes after the exit.
+    #[error("process {0:?} already finished")]
+    Finished(String),
     #[error("{0} is not supported by capsa")]
     Unsupported(&'static str),
     #[error("invalid {what}: {reason}")]
@@ -62,7 +66,9 @@ pub enum Error {
 impl Error {
     fn code(&self) -> ttrpc::Code {
         match self {
-            Error::NoTask(_) | Error::NoProcess { .. } | Error::NoPod(_) => ttrpc::Code::NOT_FOUND,
+            Error::NoTask(_) | Error::NoProcess { .. } | Error::NoPod(_) | Error::Finished(_) => {
+                ttrpc::Code::NOT_FOUND
+            }
             Error::TaskExists(_) | Error::ExecExists { .. } => ttrpc::Code::ALREADY_EXISTS,
             Error::Running(_) | Error::NotRunning(_) | Error::OtherPod { .. } => {
                 ttrpc::Code::FAILED_PRECONDITION

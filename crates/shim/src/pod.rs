@@ -195,6 +195,14 @@ impl Pod {
             },
         };
         let pumps = guest.pump(stdio, interactive, proc.stdio.terminal).await?;
+        // TaskStart before any TaskExit of this process.
+        if proc.exec_id.is_empty() {
+            self.events.started(&task.id, self.pid).await;
+        } else {
+            self.events
+                .exec_started(&task.id, &proc.exec_id, self.pid)
+                .await;
+        }
         let (pod, task, proc) = (self.clone(), task.clone(), proc.clone());
         tokio::spawn(async move {
             let status = guest
@@ -215,14 +223,16 @@ impl Pod {
         Ok(())
     }
 
-    /// Records an exit and publishes it, once.
+    /// Publishes an exit, then records it (waking Wait), once.
     pub async fn report_exit(&self, task: &Task, proc: &Proc, exit: Exit) {
-        if proc.set_exit(exit.clone()) {
-            tracing::info!(container = %task.id, exec = %proc.exec_id, status = exit.status, "exited");
-            self.events
-                .exited(&task.id, &proc.exec_id, self.pid, &exit)
-                .await;
+        if !proc.claim_exit() {
+            return;
         }
+        tracing::info!(container = %task.id, exec = %proc.exec_id, status = exit.status, "exited");
+        self.events
+            .exited(&task.id, &proc.exec_id, self.pid, &exit)
+            .await;
+        proc.set_exit(exit);
     }
 
     /// Removes task `id` from the VM and the share; returns whether it was

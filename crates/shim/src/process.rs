@@ -33,6 +33,10 @@ pub struct Proc {
     pub spec: Option<oci_spec::runtime::Process>,
     status: Mutex<Status>,
     exit: watch::Sender<Option<Exit>>,
+    /// Set by the first reporter of the exit, before it publishes TaskExit
+    /// and only then records the exit (which wakes Wait and lets Delete
+    /// go on): containerd sees TaskExit before anything that follows it.
+    claimed: std::sync::atomic::AtomicBool,
     /// Closes the stdin pump (CloseIO).
     pub close_stdin: tokio::sync::Notify,
 }
@@ -45,6 +49,7 @@ impl Proc {
             spec,
             status: Mutex::new(Status::CREATED),
             exit: watch::channel(None).0,
+            claimed: std::sync::atomic::AtomicBool::new(false),
             close_stdin: tokio::sync::Notify::new(),
         }
     }
@@ -61,8 +66,13 @@ impl Proc {
         self.exit.borrow().clone()
     }
 
-    /// Records the exit; `false` if it was recorded already (an exit is
-    /// reported once).
+    /// Claims the right to report the exit: `true` once, for the first
+    /// caller (an exit is reported once).
+    pub fn claim_exit(&self) -> bool {
+        !self.claimed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records the exit; `false` if it was recorded already.
     pub fn set_exit(&self, exit: Exit) -> bool {
         let mut first = false;
         self.exit.send_if_modified(|e| {
@@ -104,6 +114,8 @@ mod tests {
             let p = p.clone();
             tokio::spawn(async move { p.wait().await.status })
         };
+        assert!(p.claim_exit());
+        assert!(!p.claim_exit(), "an exit is claimed once");
         assert!(p.set_exit(Exit::now(3)));
         assert!(!p.set_exit(Exit::now(137)), "second exit ignored");
         assert_eq!(waiter.await.unwrap(), 3);

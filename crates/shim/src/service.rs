@@ -26,6 +26,9 @@ use crate::pod::{Pod, Task as PodTask};
 use crate::process::{Exit, Proc};
 use crate::stdio::StdioPaths;
 
+/// Exit status of a process whose start failed.
+const START_FAILED_STATUS: u32 = 255;
+
 /// The task service of one shim (one pod).
 pub struct Service {
     pub namespace: String,
@@ -144,13 +147,12 @@ impl Service {
         if proc.status() != Status::CREATED {
             return Err(Error::Running(req.exec_id));
         }
-        pod.start_process(&task, &proc).await?;
-        if req.exec_id.is_empty() {
-            self.events.started(&req.id, pod.pid()).await;
-        } else {
-            self.events
-                .exec_started(&req.id, &req.exec_id, pod.pid())
+        if let Err(e) = pod.start_process(&task, &proc).await {
+            // Nothing will wait for this process: its exit is now, so
+            // that Wait, Kill and Delete (containerd's cleanup) end.
+            pod.report_exit(&task, &proc, Exit::now(START_FAILED_STATUS))
                 .await;
+            return Err(e);
         }
         Ok(StartResponse {
             pid: pod.pid(),
@@ -164,7 +166,10 @@ impl Service {
         let exit = match (proc.status(), proc.exit()) {
             (_, Some(exit)) => exit,
             // Created but never started: nothing runs, nothing to wait for.
-            (Status::CREATED, None) => Exit::now(0),
+            (Status::CREATED, None) => {
+                pod.report_exit(&task, &proc, Exit::now(0)).await;
+                proc.exit().unwrap_or_else(|| Exit::now(0))
+            }
             _ => return Err(Error::Running(req.id)),
         };
         if !req.exec_id.is_empty() {
@@ -244,7 +249,7 @@ impl Service {
         let (pod, task) = self.task(&req.id).await?;
         let proc = task.process(&req.exec_id)?;
         if proc.exit().is_some() {
-            return Err(Error::NotRunning(req.id));
+            return Err(Error::Finished(req.id));
         }
         let exec_id = if req.exec_id.is_empty() {
             req.id.clone()
@@ -252,9 +257,18 @@ impl Service {
             req.exec_id.clone()
         };
         tracing::info!(container = %req.id, exec = %exec_id, signal = req.signal, all = req.all, "kill");
-        pod.agent()
+        let signalled = pod
+            .agent()
             .signal_process(&req.id, &exec_id, req.signal)
-            .await?;
+            .await;
+        if proc.status() == Status::CREATED {
+            // Never started: no task waits for it, so its end is reported
+            // here (an exec not started yet has no guest process at all).
+            pod.report_exit(&task, &proc, Exit::now(128 + req.signal))
+                .await;
+            return Ok(());
+        }
+        signalled?;
         Ok(())
     }
 

@@ -95,12 +95,24 @@ fn cleanup(dir: &Path, id: &str) {
     match capsa_runtime::Found::open(&root, id) {
         Ok(found) => {
             if let Some(owner) = found.dir.live_owner() {
-                tracing::warn!(task = id, owner, "the pod's owner is alive: killing it");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(owner),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                // Only a shim (its pid could have been reused since).
+                let comm =
+                    std::fs::read_to_string(format!("/proc/{owner}/comm")).unwrap_or_default();
+                if comm.trim().starts_with("containerd-shim") {
+                    tracing::warn!(task = id, owner, "the pod's shim is alive: killing it");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(owner),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                } else {
+                    tracing::warn!(
+                        task = id,
+                        owner,
+                        comm = comm.trim(),
+                        "owner pid is not a shim: left alone"
+                    );
+                }
             }
             match found.dir.remove() {
                 Ok(()) => tracing::info!(task = id, dir = %dir.display(), "pod state removed"),

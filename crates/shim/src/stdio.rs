@@ -171,13 +171,15 @@ fn log_binary(id: &str, namespace: &str, rest: &str) -> Result<(Writer, Writer),
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(io_err(id, stream, path))?;
+    let mut child = cmd.spawn().map_err(io_err(id, stream, path))?;
     tracing::info!(
         container = id,
         logger = path,
         pid = child.id(),
         "logging binary started"
     );
+    // Reaped when it ends (the shim runs without a reaper).
+    std::thread::spawn(move || child.wait());
     drop((out_r, err_r, ready_w));
     // The logger closes its end of the ready pipe once it is ready (or
     // exits); a logger that does neither is not waited for past the bound.
