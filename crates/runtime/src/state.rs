@@ -143,13 +143,7 @@ impl StateDir {
     /// removes the shared directory and the owner file. What is left (the
     /// record and the logs) is removed by [`StateDir::remove`].
     pub fn release(&self) -> Result<(), Error> {
-        mount::unmount_all_below(&self.path)?;
-        if !mount::mounts_below(&self.path).is_empty() {
-            return Err(Error::BusyStateDir(self.path.clone()));
-        }
-        let dev = std::fs::symlink_metadata(&self.path)
-            .map_err(Error::io(&self.path))?
-            .dev();
+        let dev = self.detach_all()?;
         for d in [self.shared_dir(), self.mounts_dir()] {
             if d.exists() {
                 remove_tree(&d, dev)?;
@@ -202,14 +196,20 @@ impl StateDir {
         if !self.path.exists() {
             return Ok(());
         }
+        let dev = self.detach_all()?;
+        remove_tree(&self.path, dev)
+    }
+
+    /// Detaches every mount below the directory; returns the device of
+    /// the directory itself, or fails if a mount remains.
+    fn detach_all(&self) -> Result<u64, Error> {
         mount::unmount_all_below(&self.path)?;
         if !mount::mounts_below(&self.path).is_empty() {
             return Err(Error::BusyStateDir(self.path.clone()));
         }
-        let dev = std::fs::symlink_metadata(&self.path)
+        Ok(std::fs::symlink_metadata(&self.path)
             .map_err(Error::io(&self.path))?
-            .dev();
-        remove_tree(&self.path, dev)
+            .dev())
     }
 }
 

@@ -3,16 +3,12 @@
 //! init and runs the process described by a `process.json`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{Process, Spec};
 
-use super::{
-    bundle_dir, lock, receive_terminal, ConsoleSocket, ContainerError, PendingIo, WorkloadExecutor,
-    CONSOLE_DIR, CONSOLE_SEQ,
-};
+use super::{bundle_dir, lock, receive_terminal, ContainerError, PendingIo, WorkloadExecutor};
 use crate::reaper::{ExitWatch, Reaper};
 use crate::stdio::Stdio;
 
@@ -73,21 +69,7 @@ fn exec_locked(
         .with_root_path(bundle.join("state"))
         .map_err(failed)?
         .with_executor(WorkloadExecutor);
-    let (builder, io) = if process.terminal().unwrap_or(false) {
-        std::fs::create_dir_all(CONSOLE_DIR)
-            .map_err(|e| ContainerError::Io(CONSOLE_DIR.into(), e))?;
-        let n = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
-        let console = ConsoleSocket::bind(&Path::new(CONSOLE_DIR).join(format!("{n}.sock")))?;
-        let builder = builder.with_console_socket(Some(console.path()));
-        (builder, PendingIo::Console(console))
-    } else {
-        let (stdio, child) = Stdio::pipes()?;
-        let builder = builder
-            .with_stdin(child.stdin)
-            .with_stdout(child.stdout)
-            .with_stderr(child.stderr);
-        (builder, PendingIo::Pipes(Box::new(stdio)))
-    };
+    let (builder, io) = super::attach_stdio(builder, process.terminal().unwrap_or(false))?;
     // The process may be done before it is watched: the hold keeps its
     // status until then.
     let _hold = reaper.hold();

@@ -97,6 +97,29 @@ enum PendingIo {
     Console(ConsoleSocket),
 }
 
+/// Gives the process being built a pty (through a console socket) or
+/// three pipes; returns the agent's side, pending for a pty.
+fn attach_stdio(
+    builder: ContainerBuilder,
+    terminal: bool,
+) -> Result<(ContainerBuilder, PendingIo), ContainerError> {
+    if terminal {
+        std::fs::create_dir_all(CONSOLE_DIR)
+            .map_err(|e| ContainerError::Io(CONSOLE_DIR.into(), e))?;
+        let n = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let console = ConsoleSocket::bind(&Path::new(CONSOLE_DIR).join(format!("{n}.sock")))?;
+        let builder = builder.with_console_socket(Some(console.path()));
+        Ok((builder, PendingIo::Console(console)))
+    } else {
+        let (stdio, child) = Stdio::pipes()?;
+        let builder = builder
+            .with_stdin(child.stdin)
+            .with_stdout(child.stdout)
+            .with_stderr(child.stderr);
+        Ok((builder, PendingIo::Pipes(Box::new(stdio))))
+    }
+}
+
 /// The bundle directory of container `id`.
 pub fn bundle_dir(id: &str) -> PathBuf {
     Path::new(BUNDLE_ROOT).join(id)
@@ -145,21 +168,7 @@ fn create_locked(
         .map_err(ContainerError::Create)?
         .with_executor(WorkloadExecutor);
 
-    let (builder, io) = if terminal {
-        std::fs::create_dir_all(CONSOLE_DIR)
-            .map_err(|e| ContainerError::Io(CONSOLE_DIR.into(), e))?;
-        let n = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
-        let console = ConsoleSocket::bind(&Path::new(CONSOLE_DIR).join(format!("{n}.sock")))?;
-        let builder = builder.with_console_socket(Some(console.path()));
-        (builder, PendingIo::Console(console))
-    } else {
-        let (stdio, child) = Stdio::pipes()?;
-        let builder = builder
-            .with_stdin(child.stdin)
-            .with_stdout(child.stdout)
-            .with_stderr(child.stderr);
-        (builder, PendingIo::Pipes(Box::new(stdio)))
-    };
+    let (builder, io) = attach_stdio(builder, terminal)?;
 
     // The builder, and with it the agent's copies of the child ends of the
     // pipes, is consumed here: once the workload exits, reads see EOF.
