@@ -184,7 +184,7 @@ async fn containers_run_through_the_sandbox() {
     let req = request("sleep", spec(&root, &["sleep", "1000"], false));
     with_timeout(sandbox.create_container(req)).await.unwrap();
     sandbox.start_container("sleep").await.unwrap();
-    sandbox.signal_process("sleep", "", 15).await.unwrap();
+    sandbox.signal_process("sleep", "sleep", 15).await.unwrap();
     assert_eq!(
         with_timeout(sandbox.wait_process("sleep", "sleep"))
             .await
@@ -192,7 +192,7 @@ async fn containers_run_through_the_sandbox() {
         137
     );
     assert!(matches!(
-        sandbox.signal_process("sleep", "", 15).await,
+        sandbox.signal_process("sleep", "sleep", 15).await,
         Err(SandboxError::Exited { .. })
     ));
     with_timeout(sandbox.remove_container("sleep", Duration::ZERO))

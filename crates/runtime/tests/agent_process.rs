@@ -135,6 +135,29 @@ async fn exec_processes_run_list_and_take_signals() {
         .await;
     let bad_format = agent.list_processes("c1", "yaml").await;
 
+    // An empty exec id signals every process of the container: the
+    // trapping exec and "dup" get SIGUSR1; the init, PID 1 of the
+    // container without a handler, ignores it.
+    agent
+        .exec_process(
+            "c1",
+            "usr1",
+            exec_process(
+                "trap 'exit 7' USR1; echo ready; while :; do sleep 0.1; done",
+                false,
+            ),
+        )
+        .await
+        .expect("exec usr1");
+    read_until(&sandbox, "c1", "usr1", "ready").await;
+    agent
+        .signal_process("c1", "", libc::SIGUSR1 as u32)
+        .await
+        .expect("SIGUSR1 to all");
+    let trapped = tokio::time::timeout(LIMIT, agent.wait_process("c1", "usr1")).await;
+    let dup = tokio::time::timeout(LIMIT, agent.wait_process("c1", "dup")).await;
+    let after_all = table(&sandbox, "c1").await;
+
     sandbox.destroy().await.expect("destroy");
     assert_no_leaks(&env.state_dir);
 
@@ -155,6 +178,13 @@ async fn exec_processes_run_list_and_take_signals() {
     );
     assert!(!after.contains("sleep 301"), "{after}");
     assert!(!after.contains("sleep 302"), "{after}");
+
+    assert_eq!(trapped.expect("USR1 ends usr1").expect("wait"), 7);
+    assert_eq!(dup.expect("USR1 ends dup").expect("wait"), 128 + 10);
+    assert!(
+        after_all.contains("sleep 1000"),
+        "the init ignores SIGUSR1:\n{after_all}"
+    );
 
     let s = status_of(duplicate);
     assert_eq!(s.code(), ttrpc::Code::ALREADY_EXISTS, "{s:?}");

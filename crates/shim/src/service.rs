@@ -251,7 +251,11 @@ impl Service {
         if proc.exit().is_some() {
             return Err(Error::Finished(req.id));
         }
-        let exec_id = if req.exec_id.is_empty() {
+        // The agent's API, as Kata's: an empty exec id signals every
+        // process of the container, the container id its init alone.
+        let exec_id = if req.exec_id.is_empty() && req.all {
+            String::new()
+        } else if req.exec_id.is_empty() {
             req.id.clone()
         } else {
             req.exec_id.clone()

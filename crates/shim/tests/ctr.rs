@@ -139,6 +139,30 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
     let mem = m["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
     assert!(mem > 0, "no memory usage in {m:#}");
 
+    // kill --all: the signal reaches an exec process too; the init (PID 1
+    // of the container, no handler) ignores it and keeps running.
+    s.ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--detach",
+        "--exec-id",
+        "usr1",
+        "bg",
+        "sh",
+        "-c",
+        "trap 'echo got > /tmp/usr1; exit 0' USR1; touch /tmp/ready; while :; do sleep 0.1; done",
+    ]);
+    wait_for_file(&s, "/tmp/ready");
+    s.ctrd
+        .ctr_ok(&["task", "kill", "--all", "--signal", "SIGUSR1", "bg"]);
+    assert_eq!(wait_for_file(&s, "/tmp/usr1"), "got\n");
+    let ls = s.ctrd.ctr_ok(&["task", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("bg ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+
     // kill: the task stops with the signal's status.
     s.ctrd
         .ctr_ok(&["task", "kill", "--signal", "SIGKILL", "bg"]);
@@ -157,6 +181,21 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
     s.ctrd.ctr_ok(&["task", "delete", "bg"]);
     s.ctrd.ctr_ok(&["containers", "delete", "bg"]);
     s.assert_all_gone();
+}
+
+/// Waits for `path` to exist in task `bg` and returns its content.
+fn wait_for_file(s: &Setup, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = s
+            .ctrd
+            .ctr(&["task", "exec", "--exec-id", "cat", "bg", "cat", path]);
+        if out.status.success() {
+            return text(&out.stdout);
+        }
+        assert!(Instant::now() < deadline, "{path} never appeared: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -229,7 +229,10 @@ impl Sandbox {
 
     /// Sends signal `signal` to a process. Like Kata, SIGTERM becomes
     /// SIGKILL for a container's init that does not catch SIGTERM (as PID 1
-    /// of its namespace it would ignore it).
+    /// of its namespace it would ignore it). As in Kata's API, an empty
+    /// exec id means every process of the container: the init, then the
+    /// others found in its cgroup (frozen meanwhile, so that none forks
+    /// past the signal); the container id names the init alone.
     pub async fn signal_process(
         &self,
         container_id: &str,
@@ -241,6 +244,9 @@ impl Sandbox {
             .ok()
             .and_then(|s| Signal::try_from(s).ok())
             .ok_or(SandboxError::Signal(signal))?;
+        if exec_id.is_empty() {
+            return self.signal_all(container_id, sig).await;
+        }
         let exited = || SandboxError::Exited {
             container_id: container_id.to_string(),
             exec_id: process.exec_id.clone(),
@@ -262,6 +268,47 @@ impl Sandbox {
             Err(Errno::ESRCH) => Err(exited()),
             Err(e) => Err(SandboxError::Kill(process.pid, e)),
         }
+    }
+
+    /// Signals every process of container `id` (SignalProcess with an
+    /// empty exec id: `ctr task kill --all`).
+    async fn signal_all(&self, id: &str, sig: Signal) -> Result<(), SandboxError> {
+        let c = self.container(id).await?;
+        let freeze = c.state() == ContainerState::Running;
+        let cc = c.clone();
+        let signalled = tokio::task::spawn_blocking(move || {
+            let mut handle = cc.handle.lock().unwrap_or_else(PoisonError::into_inner);
+            if freeze {
+                if let Err(e) = container::pause(&mut handle) {
+                    tracing::warn!(container = %cc.id, error = %e, "cannot freeze before signalling all");
+                }
+            }
+            let mut pids = cgroup::pids(&cc.cgroup);
+            if let Ok(pids) = &mut pids {
+                // The init first, as a container's processes expect.
+                pids.sort_by_key(|&p| p != cc.init.pid);
+            }
+            let result = pids
+                .map_err(|e| SandboxError::Cgroup(cc.id.clone(), e))
+                .and_then(|pids| {
+                    for &pid in &pids {
+                        match kill(Pid::from_raw(pid), sig) {
+                            Ok(()) | Err(Errno::ESRCH) => {}
+                            Err(e) => return Err(SandboxError::Kill(pid, e)),
+                        }
+                    }
+                    Ok(pids.len())
+                });
+            if freeze {
+                if let Err(e) = container::resume(&mut handle) {
+                    tracing::warn!(container = %cc.id, error = %e, "cannot thaw after signalling all");
+                }
+            }
+            result
+        })
+        .await??;
+        tracing::info!(container = id, signal = %sig, processes = signalled, "signalled every process");
+        Ok(())
     }
 
     /// Waits for a process to exit; its exit code, or 128+N if killed by

@@ -84,10 +84,9 @@ fn tarball(spec: &Spec, scratch: &Path) -> PathBuf {
 
 /// Hash of everything the tarball is made of.
 fn cache_key(spec: &Spec) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
     let mut h = Sha256::new();
     h.update(FORMAT);
-    h.update(std::fs::read(script).expect("read busybox-rootfs.sh"));
+    h.update(crate::rootfs::BUSYBOX_ROOTFS_SH);
     h.update(std::fs::read("/bin/busybox").expect("/bin/busybox: run `make deps`"));
     h.update(serde_json::to_vec(&json!([spec.reference, spec.entrypoint, spec.cmd])).unwrap());
     hex(&h.finalize())
