@@ -138,6 +138,14 @@ fn detached_sandbox_lifecycle() {
         "console log without the agent's lines"
     );
     assert_eq!(v["containers"][0]["id"], "web", "{v:#}");
+    // The console log can be rotated under QEMU: emptied, QEMU's next
+    // line lands at its start (append=on), not after a hole.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(console)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
 
     // exec: output, exit code, environment, and the workload's processes.
     let out = capsa(
@@ -155,6 +163,12 @@ fn detached_sandbox_lifecycle() {
     );
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(text(&out.stdout), "hi from exec\n1\n", "{out:?}");
+    let after = std::fs::read(console).unwrap();
+    assert!(
+        after.first().is_some_and(|&b| b != 0) && text(&after).contains("exec process started"),
+        "console log after emptying: {:?}",
+        text(&after)
+    );
 
     // agent-ctl: a method and a refusal, in JSON.
     let out = capsa(&env, &["agent-ctl", "web", "GetGuestDetails", "{}"]);

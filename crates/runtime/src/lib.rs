@@ -5,6 +5,7 @@
 //! nothing behind.
 
 pub mod attach;
+pub mod console;
 mod error;
 pub mod io;
 pub mod mount;

@@ -14,7 +14,7 @@ use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus}
 use crate::spec::{self, ProcessSpec};
 use crate::state::{self, StateDir};
 use crate::vm::{self, VmSize};
-use crate::{mount, Error};
+use crate::{console, mount, Error};
 
 /// Lines of the guest console shown when the guest fails.
 const CONSOLE_TAIL_LINES: usize = 30;
@@ -35,6 +35,8 @@ pub struct Sandbox {
     shared_roots: HashMap<String, PathBuf>,
     /// Taken down by `destroy` or `stop`: nothing left for `Drop`.
     finished: bool,
+    /// Keeps the guest console log bounded while the VM runs.
+    console: Option<console::Keeper>,
 }
 
 impl Sandbox {
@@ -67,6 +69,7 @@ impl Sandbox {
             record,
             shared_roots: HashMap::new(),
             finished: false,
+            console: None,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -120,6 +123,10 @@ impl Sandbox {
 
     async fn boot(&mut self, config: &Config) -> Result<(), Error> {
         self.vm.start().await.map_err(Error::Vm)?;
+        self.console = Some(console::Keeper::start(
+            self.dir.console_log(),
+            console::MAX_BYTES,
+        ));
         if let Some(accel) = self.vm.accelerator() {
             tracing::info!(sandbox = %self.id, %accel, pid = ?self.vm.pid(), "VM started");
         }

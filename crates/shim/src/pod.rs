@@ -301,31 +301,18 @@ async fn watch_vm(pod: Arc<Pod>) {
 /// log, and so to containerd's, each line tagged with the pod's id, until
 /// the VM is gone.
 async fn forward_console(pod: Arc<Pod>, path: PathBuf) {
-    use tokio::io::AsyncBufReadExt;
-    let Ok(file) = tokio::fs::File::open(&path).await else {
-        tracing::warn!(pod = %pod.id, path = %path.display(), "no guest console log to forward");
-        return;
-    };
-    let mut lines = tokio::io::BufReader::new(file);
-    let mut line = String::new();
-    loop {
-        match lines.read_line(&mut line).await {
-            // At the end of what QEMU wrote so far (maybe mid-line): wait.
-            Ok(_) if !line.ends_with('\n') => {
-                if pod.sandbox.lock().await.is_none() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(_) => {
-                let text = line.trim_end();
-                if !text.is_empty() {
-                    tracing::info!(pod = %pod.id, "guest: {text}");
-                }
-                line.clear();
-            }
-            Err(_) => return,
-        }
+    let id = pod.id.clone();
+    let followed = capsa_runtime::console::follow(
+        &path,
+        |text| tracing::info!(pod = %id, "guest: {text}"),
+        || {
+            let pod = pod.clone();
+            async move { pod.sandbox.lock().await.is_some() }
+        },
+    )
+    .await;
+    if let Err(e) = followed {
+        tracing::warn!(pod = %pod.id, path = %path.display(), error = %e, "guest console log not forwarded");
     }
 }
 

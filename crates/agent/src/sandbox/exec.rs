@@ -49,6 +49,7 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
+        tracing::info!(container = %c.id, exec = exec_id, pid = spawned.pid, "exec process started");
         execs.insert(
             exec_id.to_string(),
             Some(Arc::new(Process {

@@ -1,21 +1,27 @@
 //! GetOOMEvent: OOM kills in the containers' memory cgroups.
 //!
-//! One task per container polls its `memory.events`; every increase of the
-//! `oom_kill` counter queues one event naming the container. Each queued
+//! One task per container reads its `memory.events` each time the kernel
+//! reports the file modified (inotify, as cgroup v2 documents for it);
+//! every increase of the `oom_kill` counter queues one event naming the
+//! container. Each queued
 //! event goes to exactly one GetOOMEvent caller (callers wait their turn);
 //! a caller that gives up loses nothing, the next one gets the event.
 
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
 use super::cgroup;
 use super::{Sandbox, SandboxError};
 
-/// How often `memory.events` is read.
-const POLL: Duration = Duration::from_millis(100);
+/// How often `memory.events` is read when inotify is not available.
+const POLL: Duration = Duration::from_millis(500);
 
 /// The queue of OOM events of the sandbox.
 pub struct Events {
@@ -76,19 +82,72 @@ fn read_kills(dir: &Path) -> Option<u64> {
         .map(|t| oom_kills(&t))
 }
 
+/// Modifications of one file, from inotify.
+struct Changes(AsyncFd<Fd>);
+
+/// An inotify instance as tokio wants it.
+struct Fd(Inotify);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Changes {
+    fn of(file: &Path) -> nix::Result<Self> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(file, AddWatchFlags::IN_MODIFY)?;
+        // SAFETY: `Fd` owns the inotify descriptor for as long as the
+        // AsyncFd holds it, and `as_raw_fd` always returns that descriptor.
+        let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) };
+        fd.map(Self).map_err(|e| {
+            let e = std::io::Error::from(e);
+            nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+        })
+    }
+
+    /// Waits for the next batch of events (a modification, or the file's
+    /// removal with its cgroup).
+    async fn next(&self) -> std::io::Result<()> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.try_io(|fd| fd.get_ref().0.read_events().map_err(std::io::Error::from)) {
+                Ok(events) => return events.map(drop),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
 /// Starts watching the cgroup `dir` of container `id`. Without a memory
 /// controller there is nothing to watch (logged).
 pub fn watch(id: &str, dir: PathBuf, events: mpsc::UnboundedSender<String>) -> Watch {
+    let file = dir.join("memory.events");
+    // Watched before the first read: no kill falls in between.
+    let changes = match Changes::of(&file) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(container = id, file = %file.display(), error = %e, "no inotify: polling for OOM kills");
+            None
+        }
+    };
     let Some(mut seen) = read_kills(&dir) else {
         tracing::warn!(container = id, dir = %dir.display(), "no memory.events: OOM kills not reported");
         return Watch { task: None };
     };
     let id = id.to_string();
     let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            match &changes {
+                Some(c) => {
+                    if let Err(e) = c.next().await {
+                        tracing::warn!(container = %id, error = %e, "inotify failed: OOM kills no longer reported");
+                        return;
+                    }
+                }
+                None => tokio::time::sleep(POLL).await,
+            }
             // Gone once the container's cgroup is removed.
             let Some(kills) = read_kills(&dir) else {
                 return;

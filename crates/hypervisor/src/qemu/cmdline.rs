@@ -58,7 +58,9 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
     ]);
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", opt(&cfg.console_log)),
+        // append=on: the log can be rotated under QEMU (capsa-runtime's
+        // console keeper) and QEMU's next line lands at the new end.
+        &format!("file,id=console,path={},append=on", opt(&cfg.console_log)),
         "-serial",
         "chardev:console",
     ]);
