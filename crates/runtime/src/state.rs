@@ -127,8 +127,15 @@ impl StateDir {
     /// Makes this process the owner: the directory is collected as stale
     /// once it dies.
     pub fn claim(&self) -> Result<(), Error> {
+        self.hand_over(std::process::id())
+    }
+
+    /// Records process `pid` as the directory's owner: a parent that
+    /// starts the owner hands the directory over at once, so that it is
+    /// not collected as stale if the parent dies before the owner claims it.
+    pub fn hand_over(&self, pid: u32) -> Result<(), Error> {
         let owner = self.path.join(OWNER_FILE);
-        std::fs::write(&owner, std::process::id().to_string()).map_err(Error::io(&owner))
+        std::fs::write(&owner, pid.to_string()).map_err(Error::io(&owner))
     }
 
     /// The owner's pid, if it is alive.
@@ -277,6 +284,25 @@ pub async fn wait_for_line(path: &Path, line: &str, limit: std::time::Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_handed_over_lives_as_long_as_its_new_owner() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "sb1").unwrap();
+        let mut owner = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        dir.hand_over(owner.id()).unwrap();
+        assert_eq!(dir.live_owner(), Some(owner.id() as i32));
+        let kept = StateDir::collect_stale(root.path());
+        owner.kill().unwrap();
+        owner.wait().unwrap();
+        let collected = StateDir::collect_stale(root.path());
+        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!(collected, ["sb1"]);
+        assert!(!dir.path().exists());
+    }
 
     #[test]
     fn create_refuses_existing_and_remove_cleans() {

@@ -137,6 +137,11 @@ fn spawn_owner(dir: &StateDir) -> anyhow::Result<(std::process::Child, std::fs::
         .spawn()
         .with_context(|| format!("start {}", exe.display()))?;
     tracing::info!(pid = child.id(), dir = %dir.path().display(), "sandbox owner started");
+    // Ours until the owner claims it; the owner's from now on, even if this
+    // process dies first.
+    if let Err(e) = dir.hand_over(child.id()) {
+        tracing::warn!(error = %e, "state directory not handed over to its owner");
+    }
     // `cmd` holds the write end: drop it so that EOF comes if the owner dies.
     drop(cmd);
     Ok((child, std::fs::File::from(read)))
