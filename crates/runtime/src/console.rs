@@ -110,7 +110,15 @@ where
             continue;
         }
         // At the end of what was written so far (maybe mid-line).
-        let len = tokio::fs::metadata(path).await?.len();
+        let len = match tokio::fs::metadata(path).await {
+            Ok(m) => m.len(),
+            // Removed with the sandbox's state.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                emit(&mut line, &mut buf);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if len < pos {
             // Rotated: the rest of the old part is in the copy.
             let mut rest = String::new();
@@ -131,9 +139,7 @@ where
         }
         if n == 0 && len == pos {
             if !running().await {
-                if !buf.is_empty() {
-                    emit(&mut line, &mut buf);
-                }
+                emit(&mut line, &mut buf);
                 return Ok(());
             }
             tokio::time::sleep(FOLLOW_EVERY).await;

@@ -95,16 +95,13 @@ impl AsRawFd for Fd {
 }
 
 impl Changes {
-    fn of(file: &Path) -> nix::Result<Self> {
+    fn of(file: &Path) -> std::io::Result<Self> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         inotify.add_watch(file, AddWatchFlags::IN_MODIFY)?;
         // SAFETY: `Fd` owns the inotify descriptor for as long as the
         // AsyncFd holds it, and `as_raw_fd` always returns that descriptor.
         let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) };
-        fd.map(Self).map_err(|e| {
-            let e = std::io::Error::from(e);
-            nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-        })
+        Ok(Self(fd?))
     }
 
     /// Waits for the next batch of events (a modification, or the file's
@@ -123,8 +120,11 @@ impl Changes {
 /// Starts watching the cgroup `dir` of container `id`. Without a memory
 /// controller there is nothing to watch (logged).
 pub fn watch(id: &str, dir: PathBuf, events: mpsc::UnboundedSender<String>) -> Watch {
+    if read_kills(&dir).is_none() {
+        tracing::warn!(container = id, dir = %dir.display(), "no memory.events: OOM kills not reported");
+        return Watch { task: None };
+    }
     let file = dir.join("memory.events");
-    // Watched before the first read: no kill falls in between.
     let changes = match Changes::of(&file) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -132,10 +132,8 @@ pub fn watch(id: &str, dir: PathBuf, events: mpsc::UnboundedSender<String>) -> W
             None
         }
     };
-    let Some(mut seen) = read_kills(&dir) else {
-        tracing::warn!(container = id, dir = %dir.display(), "no memory.events: OOM kills not reported");
-        return Watch { task: None };
-    };
+    // Read once watched: no kill falls in between.
+    let mut seen = read_kills(&dir).unwrap_or(0);
     let id = id.to_string();
     let task = tokio::spawn(async move {
         loop {
