@@ -36,12 +36,18 @@ async fn boot_share_power_off(machine: &str) {
         );
     }
 
+    // The file exists before the guest's write lands: wait for the text.
     let file = t.shared().join("from-guest");
-    let wrote = wait_for(Duration::from_secs(60), || file.exists()).await;
-    assert!(wrote, "no file from the guest; console:\n{}", t.console());
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        "hello from the guest\n"
+    let want = "hello from the guest\n";
+    let wrote = wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(&file).is_ok_and(|text| text == want)
+    })
+    .await;
+    assert!(
+        wrote,
+        "no {want:?} from the guest (file: {:?}); console:\n{}",
+        std::fs::read_to_string(&file).ok(),
+        t.console()
     );
     let vsock = vm.wait_vsock_ready(Duration::from_secs(10)).await;
     assert!(
