@@ -150,7 +150,7 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
         "bg",
         "sh",
         "-c",
-        "trap 'echo got > /tmp/usr1; exit 0' USR1; touch /tmp/ready; while :; do sleep 0.1; done",
+        "trap 'echo got > /tmp/u; mv /tmp/u /tmp/usr1; exit 0' USR1; touch /tmp/ready; while :; do sleep 0.1; done",
     ]);
     wait_for_file(&s, "/tmp/ready");
     s.ctrd
@@ -183,7 +183,8 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
     s.assert_all_gone();
 }
 
-/// Waits for `path` to exist in task `bg` and returns its content.
+/// Waits for `path` to exist in task `bg` and returns its content (the
+/// scripts put files in place whole: `touch`, or a rename).
 fn wait_for_file(s: &Setup, path: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
