@@ -45,7 +45,13 @@ pub fn rotate_if_over(path: &Path, max: u64) -> io::Result<bool> {
     if len <= max {
         return Ok(false);
     }
-    std::fs::copy(path, rotated(path))?;
+    // Copied aside, then renamed: a reader of the copy never sees it half
+    // written.
+    let copy = rotated(path);
+    let mut partial = copy.clone().into_os_string();
+    partial.push(".new");
+    std::fs::copy(path, &partial)?;
+    std::fs::rename(&partial, &copy)?;
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)?
@@ -101,11 +107,13 @@ where
     let mut reader = BufReader::new(file);
     // Bytes of the log consumed so far.
     let mut pos: u64 = 0;
-    let mut buf = String::new();
+    // Bytes, not a String: a console may carry anything, and one invalid
+    // UTF-8 sequence must not end the forwarding.
+    let mut buf = Vec::new();
     loop {
-        let n = reader.read_line(&mut buf).await?;
+        let n = reader.read_until(b'\n', &mut buf).await?;
         pos += n as u64;
-        if buf.ends_with('\n') {
+        if buf.ends_with(b"\n") {
             emit(&mut line, &mut buf);
             continue;
         }
@@ -121,16 +129,12 @@ where
         };
         if len < pos {
             // Rotated: the rest of the old part is in the copy.
-            let mut rest = String::new();
             if let Ok(mut old) = tokio::fs::File::open(rotated(path)).await {
                 old.seek(io::SeekFrom::Start(pos)).await?;
-                let mut bytes = Vec::new();
-                old.read_to_end(&mut bytes).await?;
-                rest = String::from_utf8_lossy(&bytes).into_owned();
+                old.read_to_end(&mut buf).await?;
             }
-            buf.push_str(&rest);
-            for l in buf.split_inclusive('\n') {
-                line(l.trim_end());
+            for mut l in buf.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec) {
+                emit(&mut line, &mut l);
             }
             buf.clear();
             reader.seek(io::SeekFrom::Start(0)).await?;
@@ -147,8 +151,9 @@ where
     }
 }
 
-fn emit(line: &mut impl FnMut(&str), buf: &mut String) {
-    let text = buf.trim_end();
+fn emit(line: &mut impl FnMut(&str), buf: &mut Vec<u8>) {
+    let text = String::from_utf8_lossy(buf);
+    let text = text.trim_end();
     if !text.is_empty() {
         line(text);
     }
@@ -191,7 +196,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("console.log");
         let mut w = appender(&log);
-        w.write_all(b"one\ntwo\n").unwrap();
+        w.write_all(b"one\ntw\xffo\n").unwrap();
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let running = Arc::new(Mutex::new(true));
         let follower = tokio::spawn({
@@ -232,7 +237,7 @@ mod tests {
         follower.await.unwrap().unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
-            ["one", "two", "three", "fou", "five", "six"]
+            ["one", "tw\u{fffd}o", "three", "fou", "five", "six"]
         );
     }
 }

@@ -157,6 +157,13 @@ async fn exec_processes_run_list_and_take_signals() {
     let trapped = tokio::time::timeout(LIMIT, agent.wait_process("c1", "usr1")).await;
     let dup = tokio::time::timeout(LIMIT, agent.wait_process("c1", "dup")).await;
     let after_all = table(&sandbox, "c1").await;
+    // SIGTERM to every process: the init does not catch it, so it becomes
+    // SIGKILL for all of them (as in Kata), and the container ends.
+    agent
+        .signal_process("c1", "", libc::SIGTERM as u32)
+        .await
+        .expect("SIGTERM to all");
+    let init_status = tokio::time::timeout(LIMIT, agent.wait_process("c1", "c1")).await;
 
     sandbox.destroy().await.expect("destroy");
     assert_no_leaks(&env.state_dir);
@@ -184,6 +191,12 @@ async fn exec_processes_run_list_and_take_signals() {
     assert!(
         after_all.contains("sleep 1000"),
         "the init ignores SIGUSR1:\n{after_all}"
+    );
+    assert_eq!(
+        init_status
+            .expect("SIGTERM to all ends the init")
+            .expect("wait"),
+        128 + 9
     );
 
     let s = status_of(duplicate);

@@ -252,8 +252,9 @@ impl Service {
             return Err(Error::Finished(req.id));
         }
         // The agent's API, as Kata's: an empty exec id signals every
-        // process of the container, the container id its init alone.
-        let exec_id = if req.exec_id.is_empty() && req.all {
+        // process of the container (`all`, as Kata's runtime sends it
+        // whatever the exec id), the container id its init alone.
+        let exec_id = if req.all {
             String::new()
         } else if req.exec_id.is_empty() {
             req.id.clone()

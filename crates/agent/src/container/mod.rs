@@ -23,9 +23,7 @@ use std::time::Duration;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as Handle;
 use libcontainer::error::LibcontainerError;
-use libcontainer::signal::Signal as LcSignal;
 use libcontainer::syscall::syscall::SyscallType;
-use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
 use crate::reaper::{ExitWatch, Reaper, ReaperError};
@@ -60,8 +58,6 @@ pub enum ContainerError {
     Create(#[source] LibcontainerError),
     #[error("libcontainer failed to start the container")]
     Start(#[source] LibcontainerError),
-    #[error("libcontainer failed to kill the container")]
-    Kill(#[source] LibcontainerError),
     #[error("libcontainer failed to delete the container")]
     Delete(#[source] LibcontainerError),
     #[error("libcontainer returned a container without pid")]
@@ -246,15 +242,6 @@ pub fn pause(handle: &mut Handle) -> Result<(), ContainerError> {
 pub fn resume(handle: &mut Handle) -> Result<(), ContainerError> {
     let _guard = lock();
     handle.resume().map_err(ContainerError::Resume)
-}
-
-/// Sends `signal` to every process of the container (through its cgroup).
-/// Blocking.
-pub fn kill_all(handle: &mut Handle, signal: Signal) -> Result<(), ContainerError> {
-    let _guard = lock();
-    handle
-        .kill(LcSignal::from(signal), true)
-        .map_err(ContainerError::Kill)
 }
 
 /// Deletes the container: kills what is left, removes its cgroup, its

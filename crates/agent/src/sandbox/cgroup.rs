@@ -53,6 +53,29 @@ pub fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     })
 }
 
+/// How long [`freeze`] waits for the kernel to report the cgroup frozen.
+const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Freezes the cgroup `dir` (`cgroup.freeze`) and waits a bounded time for
+/// `cgroup.events` to say `frozen 1`. Returns whether the freeze was asked
+/// for: the caller then thaws, frozen in time or not.
+pub fn freeze(dir: &Path) -> bool {
+    if let Err(e) = write(dir, "cgroup.freeze", "1") {
+        tracing::warn!(error = %e, "cannot freeze");
+        return false;
+    }
+    let deadline = std::time::Instant::now() + FREEZE_WAIT;
+    while std::time::Instant::now() < deadline {
+        let events = read(dir, "cgroup.events").unwrap_or_default();
+        if events.lines().any(|l| l.trim() == "frozen 1") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(dir = %dir.display(), "not frozen after {FREEZE_WAIT:?}");
+    true
+}
+
 /// A flat-keyed file (`cpu.stat`, `memory.stat`, `memory.events`): one
 /// `key value` pair a line. Lines that do not parse are skipped.
 pub fn flat_keyed(text: &str) -> BTreeMap<String, u64> {

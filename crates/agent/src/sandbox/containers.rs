@@ -230,9 +230,8 @@ impl Sandbox {
     /// Sends signal `signal` to a process. Like Kata, SIGTERM becomes
     /// SIGKILL for a container's init that does not catch SIGTERM (as PID 1
     /// of its namespace it would ignore it). As in Kata's API, an empty
-    /// exec id means every process of the container: the init, then the
-    /// others found in its cgroup (frozen meanwhile, so that none forks
-    /// past the signal); the container id names the init alone.
+    /// exec id means every process of the container (the converted signal
+    /// goes to all of them); the container id names the init alone.
     pub async fn signal_process(
         &self,
         container_id: &str,
@@ -240,27 +239,29 @@ impl Sandbox {
         signal: u32,
     ) -> Result<(), SandboxError> {
         let process = self.process(container_id, exec_id).await?;
+        let container = self.container(container_id).await?;
         let mut sig = i32::try_from(signal)
             .ok()
             .and_then(|s| Signal::try_from(s).ok())
             .ok_or(SandboxError::Signal(signal))?;
-        if exec_id.is_empty() {
-            return self.signal_all(container_id, sig).await;
-        }
-        let exited = || SandboxError::Exited {
-            container_id: container_id.to_string(),
-            exec_id: process.exec_id.clone(),
-        };
-        if process.status().is_some() {
-            return Err(exited());
-        }
-        let is_init = self.container(container_id).await?.init.pid == process.pid;
-        if is_init && sig == Signal::SIGTERM && !process.catches(Signal::SIGTERM) {
+        let running = process.status().is_none();
+        let is_init = Arc::ptr_eq(&process, &container.init);
+        if running && is_init && sig == Signal::SIGTERM && !process.catches(Signal::SIGTERM) {
             tracing::info!(
                 container = container_id,
                 "SIGTERM not caught by init: SIGKILL instead"
             );
             sig = Signal::SIGKILL;
+        }
+        if exec_id.is_empty() {
+            return signal_all(container, sig).await;
+        }
+        let exited = || SandboxError::Exited {
+            container_id: container_id.to_string(),
+            exec_id: process.exec_id.clone(),
+        };
+        if !running {
+            return Err(exited());
         }
         tracing::info!(container = container_id, pid = process.pid, signal = %sig, "signal");
         match kill(Pid::from_raw(process.pid), sig) {
@@ -268,47 +269,6 @@ impl Sandbox {
             Err(Errno::ESRCH) => Err(exited()),
             Err(e) => Err(SandboxError::Kill(process.pid, e)),
         }
-    }
-
-    /// Signals every process of container `id` (SignalProcess with an
-    /// empty exec id: `ctr task kill --all`).
-    async fn signal_all(&self, id: &str, sig: Signal) -> Result<(), SandboxError> {
-        let c = self.container(id).await?;
-        let freeze = c.state() == ContainerState::Running;
-        let cc = c.clone();
-        let signalled = tokio::task::spawn_blocking(move || {
-            let mut handle = cc.handle.lock().unwrap_or_else(PoisonError::into_inner);
-            if freeze {
-                if let Err(e) = container::pause(&mut handle) {
-                    tracing::warn!(container = %cc.id, error = %e, "cannot freeze before signalling all");
-                }
-            }
-            let mut pids = cgroup::pids(&cc.cgroup);
-            if let Ok(pids) = &mut pids {
-                // The init first, as a container's processes expect.
-                pids.sort_by_key(|&p| p != cc.init.pid);
-            }
-            let result = pids
-                .map_err(|e| SandboxError::Cgroup(cc.id.clone(), e))
-                .and_then(|pids| {
-                    for &pid in &pids {
-                        match kill(Pid::from_raw(pid), sig) {
-                            Ok(()) | Err(Errno::ESRCH) => {}
-                            Err(e) => return Err(SandboxError::Kill(pid, e)),
-                        }
-                    }
-                    Ok(pids.len())
-                });
-            if freeze {
-                if let Err(e) = container::resume(&mut handle) {
-                    tracing::warn!(container = %cc.id, error = %e, "cannot thaw after signalling all");
-                }
-            }
-            result
-        })
-        .await??;
-        tracing::info!(container = id, signal = %sig, processes = signalled, "signalled every process");
-        Ok(())
     }
 
     /// Waits for a process to exit; its exit code, or 128+N if killed by
@@ -331,4 +291,39 @@ impl Sandbox {
         }
         Ok(status)
     }
+}
+
+/// Signals every process of container `c` (SignalProcess with an empty
+/// exec id: `ctr task kill --all`), the init first. The cgroup is frozen
+/// meanwhile, so that none forks past the signal, unless the container is
+/// paused already; `cgroup.freeze` is written directly, leaving
+/// libcontainer's record of the container's status alone. The container's
+/// handle is held throughout: a PauseContainer or ResumeContainer waits.
+async fn signal_all(c: Arc<Container>, sig: Signal) -> Result<(), SandboxError> {
+    let id = c.id.clone();
+    let signalled = tokio::task::spawn_blocking(move || {
+        let _handle = c.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        let frozen = c.state() == ContainerState::Running && cgroup::freeze(&c.cgroup);
+        let result = cgroup::pids(&c.cgroup)
+            .map_err(|e| SandboxError::Cgroup(c.id.clone(), e))
+            .and_then(|mut pids| {
+                pids.sort_by_key(|&p| p != c.init.pid);
+                for &pid in &pids {
+                    match kill(Pid::from_raw(pid), sig) {
+                        Ok(()) | Err(Errno::ESRCH) => {}
+                        Err(e) => return Err(SandboxError::Kill(pid, e)),
+                    }
+                }
+                Ok(pids.len())
+            });
+        if frozen {
+            if let Err(e) = cgroup::write(&c.cgroup, "cgroup.freeze", "0") {
+                tracing::error!(container = %c.id, error = %e, "cannot thaw after signalling every process");
+            }
+        }
+        result
+    })
+    .await??;
+    tracing::info!(container = %id, signal = %sig, processes = signalled, "signalled every process");
+    Ok(())
 }
