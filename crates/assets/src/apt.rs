@@ -128,6 +128,21 @@ pub fn resolve_kernel(name: &str) -> Result<Package, Error> {
     Ok(package)
 }
 
+/// The package fetched into `cache/<name>` and unpacked in its `root`
+/// (each once). The directory stays locked while the returned lock lives.
+pub fn unpacked(
+    package: &Package,
+    cache: &Path,
+) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>), Error> {
+    let dir = cache.join(&package.name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let lock = crate::files::lock_dir(&dir)?;
+    let deb = fetch(package, &dir)?;
+    let root = dir.join("root");
+    unpack(&deb, &root)?;
+    Ok((root, lock))
+}
+
 /// The package's `.deb` in `dir`, downloaded unless already there. A
 /// download is checked against the archive's sha256 before it is kept.
 pub fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Error> {

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::KernelInput;
-use crate::{apt, files, Error};
+use crate::{apt, Error};
 
 /// A kernel ready to use: its image and, if modular, its module tree.
 #[derive(Debug)]
@@ -20,12 +20,7 @@ pub struct Kernel {
 /// unpacks it there (once).
 pub fn from_package(name: &str, cache: &Path) -> Result<Kernel, Error> {
     let package = apt::resolve_kernel(name)?;
-    let dir = cache.join(&package.name);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let _lock = files::lock_dir(&dir)?;
-    let deb = apt::fetch(&package, &dir)?;
-    let root = dir.join("root");
-    apt::unpack(&deb, &root)?;
+    let (root, _lock) = apt::unpacked(&package, cache)?;
 
     let no_kernel = || Error::NoKernelInPackage {
         package: package.name.clone(),

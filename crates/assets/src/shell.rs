@@ -22,12 +22,7 @@ pub struct Shell {
 /// its busybox.
 pub fn from_package(name: &str, cache: &Path) -> Result<Shell, Error> {
     let package = apt::show(name)?;
-    let dir = cache.join(&package.name);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let _lock = files::lock_dir(&dir)?;
-    let deb = apt::fetch(&package, &dir)?;
-    let root = dir.join("root");
-    apt::unpack(&deb, &root)?;
+    let (root, _lock) = apt::unpacked(&package, cache)?;
     let binary = BUSYBOX_PATHS
         .iter()
         .map(|p| root.join(p))
