@@ -24,6 +24,12 @@ pub use json::methods;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of DestroySandbox: the agent gives each container 10 s to die.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Timeout of a health check of a running agent: it answers at once, so a
+/// guest that does not answer within this is taken for hung.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of SignalProcess, which every stop path waits for (with `all`
+/// the agent freezes the container's cgroup first).
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected agent. Cheap to clone: clones share the connection.
 #[derive(Clone)]
@@ -59,6 +65,15 @@ impl AgentClient {
     /// The generated AgentService client, for methods without a wrapper.
     pub fn raw(&self) -> &AgentServiceClient {
         &self.agent
+    }
+
+    /// `grpc.Health/Check`, within [`HEALTH_TIMEOUT`].
+    pub async fn check(&self) -> Result<(), Error> {
+        self.health
+            .check(until(HEALTH_TIMEOUT), &health::CheckRequest::new())
+            .await
+            .map_err(rpc("Check"))?;
+        Ok(())
     }
 
     pub async fn version(&self) -> Result<health::VersionCheckResponse, Error> {
@@ -145,7 +160,7 @@ impl AgentClient {
             ..Default::default()
         };
         self.agent
-            .signal_process(until(CALL_TIMEOUT), &req)
+            .signal_process(until(SIGNAL_TIMEOUT), &req)
             .await
             .map_err(rpc("SignalProcess"))?;
         Ok(())

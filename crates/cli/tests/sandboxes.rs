@@ -345,3 +345,142 @@ fn debug_console_is_a_shell_in_the_vm() {
     assert!(out.status.success(), "{out:?}");
     assert_all_gone(&env);
 }
+
+/// `capsa kill ID && capsa rm ID`: rm waits (bounded) for the sandbox
+/// the kill is stopping instead of calling it running.
+#[test]
+fn kill_then_rm_succeeds() {
+    let env = TestEnv::new();
+    let _sb = Detached::start(&env, "short", &["sleep", "1000"]);
+    let out = capsa(&env, &["kill", "short"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = capsa(&env, &["rm", "short"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "short\n", "{out:?}");
+    assert_all_gone(&env);
+}
+
+/// The hypervisor pid a sandbox's record gives.
+fn hypervisor_pid(sb: &Detached) -> i32 {
+    let v = sb.inspect();
+    v["hypervisor_pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no hypervisor pid: {v:#}")) as i32
+}
+
+/// Whether process `pid` is gone (or a zombie: it runs nothing).
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
+/// Sends `signal` to `pid`.
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
+}
+
+/// A stopped QEMU (SIGSTOP) is not a live VM: `rm --force` takes it down
+/// within a bound and leaves nothing (QEMU, virtiofsd, vhost-device-vsock,
+/// mounts, state).
+#[test]
+fn rm_force_takes_a_stopped_vm_down() {
+    let env = TestEnv::new();
+    let sb = Detached::start(&env, "frozen", &["sleep", "1000"]);
+    let qemu = hypervisor_pid(&sb);
+    signal(qemu, nix::sys::signal::Signal::SIGSTOP);
+    let started = Instant::now();
+    let out = capsa(&env, &["rm", "--force", "frozen"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < Duration::from_secs(20), "rm --force took {took:?}");
+    assert!(gone(qemu), "QEMU {qemu} still there");
+    assert_all_gone(&env);
+}
+
+/// Detached sandboxes in `env` get a health check every second.
+fn with_fast_health_checks(env: &TestEnv) {
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[agent.capsa]\nhealth_check_interval = 1\n"),
+    )
+    .unwrap();
+}
+
+/// The pid of the sandbox's vhost-device-vsock.
+fn vsock_helper(env: &TestEnv, id: &str) -> i32 {
+    let dir = env.state_dir.join(id).display().to_string();
+    let helpers: Vec<i32> = processes_naming(&dir)
+        .iter()
+        .filter(|p| p.contains("vhost-device-vsock"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(helpers.len(), 1, "one vsock helper expected: {helpers:?}");
+    helpers[0]
+}
+
+/// A VM whose agent does not answer (its vsock backend frozen) fails its
+/// health checks: the owner declares it dead, kills it and records the
+/// workload killed (137); nothing of the VM is left.
+#[test]
+fn unanswering_agent_is_declared_dead() {
+    let env = TestEnv::new();
+    with_fast_health_checks(&env);
+    let sb = Detached::start(&env, "mute", &["sleep", "1000"]);
+    let qemu = hypervisor_pid(&sb);
+    signal(
+        vsock_helper(&env, "mute"),
+        nix::sys::signal::Signal::SIGSTOP,
+    );
+    let v = sb.wait_state("stopped");
+    assert_eq!(v["containers"][0]["exit_code"], 137, "{v:#}");
+    assert!(gone(qemu), "QEMU {qemu} still there");
+    let dir = env.state_dir.join("mute").display().to_string();
+    let left = processes_naming(&dir);
+    assert!(left.is_empty(), "VM processes left: {left:?}");
+    let out = capsa(&env, &["rm", "mute"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_gone(&env);
+}
+
+/// The owner of a detached sandbox watches its VM: a stopped QEMU is
+/// killed at once, and the workload recorded killed.
+#[test]
+fn stopped_vm_is_declared_dead_by_its_owner() {
+    let env = TestEnv::new();
+    let sb = Detached::start(&env, "paused", &["sleep", "1000"]);
+    let qemu = hypervisor_pid(&sb);
+    signal(qemu, nix::sys::signal::Signal::SIGSTOP);
+    let v = sb.wait_state("stopped");
+    assert_eq!(v["containers"][0]["exit_code"], 137, "{v:#}");
+    assert!(gone(qemu), "QEMU {qemu} still there");
+    let out = capsa(&env, &["rm", "paused"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_gone(&env);
+}
+
+/// Worst case: the owner itself hangs (SIGSTOP) with its QEMU. `rm
+/// --force` does not wait for it forever: it kills the owner, whose VM
+/// processes die with it, and removes the state, within a bound.
+#[test]
+fn rm_force_kills_a_hung_owner_and_its_vm() {
+    let env = TestEnv::new();
+    let sb = Detached::start(&env, "stuck", &["sleep", "1000"]);
+    let qemu = hypervisor_pid(&sb);
+    let owner = sb.inspect()["owner_pid"].as_i64().expect("owner pid") as i32;
+    signal(owner, nix::sys::signal::Signal::SIGSTOP);
+    signal(qemu, nix::sys::signal::Signal::SIGSTOP);
+    let started = Instant::now();
+    let out = capsa(&env, &["rm", "--force", "stuck"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < Duration::from_secs(20), "rm --force took {took:?}");
+    for pid in [owner, qemu] {
+        assert!(gone(pid), "{pid} still there");
+    }
+    assert_all_gone(&env);
+}

@@ -11,4 +11,7 @@ mod validate;
 
 pub use error::Error;
 pub use lookup::{find, load, Source, DEFAULT_PATHS, ENV_CONF_FILE};
-pub use model::{AgentConfig, AgentSection, Config, HypervisorConfig, QemuConfig, RuntimeConfig};
+pub use model::{
+    AgentConfig, AgentSection, Config, HypervisorConfig, QemuConfig, RuntimeConfig,
+    HEALTH_CHECK_FAILURES,
+};

@@ -145,6 +145,7 @@ enable_debug = true
 dial_timeout = 10
 kernel_modules = ["dummy"]
 enable_debug = true
+health_check_interval = 0
 
 [runtime]
 enable_debug = true
@@ -154,6 +155,7 @@ enable_debug = true
         assert_eq!(c.hypervisor.qemu.default_memory, 1024);
         assert_eq!(c.hypervisor.qemu.virtio_fs_extra_args.len(), 1);
         assert_eq!(c.agent.capsa.dial_timeout, 10);
+        assert_eq!(c.agent.capsa.health_check_interval, 0);
         assert_eq!(c.agent.capsa.kernel_modules, vec!["dummy".to_string()]);
         assert!(c.runtime.enable_debug);
     }

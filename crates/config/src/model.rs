@@ -94,7 +94,16 @@ pub struct AgentConfig {
     /// A shell in the VM's root environment on vsock port
     /// `debug_console_vport` (`capsa exec --vm`). Off by default.
     pub debug_console_enabled: bool,
+    /// capsa's own key: seconds between health checks of the agent
+    /// (`grpc.Health/Check`) by the sandbox's owner (the shim, or the
+    /// owner of a `capsa run -d`); 0 disables them. An agent that fails
+    /// [`HEALTH_CHECK_FAILURES`] checks in a row is declared dead and its
+    /// VM killed. A stopped QEMU is declared dead at once, whatever this is.
+    pub health_check_interval: u32,
 }
+
+/// Failed health checks in a row after which a sandbox is declared dead.
+pub const HEALTH_CHECK_FAILURES: u32 = 3;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -103,6 +112,7 @@ impl Default for AgentConfig {
             kernel_modules: Vec::new(),
             enable_debug: false,
             debug_console_enabled: false,
+            health_check_interval: 5,
         }
     }
 }

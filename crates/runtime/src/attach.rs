@@ -17,8 +17,18 @@ use crate::Error;
 
 /// How long to try reaching the agent of a running sandbox.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `remove --force` waits for the owner to take the sandbox down.
-const OWNER_EXIT_WAIT: Duration = Duration::from_secs(30);
+/// How long `remove` waits for an owner that takes its sandbox down
+/// (asked to by `--force`, or because the workload exited) before it kills
+/// the owner, and with it the VM.
+const OWNER_EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long `remove` (without `--force`) waits for a running sandbox to
+/// start stopping: its workload may have just been killed (`capsa kill ID
+/// && capsa rm ID`) and its owner not have seen the exit yet.
+const STOPPING_WAIT: Duration = Duration::from_secs(5);
+/// How long a killed owner and its VM get to be gone.
+const KILLED_WAIT: Duration = Duration::from_secs(5);
+/// How often `remove` looks at the owner and the record while it waits.
+const POLL: Duration = Duration::from_millis(50);
 
 /// What `capsa ps` shows of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +44,7 @@ impl std::fmt::Display for Liveness {
         let s = match self {
             Liveness::Recorded(SandboxStatus::Creating) => "creating",
             Liveness::Recorded(SandboxStatus::Running) => "running",
+            Liveness::Recorded(SandboxStatus::Stopping) => "stopping",
             Liveness::Recorded(SandboxStatus::Stopped) => "stopped",
             Liveness::Dead => "dead",
         };
@@ -148,16 +159,74 @@ impl Found {
         Ok(())
     }
 
-    /// Removes the sandbox's state. A running sandbox is refused unless
-    /// `force`, which asks its owner to take it down (SIGTERM) first.
+    /// Removes the sandbox's state. A sandbox that is stopping is waited
+    /// for (bounded); a running one is refused unless `force`, which asks
+    /// its owner to take it down (SIGTERM) and, if it has not within
+    /// [`OWNER_EXIT_WAIT`], kills the owner and its VM.
     pub async fn remove(self, force: bool) -> Result<(), Error> {
         if let Some(owner) = self.dir.live_owner() {
-            if !force {
+            check_owner(owner, &self.record)?;
+            if force {
+                signal_owner(owner, nix::sys::signal::Signal::SIGTERM, &self.record)?;
+            } else if !self.stopping(owner).await {
                 return Err(Error::StillRunning(self.record.id.clone()));
             }
-            stop_owner(owner, &self.record).await?;
+            if !wait_gone(owner, OWNER_EXIT_WAIT).await {
+                tracing::warn!(
+                    sandbox = %self.record.id,
+                    pid = owner,
+                    "the owner did not take the sandbox down in {OWNER_EXIT_WAIT:?}: killing it and its VM"
+                );
+                self.kill_owner(owner).await?;
+            }
         }
         self.dir.remove()
+    }
+
+    /// Whether the sandbox of the live `owner` is stopping, or starts to
+    /// within [`STOPPING_WAIT`].
+    async fn stopping(&self, owner: i32) -> bool {
+        let deadline = Instant::now() + STOPPING_WAIT;
+        loop {
+            let status = SandboxRecord::load(self.dir.path()).map(|r| r.status);
+            if matches!(status, Ok(SandboxStatus::Stopping | SandboxStatus::Stopped))
+                || !process_alive(owner)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILL to the owner: the VM's processes get SIGKILL as it dies
+    /// (parent-death signal); the hypervisor is also killed by its pid,
+    /// if it is the VM's QEMU. Waits (bounded) for both to be gone.
+    async fn kill_owner(&self, owner: i32) -> Result<(), Error> {
+        signal_owner(owner, nix::sys::signal::Signal::SIGKILL, &self.record)?;
+        let hypervisor = self.record.hypervisor_pid.filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let path = self.dir.path().as_os_str().as_encoded_bytes();
+            cmdline.windows(path.len()).any(|w| w == path)
+        });
+        if let Some(pid) = hypervisor {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for pid in std::iter::once(owner).chain(hypervisor.map(|p| p as i32)) {
+            if !wait_gone(pid, KILLED_WAIT).await {
+                return Err(Error::OwnerStuck {
+                    id: self.record.id.clone(),
+                    pid,
+                    seconds: KILLED_WAIT.as_secs(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A raw byte stream to the guest's debug console.
@@ -179,10 +248,9 @@ impl Found {
     }
 }
 
-/// SIGTERM to the owner of a sandbox, which stops the workload and takes
-/// the VM down, then waits for it to exit. The pid is the one the owner
-/// wrote itself, and it is checked to be a capsa process.
-async fn stop_owner(owner: i32, record: &SandboxRecord) -> Result<(), Error> {
+/// The owner's pid is the one it wrote itself; it must still be a capsa
+/// process (not a reused pid) to be signalled or waited for.
+fn check_owner(owner: i32, record: &SandboxRecord) -> Result<(), Error> {
     let comm = std::fs::read_to_string(format!("/proc/{owner}/comm")).unwrap_or_default();
     if !comm.trim().starts_with("capsa") {
         return Err(Error::NotOwner {
@@ -190,27 +258,39 @@ async fn stop_owner(owner: i32, record: &SandboxRecord) -> Result<(), Error> {
             pid: owner,
         });
     }
-    let pid = nix::unistd::Pid::from_raw(owner);
-    tracing::info!(sandbox = %record.id, pid = owner, "asking the owner to stop the sandbox");
-    match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
-        Ok(()) | Err(nix::Error::ESRCH) => {}
-        Err(e) => {
-            return Err(Error::Signal {
-                pid: owner,
-                source: e,
-            })
-        }
-    }
-    let deadline = Instant::now() + OWNER_EXIT_WAIT;
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        if Instant::now() >= deadline {
-            return Err(Error::OwnerStuck {
-                id: record.id.clone(),
-                pid: owner,
-                seconds: OWNER_EXIT_WAIT.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     Ok(())
+}
+
+/// Sends `signal` to the owner (SIGTERM: it stops the workload and takes
+/// the VM down).
+fn signal_owner(
+    owner: i32,
+    signal: nix::sys::signal::Signal,
+    record: &SandboxRecord,
+) -> Result<(), Error> {
+    tracing::info!(sandbox = %record.id, pid = owner, %signal, "signalling the owner");
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner), signal) {
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(e) => Err(Error::Signal {
+            pid: owner,
+            source: e,
+        }),
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_alive(pid: i32) -> bool {
+    u32::try_from(pid).is_ok_and(|pid| crate::health::vm_state(pid) != crate::health::VmState::Gone)
+}
+
+/// Waits up to `limit` for process `pid` to be gone; `true` if it is.
+async fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    true
 }

@@ -161,6 +161,15 @@ impl GuestProcess {
 }
 
 impl Pumps {
+    /// Stops every pump at once (the process's VM is gone: nothing more
+    /// will come).
+    pub fn abort(self) {
+        let tasks = [Some(self.stdout), self.stderr, self.stdin, self.resize];
+        for task in tasks.into_iter().flatten() {
+            task.abort();
+        }
+    }
+
     /// Lets the output drain to end of file (bounded), stops the stdin pump.
     pub async fn finish(self) {
         drain(self.stdout).await;

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod console;
 mod error;
+pub mod health;
 pub mod io;
 pub mod mount;
 pub mod record;

@@ -21,6 +21,8 @@ pub enum SandboxStatus {
     Creating,
     /// The workload runs.
     Running,
+    /// The workload exited (or its VM died): the VM is being taken down.
+    Stopping,
     /// The workload exited and the VM is gone; only the record is left.
     Stopped,
 }

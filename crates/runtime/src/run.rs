@@ -15,6 +15,10 @@ use crate::state::StateDir;
 use crate::vm::VmSize;
 use crate::{Error, Sandbox};
 
+/// Exit status of a workload whose VM was declared dead and killed
+/// (SIGKILL's).
+pub const VM_KILLED_STATUS: i32 = 128 + libc::SIGKILL;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -153,8 +157,31 @@ pub async fn run_detached(
         }
     };
     ready(Ok(&sandbox));
-    let status = process.wait_or_stop(stop).await;
-    pumps.finish().await;
+    // The VM is watched meanwhile: a dead one (stopped, hung, gone) is
+    // killed, and the workload reported killed with it.
+    let death = async {
+        match sandbox.watch(&spec.config) {
+            Some(watch) => watch.dead().await,
+            None => std::future::pending().await,
+        }
+    };
+    let status = tokio::select! {
+        status = process.wait_or_stop(stop) => Ok(status),
+        why = death => Err(why),
+    };
+    let status = match status {
+        Ok(status) => {
+            sandbox.update_record(|r| r.status = SandboxStatus::Stopping);
+            pumps.finish().await;
+            status
+        }
+        Err(why) => {
+            sandbox.declare_dead(why);
+            sandbox.update_record(|r| r.status = SandboxStatus::Stopping);
+            pumps.abort();
+            Ok(VM_KILLED_STATUS)
+        }
+    };
     record_exit(&mut sandbox, &cid, &status);
     let stopped = sandbox.stop().await;
     let status = status?;

@@ -10,6 +10,7 @@ use capsa_hypervisor::{qemu::QemuVm, Vm};
 use capsa_protocols::{agent, AGENT_READY_LINE, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
 use tokio::time::Instant;
 
+use crate::health::{self, Death};
 use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
 use crate::spec::{self, ProcessSpec};
 use crate::state::{self, StateDir};
@@ -37,6 +38,8 @@ pub struct Sandbox {
     finished: bool,
     /// Keeps the guest console log bounded while the VM runs.
     console: Option<console::Keeper>,
+    /// Declared dead (hung or stopped): teardown kills it without asking.
+    dead: Option<Death>,
 }
 
 impl Sandbox {
@@ -70,6 +73,7 @@ impl Sandbox {
             shared_roots: HashMap::new(),
             finished: false,
             console: None,
+            dead: None,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -277,6 +281,19 @@ impl Sandbox {
         self.vm.pid()
     }
 
+    /// A watch of this sandbox's VM (see [`health::Watch`]).
+    pub fn watch(&self, config: &Config) -> Option<health::Watch> {
+        let pid = self.vm.pid()?;
+        Some(health::Watch::new(pid, self.agent().clone(), config))
+    }
+
+    /// Marks the VM dead (hung, stopped or gone): teardown then kills it
+    /// at once, asking its agent nothing.
+    pub fn declare_dead(&mut self, why: Death) {
+        tracing::error!(sandbox = %self.id, pid = ?self.vm.pid(), "the VM is dead: {why}");
+        self.dead = Some(why);
+    }
+
     /// Creates container `container_id` from a complete OCI spec (its root
     /// shared with [`Sandbox::share_rootfs`]).
     pub async fn create_container_spec(
@@ -342,20 +359,34 @@ impl Sandbox {
         // the guest's page cache is synced (what containers wrote through
         // virtio-fs is on the host): then QEMU is told to quit at once,
         // rather than waiting for the guest kernel to power itself off.
-        let vm_gone = self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true);
-        match self.agent.take() {
-            Some(_) if vm_gone => {
-                tracing::info!(sandbox = %self.id, "the VM is gone: no DestroySandbox");
+        // A VM that is gone, stopped or whose agent does not answer a
+        // health check is killed without waiting for anything.
+        if self.dead.is_none() {
+            if let Some(agent) = &self.agent {
+                self.dead = match self.vm.pid() {
+                    Some(pid) => health::probe(pid, agent).await,
+                    None => Some(Death::Exited),
+                };
             }
-            Some(agent) => match agent.destroy_sandbox().await {
+        }
+        match (self.agent.take(), self.dead) {
+            (Some(_), Some(why)) => {
+                tracing::info!(sandbox = %self.id, "{why}: no DestroySandbox");
+            }
+            (Some(agent), None) => match agent.destroy_sandbox().await {
                 Ok(()) => tracing::debug!(sandbox = %self.id, "guest destroyed its sandbox"),
                 Err(e) => {
                     tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed");
                 }
             },
-            None => {}
+            (None, _) => {}
         }
-        if let Err(e) = self.vm.shutdown(SHUTDOWN_GRACE).await {
+        let grace = if self.dead.is_some() {
+            Duration::ZERO
+        } else {
+            SHUTDOWN_GRACE
+        };
+        if let Err(e) = self.vm.shutdown(grace).await {
             tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");
         }
     }

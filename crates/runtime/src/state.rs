@@ -89,6 +89,14 @@ impl StateDir {
         Ok(Self { path })
     }
 
+    /// The state directory of sandbox `id` below `root` if it exists, with
+    /// or without a record (its maker may have died before writing one).
+    pub fn find(root: &Path, id: &str) -> Result<Option<Self>, Error> {
+        crate::vm::check_id(id)?;
+        let path = canonical(root).join(id);
+        Ok(path.is_dir().then_some(Self { path }))
+    }
+
     /// An existing state directory at `path`, made by a parent process.
     pub fn existing(path: &Path) -> Result<Self, Error> {
         let path = path.canonicalize().map_err(Error::io(path))?;

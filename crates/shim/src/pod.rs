@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
 use capsa_protocols::{agent, convert};
+use capsa_runtime::health::{Death, VmState, Watch};
 use capsa_runtime::{GuestProcess, Sandbox};
 use containerd_shim::protos::api::Mount as RootfsMount;
 use containerd_shim::protos::types::task::Status;
@@ -71,6 +72,7 @@ impl Pod {
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, "VM size");
         let sandbox = Sandbox::start_named(config, id, size).await?;
         let console = sandbox.record().console_log.clone();
+        let watch = sandbox.watch(config);
         let pod = Arc::new(Self {
             id: id.into(),
             namespace: namespace.into(),
@@ -81,7 +83,9 @@ impl Pod {
             tasks: StdMutex::default(),
             events,
         });
-        tokio::spawn(watch_vm(pod.clone()));
+        if let Some(watch) = watch {
+            tokio::spawn(watch_vm(pod.clone(), watch));
+        }
         tokio::spawn(watch_oom(pod.clone()));
         tokio::spawn(forward_console(pod.clone(), console));
         tracing::info!(pod = id, pid = pod.pid, "pod VM started");
@@ -249,30 +253,42 @@ impl Pod {
         Ok(tasks.is_empty())
     }
 
-    /// Takes the VM down and removes the pod's state.
-    pub async fn destroy(&self) {
-        if let Some(sandbox) = self.sandbox.lock().await.take() {
-            tracing::info!(pod = %self.id, "destroying the pod VM");
+    /// Kills the VM and reports every exit if its hypervisor is stopped
+    /// or gone (no agent call); returns whether it was killed.
+    pub async fn kill_if_hung(&self) -> bool {
+        let why = match capsa_runtime::health::vm_state(self.pid) {
+            VmState::Running => return false,
+            VmState::Stopped => Death::Stopped,
+            VmState::Gone => Death::Exited,
+        };
+        self.kill_vm(why).await;
+        true
+    }
+
+    /// Checks at once that the VM can be talked to; if not (stopped,
+    /// gone, its agent not answering), kills it and reports every exit.
+    /// Returns whether it was killed.
+    pub async fn kill_if_dead(&self) -> bool {
+        match capsa_runtime::health::probe(self.pid, &self.agent).await {
+            Some(why) => {
+                self.kill_vm(why).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Kills the dead VM and removes the pod's state, then reports every
+    /// process still running exited with [`VM_DIED_STATUS`] (as containerd
+    /// expects of a task whose VM died: TaskExit, Wait returns).
+    pub async fn kill_vm(&self, why: Death) {
+        if let Some(mut sandbox) = self.sandbox.lock().await.take() {
+            sandbox.declare_dead(why);
             if let Err(e) = sandbox.destroy().await {
                 tracing::error!(pod = %self.id, error = %e, "pod teardown");
             }
         }
-    }
-}
-
-/// Watches the VM: if it dies, every process still running is reported
-/// exited with [`VM_DIED_STATUS`] and the pod's state is removed.
-async fn watch_vm(pod: Arc<Pod>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if pod.sandbox.lock().await.is_none() {
-            return;
-        }
-        if process_alive(pod.pid) {
-            continue;
-        }
-        tracing::error!(pod = %pod.id, pid = pod.pid, "the VM died");
-        let tasks: Vec<Arc<Task>> = pod
+        let tasks: Vec<Arc<Task>> = self
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -288,12 +304,36 @@ async fn watch_vm(pod: Arc<Pod>) {
                 .cloned()
                 .collect();
             for proc in execs.iter().chain(std::iter::once(&task.init)) {
-                pod.report_exit(&task, proc, Exit::now(VM_DIED_STATUS))
+                self.report_exit(&task, proc, Exit::now(VM_DIED_STATUS))
                     .await;
             }
         }
-        pod.destroy().await;
-        return;
+    }
+
+    /// Takes the VM down and removes the pod's state.
+    pub async fn destroy(&self) {
+        if let Some(sandbox) = self.sandbox.lock().await.take() {
+            tracing::info!(pod = %self.id, "destroying the pod VM");
+            if let Err(e) = sandbox.destroy().await {
+                tracing::error!(pod = %self.id, error = %e, "pod teardown");
+            }
+        }
+    }
+}
+
+/// Watches the VM: once it is dead (gone, stopped, or its agent fails
+/// its health checks), it is killed and every process still running is
+/// reported exited with [`VM_DIED_STATUS`].
+async fn watch_vm(pod: Arc<Pod>, watch: Watch) {
+    let gone = async {
+        // The pod is destroyed when its last task goes: nothing to watch.
+        while pod.sandbox.lock().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        why = watch.dead() => pod.kill_vm(why).await,
+        () = gone => {}
     }
 }
 
@@ -340,18 +380,6 @@ async fn watch_oom(pod: Arc<Pod>) {
                 return;
             }
         }
-    }
-}
-
-/// Whether `pid` runs (a zombie does not: the VM's QEMU is our child and
-/// stays a zombie until reaped).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
     }
 }
 

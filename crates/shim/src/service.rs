@@ -92,6 +92,10 @@ impl Service {
                     tracing::info!(%source, "configuration");
                     let q = &config.hypervisor.qemu;
                     let size = crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory);
+                    // Where the pod's state will be, recorded before
+                    // anything is made: a shim killed at any point of the
+                    // boot leaves state that `delete` finds.
+                    write_marker(bundle, &config.runtime.state_dir.join(&pod_id));
                     let pod =
                         Pod::start(&pod_id, &self.namespace, &config, size, self.events.clone())
                             .await?;
@@ -107,8 +111,7 @@ impl Service {
             terminal: req.terminal,
         };
         // For the `delete` action, should this shim die.
-        let marker = bundle.join(crate::shim::POD_STATE_FILE);
-        let _ = std::fs::write(&marker, pod.state_dir.display().to_string());
+        write_marker(bundle, &pod.state_dir);
         let init = Arc::new(Proc::new("", stdio, None));
         let created = pod
             .create_task(&req.id, &req.bundle, &req.rootfs, spec, init)
@@ -262,10 +265,20 @@ impl Service {
             req.exec_id.clone()
         };
         tracing::info!(container = %req.id, exec = %exec_id, signal = req.signal, all = req.all, "kill");
+        // A VM that is stopped or gone is not asked anything: it is killed
+        // and every exit reported, which is what a kill asks for.
+        if pod.kill_if_hung().await {
+            return Ok(());
+        }
         let signalled = pod
             .agent()
             .signal_process(&req.id, &exec_id, req.signal)
             .await;
+        // No answer at all (rather than a refusal): the same, once a
+        // health check confirms it.
+        if signalled.as_ref().is_err_and(|e| e.code().is_none()) && pod.kill_if_dead().await {
+            return Ok(());
+        }
         if proc.status() == Status::CREATED {
             // Never started: no task waits for it, so its end is reported
             // here (an exec not started yet has no guest process at all).
@@ -429,6 +442,15 @@ impl Service {
             stats: Some(crate::stats::to_metrics(&reply)?).into(),
             ..Default::default()
         })
+    }
+}
+
+/// Records in `bundle` the pod state directory its task lives in, for
+/// the `delete` action after the shim died.
+fn write_marker(bundle: &Path, state_dir: &Path) {
+    let marker = bundle.join(crate::shim::POD_STATE_FILE);
+    if let Err(e) = std::fs::write(&marker, state_dir.display().to_string()) {
+        tracing::warn!(path = %marker.display(), error = %e, "pod state marker not written");
     }
 }
 

@@ -11,6 +11,8 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, Error as ShimError, Flags, StartOpts};
 use oci_spec::runtime::Spec;
 
+use capsa_runtime::health::VmState;
+
 use crate::annotations;
 use crate::events::Events;
 use crate::pod::VM_DIED_STATUS;
@@ -92,33 +94,40 @@ fn cleanup(dir: &Path, id: &str) {
         return;
     }
     let root: PathBuf = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    match capsa_runtime::Found::open(&root, id) {
-        Ok(found) => {
-            if let Some(owner) = found.dir.live_owner() {
-                // Only a shim (its pid could have been reused since).
-                let comm =
-                    std::fs::read_to_string(format!("/proc/{owner}/comm")).unwrap_or_default();
-                if comm.trim().starts_with("containerd-shim") {
-                    tracing::warn!(task = id, owner, "the pod's shim is alive: killing it");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(owner),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                } else {
-                    tracing::warn!(
-                        task = id,
-                        owner,
-                        comm = comm.trim(),
-                        "owner pid is not a shim: left alone"
-                    );
-                }
+    // The record may be missing: the shim may have died right after it
+    // made the directory.
+    let found = match capsa_runtime::state::StateDir::find(&root, id) {
+        Ok(Some(found)) => found,
+        Ok(None) => return tracing::info!(task = id, "no pod state left"),
+        Err(e) => return tracing::warn!(task = id, error = %e, "pod state not looked for"),
+    };
+    if let Some(owner) = found.live_owner() {
+        // Only a shim (its pid could have been reused since).
+        let comm = std::fs::read_to_string(format!("/proc/{owner}/comm")).unwrap_or_default();
+        if comm.trim().starts_with("containerd-shim") {
+            tracing::warn!(task = id, owner, "the pod's shim is alive: killing it");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(owner),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // Its VM's processes die with it (parent-death signal).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while capsa_runtime::health::vm_state(owner as u32) != VmState::Gone
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            match found.dir.remove() {
-                Ok(()) => tracing::info!(task = id, dir = %dir.display(), "pod state removed"),
-                Err(e) => tracing::error!(task = id, error = %e, "pod state not removed"),
-            }
+        } else {
+            tracing::warn!(
+                task = id,
+                owner,
+                comm = comm.trim(),
+                "owner pid is not a shim: left alone"
+            );
         }
-        Err(e) => tracing::info!(task = id, error = %e, "no pod state left"),
+    }
+    match found.remove() {
+        Ok(()) => tracing::info!(task = id, dir = %dir.display(), "pod state removed"),
+        Err(e) => tracing::error!(task = id, error = %e, "pod state not removed"),
     }
 }

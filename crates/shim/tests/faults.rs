@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::leaks::processes_naming;
-use common::Setup;
+use common::{text, Setup};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -125,5 +125,128 @@ fn delete_action_twice_is_harmless() {
         .output()
         .expect("run delete");
     assert!(out.status.success(), "{out:?}");
+    s.assert_all_gone();
+}
+
+/// Waits up to `limit` for `ready`, polling.
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not after {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie: it runs nothing).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
+/// A stopped QEMU (SIGSTOP) is not a live VM: `ctr task kill -s SIGKILL`
+/// and `ctr task delete -f` end within a bound, the task's exit is
+/// reported as SIGKILL's (137: `ctr run` returns it), and nothing is left.
+#[test]
+fn stopped_qemu_is_killed_and_its_exit_reported() {
+    let s = Setup::new();
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run(&[], "frozen", &["sleep", "1000"]));
+        wait_for("task running", Duration::from_secs(180), || {
+            task(&s, "frozen").is_some_and(|(_, status)| status == "RUNNING")
+        });
+        let (pid, _) = task(&s, "frozen").expect("task listed");
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+
+        let started = Instant::now();
+        let out = s.ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "frozen"]);
+        // The shim's watch may have declared the VM dead first: the
+        // process is then already finished, as runc's shim says too.
+        assert!(
+            out.status.success() || text(&out.stderr).contains("already finished"),
+            "{out:?}"
+        );
+        let out = run.join().expect("ctr run");
+        assert_eq!(out.status.code(), Some(137), "{out:?}");
+        let out = s.ctrd.ctr(&["task", "delete", "-f", "frozen"]);
+        assert!(out.status.success(), "{out:?}");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(20),
+            "kill and delete took {took:?}"
+        );
+        assert!(gone(pid), "QEMU {pid} still there");
+    });
+    s.ctrd.ctr_ok(&["containers", "delete", "frozen"]);
+    s.assert_all_gone();
+}
+
+/// Where the shim is killed while it creates a pod.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// Right after the pod's state directory exists (its owner file is
+    /// the first thing written in it).
+    StateDir,
+    /// While QEMU boots.
+    QemuBooting,
+}
+
+/// A shim killed early in create leaves state that containerd's cleanup
+/// (the shim's `delete` action) finds and removes: no QEMU, helper, mount
+/// or state directory is left, and the next `ctr run` works.
+#[test]
+fn shim_killed_early_in_create_leaves_nothing() {
+    let s = Setup::new();
+    for (id, point) in [
+        ("early-dir", KillPoint::StateDir),
+        ("early-qemu", KillPoint::QemuBooting),
+    ] {
+        let dir = s.env.state_dir.join(id);
+        let dir_name = dir.display().to_string();
+        std::thread::scope(|scope| {
+            let run = scope.spawn(|| s.run(&[], id, &["true"]));
+            let owner = dir.join("owner.pid");
+            let mut shim = 0;
+            wait_for(
+                &format!("{id}: {point:?}"),
+                Duration::from_secs(180),
+                || {
+                    shim = std::fs::read_to_string(&owner)
+                        .ok()
+                        .and_then(|p| p.trim().parse().ok())
+                        .unwrap_or(0);
+                    shim != 0
+                        && match point {
+                            KillPoint::StateDir => true,
+                            KillPoint::QemuBooting => processes_naming(&dir_name)
+                                .iter()
+                                .any(|p| p.contains("qemu-system")),
+                        }
+                },
+            );
+            let comm = std::fs::read_to_string(format!("/proc/{shim}/comm")).unwrap_or_default();
+            assert!(
+                comm.starts_with("containerd-shim"),
+                "owner {shim} is {comm:?}"
+            );
+            kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+            let out = run.join().expect("ctr run");
+            assert!(!out.status.success(), "{id}: {out:?}");
+        });
+        // containerd runs the shim's `delete` action: it removes the state.
+        wait_for(
+            &format!("{id}: state removed by containerd's cleanup"),
+            Duration::from_secs(60),
+            || !dir.exists() && processes_naming(&dir_name).is_empty(),
+        );
+        let _ = s.ctrd.ctr(&["task", "delete", id]);
+        s.ctrd.ctr_ok(&["containers", "delete", id]);
+    }
+    s.assert_all_gone();
+    let out = s.run(&["--rm"], "after", &["echo", "ok"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).trim(), "ok", "{out:?}");
     s.assert_all_gone();
 }
