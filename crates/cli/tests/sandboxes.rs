@@ -480,7 +480,11 @@ fn rm_force_kills_a_hung_owner_and_its_vm() {
     assert!(out.status.success(), "{out:?}");
     assert!(took < Duration::from_secs(20), "rm --force took {took:?}");
     for pid in [owner, qemu] {
-        assert!(gone(pid), "{pid} still there");
+        assert!(
+            gone(pid),
+            "{pid} still there: {:?}\nrm: {out:?}",
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        );
     }
     assert_all_gone(&env);
 }
