@@ -147,20 +147,23 @@ fn gone(pid: u32) -> bool {
 }
 
 /// A stopped QEMU (SIGSTOP) is not a live VM: `ctr task kill -s SIGKILL`
-/// and `ctr task delete -f` end within a bound, the task's exit is
-/// reported as SIGKILL's (137: `ctr run` returns it), and nothing is left.
+/// ends within a bound and the task's exit is reported as SIGKILL's (137:
+/// the attached `ctr run` returns it); `ctr task delete -f` of another
+/// stopped VM ends within a bound too; nothing is left.
 #[test]
 fn stopped_qemu_is_killed_and_its_exit_reported() {
     let s = Setup::new();
+    let stop_qemu = |id: &str| {
+        wait_for("task running", Duration::from_secs(180), || {
+            task(&s, id).is_some_and(|(_, status)| status == "RUNNING")
+        });
+        let (pid, _) = task(&s, id).expect("task listed");
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        (pid, Instant::now())
+    };
     std::thread::scope(|scope| {
         let run = scope.spawn(|| s.run(&[], "frozen", &["sleep", "1000"]));
-        wait_for("task running", Duration::from_secs(180), || {
-            task(&s, "frozen").is_some_and(|(_, status)| status == "RUNNING")
-        });
-        let (pid, _) = task(&s, "frozen").expect("task listed");
-        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-
-        let started = Instant::now();
+        let (pid, stopped) = stop_qemu("frozen");
         let out = s.ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "frozen"]);
         // The shim's watch may have declared the VM dead first: the
         // process is then already finished, as runc's shim says too.
@@ -168,18 +171,24 @@ fn stopped_qemu_is_killed_and_its_exit_reported() {
             out.status.success() || text(&out.stderr).contains("already finished"),
             "{out:?}"
         );
+        // `ctr run` waits for the exit, returns it and deletes the task.
         let out = run.join().expect("ctr run");
         assert_eq!(out.status.code(), Some(137), "{out:?}");
-        let out = s.ctrd.ctr(&["task", "delete", "-f", "frozen"]);
-        assert!(out.status.success(), "{out:?}");
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(20),
-            "kill and delete took {took:?}"
-        );
+        let took = stopped.elapsed();
+        assert!(took < Duration::from_secs(20), "kill took {took:?}");
         assert!(gone(pid), "QEMU {pid} still there");
     });
     s.ctrd.ctr_ok(&["containers", "delete", "frozen"]);
+
+    let out = s.run(&["-d"], "frozen-delete", &["sleep", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let (pid, stopped) = stop_qemu("frozen-delete");
+    let out = s.ctrd.ctr(&["task", "delete", "-f", "frozen-delete"]);
+    assert!(out.status.success(), "{out:?}");
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(20), "delete -f took {took:?}");
+    assert!(gone(pid), "QEMU {pid} still there");
+    s.ctrd.ctr_ok(&["containers", "delete", "frozen-delete"]);
     s.assert_all_gone();
 }
 
