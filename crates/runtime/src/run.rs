@@ -77,10 +77,45 @@ async fn attached(
     let pumps = process
         .pump(stdio, spec.interactive, spec.process.terminal)
         .await?;
-    let status = process.wait_or_stop(stop).await;
-    pumps.finish().await;
+    let status = wait_watched(sandbox, spec, &process, pumps, stop).await;
     record_exit(sandbox, &process.container_id, &status);
     status
+}
+
+/// Waits for the workload (stopping it when `stop` resolves) while the
+/// VM is watched: a dead one (stopped, hung, gone) is declared so, to be
+/// killed by the teardown that follows, and the workload reported killed
+/// ([`VM_KILLED_STATUS`]). The record says `stopping` afterwards.
+async fn wait_watched(
+    sandbox: &mut Sandbox,
+    spec: &RunSpec,
+    process: &GuestProcess,
+    pumps: crate::io::Pumps,
+    stop: impl Future<Output = i32> + Send,
+) -> Result<i32, Error> {
+    let watch = sandbox.watch(&spec.config);
+    let death = async {
+        match &watch {
+            Some(watch) => watch.dead().await,
+            None => std::future::pending().await,
+        }
+    };
+    let status = tokio::select! {
+        status = process.wait_or_stop(stop) => Ok(status),
+        why = death => Err(why),
+    };
+    sandbox.update_record(|r| r.status = SandboxStatus::Stopping);
+    match status {
+        Ok(status) => {
+            pumps.finish().await;
+            status
+        }
+        Err(why) => {
+            sandbox.declare_dead(why);
+            pumps.abort();
+            Ok(VM_KILLED_STATUS)
+        }
+    }
 }
 
 async fn create_and_start(sandbox: &mut Sandbox, spec: &RunSpec) -> Result<GuestProcess, Error> {
@@ -157,31 +192,7 @@ pub async fn run_detached(
         }
     };
     ready(Ok(&sandbox));
-    // The VM is watched meanwhile: a dead one (stopped, hung, gone) is
-    // killed, and the workload reported killed with it.
-    let death = async {
-        match sandbox.watch(&spec.config) {
-            Some(watch) => watch.dead().await,
-            None => std::future::pending().await,
-        }
-    };
-    let status = tokio::select! {
-        status = process.wait_or_stop(stop) => Ok(status),
-        why = death => Err(why),
-    };
-    let status = match status {
-        Ok(status) => {
-            sandbox.update_record(|r| r.status = SandboxStatus::Stopping);
-            pumps.finish().await;
-            status
-        }
-        Err(why) => {
-            sandbox.declare_dead(why);
-            sandbox.update_record(|r| r.status = SandboxStatus::Stopping);
-            pumps.abort();
-            Ok(VM_KILLED_STATUS)
-        }
-    };
+    let status = wait_watched(&mut sandbox, &spec, &process, pumps, stop).await;
     record_exit(&mut sandbox, &cid, &status);
     let stopped = sandbox.stop().await;
     let status = status?;
