@@ -259,3 +259,36 @@ fn shim_killed_early_in_create_leaves_nothing() {
     assert_eq!(text(&out.stdout).trim(), "ok", "{out:?}");
     s.assert_all_gone();
 }
+
+/// A VM whose agent does not answer (its vsock backend frozen with
+/// SIGSTOP) fails the shim's health checks: the shim declares it dead,
+/// kills it and reports the task exited; deleting it leaves nothing.
+#[test]
+fn unanswering_agent_is_declared_dead_by_the_shim() {
+    let s = Setup::new();
+    let config = std::fs::read_to_string(&s.env.config).unwrap();
+    std::fs::write(
+        &s.env.config,
+        format!("{config}\n[agent.capsa]\nhealth_check_interval = 1\n"),
+    )
+    .unwrap();
+    let out = s.run(&["-d"], "mute", &["sleep", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let (qemu, status) = task(&s, "mute").expect("task listed");
+    assert_eq!(status, "RUNNING");
+    let dir = s.env.state_dir.join("mute").display().to_string();
+    let helpers: Vec<i32> = processes_naming(&dir)
+        .iter()
+        .filter(|p| p.contains("vhost-device-vsock"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(helpers.len(), 1, "one vsock helper expected: {helpers:?}");
+    kill(Pid::from_raw(helpers[0]), Signal::SIGSTOP).unwrap();
+
+    wait_stopped(&s, "mute");
+    assert!(gone(qemu), "QEMU {qemu} still there");
+    let out = s.ctrd.ctr(&["task", "delete", "mute"]);
+    assert!(out.status.success(), "{out:?}");
+    s.ctrd.ctr_ok(&["containers", "delete", "mute"]);
+    s.assert_all_gone();
+}
