@@ -201,23 +201,22 @@ impl Found {
         }
     }
 
-    /// SIGKILL to the owner: the VM's processes get SIGKILL as it dies
-    /// (parent-death signal); the hypervisor is also killed by its pid,
-    /// if it is the VM's QEMU. Waits (bounded) for both to be gone.
+    /// SIGKILL to the VM's processes (QEMU and its helpers: the processes
+    /// whose command line names the state directory), then to the owner;
+    /// waits (bounded) for all of them to be gone. The VM's processes are
+    /// killed first: children of the live owner, their pids cannot be
+    /// reused meanwhile.
     async fn kill_owner(&self, owner: i32) -> Result<(), Error> {
-        signal_owner(owner, nix::sys::signal::Signal::SIGKILL, &self.record)?;
-        let hypervisor = self.record.hypervisor_pid.filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let path = self.dir.path().as_os_str().as_encoded_bytes();
-            cmdline.windows(path.len()).any(|w| w == path)
-        });
-        if let Some(pid) = hypervisor {
+        let vm = processes_naming(self.dir.path());
+        for &pid in &vm {
+            tracing::debug!(sandbox = %self.record.id, pid, "SIGKILL to a VM process");
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        for pid in std::iter::once(owner).chain(hypervisor.map(|p| p as i32)) {
+        signal_owner(owner, nix::sys::signal::Signal::SIGKILL, &self.record)?;
+        for pid in std::iter::once(owner).chain(vm) {
             if !wait_gone(pid, KILLED_WAIT).await {
                 return Err(Error::OwnerStuck {
                     id: self.record.id.clone(),
@@ -276,6 +275,23 @@ fn signal_owner(
             source: e,
         }),
     }
+}
+
+/// The processes whose command line names a path below `dir`.
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+        })
+        .collect()
 }
 
 /// Whether `pid` exists and is not a zombie.
