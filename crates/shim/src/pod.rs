@@ -69,7 +69,9 @@ impl Pod {
         events: Arc<Events>,
     ) -> Result<Arc<Self>, Error> {
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, "VM size");
-        let sandbox = Sandbox::start_named(config, id, size).await?;
+        let mut sandbox = Sandbox::start_named(config, id, size).await?;
+        // `capsa exec`, `exec --vm` and `agent-ctl` work on running pods.
+        sandbox.update_record(|r| r.status = capsa_runtime::record::SandboxStatus::Running);
         let console = sandbox.record().console_log.clone();
         let pod = Arc::new(Self {
             id: id.into(),

@@ -84,7 +84,7 @@ async fn detach(config: &capsa_config::Config, args: &RunArgs) -> anyhow::Result
                 .context("wait for the sandbox's owner")?;
             match result {
                 Some(line) if line == READY => {
-                    println!("{id}");
+                    crate::output::line(&id)?;
                     Ok(0)
                 }
                 Some(line) => {
