@@ -152,3 +152,19 @@ fn guest_made_devices_and_setid_files_are_inert_on_the_host() {
     assert_inert(&env.rootfs);
     assert_inert(&vol);
 }
+
+#[test]
+fn a_volume_is_shared_read_write_or_read_only() {
+    let env = TestEnv::new();
+    let vol = env.dir.path().join("data");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("in"), "from the host\n").unwrap();
+    let rw = format!("{}:/rw", vol.display());
+    let ro = format!("{}:/ro:ro", vol.display());
+    let script = "cat /ro/in; echo back > /rw/out; echo no > /ro/no || echo ro refused";
+    let out = run(&env, &["-v", &rw, "-v", &ro], &["sh", "-c", script]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "from the host\nro refused\n", "{out:?}");
+    assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "back\n");
+    assert!(!vol.join("no").exists());
+}

@@ -46,9 +46,9 @@ struct ModeCall {
     node: bool,
 }
 
-const fn call(nr: libc::c_long, mode: u8, flags: Option<u8>, node: bool) -> ModeCall {
+const fn call(nr: i64, mode: u8, flags: Option<u8>, node: bool) -> ModeCall {
     ModeCall {
-        nr: nr as i64,
+        nr,
         mode,
         flags,
         node,
@@ -56,7 +56,7 @@ const fn call(nr: libc::c_long, mode: u8, flags: Option<u8>, node: bool) -> Mode
 }
 
 /// `fchmodat2(2)` (Linux 6.6): its number is the same on every architecture.
-const SYS_FCHMODAT2: libc::c_long = 452;
+const SYS_FCHMODAT2: i64 = 452;
 
 fn mode_calls() -> Vec<ModeCall> {
     let mut calls = vec![
@@ -138,7 +138,7 @@ pub fn filters() -> Result<Vec<BpfProgram>, Error> {
     for c in mode_calls() {
         refused.insert(c.nr, rules(&c)?);
     }
-    let openat2 = BTreeMap::from([(libc::SYS_openat2 as i64, Vec::new())]);
+    let openat2 = BTreeMap::from([(libc::SYS_openat2, Vec::new())]);
     Ok(vec![
         compile(refused, libc::EPERM)?,
         compile(openat2, libc::ENOSYS)?,

@@ -25,7 +25,7 @@ pub enum Error {
         mount: String,
         path: PathBuf,
         #[source]
-        source: crate::mount::SourceError,
+        source: Box<crate::mount::SourceError>,
     },
     #[error("process of container {container} did not exit {seconds} s after SIGKILL")]
     NoExit { container: String, seconds: u64 },

@@ -32,7 +32,7 @@ pub fn open(source: &Path, mount: &str) -> Result<Source, Error> {
     Source::open(source).map_err(|e| Error::BindSource {
         mount: mount.into(),
         path: source.into(),
-        source: e,
+        source: Box::new(e),
     })
 }
 
