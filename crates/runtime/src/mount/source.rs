@@ -235,6 +235,7 @@ mod tests {
     fn host_system_paths_are_refused() {
         assert!(refused("/proc").contains("below /proc"));
         assert!(refused("/proc/self").contains("/proc/"));
+        assert!(refused("/../proc").contains("/../proc is /proc"));
         assert!(refused("/sys/class/net").contains("below /sys"));
         assert!(refused("/dev").contains("below /dev"));
         assert!(refused("/").contains("mounted below it"));
