@@ -46,6 +46,7 @@ fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
         config,
         rootfs: args.rootfs,
         process: args.process.spec(args.command),
+        volumes: args.volumes,
         interactive: args.process.interactive,
         size: VmSize {
             vcpus: args.vcpus,
