@@ -1,29 +1,44 @@
-//! Any AgentService method, called with a JSON request and answered in
-//! JSON (`capsa agent-ctl`). The method's request and reply types come
-//! from the protocol's descriptors, so every method of `agent.proto` works
-//! without code of its own.
+//! Any method of the agent's services (`grpc.AgentService` and
+//! `grpc.Health`), called with a JSON request and answered in JSON
+//! (`capsa agent-ctl`). The method's request and reply types come from the
+//! protocol's descriptors, so every method of `agent.proto` and
+//! `health.proto` works without code of its own.
 
 use std::time::Duration;
 
-use capsa_protocols::agent;
-use protobuf::reflect::MethodDescriptor;
+use capsa_protocols::{agent, health};
+use protobuf::reflect::{MethodDescriptor, ServiceDescriptor};
 
 use crate::{AgentClient, Error};
 
-const SERVICE: &str = "AgentService";
+/// The package of both services.
+const PACKAGE: &str = "grpc";
 
-/// The AgentService methods of the protocol, by wire name.
+/// The methods of the agent's services, by wire name (`Check` and
+/// `Version` are the health service's; no name is in both).
 pub fn methods() -> Vec<String> {
     service_methods()
-        .map(|m| m.proto().name().to_string())
+        .map(|(_, m)| m.proto().name().to_string())
         .collect()
 }
 
-fn service_methods() -> impl Iterator<Item = MethodDescriptor> {
-    agent::file_descriptor()
-        .services()
-        .filter(|s| s.proto().name() == SERVICE)
-        .flat_map(|s| s.methods().collect::<Vec<_>>())
+fn service_methods() -> impl Iterator<Item = (ServiceDescriptor, MethodDescriptor)> {
+    [agent::file_descriptor(), health::file_descriptor()]
+        .into_iter()
+        .flat_map(|f| f.services().collect::<Vec<_>>())
+        .flat_map(|s| s.methods().map(|m| (s.clone(), m)).collect::<Vec<_>>())
+}
+
+/// Finds `name`: a method's name, optionally after its service
+/// (`Health/Check`, `grpc.Health/Check`, `grpc.Health.Check`).
+fn find_method(name: &str) -> Option<(ServiceDescriptor, MethodDescriptor)> {
+    let (service, method) = match name.rsplit_once(['/', '.']) {
+        Some((s, m)) => (Some(s.strip_prefix("grpc.").unwrap_or(s)), m),
+        None => (None, name),
+    };
+    service_methods().find(|(s, m)| {
+        m.proto().name() == method && service.is_none_or(|want| s.proto().name() == want)
+    })
 }
 
 impl AgentClient {
@@ -36,9 +51,9 @@ impl AgentClient {
         request: &str,
         timeout: Duration,
     ) -> Result<String, Error> {
-        let descriptor = service_methods()
-            .find(|m| m.proto().name() == method)
-            .ok_or_else(|| Error::UnknownMethod(method.to_string()))?;
+        let (service, descriptor) =
+            find_method(method).ok_or_else(|| Error::UnknownMethod(method.to_string()))?;
+        let method = descriptor.proto().name();
         let mut req = descriptor.input_type().new_instance();
         protobuf_json_mapping::merge_from_str(&mut *req, request).map_err(|e| {
             Error::BadRequest {
@@ -51,7 +66,7 @@ impl AgentClient {
             reason: e.to_string(),
         })?;
         let mut call = ttrpc::Request::new();
-        call.service = format!("grpc.{SERVICE}");
+        call.service = format!("{PACKAGE}.{}", service.proto().name());
         call.method = method.to_string();
         call.timeout_nano = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
         call.payload = payload;
@@ -91,10 +106,27 @@ mod tests {
     }
 
     #[test]
+    fn health_methods_are_found_by_name_or_service() {
+        for name in [
+            "Check",
+            "Health/Check",
+            "grpc.Health/Check",
+            "grpc.Health.Check",
+        ] {
+            let (s, m) = find_method(name).unwrap_or_else(|| panic!("{name} not found"));
+            assert_eq!(s.proto().name(), "Health", "{name}");
+            assert_eq!(m.proto().name(), "Check", "{name}");
+        }
+        let (s, _) = find_method("grpc.AgentService/ExecProcess").unwrap();
+        assert_eq!(s.proto().name(), "AgentService");
+        assert!(find_method("AgentService/Check").is_none());
+        assert!(find_method("Nope").is_none());
+        assert!(methods().iter().any(|m| m == "Version"));
+    }
+
+    #[test]
     fn json_requests_map_to_messages() {
-        let d = service_methods()
-            .find(|m| m.proto().name() == "SignalProcess")
-            .unwrap();
+        let (_, d) = find_method("SignalProcess").unwrap();
         let mut req = d.input_type().new_instance();
         protobuf_json_mapping::merge_from_str(&mut *req, r#"{"container_id": "c1", "signal": 9}"#)
             .unwrap();

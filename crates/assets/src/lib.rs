@@ -71,16 +71,27 @@ pub fn build(spec: &AssetsSpec) -> Result<Manifest, Error> {
 /// [`build`], with the shell of Debian package `shell_package` (none:
 /// no shell, no debug console).
 pub fn build_with_shell(spec: &AssetsSpec, shell_package: Option<&str>) -> Result<Manifest, Error> {
+    build_with_cache(spec, shell_package, None)
+}
+
+/// [`build_with_shell`], with downloaded packages kept in `cache` instead
+/// of `<out_dir>/cache` (several output directories share one cache).
+pub fn build_with_cache(
+    spec: &AssetsSpec,
+    shell_package: Option<&str>,
+    cache: Option<&Path>,
+) -> Result<Manifest, Error> {
     std::fs::create_dir_all(&spec.out_dir).map_err(|e| Error::io(&spec.out_dir, e))?;
     let out_dir = spec
         .out_dir
         .canonicalize()
         .map_err(|e| Error::io(&spec.out_dir, e))?;
     let _lock = files::lock_dir(&out_dir)?;
+    let cache = cache.map_or_else(|| out_dir.join("cache"), Path::to_path_buf);
 
     let agent = std::fs::read(&spec.agent_binary).map_err(|e| Error::io(&spec.agent_binary, e))?;
     let kernel = match &spec.kernel {
-        KernelSource::DebianPackage { name } => kernel::from_package(name, &out_dir.join("cache"))?,
+        KernelSource::DebianPackage { name } => kernel::from_package(name, &cache)?,
         KernelSource::Path {
             kernel,
             modules_dir,
@@ -88,7 +99,7 @@ pub fn build_with_shell(spec: &AssetsSpec, shell_package: Option<&str>) -> Resul
     };
     let kernel_bytes = std::fs::read(&kernel.image).map_err(|e| Error::io(&kernel.image, e))?;
     let shell = shell_package
-        .map(|name| shell::from_package(name, &out_dir.join("cache")))
+        .map(|name| shell::from_package(name, &cache))
         .transpose()?;
     let inputs = Inputs {
         format: manifest::FORMAT,

@@ -95,6 +95,11 @@ pub struct RunArgs {
     pub rootfs: PathBuf,
     #[command(flatten)]
     pub process: ProcessArgs,
+    /// Bind-mount a host path into the container (read-write unless `:ro`).
+    /// Host system paths (/proc, /sys, /dev and kernel filesystems) are
+    /// refused, however they are reached.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro|:rw]")]
+    pub volumes: Vec<capsa_runtime::Volume>,
     /// Leave the sandbox running in the background and print its id.
     #[arg(short, long, conflicts_with = "interactive")]
     pub detach: bool,

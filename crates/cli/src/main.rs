@@ -3,6 +3,7 @@
 
 mod args;
 mod cmd;
+mod output;
 mod terminal;
 
 use std::process::ExitCode;
@@ -23,10 +24,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(cmd::dispatch(cli));
+    output::logs_off();
     // A blocking read of stdin must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("capsa: error: {e:#}");
             ExitCode::from(EXIT_RUNTIME_ERROR)
@@ -46,7 +49,7 @@ fn init_logging(cli: &args::Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::log_writer)
         .with_target(false)
         .init();
 }

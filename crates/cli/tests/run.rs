@@ -317,9 +317,14 @@ fn the_guest_terminal_follows_the_local_size() {
     let pty = nix::pty::openpty(None, None).expect("openpty");
     set_size(&pty.master, 30, 100);
     let mut c = capsa(&env, &["run", "-t", "--rootfs"]);
-    // The workload prints its size, waits for the resize, prints it again.
+    // The workload prints its size, waits until it changes, prints it again.
     c.arg(&env.rootfs)
-        .args(["--", "sh", "-c", "stty size; sleep 3; stty size"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "s=$(stty size); echo $s; while [ \"$(stty size)\" = \"$s\" ]; do sleep 0.1; done; stty size",
+        ])
         .stdin(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
         .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
         .stderr(std::process::Stdio::from(pty.slave));

@@ -488,3 +488,53 @@ fn rm_force_kills_a_hung_owner_and_its_vm() {
     }
     assert_all_gone(&env);
 }
+
+/// On success, `exec`, `agent-ctl`, `kill` and `rm` print only what they
+/// are asked for (the workload's output, the reply, the removed id) and no
+/// log line; a reader that goes away early ends a command quietly.
+#[test]
+fn commands_are_exact_and_quiet() {
+    let env = TestEnv::new();
+    let sb = Detached::start(&env, "quiet", &["sleep", "1000"]);
+    let quiet = |out: &Output, stdout: &str| {
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(text(&out.stdout), stdout, "{out:?}");
+        assert_eq!(text(&out.stderr), "", "{out:?}");
+    };
+
+    quiet(&capsa(&env, &["exec", "quiet", "--", "echo", "hi"]), "hi\n");
+    let out = capsa(&env, &["agent-ctl", "quiet", "Check", "{}"]);
+    quiet(&out, "{\"status\": \"SERVING\"}\n");
+    let out = capsa(&env, &["agent-ctl", "quiet", "grpc.Health/Version", "{}"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON reply");
+    assert!(v.get("agentVersion").is_some(), "{v:#}");
+
+    // stdout closed before capsa writes: EPIPE, not a panic.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(["inspect", "quiet"])
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped());
+    let out = cmd.output().expect("run capsa inspect");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stderr), "", "{out:?}");
+    // And as a shell pipeline.
+    let line = format!(
+        "set -o pipefail; {} --config {} inspect quiet | head -c1",
+        env!("CARGO_BIN_EXE_capsa"),
+        env.config.display()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &line]);
+    let out = run_bounded(cmd, None, LIMIT);
+    quiet(&out, "{");
+
+    quiet(&capsa(&env, &["kill", "quiet", "--signal", "KILL"]), "");
+    sb.wait_state("stopped");
+    quiet(&capsa(&env, &["rm", "quiet"]), "quiet\n");
+    assert_all_gone(&env);
+}

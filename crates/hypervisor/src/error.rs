@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("QEMU exited at start ({status}): {stderr}")]
     QemuExited { status: String, stderr: String },
+    #[error("build virtiofsd's seccomp filter: {0}")]
+    Seccomp(String),
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("{0}")]

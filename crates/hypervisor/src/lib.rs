@@ -11,6 +11,7 @@ pub mod accel;
 pub mod error;
 mod process;
 pub mod qemu;
+pub mod virtiofsd;
 
 pub use accel::{Accelerator, AcceleratorChoice, HostVirt};
 pub use error::Error;

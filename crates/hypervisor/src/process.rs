@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use seccompiler::BpfProgram;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -26,6 +27,18 @@ impl Helper {
     /// Starts `program` with `args`, stdout and stderr to `log`. The child
     /// gets SIGKILL if capsa dies, so it never outlives its VM's owner.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self, Error> {
+        Self::spawn_filtered(name, program, args, log, Vec::new())
+    }
+
+    /// [`Helper::spawn`], with the seccomp `filters` installed in the child
+    /// before it execs `program` (they stay for its whole life).
+    pub fn spawn_filtered(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+        filters: Vec<BpfProgram>,
+    ) -> Result<Self, Error> {
         let out = std::fs::File::create(&log).map_err(|source| Error::LogFile {
             path: log.clone(),
             source,
@@ -48,7 +61,9 @@ impl Helper {
         // `spawn_blocking` thread does not).
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the child between fork and exec and
-        // only calls prctl(2) and getppid(2), which are async-signal-safe.
+        // only calls prctl(2), getppid(2) and seccomp(2) (the programs were
+        // built before the fork; installing one does not allocate), which
+        // are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -57,6 +72,10 @@ impl Helper {
                 // The parent may have died before prctl: then no signal comes.
                 if libc::getppid() != parent {
                     return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+                }
+                for program in &filters {
+                    seccompiler::apply_filter(program)
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::PermissionDenied))?;
                 }
                 Ok(())
             });

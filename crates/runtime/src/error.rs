@@ -18,6 +18,15 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    /// A bind mount's source was refused or could not be opened; `mount`
+    /// names the mount (its destination in the container).
+    #[error("mount {mount} (source {path})")]
+    BindSource {
+        mount: String,
+        path: PathBuf,
+        #[source]
+        source: Box<crate::mount::SourceError>,
+    },
     #[error("process of container {container} did not exit {seconds} s after SIGKILL")]
     NoExit { container: String, seconds: u64 },
     #[error("sandbox {id:?} is {state}, not running")]

@@ -22,5 +22,5 @@ pub use error::{chain as error_chain, Error};
 pub use io::{GuestProcess, Stdio};
 pub use run::{run, run_detached, RunSpec};
 pub use sandbox::Sandbox;
-pub use spec::ProcessSpec;
+pub use spec::{ProcessSpec, Volume};
 pub use vm::VmSize;

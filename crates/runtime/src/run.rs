@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use capsa_config::Config;
 
 use crate::io::{GuestProcess, Stdio};
+use crate::mount;
 use crate::record::SandboxStatus;
-use crate::spec::ProcessSpec;
+use crate::spec::{self, ProcessSpec, Volume};
 use crate::state::StateDir;
 use crate::vm::VmSize;
 use crate::{Error, Sandbox};
@@ -25,6 +26,8 @@ pub struct RunSpec {
     pub config: Config,
     pub rootfs: PathBuf,
     pub process: ProcessSpec,
+    /// Host paths bind-mounted into the container (`-v`).
+    pub volumes: Vec<Volume>,
     /// Forward the caller's stdin to the workload (`-i`).
     pub interactive: bool,
     pub size: VmSize,
@@ -41,9 +44,7 @@ pub async fn run(
     stdio: Stdio,
     stop: impl Future<Output = i32> + Send,
 ) -> Result<i32, Error> {
-    if !spec.rootfs.is_dir() {
-        return Err(Error::Rootfs(spec.rootfs.clone()));
-    }
+    check_sources(&spec)?;
     tokio::pin!(stop);
     let id = name.map_or_else(crate::vm::new_id, String::from);
     let started = Sandbox::start_named(&spec.config, &id, spec.size);
@@ -118,11 +119,33 @@ async fn wait_watched(
     }
 }
 
+/// Fails early, before a VM boots, on a rootfs that is not a directory or
+/// a source that will not be shared (a host system path). The sources are
+/// checked again, race-free, when they are shared.
+fn check_sources(spec: &RunSpec) -> Result<(), Error> {
+    if !spec.rootfs.is_dir() {
+        return Err(Error::Rootfs(spec.rootfs.clone()));
+    }
+    let sources = std::iter::once((&spec.rootfs, "/")).chain(
+        spec.volumes
+            .iter()
+            .map(|v| (&v.source, v.destination.as_str())),
+    );
+    for (path, mount) in sources {
+        mount::open(path, mount)?;
+    }
+    Ok(())
+}
+
 async fn create_and_start(sandbox: &mut Sandbox, spec: &RunSpec) -> Result<GuestProcess, Error> {
     let cid = sandbox.id().to_string();
-    sandbox
-        .create_container(&cid, &spec.rootfs, &spec.process)
-        .await?;
+    let guest_root = sandbox.share_rootfs(&cid, &spec.rootfs)?;
+    let mut oci = spec::build(&spec.process, &guest_root, &sandbox.hostname())?;
+    for (n, volume) in spec.volumes.iter().enumerate() {
+        let guest_source = sandbox.share_volume(&cid, n, volume)?;
+        spec::add_volume(&mut oci, volume, &guest_source)?;
+    }
+    sandbox.create_container_spec(&cid, &oci).await?;
     let agent = sandbox.agent().clone();
     agent.start_container(&cid).await?;
     sandbox.update_record(|r| r.status = SandboxStatus::Running);
@@ -201,9 +224,9 @@ pub async fn run_detached(
 }
 
 async fn prepare_detached(spec: &RunSpec, dir: StateDir) -> Result<Sandbox, Error> {
-    if !spec.rootfs.is_dir() {
+    if let Err(e) = check_sources(spec) {
         let _ = dir.remove();
-        return Err(Error::Rootfs(spec.rootfs.clone()));
+        return Err(e);
     }
     Sandbox::start_in(&spec.config, dir, spec.size).await
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::health::{self, Death};
 use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
-use crate::spec::{self, ProcessSpec};
+use crate::spec::{self, ProcessSpec, Volume};
 use crate::state::{self, StateDir};
 use crate::vm::{self, VmSize};
 use crate::{console, mount, Error};
@@ -246,10 +246,31 @@ impl Sandbox {
         }
         let host_root = self.dir.mounts_dir().join(container_id).join("rootfs");
         std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
-        mount::bind(rootfs, &host_root, false)?;
+        mount::bind(rootfs, &host_root, false, "/")?;
         self.shared_roots
             .insert(container_id.to_string(), rootfs.to_path_buf());
         Ok(capsa_protocols::guest_rootfs_path(container_id))
+    }
+
+    /// Shares `volume`'s source at `<shared>/<container-id>/mounts/<n>`
+    /// (checked: host system paths are refused); returns the path the guest
+    /// sees it at.
+    pub fn share_volume(
+        &mut self,
+        container_id: &str,
+        n: usize,
+        volume: &Volume,
+    ) -> Result<String, Error> {
+        let (share, guest_root) = self.container_share(container_id);
+        let mounts = Path::new("mounts").join(n.to_string());
+        mount::share(
+            &volume.source,
+            &share.join(&mounts),
+            volume.readonly,
+            &volume.destination,
+        )?;
+        let guest_share = Path::new(&guest_root).parent().unwrap_or(Path::new("/"));
+        Ok(guest_share.join(mounts).display().to_string())
     }
 
     /// The host directory shared with the guest for container

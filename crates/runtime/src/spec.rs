@@ -1,6 +1,11 @@
 //! The OCI runtime spec of a container started by `capsa run`.
 
-use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, UserBuilder};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    LinuxNamespaceType, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
 
 use crate::Error;
 
@@ -17,6 +22,71 @@ pub struct ProcessSpec {
     pub terminal: bool,
     /// Rows and columns of the terminal, with `terminal`.
     pub console_size: Option<(u16, u16)>,
+}
+
+/// A host directory or file bind-mounted into the container
+/// (`capsa run -v SRC:DST[:ro|:rw]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The host path, as given (resolved and checked when shared).
+    pub source: PathBuf,
+    /// The absolute path in the container.
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// A `-v` argument that is not `SRC:DST[:ro|:rw]`.
+#[derive(Debug, thiserror::Error)]
+#[error("volume {arg:?}: {reason} (expected SRC:DST[:ro|:rw], DST absolute)")]
+pub struct BadVolume {
+    arg: String,
+    reason: &'static str,
+}
+
+impl FromStr for Volume {
+    type Err = BadVolume;
+
+    fn from_str(arg: &str) -> Result<Self, BadVolume> {
+        let bad = |reason| BadVolume {
+            arg: arg.into(),
+            reason,
+        };
+        let parts: Vec<&str> = arg.split(':').collect();
+        let (source, destination, readonly) = match parts[..] {
+            [s, d] => (s, d, false),
+            [s, d, "ro"] => (s, d, true),
+            [s, d, "rw"] => (s, d, false),
+            [_, _, _] => return Err(bad("the mode is neither ro nor rw")),
+            _ => return Err(bad("not two or three ':'-separated fields")),
+        };
+        if source.is_empty() {
+            return Err(bad("empty source"));
+        }
+        if !destination.starts_with('/') {
+            return Err(bad("destination is not absolute"));
+        }
+        Ok(Self {
+            source: source.into(),
+            destination: destination.into(),
+            readonly,
+        })
+    }
+}
+
+/// Adds `volume` to the spec's mounts, a bind of `guest_source` (where the
+/// guest sees the shared source).
+pub fn add_volume(spec: &mut Spec, volume: &Volume, guest_source: &str) -> Result<(), Error> {
+    let mode = if volume.readonly { "ro" } else { "rw" };
+    let mount = MountBuilder::default()
+        .destination(&volume.destination)
+        .typ("bind")
+        .source(guest_source)
+        .options(vec!["rbind".to_string(), mode.to_string()])
+        .build()?;
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(mount);
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -95,6 +165,34 @@ mod tests {
             terminal: true,
             console_size: Some((30, 100)),
         }
+    }
+
+    #[test]
+    fn volumes_parse() {
+        let v: Volume = "/a/b:/x:ro".parse().unwrap();
+        assert_eq!(v.source, PathBuf::from("/a/b"));
+        assert_eq!(v.destination, "/x");
+        assert!(v.readonly);
+        assert!(!"/a:/x".parse::<Volume>().unwrap().readonly);
+        assert!(!"/a:/x:rw".parse::<Volume>().unwrap().readonly);
+        for bad in ["/a", "/a:x", ":/x", "/a:/x:rx", "/a:/x:ro:z"] {
+            let e = bad.parse::<Volume>().unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_volume_is_a_bind_mount_of_the_guest_source() {
+        let mut spec = build(&ProcessSpec::default(), "/r", "h").unwrap();
+        let v: Volume = "/host:/data:ro".parse().unwrap();
+        add_volume(&mut spec, &v, "/run/s/c/mounts/0").unwrap();
+        let m = spec.mounts().as_ref().unwrap().last().unwrap().clone();
+        assert_eq!(m.destination().to_str(), Some("/data"));
+        assert_eq!(
+            m.source().as_ref().unwrap().to_str(),
+            Some("/run/s/c/mounts/0")
+        );
+        assert_eq!(m.options().as_ref().unwrap(), &["rbind", "ro"]);
     }
 
     #[test]

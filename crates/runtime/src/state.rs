@@ -382,7 +382,7 @@ mod tests {
         let dir = StateDir::create(root.path(), "sb2").unwrap();
         let target = dir.mounts_dir().join("c1");
         std::fs::create_dir(&target).unwrap();
-        mount::bind(data.path(), &target, true).unwrap();
+        mount::bind(data.path(), &target, true, "/data").unwrap();
         assert!(target.join("keep").exists());
         assert!(
             std::fs::write(target.join("new"), "y").is_err(),
@@ -445,7 +445,7 @@ mod tests {
         let dir = StateDir::create(root.path(), "sb3").unwrap();
         let target = dir.mounts_dir().join("vol");
         std::fs::create_dir(&target).unwrap();
-        mount::bind(data.path(), &target, true).unwrap();
+        mount::bind(data.path(), &target, true, "/data").unwrap();
         let host_side = std::fs::write(target.join("a"), "x");
         let guest_side = std::fs::write(dir.shared_dir().join("vol/b"), "x");
         dir.remove().unwrap();

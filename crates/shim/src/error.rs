@@ -74,7 +74,11 @@ impl Error {
                 ttrpc::Code::FAILED_PRECONDITION
             }
             Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
-            Error::Invalid { .. } | Error::Spec { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            Error::Invalid { .. }
+            | Error::Spec { .. }
+            | Error::Runtime(capsa_runtime::Error::BindSource { .. }) => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
             // The agent client's ttrpc is another release: same codes.
             Error::Agent(e) => e
                 .code()

@@ -70,7 +70,9 @@ impl Pod {
         events: Arc<Events>,
     ) -> Result<Arc<Self>, Error> {
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, "VM size");
-        let sandbox = Sandbox::start_named(config, id, size).await?;
+        let mut sandbox = Sandbox::start_named(config, id, size).await?;
+        // `capsa exec`, `exec --vm` and `agent-ctl` work on running pods.
+        sandbox.update_record(|r| r.status = capsa_runtime::record::SandboxStatus::Running);
         let console = sandbox.record().console_log.clone();
         let watch = sandbox.watch(config);
         let pod = Arc::new(Self {
@@ -409,10 +411,15 @@ async fn share_container(
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
         let source = Path::new(bundle).join(root);
-        capsa_runtime::mount::bind(&source, &host_root, false)?;
+        capsa_runtime::mount::bind(&source, &host_root, false, "/")?;
     } else {
         for m in rootfs {
-            containerd_shim::asynchronous::util::mount_rootfs(m, &host_root)
+            // Host side of the share: what the guest makes there is never
+            // a device or a set-id program for the host.
+            let mut m = m.clone();
+            m.options
+                .extend(["nosuid".to_string(), "nodev".to_string()]);
+            containerd_shim::asynchronous::util::mount_rootfs(&m, &host_root)
                 .await
                 .map_err(|source| Error::Rootfs {
                     id: id.into(),
@@ -450,14 +457,36 @@ fn default_path(spec: &mut Spec) {
     }
 }
 
+/// Whether `m` is a bind mount (a host path), not a mount the guest makes.
+fn is_bind(m: &Mount) -> bool {
+    let options = m.options().as_deref().unwrap_or_default();
+    m.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
+/// Refuses, before a VM boots for it, a spec whose bind mounts would share
+/// a host system path (each source is checked again, race-free, when it
+/// is shared). containerd's binds (`/etc/hosts`, `resolv.conf`, the
+/// sandbox's `/dev/shm`) and guest mounts (`proc`, `sysfs`, `tmpfs`, ...)
+/// pass.
+pub fn check_bind_sources(spec: &Spec) -> Result<(), Error> {
+    let mounts = spec.mounts().as_deref().unwrap_or_default();
+    let binds = mounts
+        .iter()
+        .filter(|m| is_bind(m) && m.destination() != Path::new("/dev/shm"));
+    for m in binds {
+        if let Some(source) = m.source() {
+            capsa_runtime::mount::open(source, &m.destination().display().to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// A bind mount's host source is bind-mounted into the share (read-only
 /// if the mount is) and the spec's source becomes the guest's path;
 /// `/dev/shm` becomes a tmpfs of the guest; other mounts are kept.
 fn share_mount(m: Mount, n: usize, share: &Path, guest_share: &Path) -> Result<Mount, Error> {
     let options = m.options().clone().unwrap_or_default();
-    let is_bind =
-        m.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
-    if !is_bind {
+    if !is_bind(&m) {
         return Ok(m);
     }
     if m.destination() == Path::new("/dev/shm") {
@@ -482,18 +511,8 @@ fn share_mount(m: Mount, n: usize, share: &Path, guest_share: &Path) -> Result<M
     };
     let readonly = options.iter().any(|o| o == "ro");
     let target = share.join("mounts").join(n.to_string());
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| Error::Io { path, source }
-    };
-    if source.is_dir() {
-        std::fs::create_dir_all(&target).map_err(io(&target))?;
-    } else {
-        let parent = target.parent().unwrap_or(share);
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        std::fs::write(&target, b"").map_err(io(&target))?;
-    }
-    capsa_runtime::mount::bind(&source, &target, readonly)?;
+    let destination = m.destination().display().to_string();
+    capsa_runtime::mount::share(&source, &target, readonly, &destination)?;
     let mut shared = m;
     shared.set_source(Some(guest_share.join("mounts").join(n.to_string())));
     tracing::debug!(source = %source.display(), target = %target.display(), readonly, "shared a bind mount");

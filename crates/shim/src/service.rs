@@ -67,6 +67,7 @@ impl Service {
             bundle: req.bundle.clone(),
             source,
         })?;
+        crate::pod::check_bind_sources(&spec)?;
         let role = annotations::role(spec.annotations().as_ref());
         let pod_id = role.pod_id(&req.id).to_string();
         tracing::info!(container = %req.id, pod = %pod_id, ?role, "create");

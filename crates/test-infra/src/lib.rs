@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
+pub mod share_attack;
 
 pub use leaks::assert_no_leaks;
 

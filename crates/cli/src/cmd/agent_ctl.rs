@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use capsa_runtime::Found;
 
+use crate::output;
+
 /// Time allowed for one call (WaitProcess and GetOOMEvent may block long).
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -18,7 +20,7 @@ pub async fn agent_ctl(
 ) -> anyhow::Result<u8> {
     if list {
         for m in capsa_agent_client::methods() {
-            println!("{m}");
+            output::line(m)?;
         }
         return Ok(0);
     }
@@ -27,6 +29,6 @@ pub async fn agent_ctl(
     let found = Found::open(&config.runtime.state_dir, id)?;
     let agent = found.agent().await?;
     let reply = agent.call_json(method, request, CALL_TIMEOUT).await?;
-    println!("{reply}");
+    output::line(reply)?;
     Ok(0)
 }

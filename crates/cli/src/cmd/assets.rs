@@ -22,9 +22,6 @@ pub fn build(args: AssetsBuildArgs) -> anyhow::Result<u8> {
         modules: args.modules,
     };
     let manifest = capsa_assets::build(&spec).context("build guest assets")?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&manifest).context("print the manifest")?
-    );
+    crate::output::line(serde_json::to_string_pretty(&manifest).context("print the manifest")?)?;
     Ok(0)
 }

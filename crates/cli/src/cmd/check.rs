@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use crate::output;
+
 use capsa_hypervisor::accel;
 
 pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
@@ -11,20 +13,23 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
     let mut missing = 0;
     let yes_no = |b: bool| if b { "yes" } else { "no" };
 
-    println!("configuration   {source}");
+    output::line(format_args!("configuration   {source}"))?;
     match accel::resolve(q.accelerator.parse().unwrap_or_default(), &host) {
-        Ok((a, why)) => println!("accelerator     {a} ({why})"),
+        Ok((a, why)) => output::line(format_args!("accelerator     {a} ({why})"))?,
         Err(e) => {
             missing += 1;
-            println!("accelerator     MISSING: {e}");
+            output::line(format_args!("accelerator     MISSING: {e}"))?;
         }
     }
-    println!(
+    output::line(format_args!(
         "/dev/kvm        present: {}, usable: {}",
         yes_no(host.kvm_device),
         yes_no(host.kvm_usable)
-    );
-    println!("vmx/svm         {}", yes_no(host.hardware_virtualization));
+    ))?;
+    output::line(format_args!(
+        "vmx/svm         {}",
+        yes_no(host.hardware_virtualization)
+    ))?;
     let vsock = if host.vhost_vsock {
         "kernel vhost-vsock (/dev/vhost-vsock)".to_string()
     } else {
@@ -33,7 +38,7 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
             q.vhost_user_vsock_daemon.display()
         )
     };
-    println!("vsock           {vsock}");
+    output::line(format_args!("vsock           {vsock}"))?;
     let mut files = vec![
         ("qemu", q.path.as_path()),
         ("kernel", q.kernel.as_path()),
@@ -47,14 +52,16 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
     }
     for (what, path) in files {
         if path.is_file() {
-            println!("{what:<15} ok: {}", path.display());
+            output::line(format_args!("{what:<15} ok: {}", path.display()))?;
         } else {
             missing += 1;
-            println!("{what:<15} MISSING: {}", path.display());
+            output::line(format_args!("{what:<15} MISSING: {}", path.display()))?;
         }
     }
     if missing > 0 {
-        println!("{missing} missing: run `make install` (or fix the configuration)");
+        output::line(format_args!(
+            "{missing} missing: run `make install` (or fix the configuration)"
+        ))?;
         return Ok(1);
     }
     Ok(0)

@@ -4,12 +4,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use crate::output;
+
 pub fn show(explicit: Option<&Path>) -> anyhow::Result<u8> {
     let (config, source) = capsa_config::load(explicit)?;
-    println!("# source: {source}");
-    print!(
-        "{}",
-        toml::to_string(&config).context("print the configuration")?
-    );
+    output::line(format_args!("# source: {source}"))?;
+    output::text(toml::to_string(&config).context("print the configuration")?)?;
     Ok(0)
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::Context;
 use capsa_runtime::Found;
 
+use crate::output;
+
 pub async fn kill(config: Option<&Path>, id: &str, signal: i32) -> anyhow::Result<u8> {
     let (config, _) = capsa_config::load(config)?;
     let found = Found::open(&config.runtime.state_dir, id)?;
@@ -24,7 +26,7 @@ pub async fn rm(config: Option<&Path>, ids: &[String], force: bool) -> anyhow::R
             Err(e) => Err(e),
         };
         match removed {
-            Ok(()) => println!("{id}"),
+            Ok(()) => output::line(id)?,
             Err(e) => {
                 failed = true;
                 eprintln!("capsa: error: remove {id}: {:#}", anyhow::Error::from(e));

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use crate::output;
+
 use anyhow::Context;
 use capsa_runtime::record::human_age;
 use capsa_runtime::Found;
@@ -9,10 +11,10 @@ use capsa_runtime::Found;
 pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
     let (config, _) = capsa_config::load(config)?;
     let found = Found::all(&config.runtime.state_dir);
-    println!(
+    output::line(format_args!(
         "{:<20} {:<9} {:>8} {:>5}  COMMAND",
         "ID", "STATE", "PID", "AGE"
-    );
+    ))?;
     for f in found {
         let r = &f.record;
         let pid = r
@@ -24,14 +26,14 @@ pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
             .first()
             .map(|c| c.command.join(" "))
             .unwrap_or_default();
-        println!(
+        output::line(format_args!(
             "{:<20} {:<9} {:>8} {:>5}  {}",
             r.id,
             f.liveness.to_string(),
             pid,
             human_age(r.age()),
             command
-        );
+        ))?;
     }
     Ok(0)
 }
@@ -48,9 +50,9 @@ pub fn inspect(config: Option<&Path>, id: &str) -> anyhow::Result<u8> {
             found.dir.path().display().to_string().into(),
         );
     }
-    println!(
+    output::line(format_args!(
         "{}",
         serde_json::to_string_pretty(&value).context("encode the record")?
-    );
+    ))?;
     Ok(0)
 }

@@ -46,6 +46,7 @@ fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
         config,
         rootfs: args.rootfs,
         process: args.process.spec(args.command),
+        volumes: args.volumes,
         interactive: args.process.interactive,
         size: VmSize {
             vcpus: args.vcpus,
@@ -84,7 +85,7 @@ async fn detach(config: &capsa_config::Config, args: &RunArgs) -> anyhow::Result
                 .context("wait for the sandbox's owner")?;
             match result {
                 Some(line) if line == READY => {
-                    println!("{id}");
+                    crate::output::line(&id)?;
                     Ok(0)
                 }
                 Some(line) => {

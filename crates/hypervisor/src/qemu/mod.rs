@@ -118,9 +118,12 @@ impl QemuVm {
                     format!("--socket-path={}", sock.display()),
                     format!("--shared-dir={}", fs.shared_dir.display()),
                     format!("--cache={}", fs.cache),
+                    crate::virtiofsd::MODCAPS.to_string(),
                 ];
                 args.extend(fs.extra_args.iter().cloned());
-                let mut helper = Helper::spawn("virtiofsd", &fs.daemon, &args, log)?;
+                let filters = crate::virtiofsd::filters()?;
+                let mut helper =
+                    Helper::spawn_filtered("virtiofsd", &fs.daemon, &args, log, filters)?;
                 let ready = helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await;
                 self.virtiofsd = Some(helper);
                 ready?;

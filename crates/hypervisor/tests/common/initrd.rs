@@ -1,24 +1,32 @@
-//! Tiny initrds built per test: busybox-static, the test kernel's modules
-//! and an `/init` shell script, packed by `cpio`.
+//! The test guests: the kernel and initrd made by `capsa-assets` (the
+//! project's own builder, as for real guests) with an `/init` shell script
+//! instead of the agent. Downloads are shared with `make assets` through
+//! the assets' package cache.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use super::kernel::{run, test_kernel, MODULES};
+use capsa_assets::{AssetsSpec, KernelSource, MODULES_LOAD, SHELL_PACKAGE};
+
+/// Modules the test guests load (their dependencies come first): virtio
+/// over PCI, virtio-fs, vsock.
+pub const MODULES: &[&str] = &["virtio_pci", "virtiofs", "vmw_vsock_virtio_transport"];
+
+/// The kernel package the tests boot.
+const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// What every test guest does first: a console, `/proc`, `/sys`, the
-/// modules. A failed step is printed to the console (the tests show it).
+/// modules in the builder's load order. A failed step is printed to the
+/// console (the tests show it).
 fn prelude() -> String {
-    let modules = MODULES.join(" ");
     format!(
         "#!/bin/busybox sh\n\
+         /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin\n\
          /bin/busybox --install -s\n\
          mount -t devtmpfs dev /dev\n\
          exec </dev/console >/dev/console 2>&1\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
-         for m in {modules}; do insmod /modules/$m.ko || echo \"capsa-test: insmod $m failed\"; done\n"
+         for m in $(cat /{MODULES_LOAD}); do insmod /lib/modules/$(uname -r)/$m || echo \"capsa-test: insmod $m failed\"; done\n"
     )
 }
 
@@ -44,42 +52,30 @@ pub fn hang() -> String {
     "#!/bin/busybox sh\nexec /bin/busybox sleep 1000\n".into()
 }
 
-/// Builds `<dir>/initrd.cpio` whose `/init` is `script`.
-pub fn build(dir: &Path, script: &str) -> PathBuf {
-    let root = dir.join("initrd-root");
-    for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "modules",
-    ] {
-        std::fs::create_dir_all(root.join(d)).expect("create initrd dir");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("copy /bin/busybox (Debian package busybox-static)");
-    let kernel = test_kernel();
-    for m in MODULES {
-        let file = format!("{m}.ko");
-        std::fs::copy(kernel.modules.join(&file), root.join("modules").join(&file))
-            .expect("copy module");
-    }
-    let init = root.join("init");
-    std::fs::write(&init, script).expect("write /init");
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).expect("chmod /init");
+/// The guest's files.
+pub struct Guest {
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+}
 
-    let list = run(Command::new("find").arg(".").current_dir(&root));
-    let out = dir.join("initrd.cpio");
-    let mut cpio = Command::new("cpio")
-        .args(["-o", "-H", "newc", "--quiet"])
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&out).expect("create initrd"))
-        .spawn()
-        .expect("run cpio");
-    {
-        use std::io::Write;
-        let mut stdin = cpio.stdin.take().expect("cpio stdin");
-        stdin.write_all(list.as_bytes()).expect("write to cpio");
+/// Builds, in `<dir>/assets`, the kernel and an initrd whose `/init` is
+/// `script`, with busybox and [`MODULES`].
+pub fn build(dir: &Path, script: &str) -> Guest {
+    let init = dir.join("init.sh");
+    std::fs::write(&init, script).expect("write the init script");
+    let spec = AssetsSpec {
+        out_dir: dir.join("assets"),
+        kernel: KernelSource::DebianPackage {
+            name: KERNEL_PACKAGE.into(),
+        },
+        agent_binary: init,
+        modules: MODULES.iter().map(|m| m.to_string()).collect(),
+    };
+    let cache = capsa_test_infra::assets_dir().join("cache");
+    let manifest = capsa_assets::build_with_cache(&spec, Some(SHELL_PACKAGE), Some(&cache))
+        .unwrap_or_else(|e| panic!("build the test guest: {e}"));
+    Guest {
+        vmlinuz: manifest.kernel,
+        initrd: manifest.initrd,
     }
-    let status = cpio.wait().expect("wait for cpio");
-    assert!(status.success(), "cpio failed: {status}");
-    std::fs::remove_dir_all(&root).expect("remove initrd root");
-    out
 }

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 pub mod initrd;
-pub mod kernel;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,14 +59,14 @@ impl TestDir {
     /// A TCG VM of `machine` booting the test kernel and an initrd whose
     /// `/init` is `script`, with the test share and vhost-user vsock.
     pub fn config(&self, machine: &str, script: &str) -> VmConfig {
-        let kernel = kernel::test_kernel();
+        let guest = initrd::build(self.path(), script);
         VmConfig {
             id: format!("test-{}", std::process::id()),
             run_dir: self.run_dir(),
             console_log: self.path().join("console.log"),
             hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
-            kernel: kernel.vmlinuz.clone(),
-            initrd: Some(initrd::build(self.path(), script)),
+            kernel: guest.vmlinuz,
+            initrd: Some(guest.initrd),
             kernel_params: vec![],
             machine_type: machine.into(),
             vcpus: 1,

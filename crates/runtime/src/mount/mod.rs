@@ -6,24 +6,60 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::Error;
 
+pub mod source;
+
+pub use source::{Source, SourceError};
+
 /// Bind-mounts `source` (with its submounts) on `target` (which must
-/// exist), read-only if asked, private so nothing propagates back to the
-/// host.
+/// exist), read-only if asked, `nosuid,nodev`, private so nothing
+/// propagates back to the host. The source is opened and checked first
+/// ([`Source::open`]): a host system path is refused, with an error that
+/// names `mount`, the mount being shared (its destination).
 ///
 /// The mount is finished before it becomes visible: `target` usually
 /// lies in a shared tree (the sandbox's `mounts/`) whose copies (the
 /// guest's read-only view, virtiofsd's namespace) receive a copy of it
 /// the moment it is attached, and later flag changes do not reach those
-/// copies. So the tree is cloned detached (`open_tree`), made read-only
-/// and private (`mount_setattr`, recursively) and only then attached
-/// (`move_mount`).
-pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), Error> {
+/// copies. So the tree is cloned detached (`open_tree` on the checked
+/// fd), its flags and propagation set (`mount_setattr`, recursively) and
+/// only then attached (`move_mount`).
+pub fn bind(source: &Path, target: &Path, readonly: bool, mount: &str) -> Result<(), Error> {
+    bind_source(&open(source, mount)?, target, readonly)
+}
+
+/// [`Source::open`], its error naming `mount`.
+pub fn open(source: &Path, mount: &str) -> Result<Source, Error> {
+    Source::open(source).map_err(|e| Error::BindSource {
+        mount: mount.into(),
+        path: source.into(),
+        source: Box::new(e),
+    })
+}
+
+/// Shares a bind mount's `source` at `target`, a path in a sandbox's
+/// `mounts/` tree that does not exist yet: checks the source as [`bind`]
+/// does, then creates `target` as a directory or an empty file to match
+/// it, and binds it there. `mount` names the mount in errors.
+pub fn share(source: &Path, target: &Path, readonly: bool, mount: &str) -> Result<(), Error> {
+    let opened = open(source, mount)?;
+    let made = if opened.is_dir() {
+        std::fs::create_dir_all(target)
+    } else {
+        let parent = target.parent().unwrap_or(target);
+        std::fs::create_dir_all(parent).and_then(|()| std::fs::write(target, b""))
+    };
+    made.map_err(crate::Error::io(target))?;
+    bind_source(&opened, target, readonly)
+}
+
+/// Bind-mounts an opened [`Source`] on `target`, as [`bind`] does.
+pub fn bind_source(source: &Source, target: &Path, readonly: bool) -> Result<(), Error> {
     let err = |step: &str, e: std::io::Error| Error::Mount {
-        what: format!("{} ({step})", source.display()),
+        what: format!("{} ({step})", source.resolved().display()),
         target: target.into(),
         source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
     };
-    let tree = detached::clone_tree(source).map_err(|e| err("open_tree", e))?;
+    let tree = detached::clone_tree(source.fd()).map_err(|e| err("open_tree", e))?;
     detached::set_attr(&tree, readonly).map_err(|e| err("mount_setattr", e))?;
     detached::attach(&tree, target).map_err(|e| err("move_mount", e))
 }
@@ -40,6 +76,8 @@ mod detached {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
 
     /// `struct mount_attr`.
     #[repr(C)]
@@ -54,15 +92,24 @@ mod detached {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::from_raw_os_error(libc::EINVAL))
     }
 
-    /// A detached copy of the mount tree at `source`.
-    pub fn clone_tree(source: &Path) -> Result<OwnedFd, Error> {
-        let path = cpath(source)?;
-        let flags =
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
-        // SAFETY: open_tree(2) reads the NUL-terminated path, which lives
-        // for the call; it returns a new fd or -1.
-        let fd =
-            unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    /// A detached copy of the mount tree at the open `source`.
+    pub fn clone_tree(source: &OwnedFd) -> Result<OwnedFd, Error> {
+        let empty = c"";
+        let flags = OPEN_TREE_CLONE
+            | libc::O_CLOEXEC as libc::c_uint
+            | libc::AT_RECURSIVE as libc::c_uint
+            | libc::AT_EMPTY_PATH as libc::c_uint;
+        // SAFETY: open_tree(2) reads the empty NUL-terminated path, which
+        // lives for the call; `source` is an open fd; it returns a new fd
+        // or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                source.as_raw_fd(),
+                empty.as_ptr(),
+                flags,
+            )
+        };
         if fd < 0 {
             return Err(Error::last_os_error());
         }
@@ -70,10 +117,13 @@ mod detached {
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
-    /// Private propagation, and read-only if asked, for the whole tree.
+    /// Private propagation, `nosuid,nodev`, and read-only if asked, for
+    /// the whole tree: what the guest makes in a share is never a device
+    /// or a set-id program through the share's host mounts.
     pub fn set_attr(tree: &OwnedFd, readonly: bool) -> Result<(), Error> {
+        let rdonly = if readonly { MOUNT_ATTR_RDONLY } else { 0 };
         let attr = MountAttr {
-            attr_set: if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+            attr_set: rdonly | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
             attr_clr: 0,
             propagation: libc::MS_PRIVATE,
             userns_fd: 0,
@@ -146,7 +196,8 @@ pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Binds `source` (a shared mount point) on `view`, read-only, as a slave
+/// Binds `source` (a shared mount point) on `view`, read-only, `nosuid`,
+/// `nodev`, as a slave
 /// of `source`'s peer group, itself shared: mounts made below `source`
 /// appear below `view` (with their own flags, so a read-write rootfs
 /// stays writable) and in copies of the mount namespace taken later
@@ -163,7 +214,11 @@ pub fn read_only_view(source: &Path, view: &Path) -> Result<(), Error> {
     let steps = [
         MsFlags::MS_SLAVE,
         MsFlags::MS_SHARED,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
     ];
     for flags in steps {
         if let Err(e) = mount(None::<&str>, view, None::<&str>, flags, None::<&str>) {
@@ -209,15 +264,40 @@ pub fn unmount_all_below(dir: &Path) -> Result<(), Error> {
 
 /// Mount points at or below `dir`, deepest first, from `/proc/self/mountinfo`.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+    let mut found: Vec<PathBuf> = mountinfo()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
+}
+
+/// One line of `/proc/self/mountinfo`: what the checks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub id: u64,
+    pub point: PathBuf,
+    pub fstype: String,
+}
+
+/// The mounts of this process's namespace (none if mountinfo is unreadable).
+pub fn mountinfo() -> Vec<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+/// `ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS...] - FSTYPE SOURCE SUPER`.
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let mut fields = line.split(' ');
+    let id = fields.next()?.parse().ok()?;
+    let point = PathBuf::from(unescape(fields.nth(3)?));
+    let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
+    Some(MountEntry {
+        id,
+        point,
+        fstype: unescape(fstype),
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -249,6 +329,25 @@ mod tests {
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let line = "25 1 0:23 / /proc rw,nosuid shared:13 - proc proc rw";
+        assert_eq!(
+            parse_mountinfo_line(line),
+            Some(MountEntry {
+                id: 25,
+                point: "/proc".into(),
+                fstype: "proc".into()
+            })
+        );
+        let line = "30 25 0:5 / /a\\040b rw - devtmpfs udev rw";
+        assert_eq!(
+            parse_mountinfo_line(line).unwrap().point,
+            PathBuf::from("/a b")
+        );
+        assert_eq!(parse_mountinfo_line("garbage"), None);
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! `capsa exec`, `exec --vm` and `agent-ctl` on a pod the shim runs.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use capsa_test_infra::run_bounded;
+use common::{text, Setup};
+
+/// The `capsa` binary of this build, next to the shim's.
+fn capsa_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2")).with_file_name("capsa");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace (cargo build -p capsa)",
+        bin.display()
+    );
+    bin
+}
+
+fn capsa(s: &Setup, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(capsa_bin());
+    cmd.arg("--config").arg(&s.env.config).args(args);
+    run_bounded(cmd, input, Duration::from_secs(120))
+}
+
+#[test]
+fn capsa_commands_reach_a_pod_of_the_shim() {
+    let s = Setup::new();
+    let config = std::fs::read_to_string(&s.env.config).unwrap();
+    std::fs::write(
+        &s.env.config,
+        format!("{config}\n[agent.capsa]\ndebug_console_enabled = true\n"),
+    )
+    .unwrap();
+    let out = s.run(&["-d"], "cli1", &["sleep", "1000"]);
+    assert!(out.status.success(), "{out:?}\n{}", s.ctrd.log_tail());
+
+    let out = capsa(&s, &["ps"], None);
+    let line = text(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("cli1 "))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("cli1 missing from ps: {out:?}"));
+    assert!(line.contains(" running "), "{line}");
+
+    let out = capsa(
+        &s,
+        &["exec", "cli1", "--", "sh", "-c", "echo $((6*7))"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "42\n", "{out:?}");
+    assert_eq!(text(&out.stderr), "", "{out:?}");
+
+    let out = capsa(&s, &["agent-ctl", "cli1", "Check", "{}"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("SERVING"), "{out:?}");
+
+    let out = capsa(
+        &s,
+        &["exec", "--vm", "cli1"],
+        Some(b"echo pid1=$(readlink /proc/1/exe); exit\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("pid1=/init"), "{out:?}");
+
+    s.ctrd
+        .ctr_ok(&["task", "kill", "--signal", "SIGKILL", "cli1"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !s
+        .ctrd
+        .ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with("cli1 ") && l.contains("STOPPED"))
+    {
+        assert!(std::time::Instant::now() < deadline, "cli1 never stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.ctrd.ctr_ok(&["task", "delete", "cli1"]);
+    s.ctrd.ctr_ok(&["containers", "delete", "cli1"]);
+    s.assert_all_gone();
+}
