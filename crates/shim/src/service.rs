@@ -97,9 +97,20 @@ impl Service {
                     // anything is made: a shim killed at any point of the
                     // boot leaves state that `delete` finds.
                     write_marker(bundle, &config.runtime.state_dir.join(&pod_id));
-                    let pod =
+                    let started =
                         Pod::start(&pod_id, &self.namespace, &config, size, self.events.clone())
-                            .await?;
+                            .await;
+                    let pod = match started {
+                        Ok(pod) => pod,
+                        Err(e) => {
+                            // A failed start removed what it made; the
+                            // directory may be another pod's (an id in use
+                            // in another namespace): `delete` must not
+                            // touch it.
+                            let _ = std::fs::remove_file(bundle.join(crate::shim::POD_STATE_FILE));
+                            return Err(e);
+                        }
+                    };
                     *slot = Some(pod.clone());
                     pod
                 }
