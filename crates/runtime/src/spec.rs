@@ -2,7 +2,7 @@
 
 use oci_spec::runtime::{
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType,
-    LinuxResources, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use crate::Error;
@@ -175,8 +175,7 @@ mod tests {
     #[test]
     fn devices_are_denied_but_the_standard_ones() {
         let spec = build(&ProcessSpec::default(), "/r", "h").unwrap();
-        let resources: &LinuxResources =
-            spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        let resources = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
         let rules = resources.devices().as_ref().unwrap();
         assert!(!rules[0].allow(), "deny first");
         assert_eq!(rules[0].typ(), None, "all devices");
