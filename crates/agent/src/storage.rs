@@ -231,7 +231,7 @@ fn non_empty<'a>(value: &'a str, default: &'a str) -> &'a str {
 }
 
 /// Flags every storage mount gets, whatever its options.
-pub const ENFORCED: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
+const ENFORCED: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
 
 /// Mounts on the directory `dir` (opened at `target`), always with
 /// [`ENFORCED`] flags.

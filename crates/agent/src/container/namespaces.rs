@@ -194,10 +194,8 @@ mod tests {
         std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
     }
 
-    /// The holder of this test process's own namespaces (no privilege
-    /// needed: joining one's own namespaces is allowed to root only, so
-    /// this runs where the tests run as root, as in CI; elsewhere it is
-    /// skipped).
+    /// A holder of this test process's own namespaces has them (setns
+    /// needs CAP_SYS_ADMIN: skipped unless the tests run as root, as in CI).
     #[test]
     fn a_holder_has_the_captured_namespaces() {
         if !nix::unistd::geteuid().is_root() {
