@@ -8,6 +8,7 @@ mod guest_common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use capsa_agent_client::until;
@@ -158,10 +159,31 @@ async fn the_device_cgroup_refuses_devices_the_spec_does_not_allow() {
     );
 }
 
+/// Puts `/euid` into `rootfs`: a static program, setuid root, that prints
+/// its effective uid (busybox drops a setuid root for its applets).
+fn setuid_euid(rootfs: &Path) {
+    let source = rootfs.with_file_name("euid.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <unistd.h>\n\
+         int main(void) { printf(\"euid=%d\\n\", (int)geteuid()); return 0; }\n",
+    )
+    .unwrap();
+    let binary = rootfs.join("euid");
+    let built = std::process::Command::new("gcc")
+        .args(["-static", "-O", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("gcc (make deps)");
+    assert!(built.success(), "cannot build {}", binary.display());
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o4755)).unwrap();
+}
+
 /// Hole 4: a device node put into the rootfs on the host (here
 /// `/devnull`, 1:3, mode 0666) cannot be opened in the container; the
 /// share is mounted nodev,nosuid in the guest; the rootfs is nodev but
-/// keeps setuid.
+/// keeps setuid: a setuid-root binary gives euid 0 to uid 1000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_nodes_on_the_share_and_the_rootfs_are_inert() {
     let env = TestEnv::with_qemu_extra(CONSOLE_PARAMS);
@@ -174,11 +196,16 @@ async fn device_nodes_on_the_share_and_the_rootfs_are_inert() {
     )
     .expect("mknod on the host (the tests run as root)");
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    setuid_euid(&env.rootfs);
     let mut sandbox = boot(&env).await;
     let script = "echo x > /devnull; echo devnull=$?; \
                   echo root=$(awk '$2 == \"/\" { print $4 }' /proc/mounts | tail -n 1)";
     let container = spec(&mut sandbox, &env, "nodev", 0, script);
     let (out, code) = run(&mut sandbox, "nodev", &container).await;
+    let mut setuid = spec(&mut sandbox, &env, "setuid", 1000, "id -u; /euid");
+    let process = setuid.process_mut().as_mut().unwrap();
+    process.set_no_new_privileges(Some(false));
+    let (suid_out, suid_code) = run(&mut sandbox, "setuid", &setuid).await;
     let share = console_run(
         &env,
         &sandbox,
@@ -195,6 +222,11 @@ async fn device_nodes_on_the_share_and_the_rootfs_are_inert() {
     let root: Vec<&str> = value(&v, "root", &out).split(',').collect();
     assert!(root.contains(&"nodev"), "rootfs options {root:?}");
     assert!(!root.contains(&"nosuid"), "setuid stays allowed: {root:?}");
+    assert_eq!(suid_code, 0, "{suid_out}");
+    assert!(
+        suid_out.starts_with("1000\n") && suid_out.contains("euid=0"),
+        "a setuid root binary of the rootfs works: {suid_out}"
+    );
     let line = share
         .lines()
         .find(|l| l.contains(" virtiofs "))
