@@ -19,7 +19,7 @@ LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
-                    containerd runc
+                    make libelf-dev zlib1g-dev libzstd-dev containerd runc
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test lint bench clean
@@ -47,7 +47,8 @@ build: deps
 	cargo build --release -p capsa -p capsa-shim
 	$(MAKE) agent
 
-## libseccomp (seccomp profiles of containers) is linked in statically.
+## libseccomp (seccomp profiles of containers) is linked in statically, and
+## so is libbpf (built by libbpf-sys; the eBPF device cgroup of containers).
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static" \
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \

@@ -9,6 +9,7 @@
 //! [`sandbox`] holds the state and implements the operations; [`container`],
 //! [`storage`], [`stdio`], [`reaper`] and [`modules`] do the work.
 
+pub mod connections;
 pub mod container;
 pub mod debug_console;
 pub mod error;

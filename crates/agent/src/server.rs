@@ -1,5 +1,6 @@
 //! The ttRPC server: binds (vsock port 1024 by default), serves the agent
-//! API, and stops after DestroySandbox.
+//! API, and stops after DestroySandbox, once its reply is delivered (see
+//! [`crate::connections`]).
 //!
 //! Message size: ttrpc-rust (0.10) refuses a frame whose payload is over
 //! `ttrpc::proto::MESSAGE_LENGTH_MAX` (4 MiB): it reads and discards the
@@ -14,9 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use capsa_protocols::AGENT_VSOCK_PORT;
+use futures::StreamExt;
 use tokio::time::{sleep, timeout, Instant};
+use ttrpc::asynchronous::transport::Listener;
 use ttrpc::asynchronous::Server;
 
+use crate::connections::Tracker;
 use crate::reaper::Reaper;
 use crate::rpc;
 use crate::sandbox::Sandbox;
@@ -26,8 +30,9 @@ use crate::sandbox::Sandbox;
 pub const ADDRESS_ENV: &str = "CAPSA_AGENT_ADDR";
 /// How long binding is retried (the vsock transport may still be coming up).
 const BIND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time given to the DestroySandbox reply to leave before the server stops.
-const REPLY_GRACE: Duration = Duration::from_millis(250);
+/// How long the DestroySandbox reply gets to reach the host: the server
+/// stops once every client closed its connection, or after this.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `vsock://-1:1024`: any CID, the agent port.
@@ -58,7 +63,8 @@ fn announce_ready() {
 
 /// Serves `sandbox` on `address` until DestroySandbox.
 pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
-    let mut server = bind(address).await?;
+    let tracker = Tracker::new();
+    let mut server = bind(address, &tracker).await?;
     for (name, service) in rpc::services(sandbox.clone()) {
         server = server.register_service(HashMap::from([(name, service)]));
     }
@@ -70,21 +76,33 @@ pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
     announce_ready();
 
     sandbox.shutdown_requested().await;
-    sleep(REPLY_GRACE).await;
+    // The reply to DestroySandbox is written after this point; a client
+    // closes its connection once it has read it.
+    if timeout(REPLY_TIMEOUT, tracker.all_closed()).await.is_err() {
+        tracing::debug!(
+            open = tracker.open(),
+            "clients still connected {REPLY_TIMEOUT:?} after DestroySandbox: stopping anyway"
+        );
+    }
     if timeout(SHUTDOWN_TIMEOUT, server.shutdown()).await.is_err() {
         tracing::warn!("the ttRPC server did not stop in {SHUTDOWN_TIMEOUT:?}");
     }
     Ok(())
 }
 
-async fn bind(address: &str) -> anyhow::Result<Server> {
+/// A server on `address` whose connections `tracker` counts.
+async fn bind(address: &str, tracker: &Tracker) -> anyhow::Result<Server> {
     if let Some(path) = address.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }
     let deadline = Instant::now() + BIND_TIMEOUT;
     loop {
-        match Server::new().bind(address) {
-            Ok(server) => return Ok(server),
+        match Listener::bind(address) {
+            Ok(listener) => {
+                let tracker = tracker.clone();
+                let tracked = listener.map(move |conn| conn.map(|c| tracker.track(c)));
+                return Ok(Server::new().add_listener(Listener::new(tracked)));
+            }
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(%address, error = %e, "bind failed, retrying");
                 sleep(Duration::from_millis(50)).await;

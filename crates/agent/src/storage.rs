@@ -6,6 +6,12 @@
 //!   Kata's `/run/kata-containers/sandbox/local/<name>`;
 //! - `ephemeral`: a tmpfs is mounted (options such as `size=` go to tmpfs).
 //!
+//! Mounts are always `nodev` and `nosuid`, whatever the options say: the
+//! share holds what the host and every container wrote, so a device node
+//! or a setuid file there must not work in the guest (as Kata mounts it
+//! `nodev`). A container's rootfs in the share gets its own mount, where
+//! setuid works again (see `container::rootfs`).
+//!
 //! Every mount point must be below the sandbox directory [`STORAGE_ROOT`]
 //! (`/run/kata-containers`): it is checked lexically, then created and
 //! opened with [`Beneath`], so a symbolic link on the way (the shared
@@ -224,7 +230,11 @@ fn non_empty<'a>(value: &'a str, default: &'a str) -> &'a str {
     }
 }
 
-/// Mounts on the directory `dir` (opened at `target`).
+/// Flags every storage mount gets, whatever its options.
+const ENFORCED: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
+
+/// Mounts on the directory `dir` (opened at `target`), always with
+/// [`ENFORCED`] flags.
 fn mount_fs(
     source: &str,
     dir: &OwnedFd,
@@ -241,7 +251,8 @@ fn mount_fs(
     };
     let at = format!("/proc/self/fd/{}", dir.as_raw_fd());
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-    mount(Some(source), at.as_str(), Some(fstype), opts.flags, data).map_err(err)?;
+    let flags = opts.flags | ENFORCED;
+    mount(Some(source), at.as_str(), Some(fstype), flags, data).map_err(err)?;
     if !opts.propagation.is_empty() {
         let propagated = mount(
             None::<&str>,
@@ -340,6 +351,31 @@ mod tests {
         assert_eq!(mode, 0o700);
         remove(&m);
         assert!(target.is_dir());
+    }
+
+    /// As root (CI): a tmpfs storage is nodev and nosuid even when its
+    /// options ask for `dev,suid`.
+    #[test]
+    fn mounts_are_nodev_and_nosuid() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let storage = StorageSpec {
+            driver: "ephemeral".into(),
+            options: opts(&["dev,suid", "size=1m"]),
+            mount_point: root.path().join("e").to_str().unwrap().into(),
+            ..Default::default()
+        };
+        let m = add_below(root.path(), &storage).expect("mount");
+        let flags = nix::sys::statvfs::statvfs(&m.mount_point).unwrap().flags();
+        remove(&m);
+        use nix::sys::statvfs::FsFlags;
+        assert!(
+            flags.contains(FsFlags::ST_NODEV | FsFlags::ST_NOSUID),
+            "{flags:?}"
+        );
     }
 
     #[test]

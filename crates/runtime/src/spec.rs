@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    LinuxNamespaceType, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use crate::Error;
@@ -89,11 +90,49 @@ pub fn add_volume(spec: &mut Spec, volume: &Volume, guest_source: &str) -> Resul
     Ok(())
 }
 
+/// The character devices every container may use (runc's defaults):
+/// null, zero, full, random, urandom, tty, console, ptmx, and the pty
+/// slaves (major 136, any minor).
+const STANDARD_DEVICES: [(i64, Option<i64>); 9] = [
+    (1, Some(3)),
+    (1, Some(5)),
+    (1, Some(7)),
+    (1, Some(8)),
+    (1, Some(9)),
+    (5, Some(0)),
+    (5, Some(1)),
+    (5, Some(2)),
+    (136, None),
+];
+
+/// runc's device rules: deny every device, then allow the standard ones
+/// (containerd's default spec sends the deny; the guest's libcontainer adds
+/// the same allows itself, written out here so the spec says it all).
+fn device_rules() -> Result<Vec<LinuxDeviceCgroup>, Error> {
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?];
+    for (major, minor) in STANDARD_DEVICES {
+        let mut rule = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(major)
+            .access("rwm");
+        if let Some(minor) = minor {
+            rule = rule.minor(minor);
+        }
+        rules.push(rule.build()?);
+    }
+    Ok(rules)
+}
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Builds the spec: the OCI defaults (namespaces, mounts, capabilities,
 /// masked paths of `runc spec`), the process, the rootfs at `guest_root`,
-/// and no network namespace of its own (the container uses the VM's network).
+/// runc's device rules (deny all but the standard devices), and no network
+/// namespace of its own (the container uses the VM's network).
 pub fn build(process: &ProcessSpec, guest_root: &str, hostname: &str) -> Result<Spec, Error> {
     let mut spec = Spec::default();
     let mut env = vec![DEFAULT_PATH.to_string()];
@@ -147,6 +186,9 @@ pub fn build(process: &ProcessSpec, guest_root: &str, hostname: &str) -> Result<
         if let Some(ns) = linux.namespaces_mut() {
             ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
         }
+        let mut resources = linux.resources().clone().unwrap_or_default();
+        resources.set_devices(Some(device_rules()?));
+        linux.set_resources(Some(resources));
     }
     Ok(spec)
 }
@@ -224,6 +266,29 @@ mod tests {
             spec.root().as_ref().unwrap().path().to_str().unwrap(),
             "/run/kata-containers/shared/containers/c/rootfs"
         );
+    }
+
+    #[test]
+    fn devices_are_denied_but_the_standard_ones() {
+        let spec = build(&ProcessSpec::default(), "/r", "h").unwrap();
+        let resources = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        let rules = resources.devices().as_ref().unwrap();
+        assert!(!rules[0].allow(), "deny first");
+        assert_eq!(rules[0].typ(), None, "all devices");
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
+        let allowed: Vec<_> = rules[1..]
+            .iter()
+            .map(|r| {
+                assert!(r.allow());
+                assert_eq!(r.typ(), Some(LinuxDeviceType::C));
+                (r.major().unwrap(), r.minor())
+            })
+            .collect();
+        for device in [(1, Some(3)), (1, Some(9)), (5, Some(2)), (136, None)] {
+            assert!(allowed.contains(&device), "{device:?}");
+        }
+        // Neither /dev/kmsg (1:11) nor a serial port (4:64).
+        assert!(!allowed.iter().any(|d| *d == (1, Some(11)) || d.0 == 4));
     }
 
     #[test]

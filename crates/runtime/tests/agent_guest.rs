@@ -272,9 +272,16 @@ async fn local_and_ephemeral_storages_are_mounted_then_removed() {
     let size: u64 = lines[0].split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(size, 8192, "size=8m honoured: {out}");
     assert_eq!(lines[1], "750", "mode of the local storage");
+    assert!(lines[2].starts_with("tmpfs /scratch tmpfs rw,"), "{out}");
+    let options: Vec<&str> = lines[2]
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split(',')
+        .collect();
     assert!(
-        lines[2].starts_with("tmpfs /scratch tmpfs rw,nodev"),
-        "{out}"
+        options.contains(&"nodev") && options.contains(&"nosuid"),
+        "storages are always nodev,nosuid: {out}"
     );
     assert!(
         during.contains("\r\n1\r\n"),

@@ -1,13 +1,16 @@
 //! Extra processes in a running container (`runc exec`): libcontainer's
-//! tenant builder joins the namespaces and the cgroup of the container's
-//! init and runs the process described by a `process.json`.
+//! tenant builder joins the container's namespaces, as they were created
+//! (see [`super::namespaces`]), and its cgroup, and runs the process
+//! described by a `process.json`.
 
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::State;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{Process, Spec};
 
+use super::namespaces::{Holder, Namespaces};
 use super::{bundle_dir, lock, receive_terminal, ContainerError, PendingIo, WorkloadExecutor};
 use crate::reaper::{ExitWatch, Reaper};
 use crate::stdio::Stdio;
@@ -21,11 +24,13 @@ pub struct Spawned {
 
 /// Runs `process` in container `id` as exec `exec_id`. What the request
 /// leaves out (capabilities, `noNewPrivileges`) comes from the container's
-/// own process, as with `runc exec`. Blocking.
+/// own process, as with `runc exec`. It runs in the namespaces `ns`, the
+/// container's as created. Blocking.
 pub fn exec(
     id: &str,
     exec_id: &str,
     process: &Process,
+    ns: &Namespaces,
     reaper: &Reaper,
 ) -> Result<Spawned, ContainerError> {
     let _guard = lock();
@@ -36,9 +41,21 @@ pub fn exec(
     let json =
         serde_json::to_vec(&process).map_err(|e| ContainerError::SaveProcess(file.clone(), e))?;
     std::fs::write(&file, json).map_err(|e| ContainerError::Io(file.clone(), e))?;
-    let result = exec_locked(id, exec_id, &process, &bundle, &file, reaper);
+    let result = exec_locked(id, exec_id, &process, &bundle, &file, ns, reaper);
     let _ = std::fs::remove_file(&file);
     result
+}
+
+/// The state directory the tenant builder is given: the container's state
+/// with the pid of `holder` (`<bundle>/exec-state/<id>/state.json`).
+fn holder_state(id: &str, bundle: &Path, holder: &Holder) -> Result<PathBuf, ContainerError> {
+    let mut state = State::load(&bundle.join("state").join(id)).map_err(ContainerError::State)?;
+    state.pid = Some(holder.pid());
+    let root = bundle.join("exec-state");
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).map_err(|e| ContainerError::Io(dir.clone(), e))?;
+    state.save(&dir).map_err(ContainerError::State)?;
+    Ok(root)
 }
 
 /// Fills what the exec request left empty from the container's process.
@@ -62,11 +79,16 @@ fn exec_locked(
     process: &Process,
     bundle: &Path,
     file: &Path,
+    ns: &Namespaces,
     reaper: &Reaper,
 ) -> Result<Spawned, ContainerError> {
     let failed = |e| ContainerError::Exec(exec_id.to_string(), e);
+    // Killed (dropped) once the process is built: it has joined the
+    // namespaces by then.
+    let holder = Holder::spawn(ns).map_err(ContainerError::Namespaces)?;
+    let state = holder_state(id, bundle, &holder)?;
     let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_root_path(bundle.join("state"))
+        .with_root_path(state)
         .map_err(failed)?
         .with_executor(WorkloadExecutor);
     let (builder, io) = super::attach_stdio(builder, process.terminal().unwrap_or(false))?;
@@ -80,6 +102,7 @@ fn exec_locked(
         .build()
         .map_err(failed)?
         .as_raw();
+    drop(holder);
     let exit = reaper
         .watch(pid)
         .map_err(|e| ContainerError::WatchExec(exec_id.to_string(), e))?;

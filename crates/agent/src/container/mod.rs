@@ -13,6 +13,8 @@
 pub mod console;
 mod exec;
 mod executor;
+pub mod namespaces;
+mod rootfs;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use crate::stdio::{Stdio, StdioError};
 use console::{ConsoleError, ConsoleSocket};
 pub use exec::{exec, Spawned};
 use executor::WorkloadExecutor;
+use namespaces::{NamespaceError, Namespaces};
 
 /// Bundles live in `<BUNDLE_ROOT>/<id>`.
 pub const BUNDLE_ROOT: &str = "/run/capsa-agent";
@@ -76,6 +79,12 @@ pub enum ContainerError {
     Pause(#[source] LibcontainerError),
     #[error("libcontainer failed to resume the container")]
     Resume(#[source] LibcontainerError),
+    #[error("cannot mount the rootfs {0} nodev")]
+    Rootfs(PathBuf, #[source] nix::Error),
+    #[error("cannot keep the container's namespaces")]
+    Namespaces(#[source] NamespaceError),
+    #[error("cannot copy the container's state for an exec")]
+    State(#[source] libcontainer::container::state::StateError),
 }
 
 /// A container created by libcontainer, its init process not started yet.
@@ -84,6 +93,8 @@ pub struct Created {
     pub pid: i32,
     pub exit: ExitWatch,
     pub stdio: Stdio,
+    /// The init's namespaces, taken before the workload runs (for execs).
+    pub namespaces: Namespaces,
 }
 
 /// The agent's side of the stdio while the container is built.
@@ -136,11 +147,22 @@ pub fn create(id: &str, spec: &Spec, reaper: &Reaper) -> Result<Created, Contain
         tracing::warn!(bundle = %bundle.display(), "removing a stale bundle");
         std::fs::remove_dir_all(&bundle).map_err(|e| ContainerError::Io(bundle.clone(), e))?;
     }
+    let root = root_path(spec);
+    rootfs::mount_rootfs(&root).map_err(|e| ContainerError::Rootfs(root.clone(), e))?;
     let result = create_locked(id, spec, reaper, &bundle);
     if result.is_err() {
+        rootfs::unmount_rootfs(&root);
         let _ = std::fs::remove_dir_all(&bundle);
     }
     result
+}
+
+/// The rootfs of `spec` (checked absolute by `spec::check`).
+fn root_path(spec: &Spec) -> PathBuf {
+    spec.root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default()
 }
 
 fn create_locked(
@@ -179,6 +201,11 @@ fn create_locked(
         Some(pid) => pid.as_raw(),
         None => return Err(discard(handle, ContainerError::NoPid)),
     };
+    // The init waits for `start`: these are the namespaces it was given.
+    let namespaces = match Namespaces::capture(pid) {
+        Ok(ns) => ns,
+        Err(e) => return Err(discard(handle, ContainerError::Namespaces(e))),
+    };
     let exit = match reaper.watch(pid) {
         Ok(exit) => exit,
         Err(e) => return Err(discard(handle, ContainerError::Watch(e))),
@@ -198,6 +225,7 @@ fn create_locked(
         pid,
         exit,
         stdio,
+        namespaces,
     })
 }
 
@@ -250,5 +278,9 @@ pub fn delete(handle: &mut Handle) -> Result<(), ContainerError> {
     let _guard = lock();
     handle.delete(true).map_err(ContainerError::Delete)?;
     let bundle = bundle_dir(handle.id());
+    match Spec::load(bundle.join("config.json")) {
+        Ok(spec) => rootfs::unmount_rootfs(&root_path(&spec)),
+        Err(e) => tracing::warn!(id = handle.id(), error = %e, "rootfs left mounted"),
+    }
     std::fs::remove_dir_all(&bundle).map_err(|e| ContainerError::Io(bundle, e))
 }

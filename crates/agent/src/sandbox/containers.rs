@@ -139,6 +139,7 @@ impl Sandbox {
             }),
             id,
             handle: StdMutex::new(created.handle),
+            namespaces: created.namespaces,
             state: StdMutex::new(ContainerState::Created),
             storages,
         })

@@ -33,10 +33,11 @@ impl Sandbox {
         }
         reserve_exec(&c, exec_id)?;
         let reaper = self.reaper.clone();
-        let (cid, eid) = (c.id.clone(), exec_id.to_string());
-        let spawned =
-            tokio::task::spawn_blocking(move || container::exec(&cid, &eid, &process, &reaper))
-                .await;
+        let (target, eid) = (c.clone(), exec_id.to_string());
+        let spawned = tokio::task::spawn_blocking(move || {
+            container::exec(&target.id, &eid, &process, &target.namespaces, &reaper)
+        })
+        .await;
         let mut execs = c.execs.lock().unwrap_or_else(PoisonError::into_inner);
         let spawned = match spawned {
             Ok(Ok(spawned)) => spawned,

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use libcontainer::container::Container as Handle;
 use tokio::sync::{watch, Mutex};
 
+use crate::container::namespaces::Namespaces;
 use crate::process::Process;
 use crate::reaper::Reaper;
 use crate::storage::Mounted;
@@ -49,6 +50,8 @@ pub struct Container {
     /// The container's cgroup directory (under `/sys/fs/cgroup`).
     cgroup: PathBuf,
     handle: StdMutex<Handle>,
+    /// The namespaces the container was created with: execs join these.
+    namespaces: Namespaces,
     state: StdMutex<ContainerState>,
     storages: Vec<Mounted>,
     /// Watches the cgroup for OOM kills while the container exists.
