@@ -66,14 +66,21 @@ impl std::fmt::Display for Address {
 /// The console port of a kernel command line, if any. A malformed value
 /// is logged and ignored (no console).
 pub fn port_from_cmdline(cmdline: &str) -> Option<u32> {
+    vsock_port_param(cmdline, CMDLINE_PARAM)
+}
+
+/// The vsock port kernel parameter `param` gives (`param=<port>`, the last
+/// one wins, as for kernel parameters); a malformed or zero value is
+/// logged and ignored.
+pub fn vsock_port_param(cmdline: &str, param: &str) -> Option<u32> {
     let value = cmdline
         .split_whitespace()
         .rev()
-        .find_map(|p| p.strip_prefix(CMDLINE_PARAM)?.strip_prefix('='))?;
+        .find_map(|p| p.strip_prefix(param)?.strip_prefix('='))?;
     match value.parse::<u32>() {
         Ok(port) if port > 0 => Some(port),
         _ => {
-            tracing::warn!(%value, "invalid {CMDLINE_PARAM}: no debug console");
+            tracing::warn!(%value, "invalid {param}: ignored");
             None
         }
     }
@@ -139,24 +146,33 @@ pub fn listen_on(address: &Address) -> Result<OwnedFd, ConsoleError> {
     Ok(fd)
 }
 
+/// [`listen_on`], retried for a while: the vsock transport may still be
+/// loading. Blocking.
+pub fn listen_retrying(address: &Address) -> Result<OwnedFd, ConsoleError> {
+    let deadline = Instant::now() + BIND_TIMEOUT;
+    loop {
+        match listen_on(address) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("{}, retrying", crate::error::chain(&e));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Starts the console if configured: a thread that accepts connections,
 /// and one per connection. Returns whether it listens.
 pub fn start() -> bool {
     let Some(address) = configured_address() else {
         return false;
     };
-    let deadline = Instant::now() + BIND_TIMEOUT;
-    let listener = loop {
-        match listen_on(&address) {
-            Ok(fd) => break fd,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("{}, retrying", crate::error::chain(&e));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                tracing::error!("debug console: {}", crate::error::chain(&e));
-                return false;
-            }
+    let listener = match listen_retrying(&address) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("debug console: {}", crate::error::chain(&e));
+            return false;
         }
     };
     tracing::warn!(%address, "debug console enabled: a root shell of the VM listens");
@@ -170,17 +186,26 @@ pub fn start() -> bool {
     true
 }
 
+/// Accepts one connection on `listener` (close-on-exec). `None` after an
+/// interruption or a failure (logged, then a short pause so that a lasting
+/// one does not spin); `what` names the listener in the log.
+pub fn accept_one(listener: &OwnedFd, what: &str) -> Option<OwnedFd> {
+    match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+        // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+        Ok(fd) => Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(nix::errno::Errno::EINTR) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "{what}: accept failed");
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        }
+    }
+}
+
 fn accept_loop(listener: OwnedFd) {
     loop {
-        let conn = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-            // SAFETY: accept4 just returned this descriptor; nothing else owns it.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "debug console: accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
+        let Some(conn) = accept_one(&listener, "debug console") else {
+            continue;
         };
         tracing::info!("debug console: connection");
         let spawned = std::thread::Builder::new()

@@ -17,6 +17,7 @@ pub mod guest;
 pub mod init;
 pub mod logging;
 pub mod modules;
+pub mod passfd;
 pub mod power;
 pub mod process;
 pub mod reaper;

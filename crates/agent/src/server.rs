@@ -48,6 +48,8 @@ pub async fn run(is_init: bool) -> anyhow::Result<()> {
     // Nothing listens unless the kernel command line (or the environment)
     // asks for the debug console; binding may be retried for a while.
     tokio::task::spawn_blocking(crate::debug_console::start);
+    // Likewise for the passfd I/O listener (`agent.passfd_listener_port`).
+    tokio::task::spawn_blocking(crate::passfd::start);
     let address = std::env::var(ADDRESS_ENV).unwrap_or_else(|_| default_address());
     serve(sandbox, &address).await
 }

@@ -90,7 +90,7 @@ fn register(fd: OwnedFd, interest: Interest) -> Result<AsyncFd<OwnedFd>, StdioEr
 }
 
 impl OutputStream {
-    fn new(fd: OwnedFd, tty: bool) -> Result<Self, StdioError> {
+    pub(crate) fn new(fd: OwnedFd, tty: bool) -> Result<Self, StdioError> {
         let fd = register(fd, Interest::READABLE)?;
         Ok(Self { fd, tty })
     }
@@ -119,7 +119,7 @@ impl OutputStream {
 }
 
 impl InputStream {
-    fn new(fd: OwnedFd) -> Result<Self, StdioError> {
+    pub(crate) fn new(fd: OwnedFd) -> Result<Self, StdioError> {
         let fd = register(fd, Interest::WRITABLE)?;
         Ok(Self { fd })
     }

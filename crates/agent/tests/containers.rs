@@ -60,7 +60,9 @@ fn request(id: &str, spec: Spec) -> ContainerRequest {
         exec_id: id.to_string(),
         spec,
         storages: Vec::new(),
+        shared_storages: Vec::new(),
         sandbox_pidns: false,
+        io: Default::default(),
     }
 }
 

@@ -84,8 +84,37 @@ pub fn spec_to_grpc(spec: &o::Spec) -> g::Spec {
                 ..Default::default()
             })
             .collect(),
+        Hooks: spec.hooks().as_ref().map(hooks_to_grpc).into(),
         Annotations: spec.annotations().clone().unwrap_or_default(),
         Linux: spec.linux().as_ref().map(linux_to_grpc).into(),
+        ..Default::default()
+    }
+}
+
+/// The agent API form of the OCI hooks, every kind of them.
+pub fn hooks_to_grpc(h: &o::Hooks) -> g::Hooks {
+    let list = |hooks: &Option<Vec<o::Hook>>| -> Vec<g::Hook> {
+        hooks
+            .iter()
+            .flatten()
+            .map(|k| g::Hook {
+                Path: path_str(k.path()),
+                Args: k.args().clone().unwrap_or_default(),
+                Env: k.env().clone().unwrap_or_default(),
+                Timeout: k.timeout().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    #[allow(deprecated)] // prestart: deprecated by OCI, still sent by runtimes
+    let prestart = list(h.prestart());
+    g::Hooks {
+        Prestart: prestart,
+        Poststart: list(h.poststart()),
+        Poststop: list(h.poststop()),
+        CreateRuntime: list(h.create_runtime()),
+        CreateContainer: list(h.create_container()),
+        StartContainer: list(h.start_container()),
         ..Default::default()
     }
 }
@@ -324,8 +353,51 @@ pub fn spec_from_grpc(spec: &g::Spec) -> Result<o::Spec, ConvertError> {
             })
             .collect(),
     ));
+    out.set_hooks(spec.Hooks.as_ref().map(hooks_from_grpc).transpose()?);
     out.set_annotations(Some(spec.Annotations.clone()));
     out.set_linux(spec.Linux.as_ref().map(linux_from_grpc).transpose()?);
+    Ok(out)
+}
+
+/// The OCI form of agent API hooks. An empty list becomes an absent one
+/// (protobuf cannot tell them apart; OCI runtimes treat both alike).
+pub fn hooks_from_grpc(h: &g::Hooks) -> Result<o::Hooks, ConvertError> {
+    let list = |hooks: &[g::Hook]| -> Result<Option<Vec<o::Hook>>, ConvertError> {
+        opt_vec(hooks)
+            .map(|hooks| {
+                hooks
+                    .iter()
+                    .map(|k| {
+                        // OCI: a timeout, when set, is greater than zero.
+                        let timeout = match k.Timeout {
+                            0 => None,
+                            t if t > 0 => Some(t),
+                            t => {
+                                return Err(ConvertError::Value {
+                                    field: "hook timeout",
+                                    value: t.to_string(),
+                                })
+                            }
+                        };
+                        let mut hook = o::Hook::default();
+                        hook.set_path(PathBuf::from(&k.Path));
+                        hook.set_args(opt_vec(&k.Args));
+                        hook.set_env(opt_vec(&k.Env));
+                        hook.set_timeout(timeout);
+                        Ok(hook)
+                    })
+                    .collect()
+            })
+            .transpose()
+    };
+    let mut out = o::Hooks::default();
+    #[allow(deprecated)] // prestart: deprecated by OCI, still sent by runtimes
+    out.set_prestart(list(&h.Prestart)?);
+    out.set_poststart(list(&h.Poststart)?);
+    out.set_poststop(list(&h.Poststop)?);
+    out.set_create_runtime(list(&h.CreateRuntime)?);
+    out.set_create_container(list(&h.CreateContainer)?);
+    out.set_start_container(list(&h.StartContainer)?);
     Ok(out)
 }
 

@@ -179,7 +179,7 @@ fn bad_enum_values_are_named() {
 }
 
 #[test]
-fn user_fields_are_katas_and_umask_is_an_extra_field() {
+fn user_fields_are_katas_and_umask_is_in_capsas_range() {
     let user = oci::User {
         UID: 1,
         GID: 2,
@@ -189,7 +189,10 @@ fn user_fields_are_katas_and_umask_is_an_extra_field() {
         ..Default::default()
     };
     let bytes = user.write_to_bytes().unwrap();
-    assert_eq!(tags(&bytes), vec![(1, 0), (2, 0), (3, 2), (4, 2), (5, 0)]);
+    assert_eq!(
+        tags(&bytes),
+        vec![(1, 0), (2, 0), (3, 2), (4, 2), (CAPSA_FIRST_FIELD, 0)]
+    );
     // An unset umask is not on the wire: a Kata agent sees Kata's message.
     let kata = oci::User {
         Umask: None,
@@ -201,4 +204,152 @@ fn user_fields_are_katas_and_umask_is_an_extra_field() {
         oci::User::parse_from_bytes(&user.write_to_bytes().unwrap()).unwrap(),
         user
     );
+}
+
+/// The first field number of capsa's own range (see agent.proto).
+const CAPSA_FIRST_FIELD: u32 = 100_001;
+
+/// A message whose only field is a varint `value` under number `field`, as
+/// an upstream encoder writes it.
+fn varint_field(field: u32, value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut os = protobuf::CodedOutputStream::vec(&mut out);
+    os.write_uint64(field, value).unwrap();
+    os.flush().unwrap();
+    drop(os);
+    out
+}
+
+#[test]
+fn capsa_fields_never_take_upstream_numbers() {
+    let sandbox = agent::CreateSandboxRequest {
+        guest_userns: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&sandbox.write_to_bytes().unwrap()),
+        vec![(CAPSA_FIRST_FIELD, 0)]
+    );
+    // What upstream may put at the old numbers is not read as capsa's field.
+    let old = agent::CreateSandboxRequest::parse_from_bytes(&varint_field(8, 1)).unwrap();
+    assert!(!old.guest_userns);
+    let old = oci::User::parse_from_bytes(&varint_field(5, 0o22)).unwrap();
+    assert_eq!(old.Umask, None);
+}
+
+#[test]
+fn passfd_ports_field_numbers() {
+    let create = agent::CreateContainerRequest {
+        container_id: "c".into(),
+        stdin_port: 1,
+        stdout_port: 2,
+        stderr_port: 3,
+        ..Default::default()
+    };
+    let bytes = create.write_to_bytes().unwrap();
+    assert_eq!(tags(&bytes), vec![(1, 2), (9, 0), (10, 0), (11, 0)]);
+    // Decoded from what a Kata runtime writes: field 10 is stdout_port.
+    let from_kata =
+        agent::CreateContainerRequest::parse_from_bytes(&varint_field(10, 4242)).unwrap();
+    assert_eq!(from_kata.stdout_port, 4242);
+
+    let exec = agent::ExecProcessRequest {
+        container_id: "c".into(),
+        stdin_port: 1,
+        stdout_port: 2,
+        stderr_port: 3,
+        ..Default::default()
+    };
+    let bytes = exec.write_to_bytes().unwrap();
+    assert_eq!(tags(&bytes), vec![(1, 2), (5, 0), (6, 0), (7, 0)]);
+    let from_kata = agent::ExecProcessRequest::parse_from_bytes(&varint_field(7, 7)).unwrap();
+    assert_eq!(from_kata.stderr_port, 7);
+}
+
+#[test]
+fn storage_shared_and_extra_features_field_numbers() {
+    let storage = agent::Storage {
+        driver: "local".into(),
+        shared: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&storage.write_to_bytes().unwrap()),
+        vec![(1, 2), (8, 0)]
+    );
+    assert!(
+        agent::Storage::parse_from_bytes(&varint_field(8, 1))
+            .unwrap()
+            .shared
+    );
+
+    let details = agent::AgentDetails {
+        version: "1".into(),
+        extra_features: vec!["passfd-io".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&details.write_to_bytes().unwrap()),
+        vec![(1, 2), (6, 2)]
+    );
+}
+
+#[test]
+fn hooks_field_numbers_and_round_trip() {
+    let hook = |p: &str| oci::Hook {
+        Path: p.into(),
+        ..Default::default()
+    };
+    let hooks = oci::Hooks {
+        Prestart: vec![hook("/a")],
+        Poststart: vec![hook("/b")],
+        Poststop: vec![hook("/c")],
+        CreateRuntime: vec![hook("/d")],
+        CreateContainer: vec![hook("/e")],
+        StartContainer: vec![hook("/f")],
+        ..Default::default()
+    };
+    let bytes = hooks.write_to_bytes().unwrap();
+    assert_eq!(
+        tags(&bytes),
+        vec![(1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (6, 2)]
+    );
+    let spec = oci::Spec {
+        Hooks: Some(hooks).into(),
+        ..Default::default()
+    };
+    assert_eq!(tags(&spec.write_to_bytes().unwrap()), vec![(6, 2)]);
+
+    let json = r#"{
+      "ociVersion": "1.0.2",
+      "hooks": {
+        "prestart": [{"path": "/bin/pre", "args": ["pre", "x"], "env": ["A=1"], "timeout": 5}],
+        "createRuntime": [{"path": "/bin/cr"}],
+        "createContainer": [{"path": "/bin/cc", "args": ["cc"]}],
+        "startContainer": [{"path": "/bin/sc", "timeout": 1}],
+        "poststart": [{"path": "/bin/ps"}],
+        "poststop": [{"path": "/bin/po", "env": ["B=2", "C=3"]}]
+      }
+    }"#;
+    let spec: oci_spec::runtime::Spec = serde_json::from_str(json).unwrap();
+    let grpc = convert::spec_to_grpc(&spec);
+    let hooks = grpc.Hooks.as_ref().expect("hooks carried");
+    assert_eq!(hooks.Prestart[0].Args, ["pre", "x"]);
+    assert_eq!(hooks.Prestart[0].Timeout, 5);
+    assert_eq!(hooks.StartContainer[0].Path, "/bin/sc");
+    let bytes = grpc.write_to_bytes().unwrap();
+    let back = convert::spec_from_grpc(&oci::Spec::parse_from_bytes(&bytes).unwrap()).unwrap();
+    assert_eq!(back.hooks(), spec.hooks());
+}
+
+#[test]
+fn negative_hook_timeout_is_named() {
+    let mut grpc = convert::spec_to_grpc(&oci_spec::runtime::Spec::default());
+    grpc.Hooks.mut_or_insert_default().Poststop.push(oci::Hook {
+        Path: "/bin/true".into(),
+        Timeout: -3,
+        ..Default::default()
+    });
+    let err = convert::spec_from_grpc(&grpc).unwrap_err().to_string();
+    assert!(err.contains("hook timeout") && err.contains("-3"), "{err}");
 }

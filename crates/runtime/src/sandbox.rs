@@ -316,16 +316,26 @@ impl Sandbox {
     }
 
     /// Creates container `container_id` from a complete OCI spec (its root
-    /// shared with [`Sandbox::share_rootfs`]).
+    /// shared with [`Sandbox::share_rootfs`]). The spec's hooks are not sent:
+    /// they name host binaries, which the guest does not have (as Kata's
+    /// runtimes, which clear them too; the agent runs the hooks it is sent
+    /// as guest hooks).
     pub async fn create_container_spec(
         &mut self,
         container_id: &str,
         oci: &oci_spec::runtime::Spec,
     ) -> Result<(), Error> {
+        let mut grpc = capsa_protocols::convert::spec_to_grpc(oci);
+        if grpc.Hooks.take().is_some() {
+            tracing::info!(
+                container = container_id,
+                "the spec's hooks are host hooks: not sent to the guest"
+            );
+        }
         let req = agent::CreateContainerRequest {
             container_id: container_id.into(),
             exec_id: container_id.into(),
-            OCI: Some(capsa_protocols::convert::spec_to_grpc(oci)).into(),
+            OCI: Some(grpc).into(),
             ..Default::default()
         };
         self.agent().create_container(req).await?;

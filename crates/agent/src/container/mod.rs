@@ -13,6 +13,7 @@
 pub mod console;
 mod exec;
 mod executor;
+pub mod hooks;
 pub mod namespaces;
 mod rootfs;
 pub mod spec;

@@ -1,8 +1,10 @@
 //! Checks the OCI spec received from the host and adapts it to the guest.
 //!
-//! The spec was written for the host: paths of namespaces to join, hooks
-//! and security profiles name things of the host that do not exist in the
-//! guest. What changes is returned as notes, which the agent logs.
+//! The spec was written for the host: paths of namespaces to join and
+//! security profiles name things of the host that do not exist in the
+//! guest. What changes is returned as notes, which the agent logs. Hooks
+//! are guest hooks (see [`super::hooks`]): capsa's runtime does not send
+//! the host's.
 //!
 //! Bind mounts are confined: their source must be in the share
 //! ([`capsa_protocols::GUEST_SHARED_DIR`]) or in a storage's mount point,
@@ -80,8 +82,6 @@ pub fn check(spec: &Spec) -> Result<PathBuf, SpecError> {
 
 /// Adapts `spec` to the guest; returns one note per change.
 ///
-/// - hooks are removed: they name host binaries, and a hook's wait would
-///   race with the agent's central reaper;
 /// - AppArmor and SELinux labels are removed (the guest has neither);
 /// - a process without umask gets [`DEFAULT_UMASK`]; `noNewPrivileges`
 ///   `false` is removed (the same, and what lets libcontainer load seccomp
@@ -105,10 +105,6 @@ pub fn adapt(
     storage_roots: &[PathBuf],
 ) -> Result<Vec<String>, SpecError> {
     let mut notes = Vec::new();
-    if spec.hooks().is_some() {
-        spec.set_hooks(None);
-        notes.push("hooks removed".to_string());
-    }
     if let Some(process) = spec.process_mut() {
         if process.apparmor_profile().is_some() {
             process.set_apparmor_profile(None);
@@ -404,7 +400,7 @@ mod tests {
 
         let notes = adapt(&mut spec, "c1", &[]).unwrap();
 
-        assert!(spec.hooks().is_none());
+        assert!(spec.hooks().is_some(), "guest hooks are kept");
         assert!(spec
             .process()
             .as_ref()
@@ -432,7 +428,6 @@ mod tests {
             linux.cgroups_path().as_deref(),
             Some(Path::new("/capsa/c1"))
         );
-        assert!(notes.iter().any(|n| n == "hooks removed"), "{notes:?}");
         assert!(
             notes.iter().any(|n| n.contains("/proc/42/ns/ipc")),
             "{notes:?}"

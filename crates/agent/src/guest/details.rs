@@ -8,6 +8,10 @@ use super::GuestError;
 
 /// The storage drivers [`crate::storage`] handles.
 pub const STORAGE_HANDLERS: &[&str] = &["virtio-fs", "local", "ephemeral"];
+/// capsa's optional features (`AgentDetails.extra_features`): passfd I/O
+/// ([`crate::passfd`]), guest hooks ([`crate::container::hooks`]), storages
+/// shared by containers (`Storage.shared`).
+pub const EXTRA_FEATURES: &[&str] = &["passfd-io", "guest-hooks", "shared-storage"];
 /// Memory hotplug files, relative to the sysfs root.
 const BLOCK_SIZE: &str = "devices/system/memory/block_size_bytes";
 const PROBE: &str = "devices/system/memory/probe";
@@ -57,6 +61,7 @@ pub fn agent_details() -> agent::AgentDetails {
         device_handlers: Vec::new(),
         storage_handlers: STORAGE_HANDLERS.iter().map(|s| s.to_string()).collect(),
         supports_seccomp: false,
+        extra_features: EXTRA_FEATURES.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }
@@ -94,6 +99,7 @@ mod tests {
         let d = r.agent_details.as_ref().unwrap();
         assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(d.storage_handlers, STORAGE_HANDLERS);
+        assert_eq!(d.extra_features, EXTRA_FEATURES);
         assert!(!d.init_daemon);
 
         let r = details(sys.path(), &agent::GuestDetailsRequest::default()).unwrap();

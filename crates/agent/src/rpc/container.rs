@@ -16,12 +16,19 @@ pub fn container_request(
     let oci = req.OCI.as_ref().ok_or(SandboxError::NoSpec)?;
     let spec = capsa_protocols::convert::spec_from_grpc(oci)
         .map_err(|e| SandboxError::SpecConversion(Box::new(e)))?;
+    let (shared, own): (Vec<_>, Vec<_>) = req.storages.iter().partition(|s| s.shared);
     Ok(ContainerRequest {
         container_id: req.container_id,
         exec_id: req.exec_id,
         spec,
-        storages: req.storages.iter().map(storage_spec).collect(),
+        storages: own.into_iter().map(storage_spec).collect(),
+        shared_storages: shared.into_iter().map(storage_spec).collect(),
         sandbox_pidns: req.sandbox_pidns,
+        io: crate::passfd::Ports {
+            stdin: req.stdin_port,
+            stdout: req.stdout_port,
+            stderr: req.stderr_port,
+        },
     })
 }
 

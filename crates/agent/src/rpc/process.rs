@@ -16,10 +16,15 @@ pub async fn exec(
     let grpc = req.process.as_ref().ok_or(SandboxError::NoProcessSpec)?;
     let process = capsa_protocols::convert::process_from_grpc(grpc)
         .map_err(|e| SandboxError::SpecConversion(Box::new(e)))?;
+    let io = crate::passfd::Ports {
+        stdin: req.stdin_port,
+        stdout: req.stdout_port,
+        stderr: req.stderr_port,
+    };
     let sandbox = sandbox.clone();
     detached(async move {
         sandbox
-            .exec_process(&req.container_id, &req.exec_id, process)
+            .exec_process(&req.container_id, &req.exec_id, process, io)
             .await
     })
     .await

@@ -10,9 +10,11 @@ use oci_spec::runtime::Spec;
 
 use super::lifecycle::{mount_all, unmount_all};
 use super::{cgroup, oom, pidns, Container, ContainerState, Sandbox, SandboxError};
+use crate::container::hooks::AgentHooks;
 use crate::container::{self, spec};
+use crate::passfd;
 use crate::process::Process;
-use crate::storage::StorageSpec;
+use crate::storage::{Mounted, StorageSpec};
 use crate::validate;
 
 /// What CreateContainer asks for.
@@ -23,8 +25,12 @@ pub struct ContainerRequest {
     pub exec_id: String,
     pub spec: Spec,
     pub storages: Vec<StorageSpec>,
+    /// Storages shared with other containers (`Storage.shared`).
+    pub shared_storages: Vec<StorageSpec>,
     /// Join the sandbox's PID namespace (CreateContainer's `sandbox_pidns`).
     pub sandbox_pidns: bool,
+    /// Host ports of passfd streams for the init's stdio.
+    pub io: passfd::Ports,
 }
 
 impl Sandbox {
@@ -36,11 +42,14 @@ impl Sandbox {
             validate::exec_id(&req.exec_id)?;
         }
         spec::check(&req.spec)?;
+        // Claimed first, as Kata's agent: on any error below they close.
+        let streams = passfd::claim(req.io).await?;
         self.reserve(&id, true).await?;
         let result = self.create_reserved(req).await;
         let mut state = self.state.lock().await;
         state.busy.remove(&id);
         let container = result?;
+        passfd::attach(&container.init, streams);
         let holder_alive = state
             .pidns_holder
             .as_ref()
@@ -76,6 +85,17 @@ impl Sandbox {
         };
         let storages = req.storages;
         let storages = tokio::task::spawn_blocking(move || mount_all(&storages)).await??;
+        let (shared, shared_roots) = match self.acquire_shared(&req.shared_storages).await {
+            Ok(s) => s,
+            Err(e) => {
+                unmount_all(&storages);
+                return Err(e);
+            }
+        };
+        let undo = |storages: Vec<Mounted>, shared: Vec<String>| async move {
+            unmount_all(&storages);
+            self.release_shared(&shared).await;
+        };
 
         let mut spec = req.spec;
         let omitted = pidns::omits_pid_namespace(&spec);
@@ -90,6 +110,7 @@ impl Sandbox {
                 .collect()
         };
         bind_roots.extend(storages.iter().map(|m| m.mount_point.clone()));
+        bind_roots.extend(shared_roots);
         let notes = spec::adapt(&mut spec, &id, &bind_roots).and_then(|mut notes| {
             notes.extend(spec::apply_network_sysctls(&mut spec)?);
             Ok(notes)
@@ -97,10 +118,11 @@ impl Sandbox {
         let notes = match notes {
             Ok(notes) => notes,
             Err(e) => {
-                unmount_all(&storages);
+                undo(storages, shared).await;
                 return Err(e.into());
             }
         };
+        let hooks = AgentHooks::take(&mut spec, &id, container::bundle_dir(&id));
         for note in notes {
             tracing::info!(container = %id, "spec adapted: {note}");
         }
@@ -118,14 +140,29 @@ impl Sandbox {
         let cid = id.clone();
         let created =
             tokio::task::spawn_blocking(move || container::create(&cid, &spec, &reaper)).await?;
-        let created = match created {
+        let mut created = match created {
             Ok(created) => created,
             Err(e) => {
-                unmount_all(&storages);
+                undo(storages, shared).await;
                 return Err(SandboxError::Container(id, Box::new(e)));
             }
         };
         tracing::info!(container = %id, pid = created.pid, "container created");
+        if let Err(e) = hooks.created(created.pid, &self.reaper).await {
+            // OCI: a failed createRuntime hook stops and deletes the container.
+            let _ = kill(Pid::from_raw(created.pid), Signal::SIGKILL);
+            let deleted = tokio::task::spawn_blocking(move || {
+                let deleted = container::delete(&mut created.handle);
+                (created, deleted)
+            })
+            .await;
+            if let Ok((created, Err(d))) = &deleted {
+                let error = crate::error::chain(d);
+                tracing::warn!(container = %id, pid = created.pid, %error, "cannot delete after a failed hook");
+            }
+            undo(storages, shared).await;
+            return Err(SandboxError::Hook(id, e));
+        }
         let cgroup = cgroup::dir(&cgroup_path);
         Ok(Container {
             _oom: oom::watch(&id, cgroup.clone(), self.oom.sender()),
@@ -142,6 +179,8 @@ impl Sandbox {
             namespaces: created.namespaces,
             state: StdMutex::new(ContainerState::Created),
             storages,
+            shared: StdMutex::new(shared),
+            hooks,
         })
     }
 
@@ -172,6 +211,10 @@ impl Sandbox {
         .await?
         .map_err(|e| SandboxError::Container(id.to_string(), Box::new(e)))?;
         tracing::info!(container = %id, "container started");
+        container
+            .hooks
+            .started(container.init.pid, &self.reaper)
+            .await;
         Ok(())
     }
 
@@ -225,7 +268,16 @@ impl Sandbox {
             deleted
         })
         .await?
-        .map_err(|e| SandboxError::Container(id, Box::new(e)))
+        .map_err(|e| SandboxError::Container(id, Box::new(e)))?;
+        let shared = std::mem::take(
+            &mut *container
+                .shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.release_shared(&shared).await;
+        container.hooks.stopped(&self.reaper).await;
+        Ok(())
     }
 
     /// Sends signal `signal` to a process. Like Kata, SIGTERM becomes

@@ -6,9 +6,11 @@ use std::time::Duration;
 use super::cgroup::CgroupError;
 use super::resources::ResourcesError;
 use crate::container::console::ConsoleError;
+use crate::container::hooks::HookError;
 use crate::container::spec::SpecError;
 use crate::container::ContainerError;
 use crate::modules::ModuleError;
+use crate::passfd::PassfdError;
 use crate::stdio::StdioError;
 use crate::storage::StorageError;
 use crate::validate::ValidateError;
@@ -111,6 +113,16 @@ pub enum SandboxError {
     Resources(String, #[source] ResourcesError),
     #[error("cgroup of container {0:?}")]
     Cgroup(String, #[source] CgroupError),
+    #[error("passfd i/o")]
+    Passfd(#[from] PassfdError),
+    #[error("container {0:?}")]
+    Hook(String, #[source] HookError),
+    #[error("shared storage {mount_point:?} is already mounted from {driver} {source_name:?}")]
+    SharedMismatch {
+        mount_point: String,
+        driver: String,
+        source_name: String,
+    },
 }
 
 impl SandboxError {
@@ -128,7 +140,12 @@ impl SandboxError {
             | E::WinSize { .. }
             | E::Format(_)
             | E::NoResources
+            | E::SharedMismatch { .. }
             | E::Resources(..) => ErrorKind::InvalidArgument,
+            E::Passfd(PassfdError::NoStream(_) | PassfdError::Connect(..)) => {
+                ErrorKind::FailedPrecondition
+            }
+            E::Passfd(PassfdError::Setup(..)) | E::Hook(..) => ErrorKind::Internal,
             E::ExecExists { .. } => ErrorKind::AlreadyExists,
             E::NotRunning(_) | E::Paused(_) | E::NotPaused(_) | E::NoTerminal { .. } => {
                 ErrorKind::FailedPrecondition

@@ -6,17 +6,20 @@ use oci_spec::runtime::Process as OciProcess;
 
 use super::{Container, ContainerState, Sandbox, SandboxError};
 use crate::container;
+use crate::passfd;
 use crate::process::Process;
 use crate::validate;
 
 impl Sandbox {
     /// Runs `process` in the running container `container_id` as
-    /// `exec_id`; its stdio is reachable under that exec id.
+    /// `exec_id`; its stdio is reachable under that exec id, or through
+    /// the passfd streams `io` names.
     pub async fn exec_process(
         &self,
         container_id: &str,
         exec_id: &str,
         process: OciProcess,
+        io: passfd::Ports,
     ) -> Result<(), SandboxError> {
         validate::exec_id(exec_id)?;
         let c = self.container(container_id).await?;
@@ -31,6 +34,7 @@ impl Sandbox {
         if c.init.status().is_some() {
             return Err(SandboxError::NotRunning(c.id.clone()));
         }
+        let streams = passfd::claim(io).await?;
         reserve_exec(&c, exec_id)?;
         let reaper = self.reaper.clone();
         let (target, eid) = (c.clone(), exec_id.to_string());
@@ -51,15 +55,14 @@ impl Sandbox {
             }
         };
         tracing::info!(container = %c.id, exec = exec_id, pid = spawned.pid, "exec process started");
-        execs.insert(
-            exec_id.to_string(),
-            Some(Arc::new(Process {
-                exec_id: exec_id.to_string(),
-                pid: spawned.pid,
-                exit: spawned.exit,
-                stdio: spawned.stdio,
-            })),
-        );
+        let process = Arc::new(Process {
+            exec_id: exec_id.to_string(),
+            pid: spawned.pid,
+            exit: spawned.exit,
+            stdio: spawned.stdio,
+        });
+        passfd::attach(&process, streams);
+        execs.insert(exec_id.to_string(), Some(process));
         Ok(())
     }
 

@@ -12,6 +12,7 @@ mod oom;
 mod pidns;
 mod ps;
 mod resources;
+mod shared;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use libcontainer::container::Container as Handle;
 use tokio::sync::{watch, Mutex};
 
+use crate::container::hooks::AgentHooks;
 use crate::container::namespaces::Namespaces;
 use crate::process::Process;
 use crate::reaper::Reaper;
@@ -54,6 +56,10 @@ pub struct Container {
     namespaces: Namespaces,
     state: StdMutex<ContainerState>,
     storages: Vec<Mounted>,
+    /// Mount points of the shared storages it uses; taken when released.
+    shared: StdMutex<Vec<String>>,
+    /// The spec's hooks the agent runs itself.
+    hooks: AgentHooks,
     /// Watches the cgroup for OOM kills while the container exists.
     _oom: oom::Watch,
 }
@@ -84,6 +90,8 @@ pub struct Sandbox {
     /// hostname, no modules).
     init: bool,
     state: Mutex<State>,
+    /// Storages shared by containers (held while one is mounted).
+    shared: Mutex<shared::SharedStorages>,
     shutdown: watch::Sender<bool>,
     oom: oom::Events,
 }
@@ -94,6 +102,7 @@ impl Sandbox {
             reaper,
             init,
             state: Mutex::default(),
+            shared: Mutex::default(),
             shutdown: watch::channel(false).0,
             oom: oom::Events::default(),
         }
