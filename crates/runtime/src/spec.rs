@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use crate::Error;

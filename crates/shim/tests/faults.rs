@@ -81,8 +81,9 @@ fn shim_killed_then_containerd_cleans_up() {
 }
 
 /// containerd's cleanup after a dead shim is the shim's `delete` action:
-/// run by hand a second time in the same bundle, it finds nothing left
-/// and still answers.
+/// run by hand a second time in the same bundle, it finds nothing left,
+/// touches nothing else (another pod runs on) and still answers what
+/// containerd reads: a `DeleteResponse` on stdout with SIGKILL's status.
 #[test]
 fn delete_action_twice_is_harmless() {
     let s = Setup::new();
@@ -106,6 +107,12 @@ fn delete_action_twice_is_harmless() {
     s.ctrd.ctr_ok(&["containers", "delete", "twice"]);
     s.assert_all_gone();
 
+    // Another pod in the same state directory, running.
+    let out = s.run(&["-d"], "other", &["sleep", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let other_state = s.env.state_dir.join("other");
+    assert!(other_state.join("state.json").is_file());
+
     let again = s.env.dir.path().join("bundle-again");
     std::fs::create_dir_all(&again).unwrap();
     std::fs::write(again.join("capsa-pod-state"), marker).unwrap();
@@ -125,6 +132,38 @@ fn delete_action_twice_is_harmless() {
         .output()
         .expect("run delete");
     assert!(out.status.success(), "{out:?}");
+    let reply: containerd_shim::DeleteResponse =
+        containerd_shim::protos::protobuf::Message::parse_from_bytes(&out.stdout)
+            .unwrap_or_else(|e| panic!("delete's stdout is not a DeleteResponse ({e}): {out:?}"));
+    assert_eq!(reply.exit_status, 137, "{reply:?}");
+    assert!(reply.exited_at.is_some(), "{reply:?}");
+
+    // The other pod is untouched: its state, its VM, its agent.
+    assert!(
+        other_state.join("state.json").is_file(),
+        "other pod's state removed"
+    );
+    let (_, status) = task(&s, "other").expect("other listed");
+    assert_eq!(status, "RUNNING");
+    let out = s.ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "other",
+        "echo",
+        "still-here",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "still-here\n",
+        "{out:?}"
+    );
+    s.ctrd
+        .ctr_ok(&["task", "kill", "--signal", "SIGKILL", "other"]);
+    wait_stopped(&s, "other");
+    s.ctrd.ctr_ok(&["task", "delete", "other"]);
+    s.ctrd.ctr_ok(&["containers", "delete", "other"]);
     s.assert_all_gone();
 }
 
