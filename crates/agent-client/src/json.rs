@@ -36,20 +36,7 @@ impl AgentClient {
         request: &str,
         timeout: Duration,
     ) -> Result<String, Error> {
-        let descriptor = service_methods()
-            .find(|m| m.proto().name() == method)
-            .ok_or_else(|| Error::UnknownMethod(method.to_string()))?;
-        let mut req = descriptor.input_type().new_instance();
-        protobuf_json_mapping::merge_from_str(&mut *req, request).map_err(|e| {
-            Error::BadRequest {
-                message: descriptor.input_type().name().to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        let payload = req.write_to_bytes_dyn().map_err(|e| Error::BadRequest {
-            message: descriptor.input_type().name().to_string(),
-            reason: e.to_string(),
-        })?;
+        let payload = request_from_json(method, request)?;
         let mut call = ttrpc::Request::new();
         call.service = format!("grpc.{SERVICE}");
         call.method = method.to_string();
@@ -59,18 +46,40 @@ impl AgentClient {
             method: method.to_string(),
             error,
         })?;
-        let output = descriptor.output_type();
-        let message = output
-            .parse_from_bytes(&reply.payload)
-            .map_err(|e| Error::BadReply {
-                method: method.to_string(),
-                reason: e.to_string(),
-            })?;
-        protobuf_json_mapping::print_to_string(&*message).map_err(|e| Error::BadReply {
-            method: method.to_string(),
-            reason: e.to_string(),
-        })
+        reply_to_json(method, &reply.payload)
     }
+}
+
+fn descriptor(method: &str) -> Result<MethodDescriptor, Error> {
+    service_methods()
+        .find(|m| m.proto().name() == method)
+        .ok_or_else(|| Error::UnknownMethod(method.to_string()))
+}
+
+/// The request of `method`, given as JSON (protobuf's JSON mapping, field
+/// names as in the `.proto` or in lowerCamelCase), encoded for the wire.
+pub fn request_from_json(method: &str, request: &str) -> Result<Vec<u8>, Error> {
+    let descriptor = descriptor(method)?;
+    let bad_request = |e: &dyn std::fmt::Display| Error::BadRequest {
+        message: descriptor.input_type().name().to_string(),
+        reason: e.to_string(),
+    };
+    let mut req = descriptor.input_type().new_instance();
+    protobuf_json_mapping::merge_from_str(&mut *req, request).map_err(|e| bad_request(&e))?;
+    req.write_to_bytes_dyn().map_err(|e| bad_request(&e))
+}
+
+/// The reply of `method` (the payload the guest sent) as JSON.
+pub fn reply_to_json(method: &str, payload: &[u8]) -> Result<String, Error> {
+    let bad_reply = |e: &dyn std::fmt::Display| Error::BadReply {
+        method: method.to_string(),
+        reason: e.to_string(),
+    };
+    let message = descriptor(method)?
+        .output_type()
+        .parse_from_bytes(payload)
+        .map_err(|e| bad_reply(&e))?;
+    protobuf_json_mapping::print_to_string(&*message).map_err(|e| bad_reply(&e))
 }
 
 #[cfg(test)]

@@ -10,5 +10,5 @@ mod model;
 mod validate;
 
 pub use error::Error;
-pub use lookup::{find, load, Source, DEFAULT_PATHS, ENV_CONF_FILE};
+pub use lookup::{find, load, parse, Source, DEFAULT_PATHS, ENV_CONF_FILE};
 pub use model::{AgentConfig, AgentSection, Config, HypervisorConfig, QemuConfig, RuntimeConfig};

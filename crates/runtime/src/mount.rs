@@ -210,6 +210,12 @@ pub fn unmount_all_below(dir: &Path) -> Result<(), Error> {
 /// Mount points at or below `dir`, deepest first, from `/proc/self/mountinfo`.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mounts_below(&info, dir)
+}
+
+/// Mount points at or below `dir`, deepest first, from `info` (the text of
+/// a `/proc/<pid>/mountinfo`: the mount point is the fifth field).
+pub fn parse_mounts_below(info: &str, dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -221,7 +227,7 @@ pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
