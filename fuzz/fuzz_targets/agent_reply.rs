@@ -1,13 +1,19 @@
 //! The host's handling of replies from the guest (a hostile guest writes
-//! them): a ttRPC response frame's payload decoded from the bytes, then
-//! decoded as the reply of an AgentService method (the first byte picks
-//! it) and printed as JSON, as `capsa agent-ctl` does; and the typed
-//! replies the runtime reads.
+//! them): the bytes read as the ttRPC frames the client reads from the
+//! socket; each response's payload decoded as the reply of an
+//! AgentService method (the first byte picks it) and printed as JSON, as
+//! `capsa agent-ctl` does; and the bytes as each typed reply the runtime
+//! reads.
 #![no_main]
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use capsa_protocols::{agent, health};
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
+use ttrpc::proto::{GenMessage, Response, MESSAGE_TYPE_RESPONSE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
@@ -15,8 +21,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let methods = capsa_agent_client::methods();
     let method = &methods[usize::from(which) % methods.len()];
-    if let Ok(response) = ttrpc::proto::Response::parse_from_bytes(bytes) {
-        let _ = capsa_agent_client::reply_to_json(method, &response.payload);
+    let mut stream = bytes;
+    while !stream.is_empty() {
+        // Reading from a slice never waits: one poll finishes the read.
+        let read =
+            pin!(GenMessage::read_from(&mut stream)).poll(&mut Context::from_waker(Waker::noop()));
+        let Poll::Ready(Ok(frame)) = read else {
+            break;
+        };
+        if frame.header.type_ != MESSAGE_TYPE_RESPONSE {
+            continue;
+        }
+        if let Ok(response) = Response::parse_from_bytes(&frame.payload) {
+            let _ = capsa_agent_client::reply_to_json(method, &response.payload);
+        }
     }
     let _ = capsa_agent_client::reply_to_json(method, bytes);
     typed(bytes);

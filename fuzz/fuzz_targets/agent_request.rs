@@ -15,6 +15,7 @@ use capsa_agent::storage::{self, StorageSpec};
 use capsa_agent::{modules, rpc, validate};
 use capsa_protocols::agent;
 use libfuzzer_sys::fuzz_target;
+use oci_spec::runtime::LinuxNamespaceType;
 use protobuf::Message;
 
 fuzz_target!(|data: &[u8]| {
@@ -88,12 +89,48 @@ fn create_container(bytes: &[u8]) {
     if spec::check(&spec).is_err() {
         return;
     }
+    // The storages the agent would mount: their mount points are roots of
+    // bind sources.
+    let storage_root = Path::new(storage::STORAGE_ROOT);
     let roots: Vec<PathBuf> = req
         .storages
         .iter()
-        .map(|s| PathBuf::from(&s.mount_point))
+        .filter_map(|s| {
+            validate::relative_below("storage mount point", storage_root, &s.mount_point).ok()
+        })
+        .map(|rel| storage_root.join(rel))
         .collect();
     if spec::adapt_with(&mut spec, &req.container_id, &roots, &lexical).is_ok() {
+        assert!(spec.hooks().is_none(), "hooks left");
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        for typ in [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid] {
+            assert!(
+                namespaces.iter().any(|n| n.typ() == typ),
+                "no {typ:?} namespace"
+            );
+        }
+        assert!(
+            namespaces
+                .iter()
+                .all(|n| n.typ() != LinuxNamespaceType::Network && n.path().is_none()),
+            "{namespaces:?}"
+        );
+        // Bind mounts take their source from the share or a storage only.
+        let shared = Path::new(capsa_protocols::GUEST_SHARED_DIR);
+        for m in spec.mounts().iter().flatten().filter(|m| spec::is_bind(m)) {
+            let source = m.source().clone().unwrap_or_default();
+            assert!(
+                source.starts_with(shared)
+                    || roots
+                        .iter()
+                        .any(|r| source.starts_with(lexical(r).unwrap_or_default())),
+                "bind source {source:?} outside {shared:?} and {roots:?}"
+            );
+        }
         let cgroup = spec
             .linux()
             .as_ref()
@@ -193,8 +230,7 @@ fn sysctls(bytes: &[u8]) {
     let key = String::from_utf8_lossy(bytes);
     if let Some(path) = spec::sysctl_path(&key) {
         assert!(
-            path.starts_with("/proc/sys/")
-                && !path.components().any(|c| c == Component::ParentDir),
+            path.starts_with("/proc/sys/") && !path.components().any(|c| c == Component::ParentDir),
             "sysctl {key:?}: {path:?}"
         );
     }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use arbitrary::{Arbitrary, Unstructured};
 use capsa_shim::{annotations, sizing};
 use libfuzzer_sys::fuzz_target;
-use oci_spec::runtime::{LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec,
+};
 
 #[derive(Debug, Arbitrary)]
 struct Parts {
@@ -79,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
     let size = sizing::vm_size(&spec, vcpus, memory);
     let got_vcpus = size.vcpus.expect("vcpus always set");
     assert!(got_vcpus <= 256, "{got_vcpus} vCPUs");
-    assert!(got_vcpus >= vcpus.min(256), "{got_vcpus} vCPUs below {vcpus}");
+    assert!(
+        got_vcpus >= vcpus.min(256),
+        "{got_vcpus} vCPUs below {vcpus}"
+    );
     assert!(size.memory_mib.expect("memory always set") >= memory);
 });

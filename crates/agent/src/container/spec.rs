@@ -189,7 +189,7 @@ pub fn adapt_with(
 }
 
 /// Whether `m` is a bind mount (OCI: type `bind`, or option `bind`/`rbind`).
-fn is_bind(m: &Mount) -> bool {
+pub fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()
             .iter()
