@@ -64,6 +64,9 @@ pub fn request_from_json(method: &str, request: &str) -> Result<Vec<u8>, Error> 
         message: descriptor.input_type().name().to_string(),
         reason: e.to_string(),
     };
+    // Valid JSON first: protobuf's parser also takes text-format escapes
+    // (`\ooo`), and panics on some (`\779`, with overflow checks).
+    serde_json::from_str::<serde::de::IgnoredAny>(request).map_err(|e| bad_request(&e))?;
     let mut req = descriptor.input_type().new_instance();
     protobuf_json_mapping::merge_from_str(&mut *req, request).map_err(|e| bad_request(&e))?;
     req.write_to_bytes_dyn().map_err(|e| bad_request(&e))
@@ -97,6 +100,19 @@ mod tests {
         ] {
             assert!(m.iter().any(|x| x == name), "{name} missing from {m:?}");
         }
+    }
+
+    /// Found by the fuzz target `agent_ctl_request`: protobuf's JSON parser
+    /// (protobuf-support 3.7 lexer) reads `\779` as an octal escape, takes
+    /// `9` for an octal digit and overflows a `u8` (a panic with overflow
+    /// checks, a wrong byte without); valid JSON has no such escape.
+    #[test]
+    fn octal_escapes_are_refused_without_a_panic() {
+        let err = request_from_json("SignalProcess", r#"{"container_id": "\779"}"#).unwrap_err();
+        let Error::BadRequest { message, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(message, "SignalProcessRequest");
     }
 
     #[test]
