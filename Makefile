@@ -1,6 +1,7 @@
 # capsa: two commands on a fresh Debian machine.
 #   make demo   install what is missing, build, install, run a container in a VM
 #   make test   the whole test suite
+#   make fuzz   each fuzz target for FUZZ_TIME seconds (docs/fuzzing.md)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
@@ -19,10 +20,11 @@ LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
-                    make libelf-dev zlib1g-dev libzstd-dev containerd runc
+                    make libelf-dev zlib1g-dev libzstd-dev containerd runc g++
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
-.PHONY: all deps build agent assets install demo test lint bench clean
+.PHONY: all deps build agent assets install demo test lint bench clean \
+        fuzz-deps fuzz-build fuzz fuzz-smoke
 
 all: build
 
@@ -77,9 +79,58 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: assets lint
+test: assets lint fuzz-smoke
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo test --workspace -- --test-threads=2
 	./scripts/check-leaks.sh
+
+## Fuzz targets (fuzz/, a cargo-fuzz crate with a workspace of its own).
+## Built once for both `fuzz` and `fuzz-smoke`, without a sanitizer by
+## default (safe Rust: panics and overflow checks are what is hunted;
+## FUZZ_SANITIZER=address for unsafe code in dependencies). Corpora grow
+## in FUZZ_CORPUS_DIR; fuzz/corpus (seeds) and fuzz/regressions (inputs
+## that crashed once) are only read.
+FUZZ_TIME        ?= 60
+FUZZ_SMOKE_TIME  ?= 2
+FUZZ_SANITIZER   ?= none
+FUZZ_TARGET_DIR  ?= $(CACHE)/fuzz-target
+FUZZ_CORPUS_DIR  ?= $(CACHE)/fuzz-corpus
+# The machine's stable toolchain: without a sanitizer cargo-fuzz needs no
+# unstable rustc flag; a sanitizer does (-Zsanitizer).
+FUZZ_CARGO       := $(if $(filter none,$(FUZZ_SANITIZER)),,RUSTC_BOOTSTRAP=1) cargo
+FUZZ_TARGETS      = $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+
+fuzz-deps: deps
+	@command -v cargo-fuzz > /dev/null || { \
+	  echo "installing cargo-fuzz from crates.io"; \
+	  CARGO_TARGET_DIR=$(CACHE)/tools-target cargo install --locked --root $(PREFIX) cargo-fuzz; }
+
+fuzz-build: fuzz-deps
+	$(FUZZ_CARGO) fuzz build -s $(FUZZ_SANITIZER) --target-dir $(FUZZ_TARGET_DIR)
+
+## Each target for FUZZ_TIME seconds, from the seeds and what earlier runs
+## found; a crash stops with the input in fuzz/artifacts/<target>/.
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_CORPUS_DIR)/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_TIME) s"; \
+	  inputs="$$(ls -d fuzz/corpus/$$t fuzz/regressions/$$t 2> /dev/null || true)"; \
+	  $(FUZZ_CARGO) fuzz run -s $(FUZZ_SANITIZER) --target-dir $(FUZZ_TARGET_DIR) $$t \
+	    $(FUZZ_CORPUS_DIR)/$$t $$inputs -- -max_total_time=$(FUZZ_TIME) -print_final_stats=1; \
+	done
+
+## For `make test`: every target builds, replays its seeds and regressions,
+## and fuzzes FUZZ_SMOKE_TIME seconds (nothing is written to the clone).
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  scratch=$$(mktemp -d); \
+	  inputs="$$(ls -d fuzz/corpus/$$t fuzz/regressions/$$t 2> /dev/null || true)"; \
+	  $(FUZZ_CARGO) fuzz run -s $(FUZZ_SANITIZER) --target-dir $(FUZZ_TARGET_DIR) $$t \
+	    $$scratch $$inputs -- \
+	    -max_total_time=$(FUZZ_SMOKE_TIME) -artifact_prefix=$$scratch/ 2> $$scratch/log \
+	    || { cat $$scratch/log; echo "fuzz target $$t failed (input in $$scratch)"; exit 1; }; \
+	  echo "fuzz target $$t: $$(grep -o 'Done [0-9]* runs.*' $$scratch/log || echo ok)"; \
+	  rm -rf $$scratch; \
+	done
 
 bench: install
 	scripts/busybox-rootfs.sh $(DEMO_ROOTFS)

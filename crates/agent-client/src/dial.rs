@@ -102,13 +102,20 @@ async fn hybrid_stream(path: &Path, port: u32) -> Result<UnixStream, String> {
     if n == 0 {
         return Err(format!("port {port} refused (connection closed)"));
     }
+    check_connect_reply(&line)?;
+    Ok(stream)
+}
+
+/// Checks the backend's reply line to `CONNECT <port>` (`OK <n>\n`, where
+/// `n` is the host-side port the backend chose, which capsa does not use).
+pub fn check_connect_reply(line: &str) -> Result<(), String> {
     if !line.starts_with("OK ") {
         return Err(format!(
             "unexpected reply to CONNECT: {:?}",
             line.trim_end()
         ));
     }
-    Ok(stream)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ use capsa_protocols::{agent, agent_ttrpc::AgentServiceClient, health, health_ttr
 use tokio::time::Instant;
 use ttrpc::context::{self, Context};
 
-pub use dial::{describe, dial, dial_hybrid_stream};
+pub use dial::{check_connect_reply, describe, dial, dial_hybrid_stream};
 pub use error::Error;
-pub use json::methods;
+pub use json::{methods, reply_to_json, request_from_json};
 
 /// Timeout of calls that should answer at once.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

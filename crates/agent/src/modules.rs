@@ -93,15 +93,21 @@ pub fn load_boot_modules() -> Result<(), ModuleError> {
 
 /// Loads module `name` (as `modprobe` names it) with `params`.
 pub fn load_by_name(name: &str, params: &[String]) -> Result<Loaded, ModuleError> {
-    if name.is_empty() || name.contains(['/', '\0']) || name.contains("..") {
-        return Err(ModuleError::Name(name.to_string()));
-    }
+    check_name(name)?;
     let dir = modules_dir()?;
     let path = find_module(&dir, name).ok_or_else(|| ModuleError::NotFound {
         name: name.to_string(),
         dir: dir.clone(),
     })?;
     load_file(&path, &params.join(" "))
+}
+
+/// Checks a module name from the host: not empty, no `/`, NUL or `..`.
+pub fn check_name(name: &str) -> Result<(), ModuleError> {
+    if name.is_empty() || name.contains(['/', '\0']) || name.contains("..") {
+        return Err(ModuleError::Name(name.to_string()));
+    }
+    Ok(())
 }
 
 /// Finds `<name>.ko` under `dir`; `-` and `_` are the same in module names.

@@ -154,7 +154,7 @@ pub fn parse_options(options: &[String]) -> MountOptions {
 }
 
 /// Mode of a `local` storage: its `mode=` option (octal), 0777 by default.
-fn local_mode(options: &[String]) -> Result<u32, StorageError> {
+pub fn local_mode(options: &[String]) -> Result<u32, StorageError> {
     match options
         .iter()
         .flat_map(|o| o.split(','))

@@ -10,7 +10,7 @@ mod model;
 mod validate;
 
 pub use error::Error;
-pub use lookup::{find, load, Source, DEFAULT_PATHS, ENV_CONF_FILE};
+pub use lookup::{find, load, parse, Source, DEFAULT_PATHS, ENV_CONF_FILE};
 pub use model::{
     AgentConfig, AgentSection, Config, HypervisorConfig, QemuConfig, RuntimeConfig,
     HEALTH_CHECK_FAILURES,

@@ -6,7 +6,6 @@
 //! plumbing (start/delete actions, ttRPC server, event publisher, log
 //! FIFO) comes from the `containerd-shim` crate.
 
-mod annotations;
 mod error;
 mod events;
 mod options;
@@ -14,9 +13,10 @@ mod pod;
 mod process;
 mod service;
 mod shim;
-mod sizing;
 mod stats;
 mod stdio;
+
+use capsa_shim::{annotations, sizing};
 
 /// The runtime's name for containerd.
 pub const RUNTIME_ID: &str = "io.containerd.capsa.v2";

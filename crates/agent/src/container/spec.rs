@@ -104,6 +104,18 @@ pub fn adapt(
     id: &str,
     storage_roots: &[PathBuf],
 ) -> Result<Vec<String>, SpecError> {
+    adapt_with(spec, id, storage_roots, &|p| std::fs::canonicalize(p))
+}
+
+/// [`adapt`], with bind mount sources (and the roots they must be in)
+/// resolved by `resolve` instead of the guest's filesystem: pure when
+/// `resolve` is (the fuzz targets use a lexical one).
+pub fn adapt_with(
+    spec: &mut Spec,
+    id: &str,
+    storage_roots: &[PathBuf],
+    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
+) -> Result<Vec<String>, SpecError> {
     let mut notes = Vec::new();
     if let Some(process) = spec.process_mut() {
         if process.apparmor_profile().is_some() {
@@ -167,13 +179,13 @@ pub fn adapt(
     }
     linux.set_cgroups_path(Some(path));
     if let Some(mounts) = spec.mounts_mut() {
-        confine_binds(mounts, storage_roots, &mut notes)?;
+        confine_binds(mounts, storage_roots, resolve, &mut notes)?;
     }
     Ok(notes)
 }
 
 /// Whether `m` is a bind mount (OCI: type `bind`, or option `bind`/`rbind`).
-fn is_bind(m: &Mount) -> bool {
+pub fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()
             .iter()
@@ -186,12 +198,13 @@ fn is_bind(m: &Mount) -> bool {
 fn confine_binds(
     mounts: &mut [Mount],
     storage_roots: &[PathBuf],
+    resolve: &dyn Fn(&Path) -> std::io::Result<PathBuf>,
     notes: &mut Vec<String>,
 ) -> Result<(), SpecError> {
     let shared = capsa_protocols::GUEST_SHARED_DIR;
     let roots: Vec<PathBuf> = std::iter::once(Path::new(shared))
         .chain(storage_roots.iter().map(PathBuf::as_path))
-        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()))
+        .map(|r| resolve(r).unwrap_or_else(|_| r.to_path_buf()))
         .collect();
     for m in mounts.iter_mut().filter(|m| is_bind(m)) {
         let destination = m.destination().clone();
@@ -202,7 +215,7 @@ fn confine_binds(
                 source_path,
             });
         }
-        let resolved = match std::fs::canonicalize(&source_path) {
+        let resolved = match resolve(&source_path) {
             Ok(p) => p,
             Err(error) => {
                 return Err(SpecError::BindResolve {
@@ -278,7 +291,7 @@ pub fn apply_network_sysctls(spec: &mut Spec) -> Result<Vec<String>, SpecError> 
 
 /// `/proc/sys/<a>/<b>/...` for `a.b...` (or `a/b/...`); `None` when a part
 /// is empty or `..`.
-fn sysctl_path(key: &str) -> Option<PathBuf> {
+pub fn sysctl_path(key: &str) -> Option<PathBuf> {
     let parts: Vec<&str> = if key.contains('/') {
         key.split('/').collect()
     } else {

@@ -89,11 +89,22 @@ fn check_sizes(req: &CopyFileRequest) -> Result<(), GuestError> {
     Ok(())
 }
 
-/// Does what `req` asks, below `root` (normally [`SANDBOX_DIR`]). Blocking.
-pub fn copy_file(root: &Path, req: &CopyFileRequest) -> Result<(), GuestError> {
+/// Checks `req` (path below `root`, file type, sizes and offset) without
+/// touching anything: what [`copy_file`] refuses before any I/O.
+pub fn check(root: &Path, req: &CopyFileRequest) -> Result<(), GuestError> {
+    checked(root, req).map(drop)
+}
+
+fn checked(root: &Path, req: &CopyFileRequest) -> Result<(PathBuf, Kind), GuestError> {
     let rel = relative_path(root, &req.path)?;
     let kind = kind(req.file_mode)?;
     check_sizes(req)?;
+    Ok((rel, kind))
+}
+
+/// Does what `req` asks, below `root` (normally [`SANDBOX_DIR`]). Blocking.
+pub fn copy_file(root: &Path, req: &CopyFileRequest) -> Result<(), GuestError> {
+    let (rel, kind) = checked(root, req)?;
     std::fs::create_dir_all(root).map_err(|e| GuestError::io("create", root, e))?;
     let beneath = Beneath::open(KIND, root, &req.path)?;
     let owner = owner(req.uid, req.gid);

@@ -24,7 +24,9 @@ use protobuf::well_known_types::empty::Empty;
 use ttrpc::asynchronous::{Service, TtrpcContext};
 
 use crate::sandbox::Sandbox;
+pub use container::container_request;
 pub use health::{HealthRpc, AGENT_VERSION, API_VERSION};
+pub use sandbox::{sandbox_request, storage_spec};
 use status::to_status;
 pub use unimplemented::IMPLEMENTED;
 

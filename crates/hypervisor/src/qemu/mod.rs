@@ -213,7 +213,7 @@ impl Vm for QemuVm {
                 return Ok(false);
             }
             let status = qmp::execute(&qmp, "x-query-virtio-status", Some(args.clone())).await?;
-            if status["status"].to_string().contains("DRIVER_OK") {
+            if qmp::virtio_driver_ok(&status) {
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -37,10 +37,7 @@ async fn execute_inner(
         .map_err(|e| Error::Qmp(format!("connect {}: {e}", path.display())))?;
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    let greeting = next_reply(&mut lines).await?;
-    if greeting.get("QMP").is_none() {
-        return Err(Error::Qmp(format!("unexpected greeting {greeting}")));
-    }
+    check_greeting(&next_reply(&mut lines).await?)?;
     for cmd in ["qmp_capabilities", command] {
         let msg = match (&arguments, cmd == command) {
             (Some(args), true) => json!({ "execute": cmd, "arguments": args }),
@@ -51,12 +48,9 @@ async fn execute_inner(
             .write_all(msg.as_bytes())
             .await
             .map_err(|e| Error::Qmp(format!("{cmd}: {e}")))?;
-        let reply = next_reply(&mut lines).await?;
-        if let Some(err) = reply.get("error") {
-            return Err(Error::Qmp(format!("{cmd}: {err}")));
-        }
+        let result = command_result(cmd, &next_reply(&mut lines).await?)?;
         if cmd == command {
-            return Ok(reply.get("return").cloned().unwrap_or(Value::Null));
+            return Ok(result);
         }
     }
     unreachable!("the loop returns on the last command")
@@ -72,10 +66,37 @@ async fn next_reply(
             .await
             .map_err(|e| Error::Qmp(e.to_string()))?
             .ok_or_else(|| Error::Qmp("connection closed".into()))?;
-        let value: Value =
-            serde_json::from_str(&line).map_err(|e| Error::Qmp(format!("{e}: {line}")))?;
-        if value.get("event").is_none() {
+        if let Some(value) = decode_line(&line)? {
             return Ok(value);
         }
     }
+}
+
+/// One line QEMU sent: `None` for an event, the message otherwise.
+pub fn decode_line(line: &str) -> Result<Option<Value>, Error> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| Error::Qmp(format!("{e}: {line}")))?;
+    Ok(value.get("event").is_none().then_some(value))
+}
+
+/// Checks QEMU's first message, the greeting (`{"QMP": {...}}`).
+pub fn check_greeting(greeting: &Value) -> Result<(), Error> {
+    if greeting.get("QMP").is_none() {
+        return Err(Error::Qmp(format!("unexpected greeting {greeting}")));
+    }
+    Ok(())
+}
+
+/// The `return` of the reply to `cmd` (null when absent), or its `error`.
+pub fn command_result(cmd: &str, reply: &Value) -> Result<Value, Error> {
+    if let Some(err) = reply.get("error") {
+        return Err(Error::Qmp(format!("{cmd}: {err}")));
+    }
+    Ok(reply.get("return").cloned().unwrap_or(Value::Null))
+}
+
+/// Whether the answer to `x-query-virtio-status` shows the guest driver has
+/// set the device up (`DRIVER_OK` among its status bits).
+pub fn virtio_driver_ok(status: &Value) -> bool {
+    status["status"].to_string().contains("DRIVER_OK")
 }

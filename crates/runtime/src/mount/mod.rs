@@ -264,7 +264,14 @@ pub fn unmount_all_below(dir: &Path) -> Result<(), Error> {
 
 /// Mount points at or below `dir`, deepest first, from `/proc/self/mountinfo`.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo()
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mounts_below(&info, dir)
+}
+
+/// Mount points at or below `dir`, deepest first, from `info` (the text of
+/// a `/proc/<pid>/mountinfo`).
+pub fn parse_mounts_below(info: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = parse_mountinfo(info)
         .into_iter()
         .map(|m| m.point)
         .filter(|p| p.starts_with(dir))
@@ -284,6 +291,12 @@ pub struct MountEntry {
 /// The mounts of this process's namespace (none if mountinfo is unreadable).
 pub fn mountinfo() -> Vec<MountEntry> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo(&info)
+}
+
+/// The mounts listed in `info` (the text of a `/proc/<pid>/mountinfo`);
+/// lines that do not parse are skipped.
+pub fn parse_mountinfo(info: &str) -> Vec<MountEntry> {
     info.lines().filter_map(parse_mountinfo_line).collect()
 }
 
@@ -301,7 +314,7 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -1,0 +1,30 @@
+//! The configuration file: TOML parsed into capsa's configuration and
+//! validated (`capsa_config::parse`). A file that passes must give values
+//! the checks allow.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("/fuzz/configuration.toml");
+    match capsa_config::parse(text, path) {
+        Ok(config) => {
+            let q = &config.hypervisor.qemu;
+            assert!((1..=256).contains(&q.default_vcpus));
+            assert!(q.default_memory >= 128);
+            assert!(config.runtime.state_dir.is_absolute());
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("/fuzz/configuration.toml"),
+                "the error names the file: {message}"
+            );
+        }
+    }
+});
