@@ -9,7 +9,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use capsa_agent::container::spec;
+use capsa_agent::container::{hooks, spec};
 use capsa_agent::guest::{copy_file, random, time};
 use capsa_agent::storage::{self, StorageSpec};
 use capsa_agent::{modules, rpc, validate};
@@ -101,7 +101,20 @@ fn create_container(bytes: &[u8]) {
         .map(|rel| storage_root.join(rel))
         .collect();
     if spec::adapt_with(&mut spec, &req.container_id, &roots, &lexical).is_ok() {
-        assert!(spec.hooks().is_none(), "hooks left");
+        // The hooks the agent runs itself are taken out; libcontainer gets
+        // only createContainer and startContainer (guest hooks).
+        let _ = hooks::AgentHooks::take(&mut spec, &req.container_id, PathBuf::from("/run/fuzz"));
+        if let Some(h) = spec.hooks() {
+            #[allow(deprecated)] // prestart: deprecated by OCI, still sent
+            let prestart = h.prestart();
+            assert!(
+                prestart.is_none()
+                    && h.create_runtime().is_none()
+                    && h.poststart().is_none()
+                    && h.poststop().is_none(),
+                "hooks the agent runs are left for libcontainer: {h:?}"
+            );
+        }
         let namespaces = spec
             .linux()
             .as_ref()
