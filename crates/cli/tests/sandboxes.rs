@@ -323,12 +323,7 @@ fn debug_console_is_a_shell_in_the_vm() {
     );
     drop(sb);
 
-    let text_config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{text_config}\n[agent.capsa]\ndebug_console_enabled = true\n"),
-    )
-    .unwrap();
+    env.append_config("[agent.capsa]\ndebug_console_enabled = true");
     let _sb = Detached::start(&env, "debug", &["sleep", "1000"]);
     // The VM's root environment: PID 1 is the agent (`/init`), not the
     // container's workload (`sleep`, busybox) as inside the container.
@@ -403,24 +398,12 @@ fn rm_force_takes_a_stopped_vm_down() {
 
 /// Detached sandboxes in `env` get a health check every second.
 fn with_fast_health_checks(env: &TestEnv) {
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{config}\n[agent.capsa]\nhealth_check_interval = 1\n"),
-    )
-    .unwrap();
+    env.append_config("[agent.capsa]\nhealth_check_interval = 1");
 }
 
 /// The pid of the sandbox's vhost-device-vsock.
 fn vsock_helper(env: &TestEnv, id: &str) -> i32 {
-    let dir = env.state_dir.join(id).display().to_string();
-    let helpers: Vec<i32> = processes_naming(&dir)
-        .iter()
-        .filter(|p| p.contains("vhost-device-vsock"))
-        .filter_map(|p| p.split(':').next()?.parse().ok())
-        .collect();
-    assert_eq!(helpers.len(), 1, "one vsock helper expected: {helpers:?}");
-    helpers[0]
+    capsa_test_infra::leaks::helper_pid(&env.state_dir, id, "vhost-device-vsock")
 }
 
 /// A VM whose agent does not answer (its vsock backend frozen) fails its

@@ -29,12 +29,8 @@ fn capsa(s: &Setup, args: &[&str], input: Option<&[u8]>) -> Output {
 #[test]
 fn capsa_commands_reach_a_pod_of_the_shim() {
     let s = Setup::new();
-    let config = std::fs::read_to_string(&s.env.config).unwrap();
-    std::fs::write(
-        &s.env.config,
-        format!("{config}\n[agent.capsa]\ndebug_console_enabled = true\n"),
-    )
-    .unwrap();
+    s.env
+        .append_config("[agent.capsa]\ndebug_console_enabled = true");
     let out = s.run(&["-d"], "cli1", &["sleep", "1000"]);
     assert!(out.status.success(), "{out:?}\n{}", s.ctrd.log_tail());
 

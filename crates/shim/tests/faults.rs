@@ -305,24 +305,14 @@ fn shim_killed_early_in_create_leaves_nothing() {
 #[test]
 fn unanswering_agent_is_declared_dead_by_the_shim() {
     let s = Setup::new();
-    let config = std::fs::read_to_string(&s.env.config).unwrap();
-    std::fs::write(
-        &s.env.config,
-        format!("{config}\n[agent.capsa]\nhealth_check_interval = 1\n"),
-    )
-    .unwrap();
+    s.env
+        .append_config("[agent.capsa]\nhealth_check_interval = 1");
     let out = s.run(&["-d"], "mute", &["sleep", "1000"]);
     assert!(out.status.success(), "{out:?}");
     let (qemu, status) = task(&s, "mute").expect("task listed");
     assert_eq!(status, "RUNNING");
-    let dir = s.env.state_dir.join("mute").display().to_string();
-    let helpers: Vec<i32> = processes_naming(&dir)
-        .iter()
-        .filter(|p| p.contains("vhost-device-vsock"))
-        .filter_map(|p| p.split(':').next()?.parse().ok())
-        .collect();
-    assert_eq!(helpers.len(), 1, "one vsock helper expected: {helpers:?}");
-    kill(Pid::from_raw(helpers[0]), Signal::SIGSTOP).unwrap();
+    let vsock = capsa_test_infra::leaks::helper_pid(&s.env.state_dir, "mute", "vhost-device-vsock");
+    kill(Pid::from_raw(vsock), Signal::SIGSTOP).unwrap();
 
     wait_stopped(&s, "mute");
     assert!(gone(qemu), "QEMU {qemu} still there");

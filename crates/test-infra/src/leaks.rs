@@ -20,6 +20,19 @@ pub fn processes_naming(needle: &str) -> Vec<String> {
     procs
 }
 
+/// The pid of sandbox `id`'s one `helper` process (`vhost-device-vsock`,
+/// `virtiofsd`): its command line names the sandbox's state directory.
+pub fn helper_pid(state_dir: &Path, id: &str, helper: &str) -> i32 {
+    let dir = state_dir.join(id).display().to_string();
+    let pids: Vec<i32> = processes_naming(&dir)
+        .iter()
+        .filter(|p| p.contains(helper))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "one {helper} of {id} expected: {pids:?}");
+    pids[0]
+}
+
 /// Fails if anything still refers to `state_dir`: a process whose command
 /// line names it (QEMU, virtiofsd and vhost-device-vsock all get paths
 /// below it), a mount below it, or an entry in it.

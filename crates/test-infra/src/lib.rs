@@ -56,6 +56,14 @@ impl TestEnv {
         Self::with_qemu_extra("")
     }
 
+    /// Appends `toml` (whole tables) to the configuration file; sandboxes
+    /// started afterwards read it.
+    pub fn append_config(&self, toml: &str) {
+        let config = std::fs::read_to_string(&self.config).expect("read the test configuration");
+        std::fs::write(&self.config, format!("{config}\n{toml}\n"))
+            .expect("write the test configuration");
+    }
+
     /// `extra` is appended to the `[hypervisor.qemu]` table.
     pub fn with_qemu_extra(extra: &str) -> Self {
         Self::build("capsa-test-", "state", extra)
