@@ -48,7 +48,18 @@ pub struct QemuConfig {
     /// capsa's own key: the vhost-user vsock backend, used when the host has
     /// no `/dev/vhost-vsock`.
     pub vhost_user_vsock_daemon: PathBuf,
+    /// With `false`, a container rootfs that is a filesystem on a block
+    /// device or an image file is hot-plugged into the VM instead of being
+    /// mounted on the host and shared over virtio-fs.
     pub disable_block_device_use: bool,
+    /// How drives are attached: `virtio-blk` or `virtio-scsi`.
+    pub block_device_driver: String,
+    /// PCIe root ports created at boot (q35): one per PCI device that can
+    /// be hot-plugged at a time.
+    pub pcie_root_port: u32,
+    /// capsa's own key: seconds that bound every wait of a hot-plug or
+    /// hot-unplug, on the host and in the guest.
+    pub hotplug_timeout: u32,
     pub enable_debug: bool,
 }
 
@@ -70,6 +81,9 @@ impl Default for QemuConfig {
             virtio_fs_extra_args: Vec::new(),
             vhost_user_vsock_daemon: "/usr/local/bin/vhost-device-vsock".into(),
             disable_block_device_use: true,
+            block_device_driver: "virtio-blk".into(),
+            pcie_root_port: 8,
+            hotplug_timeout: 15,
             enable_debug: false,
         }
     }

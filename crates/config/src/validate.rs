@@ -34,6 +34,24 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         &["auto", "always", "never", "metadata"],
     )
     .map_err(|r| invalid("hypervisor.qemu.virtio_fs_cache", r))?;
+    one_of(
+        "hypervisor.qemu.block_device_driver",
+        &q.block_device_driver,
+        &["virtio-blk", "virtio-scsi"],
+    )
+    .map_err(|r| invalid("hypervisor.qemu.block_device_driver", r))?;
+    if q.pcie_root_port > 30 {
+        return Err(invalid(
+            "hypervisor.qemu.pcie_root_port",
+            format!("{} is more than 30", q.pcie_root_port),
+        ));
+    }
+    if !(1..=600).contains(&q.hotplug_timeout) {
+        return Err(invalid(
+            "hypervisor.qemu.hotplug_timeout",
+            format!("{} is not between 1 and 600 seconds", q.hotplug_timeout),
+        ));
+    }
     if !(1..=256).contains(&q.default_vcpus) {
         return Err(invalid(
             "hypervisor.qemu.default_vcpus",

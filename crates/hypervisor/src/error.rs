@@ -38,6 +38,13 @@ pub enum Error {
     QemuExited { status: String, stderr: String },
     #[error("build virtiofsd's seccomp filter: {0}")]
     Seccomp(String),
+    #[error("{capability} is not supported by {hypervisor}")]
+    NotSupported {
+        hypervisor: String,
+        capability: &'static str,
+    },
+    #[error("hot-plug of {device}: {reason}")]
+    Hotplug { device: String, reason: String },
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("{0}")]

@@ -2,18 +2,27 @@
 //!
 //! A driver turns a [`VmConfig`] into a running virtual machine and gives the
 //! rest of capsa a [`Vm`]: something that can be started, asked where its agent
-//! listens, and shut down. QEMU is the first driver ([`qemu::QemuVm`]).
+//! listens, and shut down. [`create`] is the one factory: callers hold a
+//! `Box<dyn Vm>` and never name a driver. QEMU is the first driver
+//! ([`qemu::QemuVm`]); what only QEMU has (machine type, accelerator, the
+//! vhost-user vsock daemon) is in [`DriverConfig::Qemu`].
+//!
+//! Devices attached to a running VM are capabilities of their own
+//! ([`device::BlockHotplug`], reached through [`Vm::block`]); a driver
+//! without one answers [`Error::NotSupported`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod accel;
+pub mod device;
 pub mod error;
 mod process;
 pub mod qemu;
 pub mod virtiofsd;
 
 pub use accel::{Accelerator, AcceleratorChoice, HostVirt};
+pub use device::{AttachedBlock, BlockDevice, BlockDriver, BlockHotplug, GuestAddress};
 pub use error::Error;
 
 /// Where the guest agent can be reached from the host.
@@ -42,14 +51,24 @@ pub struct SharedFs {
     pub extra_args: Vec<String>,
 }
 
-/// The vsock device of the VM.
+/// Settings only the QEMU driver has.
 #[derive(Debug, Clone)]
-pub struct VsockConfig {
-    /// Guest context id (3 or more).
-    pub guest_cid: u32,
+pub struct QemuSettings {
+    /// `q35` (default) or `microvm`.
+    pub machine_type: String,
+    pub accelerator: AcceleratorChoice,
     /// Path of the `vhost-device-vsock` binary, used when the host has no
     /// `/dev/vhost-vsock`.
-    pub vhost_user_daemon: PathBuf,
+    pub vhost_user_vsock_daemon: PathBuf,
+    /// PCIe root ports created at boot on q35, one per PCI device that can
+    /// be hot-plugged at a time (Kata's `pcie_root_port`).
+    pub pcie_root_ports: u32,
+}
+
+/// The driver of a VM and its own settings.
+#[derive(Debug, Clone)]
+pub enum DriverConfig {
+    Qemu(QemuSettings),
 }
 
 /// Everything a driver needs to boot one VM.
@@ -62,25 +81,38 @@ pub struct VmConfig {
     pub run_dir: PathBuf,
     /// File the guest serial console is written to.
     pub console_log: PathBuf,
-    /// Path of the `qemu-system-*` binary.
+    /// Path of the hypervisor's binary (`qemu-system-*`).
     pub hypervisor_path: PathBuf,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     /// Extra kernel command line parameters, appended after the driver's own.
     pub kernel_params: Vec<String>,
-    /// `q35` (default) or `microvm`.
-    pub machine_type: String,
     pub vcpus: u32,
     pub memory_mib: u32,
-    pub accelerator: AcceleratorChoice,
     pub shared_fs: Option<SharedFs>,
-    pub vsock: VsockConfig,
+    /// Guest context id of the vsock device (3 or more).
+    pub guest_cid: u32,
+    /// Bounds every wait of a hot-plug or hot-unplug.
+    pub hotplug_timeout: Duration,
+    /// How drives are attached ([`device::BlockDriver`]); with
+    /// `virtio-scsi` the controller is created at boot.
+    pub block_driver: BlockDriver,
     pub debug: bool,
+    pub driver: DriverConfig,
+}
+
+/// The driver `cfg` names, not started yet.
+pub fn create(cfg: VmConfig) -> Box<dyn Vm> {
+    match cfg.driver {
+        DriverConfig::Qemu(_) => Box::new(qemu::QemuVm::new(cfg)),
+    }
 }
 
 /// A virtual machine controlled by a driver.
 #[async_trait::async_trait]
 pub trait Vm: Send + Sync {
+    /// The driver's name for messages (`QEMU`).
+    fn name(&self) -> &'static str;
     /// Starts the helpers and the hypervisor. On error nothing is left running.
     async fn start(&mut self) -> Result<(), Error>;
     /// The accelerator in use (known once started).
@@ -101,4 +133,7 @@ pub trait Vm: Send + Sync {
     /// then kills it; stops the helpers and removes their sockets.
     /// Safe to call more than once and on a VM that never started.
     async fn shutdown(&mut self, grace: Duration) -> Result<(), Error>;
+    /// Block device hot-plug, or [`Error::NotSupported`] if this driver
+    /// (or its machine type) cannot do it.
+    fn block(&mut self) -> Result<&mut dyn BlockHotplug, Error>;
 }

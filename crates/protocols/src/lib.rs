@@ -38,3 +38,24 @@ pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
 pub fn guest_rootfs_path(container_id: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{container_id}/rootfs")
 }
+
+/// `Storage.driver` and `Device.type` of a virtio-blk PCI drive (Kata's
+/// `blk`): `Storage.source` / `Device.id` is its PCI path (`02/00`: slot
+/// of each device from the root bus down, two hex digits each).
+pub const DRIVER_BLK: &str = "blk";
+/// `Storage.driver` and `Device.type` of a SCSI disk on the VM's
+/// virtio-scsi controller (Kata's `scsi`): `Storage.source` / `Device.id`
+/// is its address `scsi-id:lun`.
+pub const DRIVER_SCSI: &str = "scsi";
+
+/// The guest path where a container's rootfs on a hot-plugged block
+/// device is mounted (Kata's `/run/kata-containers/<id>/rootfs`).
+pub fn guest_block_rootfs_path(container_id: &str) -> String {
+    format!("/run/kata-containers/{container_id}/rootfs")
+}
+
+/// The guest path where a block volume (a hot-plugged drive with a
+/// filesystem) is mounted before it is bound into its container.
+pub fn guest_block_volume_path(device_id: &str) -> String {
+    format!("/run/kata-containers/sandbox/storage/{device_id}")
+}

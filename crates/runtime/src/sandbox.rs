@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
 use capsa_config::Config;
-use capsa_hypervisor::{qemu::QemuVm, Vm};
+use capsa_hypervisor::Vm;
 use capsa_protocols::{agent, AGENT_READY_LINE, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
 use tokio::time::Instant;
 
@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct Sandbox {
     id: String,
     dir: StateDir,
-    vm: QemuVm,
+    vm: Box<dyn Vm>,
     agent: Option<AgentClient>,
     record: SandboxRecord,
     /// Host directories shared as container root filesystems.
@@ -62,7 +62,7 @@ impl Sandbox {
     /// (by a parent process); this process becomes its owner.
     pub async fn start_in(config: &Config, dir: StateDir, size: VmSize) -> Result<Self, Error> {
         let id = dir.id();
-        let vm = QemuVm::new(vm::vm_config(config, &id, &dir, size));
+        let vm = vm::create(config, &id, &dir, size);
         let record = SandboxRecord::new(&id, dir.path());
         let mut sandbox = Self {
             id,

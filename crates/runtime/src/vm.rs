@@ -1,9 +1,16 @@
-//! From capsa's configuration to a hypervisor driver's [`VmConfig`].
+//! From capsa's configuration to a hypervisor driver's [`VmConfig`]: the
+//! one place that reads a `[hypervisor.<name>]` section to build a VM
+//! (a `[hypervisor.clh]` would add an arm here, callers hold a
+//! `Box<dyn Vm>`).
 
 use std::str::FromStr;
 
 use capsa_config::Config;
-use capsa_hypervisor::{AcceleratorChoice, SharedFs, VmConfig, VsockConfig};
+use std::time::Duration;
+
+use capsa_hypervisor::{
+    AcceleratorChoice, BlockDriver, DriverConfig, QemuSettings, SharedFs, Vm, VmConfig,
+};
 
 use crate::state::StateDir;
 use crate::Error;
@@ -18,6 +25,11 @@ pub struct VmSize {
     pub memory_mib: Option<u32>,
 }
 
+/// The VM driver the configuration names, not started yet.
+pub(crate) fn create(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> Box<dyn Vm> {
+    capsa_hypervisor::create(vm_config(config, id, dir, size))
+}
+
 pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> VmConfig {
     let q = &config.hypervisor.qemu;
     let debug = q.enable_debug || config.agent.capsa.enable_debug || config.runtime.enable_debug;
@@ -29,6 +41,8 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
     if config.agent.capsa.debug_console_enabled {
         kernel_params.push(format!("agent.debug_console_vport={DEBUG_CONSOLE_VPORT}"));
     }
+    // The agent's wait for a hot-plugged device (Kata's parameter).
+    kernel_params.push(format!("agent.hotplug_timeout={}", q.hotplug_timeout));
     if config.agent.capsa.enable_debug || config.runtime.enable_debug {
         kernel_params.push("agent.log=debug".into());
     }
@@ -40,11 +54,8 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         kernel: q.kernel.clone(),
         initrd: Some(q.initrd.clone()),
         kernel_params,
-        machine_type: q.machine_type.clone(),
         vcpus: size.vcpus.unwrap_or(q.default_vcpus),
         memory_mib: size.memory_mib.unwrap_or(q.default_memory),
-        // Validated when the configuration was loaded.
-        accelerator: AcceleratorChoice::from_str(&q.accelerator).unwrap_or(AcceleratorChoice::Auto),
         shared_fs: (q.shared_fs == "virtio-fs").then(|| SharedFs {
             daemon: q.virtio_fs_daemon.clone(),
             shared_dir: dir.shared_dir(),
@@ -52,11 +63,19 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
             cache: q.virtio_fs_cache.clone(),
             extra_args: q.virtio_fs_extra_args.clone(),
         }),
-        vsock: VsockConfig {
-            guest_cid: guest_cid(),
-            vhost_user_daemon: q.vhost_user_vsock_daemon.clone(),
-        },
+        guest_cid: guest_cid(),
+        hotplug_timeout: Duration::from_secs(q.hotplug_timeout.into()),
+        // Validated when the configuration was loaded.
+        block_driver: BlockDriver::from_str(&q.block_device_driver).unwrap_or_default(),
         debug,
+        driver: DriverConfig::Qemu(QemuSettings {
+            machine_type: q.machine_type.clone(),
+            // Validated when the configuration was loaded.
+            accelerator: AcceleratorChoice::from_str(&q.accelerator)
+                .unwrap_or(AcceleratorChoice::Auto),
+            vhost_user_vsock_daemon: q.vhost_user_vsock_daemon.clone(),
+            pcie_root_ports: q.pcie_root_port,
+        }),
     }
 }
 

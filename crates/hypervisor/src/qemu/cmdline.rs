@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{Accelerator, VmConfig};
+use crate::{Accelerator, DriverConfig, VmConfig};
 
 /// Kernel parameters capsa always passes: the serial console, reboot on
 /// panic (and `-no-reboot` turns that into QEMU exiting), quiet boot.
@@ -22,7 +22,8 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
     // Guest RAM is a shared memfd (vhost-user helpers map it), given as the
     // machine's memory backend: with `-numa` instead, microvm guests hang
     // calibrating the TSC.
-    let machine = match cfg.machine_type.as_str() {
+    let DriverConfig::Qemu(q) = &cfg.driver;
+    let machine = match q.machine_type.as_str() {
         "microvm" => "microvm,pcie=on,rtc=on,pit=on,memory-backend=mem".to_string(),
         other => format!("{other},memory-backend=mem"),
     };
@@ -79,7 +80,7 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
             "-device",
             &format!(
                 "vhost-vsock-pci,guest-cid={},id=vsock0",
-                cfg.vsock.guest_cid
+                cfg.guest_cid
             ),
         ]),
     }
@@ -102,7 +103,8 @@ fn opt(path: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AcceleratorChoice, SharedFs, VsockConfig};
+    use crate::{AcceleratorChoice, BlockDriver, QemuSettings, SharedFs};
+    use std::time::Duration;
 
     fn cfg() -> VmConfig {
         VmConfig {
@@ -113,10 +115,8 @@ mod tests {
             kernel: "/k".into(),
             initrd: Some("/i".into()),
             kernel_params: vec!["agent.log=debug".into()],
-            machine_type: "q35".into(),
             vcpus: 2,
             memory_mib: 256,
-            accelerator: AcceleratorChoice::Auto,
             shared_fs: Some(SharedFs {
                 daemon: "/v".into(),
                 shared_dir: "/s".into(),
@@ -124,11 +124,16 @@ mod tests {
                 cache: "auto".into(),
                 extra_args: vec![],
             }),
-            vsock: VsockConfig {
-                guest_cid: 7,
-                vhost_user_daemon: "/d".into(),
-            },
+            guest_cid: 7,
+            hotplug_timeout: Duration::from_secs(10),
+            block_driver: BlockDriver::VirtioBlk,
             debug: false,
+            driver: DriverConfig::Qemu(QemuSettings {
+                machine_type: "q35".into(),
+                accelerator: AcceleratorChoice::Auto,
+                vhost_user_vsock_daemon: "/d".into(),
+                pcie_root_ports: 0,
+            }),
         }
     }
 
@@ -174,7 +179,8 @@ mod tests {
             vhost_user_vsock: None,
         };
         let mut c = cfg();
-        c.machine_type = "microvm".into();
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.machine_type = "microvm".into();
         let args = build(&c, Accelerator::Kvm, &s);
         assert_eq!(after(&args, "-cpu"), ["host"]);
         assert_eq!(

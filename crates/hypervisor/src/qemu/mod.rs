@@ -10,7 +10,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::accel::{self, Accelerator};
 use crate::process::Helper;
-use crate::{AgentEndpoint, Error, Vm, VmConfig};
+use crate::{AgentEndpoint, BlockHotplug, DriverConfig, Error, QemuSettings, Vm, VmConfig};
 
 /// Longest wait for a helper's or QEMU's socket to appear.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +54,12 @@ impl QemuVm {
         p
     }
 
+    fn settings(&self) -> &QemuSettings {
+        match &self.cfg.driver {
+            DriverConfig::Qemu(q) => q,
+        }
+    }
+
     fn check_files(&self) -> Result<(), Error> {
         let mut files = vec![
             ("hypervisor", &self.cfg.hypervisor_path),
@@ -66,7 +72,7 @@ impl QemuVm {
             files.push(("virtio-fs daemon", &fs.daemon));
         }
         if !self.kernel_vsock {
-            files.push(("vsock daemon", &self.cfg.vsock.vhost_user_daemon));
+            files.push(("vsock daemon", &self.settings().vhost_user_vsock_daemon));
         }
         match files.into_iter().find(|(_, p)| !p.is_file()) {
             Some((what, path)) => Err(Error::MissingFile {
@@ -82,7 +88,7 @@ impl QemuVm {
         self.kernel_vsock = host.vhost_vsock;
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
-        let (accel, why) = accel::resolve(self.cfg.accelerator, &host)?;
+        let (accel, why) = accel::resolve(self.settings().accelerator, &host)?;
         tracing::info!(vm = %self.cfg.id, accelerator = %accel, reason = %why, "accelerator chosen");
         self.accel = Some(accel);
 
@@ -94,11 +100,11 @@ impl QemuVm {
             let log = self.path("vhost-device-vsock.log");
             let arg = format!(
                 "guest-cid={},socket={},uds-path={}",
-                self.cfg.vsock.guest_cid,
+                self.cfg.guest_cid,
                 sock.display(),
                 uds.display()
             );
-            let daemon = self.cfg.vsock.vhost_user_daemon.clone();
+            let daemon = self.settings().vhost_user_vsock_daemon.clone();
             let mut helper =
                 Helper::spawn("vhost-device-vsock", &daemon, &["--vm".into(), arg], log)?;
             let ready = helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await;
@@ -185,6 +191,17 @@ async fn wait_qemu_ready(qemu: &mut Helper, qmp: &Path, limit: Duration) -> Resu
 
 #[async_trait::async_trait]
 impl Vm for QemuVm {
+    fn name(&self) -> &'static str {
+        "QEMU"
+    }
+
+    fn block(&mut self) -> Result<&mut dyn BlockHotplug, Error> {
+        Err(Error::NotSupported {
+            hypervisor: format!("QEMU ({})", self.settings().machine_type),
+            capability: "block device hot-plug",
+        })
+    }
+
     async fn start(&mut self) -> Result<(), Error> {
         let result = self.start_inner().await;
         if let Err(e) = &result {
@@ -224,7 +241,7 @@ impl Vm for QemuVm {
     fn agent_endpoint(&self, port: u32) -> AgentEndpoint {
         if self.kernel_vsock {
             AgentEndpoint::Vsock {
-                cid: self.cfg.vsock.guest_cid,
+                cid: self.cfg.guest_cid,
                 port,
             }
         } else {

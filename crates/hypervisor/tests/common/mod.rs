@@ -10,7 +10,9 @@ pub mod initrd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capsa_hypervisor::{AcceleratorChoice, SharedFs, VmConfig, VsockConfig};
+use capsa_hypervisor::{
+    AcceleratorChoice, BlockDriver, DriverConfig, QemuSettings, SharedFs, VmConfig,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -68,10 +70,8 @@ impl TestDir {
             kernel: guest.vmlinuz,
             initrd: Some(guest.initrd),
             kernel_params: vec![],
-            machine_type: machine.into(),
             vcpus: 1,
             memory_mib: 256,
-            accelerator: AcceleratorChoice::Tcg,
             shared_fs: Some(SharedFs {
                 daemon: tool("virtiofsd"),
                 shared_dir: self.shared(),
@@ -79,11 +79,16 @@ impl TestDir {
                 cache: "auto".into(),
                 extra_args: vec![],
             }),
-            vsock: VsockConfig {
-                guest_cid: 3,
-                vhost_user_daemon: tool("vhost-device-vsock"),
-            },
+            guest_cid: 3,
+            hotplug_timeout: Duration::from_secs(20),
+            block_driver: BlockDriver::VirtioBlk,
             debug: false,
+            driver: DriverConfig::Qemu(QemuSettings {
+                machine_type: machine.into(),
+                accelerator: AcceleratorChoice::Tcg,
+                vhost_user_vsock_daemon: tool("vhost-device-vsock"),
+                pcie_root_ports: 2,
+            }),
         }
     }
 }

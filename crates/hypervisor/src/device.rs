@@ -1,0 +1,139 @@
+//! Devices attached to a running VM, and how the guest finds them.
+//!
+//! A driver offers each kind of device through a capability trait of its
+//! own ([`BlockHotplug`] now; network devices and CPU/memory resize come
+//! next). A driver (or a machine) without a capability answers
+//! [`Error::NotSupported`] naming itself and the capability: never a
+//! silent no-op.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::Error;
+
+/// How a block device is presented to the guest (Kata's
+/// `block_device_driver` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum BlockDriver {
+    /// One virtio-blk PCI device per drive, each behind a PCIe root port.
+    #[default]
+    #[serde(rename = "virtio-blk")]
+    VirtioBlk,
+    /// One virtio-scsi controller, created at boot; each drive is a SCSI
+    /// disk on it.
+    #[serde(rename = "virtio-scsi")]
+    VirtioScsi,
+}
+
+impl BlockDriver {
+    pub const NAMES: &'static [&'static str] = &["virtio-blk", "virtio-scsi"];
+}
+
+impl fmt::Display for BlockDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::VirtioBlk => "virtio-blk",
+            Self::VirtioScsi => "virtio-scsi",
+        })
+    }
+}
+
+impl FromStr for BlockDriver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "virtio-blk" => Ok(Self::VirtioBlk),
+            "virtio-scsi" => Ok(Self::VirtioScsi),
+            other => Err(format!(
+                "unknown block device driver {other:?} (expected one of {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// A drive to attach: a host block device or a regular image file, given
+/// to the guest as it is (raw).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockDevice {
+    /// Unique among this VM's devices; `[A-Za-z0-9_-]`, at most 32 bytes
+    /// (it names QEMU objects).
+    pub id: String,
+    /// The host block device or image file.
+    pub path: PathBuf,
+    /// The guest cannot write the drive (checked by the device model, not
+    /// only by a mount option in the guest).
+    pub read_only: bool,
+    pub driver: BlockDriver,
+}
+
+/// Where the guest finds an attached device, in Kata's notations: what the
+/// agent gets as `Storage.source` or `Device.id`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum GuestAddress {
+    /// A PCI path: the slot of each device from the root bus down, two
+    /// hex digits each, `/`-separated (`02/00`: the device in slot 0 behind
+    /// the bridge or root port in slot 2 of the root bus).
+    Pci { slots: Vec<u8> },
+    /// A SCSI disk on the VM's virtio-scsi controller: `scsi-id:lun`.
+    Scsi { id: u16, lun: u32 },
+}
+
+impl fmt::Display for GuestAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pci { slots } => {
+                let parts: Vec<String> = slots.iter().map(|s| format!("{s:02x}")).collect();
+                f.write_str(&parts.join("/"))
+            }
+            Self::Scsi { id, lun } => write!(f, "{id}:{lun}"),
+        }
+    }
+}
+
+/// An attached drive.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedBlock {
+    pub device: BlockDevice,
+    pub address: GuestAddress,
+}
+
+/// Block devices attached to and detached from a running VM.
+#[async_trait::async_trait]
+pub trait BlockHotplug: Send {
+    /// Attaches `device` and returns where the guest finds it. Bounded by
+    /// the VM's hot-plug timeout; on error nothing of it stays attached.
+    async fn attach_block(&mut self, device: &BlockDevice) -> Result<GuestAddress, Error>;
+    /// Detaches the drive `id`: asks the guest to release it, waits until
+    /// it has (bounded by the hot-plug timeout), then removes the backend.
+    async fn detach_block(&mut self, id: &str) -> Result<(), Error>;
+    /// The drives attached now.
+    fn attached_blocks(&self) -> Vec<AttachedBlock>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_use_katas_notation() {
+        let pci = GuestAddress::Pci {
+            slots: vec![0x02, 0x00],
+        };
+        assert_eq!(pci.to_string(), "02/00");
+        assert_eq!(GuestAddress::Scsi { id: 0, lun: 3 }.to_string(), "0:3");
+    }
+
+    #[test]
+    fn block_driver_names() {
+        assert_eq!(
+            "virtio-scsi".parse::<BlockDriver>(),
+            Ok(BlockDriver::VirtioScsi)
+        );
+        let err = "nvdimm".parse::<BlockDriver>().unwrap_err();
+        assert!(err.contains("virtio-blk, virtio-scsi"), "{err}");
+    }
+}
