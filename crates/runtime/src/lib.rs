@@ -11,6 +11,7 @@ pub mod health;
 pub mod io;
 pub mod mount;
 pub mod record;
+pub mod resource;
 pub mod run;
 pub mod sandbox;
 pub mod spec;

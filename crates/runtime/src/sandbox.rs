@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
 use capsa_config::Config;
-use capsa_hypervisor::Vm;
+use capsa_hypervisor::{BlockDevice, GuestAddress, Vm};
 use capsa_protocols::{agent, AGENT_READY_LINE, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
 use tokio::time::Instant;
 
@@ -295,6 +295,24 @@ impl Sandbox {
         self.shared_roots.remove(container_id);
         self.update_record(|r| r.containers.retain(|c| c.id != container_id));
         removed.map_err(Error::from)
+    }
+
+    /// Hot-plugs a drive into the running VM; returns where the guest
+    /// finds it (the `source` of a `blk`/`scsi` storage).
+    pub async fn attach_block(&mut self, device: &BlockDevice) -> Result<GuestAddress, Error> {
+        let address = self
+            .vm
+            .block()
+            .map_err(Error::Vm)?
+            .attach_block(device)
+            .await;
+        address.map_err(Error::Vm)
+    }
+
+    /// Unplugs the drive `id` (once the guest has released it).
+    pub async fn detach_block(&mut self, id: &str) -> Result<(), Error> {
+        let detached = self.vm.block().map_err(Error::Vm)?.detach_block(id).await;
+        detached.map_err(Error::Vm)
     }
 
     /// The hypervisor's pid while it runs.

@@ -78,10 +78,7 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
         ]),
         None => push(&[
             "-device",
-            &format!(
-                "vhost-vsock-pci,guest-cid={},id=vsock0",
-                cfg.guest_cid
-            ),
+            &format!("vhost-vsock-pci,guest-cid={},id=vsock0", cfg.guest_cid),
         ]),
     }
     if let (Some(fs), Some(sock)) = (&cfg.shared_fs, sockets.virtiofs) {
