@@ -137,6 +137,7 @@ bench: install
 	scripts/bench.sh $(DEMO_ROOTFS)
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example bench
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example block_bench
 
 clean:
 	cargo clean

@@ -46,10 +46,10 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
             format!("{} is more than 30", q.pcie_root_port),
         ));
     }
-    if !(1..=600).contains(&q.hotplug_timeout) {
+    if !(1..=60).contains(&q.hotplug_timeout) {
         return Err(invalid(
             "hypervisor.qemu.hotplug_timeout",
-            format!("{} is not between 1 and 600 seconds", q.hotplug_timeout),
+            format!("{} is not between 1 and 60 seconds (the agent's CreateContainer is bounded to 60 s)", q.hotplug_timeout),
         ));
     }
     if !(1..=256).contains(&q.default_vcpus) {
