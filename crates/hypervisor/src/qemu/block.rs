@@ -311,6 +311,88 @@ impl BlockHotplug for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DriverConfig;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    /// A QEMU whose guest never releases a device: every command succeeds,
+    /// and `device_del` brings only the `DEVICE_DELETED` of another device.
+    /// The commands it got are recorded in `seen`.
+    async fn stubborn_guest(listener: UnixListener, seen: Arc<Mutex<Vec<String>>>) {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        w.write_all(b"{\"QMP\": {}}\n").await.unwrap();
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let cmd: Value = serde_json::from_str(&line).unwrap();
+            let name = cmd["execute"].as_str().unwrap().to_string();
+            if name == "device_del" {
+                let ev = json!({"event": "DEVICE_DELETED", "data": {"device": "blk-other"}});
+                w.write_all(format!("{ev}\n").as_bytes()).await.unwrap();
+            }
+            seen.lock().unwrap().push(name);
+            let reply = json!({"return": {}, "id": cmd["id"]});
+            w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+        }
+    }
+
+    /// Detach waits for the guest, bounded: without `DEVICE_DELETED` of its
+    /// own device it fails naming the drive and the wait, and the backend
+    /// (the block node) stays.
+    #[tokio::test]
+    async fn detach_without_device_deleted_times_out_and_keeps_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let peer = tokio::spawn(stubborn_guest(
+            UnixListener::bind(&path).unwrap(),
+            seen.clone(),
+        ));
+        let mut cfg = super::super::cmdline::tests::cfg();
+        cfg.hotplug_timeout = Duration::from_millis(500);
+        let mut vm = QemuVm::new(cfg);
+        vm.qmp = Some(
+            QmpSession::open(&path, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        let dev = BlockDevice {
+            id: "data".into(),
+            path: img,
+            read_only: false,
+            driver: BlockDriver::VirtioBlk,
+        };
+        let err = vm.attach_block(&dev).await.unwrap_err().to_string();
+        assert!(err.contains("no free PCIe root port"), "{err}");
+        let DriverConfig::Qemu(q) = &mut vm.cfg.driver;
+        q.pcie_root_ports = 1;
+        let address = vm.attach_block(&dev).await.unwrap();
+        assert_eq!(address.to_string(), "04/00");
+
+        let err = vm.detach_block("data").await.unwrap_err().to_string();
+        assert!(
+            err.contains("hot-plug of data")
+                && err.contains("DEVICE_DELETED")
+                && err.contains("500ms"),
+            "{err}"
+        );
+        assert_eq!(vm.attached_blocks().len(), 1, "the drive must stay listed");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "qmp_capabilities",
+                "blockdev-add",
+                "device_add",
+                "device_del"
+            ],
+            "no blockdev-del after a failed detach"
+        );
+        vm.qmp = None;
+        peer.await.unwrap();
+    }
 
     #[test]
     fn ids_are_checked_and_named() {

@@ -168,12 +168,12 @@ fn opt(path: &std::path::Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{AcceleratorChoice, BlockDriver, QemuSettings, SharedFs};
     use std::time::Duration;
 
-    fn cfg() -> VmConfig {
+    pub(crate) fn cfg() -> VmConfig {
         VmConfig {
             id: "sb".into(),
             run_dir: "/run/capsa/sb".into(),
