@@ -204,6 +204,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// The sockets of a VM with kernel vhost-vsock and no share.
+    fn kernel_vsock_sockets() -> Sockets<'static> {
+        Sockets {
+            qmp: Path::new("/q.sock"),
+            qmp_debug: Path::new("/d.sock"),
+            virtiofs: None,
+            vhost_user_vsock: None,
+        }
+    }
+
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
         args.windows(2)
             .filter(|w| w[0] == flag)
@@ -251,12 +261,7 @@ pub(crate) mod tests {
 
     #[test]
     fn q35_root_ports_and_scsi_controller_at_fixed_slots() {
-        let s = Sockets {
-            qmp: Path::new("/q.sock"),
-            qmp_debug: Path::new("/d.sock"),
-            virtiofs: None,
-            vhost_user_vsock: None,
-        };
+        let s = kernel_vsock_sockets();
         let mut c = cfg();
         c.block_driver = BlockDriver::VirtioScsi;
         let DriverConfig::Qemu(q) = &mut c.driver;
@@ -275,12 +280,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kernel_vsock_and_kvm() {
-        let s = Sockets {
-            qmp: Path::new("/q.sock"),
-            qmp_debug: Path::new("/d.sock"),
-            virtiofs: None,
-            vhost_user_vsock: None,
-        };
+        let s = kernel_vsock_sockets();
         let mut c = cfg();
         let DriverConfig::Qemu(q) = &mut c.driver;
         q.machine_type = "microvm".into();
