@@ -99,6 +99,9 @@ impl QmpSession {
                 if let Some(args) = arguments {
                     msg["arguments"] = args;
                 }
+                if !self.is_open() {
+                    return Err(Error::Qmp(format!("{command}: session closed")));
+                }
                 self.pending.lock().expect("pending").insert(id, tx);
                 let line = msg.to_string() + "\n";
                 if let Err(e) = writer.0.write_all(line.as_bytes()).await {
