@@ -40,10 +40,12 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         &["virtio-blk", "virtio-scsi"],
     )
     .map_err(|r| invalid("hypervisor.qemu.block_device_driver", r))?;
-    if q.pcie_root_port > 30 {
+    // The root-bus slots left for root ports by the QEMU driver's fixed
+    // q35 layout (capsa-hypervisor, `qemu/cmdline.rs`: MAX_ROOT_PORTS).
+    if q.pcie_root_port > 27 {
         return Err(invalid(
             "hypervisor.qemu.pcie_root_port",
-            format!("{} is more than 30", q.pcie_root_port),
+            format!("{} is more than 27", q.pcie_root_port),
         ));
     }
     if !(1..=60).contains(&q.hotplug_timeout) {
