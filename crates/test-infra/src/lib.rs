@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod block;
 pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
@@ -31,9 +32,10 @@ pub fn assets_dir() -> PathBuf {
     dir
 }
 
-/// Tool paths; the Makefile installs them here.
+/// Tool paths; the Makefile installs them here (Debian's system tools,
+/// `losetup`, `mkfs.ext4`, `debugfs`, are in the sbin directories).
 pub fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/local/bin", "/usr/bin"] {
+    for dir in ["/usr/local/bin", "/usr/bin", "/usr/sbin", "/sbin"] {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p;
@@ -117,10 +119,12 @@ impl TestEnv {
 }
 
 /// Whatever a failed test left mounted below the environment (a sandbox
-/// whose owner was killed) is detached, so that the directory can go.
+/// whose owner was killed) is detached, and so are loop devices over its
+/// images, so that the directory can go.
 impl Drop for TestEnv {
     fn drop(&mut self) {
         containerd::cleanup::unmount_below(self.dir.path());
+        block::detach_loops_below(self.dir.path());
     }
 }
 
