@@ -44,6 +44,27 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("{name} is not installed: run `make deps`");
 }
 
+/// `containerd-shim-capsa-v2` for tests outside the shim's own crate
+/// (which use `env!("CARGO_BIN_EXE_...")`): `$CAPSA_TEST_SHIM`, else the
+/// one of this build's profile (next to the test binary's `deps/`), which
+/// `cargo build -p capsa-shim` makes (`make test` builds it).
+pub fn shim_binary() -> PathBuf {
+    const NAME: &str = "containerd-shim-capsa-v2";
+    let path = std::env::var_os("CAPSA_TEST_SHIM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join(NAME))
+        })
+        .unwrap_or_else(|| PathBuf::from(NAME));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p capsa-shim` (or set CAPSA_TEST_SHIM)",
+        path.display()
+    );
+    path
+}
+
 /// One test's world: a private state directory, a configuration file that
 /// points at it and at the test assets, and a busybox rootfs.
 pub struct TestEnv {
