@@ -105,6 +105,32 @@ fn a_loop_device_mounted_on_the_host_and_its_image_are_refused() {
                 )),
                 "{text}"
             );
+            // A second, idle loop device over the same file reaches the
+            // same blocks.
+            let second = LoopDevice::attach(image.path(), false);
+            let text = refusal(second.path());
+            assert!(
+                text.contains(&format!(
+                    "it is a loop device over {}, which is attached to {}, and that device backs the host mount {} (ext4)",
+                    std::fs::canonicalize(image.path()).unwrap().display(),
+                    dev.path().display(),
+                    at.display()
+                )),
+                "{text}"
+            );
+            // A loop device over the mounted loop device: the same blocks.
+            // (A loop device over the host's root disk would be refused
+            // the same way, but the host refuses to make one: EPERM.)
+            let stacked = LoopDevice::attach(dev.path(), false);
+            let text = refusal(stacked.path());
+            assert!(
+                text.contains(&format!(
+                    "it is a loop device over {}, which backs the host mount {} (ext4)",
+                    dev.path().display(),
+                    at.display()
+                )),
+                "{text}"
+            );
         }
         // Unmounted, both may go to a guest again.
         inspect(dev.path()).check_hotplug().expect("unmounted");

@@ -120,8 +120,10 @@ impl BlockSource {
 
     /// Refuses a source that backs a host mount, has holders, is (a
     /// partition of) the disk of the host's `/`, is used as swap, or an
-    /// image attached to a loop device in use. What the host's state
-    /// cannot be read is refused too: nothing is given on a guess.
+    /// image attached to a loop device in use; a disk is judged with its
+    /// partitions, a partition with its disk, a loop device with what it
+    /// lies on. When the host's state cannot be read the source is
+    /// refused too: nothing is given on a guess.
     pub fn check_hotplug(&self) -> Result<(), Refusal> {
         let refuse = |reason: String| Refusal {
             path: self.path.clone(),

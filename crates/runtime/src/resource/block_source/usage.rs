@@ -78,9 +78,23 @@ impl Host {
         })
     }
 
-    /// Why device `dev` (or a disk or partition of its family) must not
-    /// go to a guest, as a sentence about `subject` ("it").
+    /// Why device `dev` (or a disk or partition of its family, or what a
+    /// loop device lies on) must not go to a guest, as a sentence about
+    /// `subject` ("it").
     pub fn device_in_use(&self, dev: Dev, subject: &str) -> Option<String> {
+        self.device(dev, subject, &mut Vec::new())
+    }
+
+    /// Why image file `path` (`st_dev`, `st_ino` = `id`) must not go to a
+    /// guest: it is swap, or a loop device over it is in use.
+    pub fn image_in_use(&self, path: &Path, id: (u64, u64)) -> Option<String> {
+        self.image(path, id, "it", &mut Vec::new())
+    }
+
+    /// [`Self::device_in_use`]; `seen` holds the devices being checked
+    /// further up (a loop device's file leads back to its other loops).
+    fn device(&self, dev: Dev, subject: &str, seen: &mut Vec<Dev>) -> Option<String> {
+        seen.push(dev);
         let family = self.family(dev);
         let whose = |m: &Member| -> String {
             if m.dev == dev {
@@ -116,18 +130,52 @@ impl Host {
         {
             return Some(format!("{} is in use as the host's swap", whose(m)));
         }
+        // A loop device is what it lies on: a host disk, or a file that
+        // another loop device, in use, lies on too.
+        for m in &family {
+            let Some(backing) = backing_file(&m.dir) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&backing) else {
+                continue; // deleted: nobody else can reach it
+            };
+            let over = format!(
+                "{} is a loop device over {}, which",
+                whose(m),
+                backing.display()
+            );
+            let reason = if meta.file_type().is_block_device() {
+                let lower = split_dev(meta.rdev());
+                (!seen.contains(&lower))
+                    .then(|| self.device(lower, &over, seen))
+                    .flatten()
+            } else {
+                self.image(&backing, (meta.dev(), meta.ino()), &over, seen)
+            };
+            if reason.is_some() {
+                return reason;
+            }
+        }
         None
     }
 
-    /// Why image file `path` (`st_dev`, `st_ino` = `id`) must not go to a
-    /// guest: it is swap, or a loop device over it is in use.
-    pub fn image_in_use(&self, path: &Path, id: (u64, u64)) -> Option<String> {
+    /// [`Self::image_in_use`] as a sentence about `subject`.
+    fn image(
+        &self,
+        path: &Path,
+        id: (u64, u64),
+        subject: &str,
+        seen: &mut Vec<Dev>,
+    ) -> Option<String> {
         if self.swaps.contains(&Swap::File(id.0, id.1)) {
-            return Some("it is in use as the host's swap file".into());
+            return Some(format!("{subject} is in use as the host's swap file"));
         }
         for (loop_dev, name) in self.loops_over(path, id) {
-            let subject = format!("it is attached to /dev/{name}, and that device");
-            if let Some(reason) = self.device_in_use(loop_dev, &subject) {
+            if seen.contains(&loop_dev) {
+                continue;
+            }
+            let that = format!("{subject} is attached to /dev/{name}, and that device");
+            if let Some(reason) = self.device(loop_dev, &that, seen) {
                 return Some(reason);
             }
         }
@@ -143,12 +191,10 @@ impl Host {
                 continue;
             }
             let dir = self.sys.join("block").join(&name);
-            let Ok(backing) = std::fs::read_to_string(dir.join("loop/backing_file")) else {
+            let Some(backing) = backing_file(&dir) else {
                 continue; // not attached
             };
-            let backing = backing.trim_end_matches('\n');
-            let backing = Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing));
-            let same_inode = std::fs::metadata(backing)
+            let same_inode = std::fs::metadata(&backing)
                 .map(|m| (m.dev(), m.ino()) == id)
                 .unwrap_or(false);
             if !(same_inode || backing == path) {
@@ -206,6 +252,16 @@ fn member(dir: &Path, is_partition: bool) -> Option<Member> {
         dir: dir.to_path_buf(),
         is_partition,
     })
+}
+
+/// The backing file of the loop device whose sysfs directory is `dir`
+/// (`None` if it is no attached loop device).
+fn backing_file(dir: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(dir.join("loop/backing_file")).ok()?;
+    let text = text.trim_end_matches('\n');
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(text),
+    ))
 }
 
 /// A sysfs block directory's `dev` file (`MAJOR:MINOR`).
