@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use capsa_runtime::resource::{BlockKind, BlockSource, BlockSourceError};
-use capsa_test_infra::block::{HostMount, ImageFile, LoopDevice};
+use capsa_test_infra::block::{mkfs_ext4, HostMount, ImageFile, LoopDevice};
 use capsa_test_infra::leaks::assert_no_loop_devices;
 
 fn test_dir() -> tempfile::TempDir {
@@ -27,12 +27,17 @@ fn inspect(path: &Path) -> BlockSource {
         .unwrap_or_else(|| panic!("{} is neither a device nor a file", path.display()))
 }
 
-fn refusal(path: &Path) -> String {
+/// Asserts that `path` is refused for `reason` (the refusal's sentence).
+fn assert_refused(path: &Path, reason: &str) {
     let refused = inspect(path)
         .check_hotplug()
         .expect_err(&format!("{} must be refused", path.display()));
     assert_eq!(refused.path, std::fs::canonicalize(path).unwrap());
-    refused.to_string()
+    let text = refused.to_string();
+    assert!(
+        text.ends_with(&format!(": {reason}")),
+        "{text}\nexpected: {reason}"
+    );
 }
 
 /// A directory to mount on, in `dir`.
@@ -91,45 +96,36 @@ fn a_loop_device_mounted_on_the_host_and_its_image_are_refused() {
         let dev = LoopDevice::attach(image.path(), false);
         {
             let _mounted = HostMount::new(dev.path(), &at, "ext4");
-            let text = refusal(dev.path());
-            assert!(
-                text.contains(&format!("it backs the host mount {} (ext4)", at.display())),
-                "{text}"
+            assert_refused(
+                dev.path(),
+                &format!("it backs the host mount {} (ext4)", at.display()),
             );
-            let text = refusal(image.path());
-            assert!(
-                text.contains(&format!(
+            assert_refused(
+                image.path(),
+                &format!(
                     "it is attached to {}, and that device backs the host mount {} (ext4)",
                     dev.path().display(),
                     at.display()
-                )),
-                "{text}"
+                ),
             );
             // A second, idle loop device over the same file reaches the
             // same blocks.
             let second = LoopDevice::attach(image.path(), false);
-            let text = refusal(second.path());
-            assert!(
-                text.contains(&format!(
-                    "it is a loop device over {}, which is attached to {}, and that device backs the host mount {} (ext4)",
+            assert_refused(second.path(), &format!("it is a loop device over {}, which is attached to {}, and that device backs the host mount {} (ext4)",
                     std::fs::canonicalize(image.path()).unwrap().display(),
                     dev.path().display(),
-                    at.display()
-                )),
-                "{text}"
-            );
+                    at.display()));
             // A loop device over the mounted loop device: the same blocks.
             // (A loop device over the host's root disk would be refused
             // the same way, but the host refuses to make one: EPERM.)
             let stacked = LoopDevice::attach(dev.path(), false);
-            let text = refusal(stacked.path());
-            assert!(
-                text.contains(&format!(
+            assert_refused(
+                stacked.path(),
+                &format!(
                     "it is a loop device over {}, which backs the host mount {} (ext4)",
                     dev.path().display(),
                     at.display()
-                )),
-                "{text}"
+                ),
             );
         }
         // Unmounted, both may go to a guest again.
@@ -147,53 +143,44 @@ fn a_disk_whose_partition_is_mounted_is_refused_and_so_is_a_partition_of_a_mount
     {
         let dev = LoopDevice::attach_partitioned(image.path(), false);
         let part = dev.partition(1);
-        let mut mkfs = std::process::Command::new(capsa_test_infra::tool("mkfs.ext4"));
-        mkfs.args(["-F", "-q"]).arg(&part);
-        let out = capsa_test_infra::run_bounded(mkfs, None, std::time::Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "mkfs.ext4 {}: {out:?}",
-            part.display()
-        );
+        mkfs_ext4(&part, None);
         inspect(dev.path())
             .check_hotplug()
             .expect("nothing mounted");
         {
             let _mounted = HostMount::new(&part, &at, "ext4");
-            let text = refusal(dev.path());
-            assert!(
-                text.contains(&format!(
+            assert_refused(
+                dev.path(),
+                &format!(
                     "it has a partition {} that backs the host mount {} (ext4)",
                     part.display(),
                     at.display()
-                )),
-                "{text}"
+                ),
             );
-            let text = refusal(image.path());
-            assert!(text.contains("has a partition"), "{text}");
+            assert_refused(
+                image.path(),
+                &format!(
+                    "it is attached to {}, and that device has a partition {} that backs the host mount {} (ext4)",
+                    dev.path().display(),
+                    part.display(),
+                    at.display()
+                ),
+            );
         }
         {
             // A filesystem on the whole disk, mounted: the partition (still
             // known to the kernel, whatever the disk now holds) shares its
             // blocks.
-            let mut mkfs = std::process::Command::new(capsa_test_infra::tool("mkfs.ext4"));
-            mkfs.args(["-F", "-q"]).arg(dev.path());
-            let out = capsa_test_infra::run_bounded(mkfs, None, std::time::Duration::from_secs(60));
-            assert!(
-                out.status.success(),
-                "mkfs.ext4 {}: {out:?}",
-                dev.path().display()
-            );
+            mkfs_ext4(dev.path(), None);
             assert!(part.exists(), "{} is gone", part.display());
             let _mounted = HostMount::new(dev.path(), &at, "ext4");
-            let text = refusal(&part);
-            assert!(
-                text.contains(&format!(
+            assert_refused(
+                &part,
+                &format!(
                     "it is a partition of {}, which backs the host mount {} (ext4)",
                     dev.path().display(),
                     at.display()
-                )),
-                "{text}"
+                ),
             );
         }
     }
@@ -219,10 +206,5 @@ fn root_device() -> PathBuf {
 
 #[test]
 fn the_device_of_the_hosts_root_is_refused() {
-    let root = root_device();
-    let text = refusal(&root);
-    assert!(
-        text.contains("holds the host's root filesystem /"),
-        "{text}"
-    );
+    assert_refused(&root_device(), "it holds the host's root filesystem /");
 }

@@ -57,13 +57,7 @@ impl ImageFile {
     /// a copy of `populate_from` when given (`-d`).
     pub fn ext4(dir: &Path, size_mib: u64, populate_from: Option<&Path>) -> Self {
         let image = Self::raw(dir, size_mib);
-        let mut cmd = Command::new(crate::tool("mkfs.ext4"));
-        cmd.args(["-F", "-q"]);
-        if let Some(from) = populate_from {
-            cmd.arg("-d").arg(from);
-        }
-        cmd.arg(&image.path);
-        run_ok(&format!("mkfs.ext4 {}", image.path.display()), cmd);
+        mkfs_ext4(&image.path, populate_from);
         image
     }
 
@@ -93,6 +87,18 @@ impl ImageFile {
     pub fn read(&self, file: &str) -> Result<Vec<u8>, String> {
         ext4_read(&self.path, file)
     }
+}
+
+/// Makes an ext4 filesystem on `target` (an image file or a device;
+/// `mkfs.ext4 -F -q`), holding a copy of `populate_from` when given (`-d`).
+pub fn mkfs_ext4(target: &Path, populate_from: Option<&Path>) {
+    let mut cmd = Command::new(crate::tool("mkfs.ext4"));
+    cmd.args(["-F", "-q"]);
+    if let Some(from) = populate_from {
+        cmd.arg("-d").arg(from);
+    }
+    cmd.arg(target);
+    run_ok(&format!("mkfs.ext4 {}", target.display()), cmd);
 }
 
 /// A master boot record with one partition of type 0x83 (Linux) from
