@@ -388,6 +388,15 @@ mod tests {
         sys
     }
 
+    /// An image file, the fake sysfs whose loop0 lies on it, and a host
+    /// with [`MOUNTS`] on that sysfs (keep the first two alive).
+    fn fixture() -> (tempfile::NamedTempFile, tempfile::TempDir, Host) {
+        let img = tempfile::NamedTempFile::new().unwrap();
+        let sys = fake_sys(img.path());
+        let h = host(sys.path(), MOUNTS);
+        (img, sys, h)
+    }
+
     fn host(sys: &Path, mounts: &str) -> Host {
         Host {
             sys: sys.into(),
@@ -405,9 +414,7 @@ mod tests {
 
     #[test]
     fn a_mounted_partition_refuses_its_disk_and_a_mounted_disk_its_partitions() {
-        let img = tempfile::NamedTempFile::new().unwrap();
-        let sys = fake_sys(img.path());
-        let mut h = host(sys.path(), MOUNTS);
+        let (_img, _sys, mut h) = fixture();
         assert_eq!(
             h.device_in_use((8, 2), "it").unwrap(),
             "it backs the host mount /var/lib/a b (ext4)"
@@ -428,9 +435,7 @@ mod tests {
 
     #[test]
     fn the_root_device_holders_and_swap() {
-        let img = tempfile::NamedTempFile::new().unwrap();
-        let sys = fake_sys(img.path());
-        let mut h = host(sys.path(), MOUNTS);
+        let (_img, sys, mut h) = fixture();
         assert_eq!(
             h.device_in_use((254, 0), "it").unwrap(),
             "it holds the host's root filesystem /"
@@ -453,11 +458,9 @@ mod tests {
 
     #[test]
     fn an_image_behind_a_busy_loop_device_is_refused() {
-        let img = tempfile::NamedTempFile::new().unwrap();
+        let (img, _sys, mut h) = fixture();
         let meta = std::fs::metadata(img.path()).unwrap();
         let id = (meta.dev(), meta.ino());
-        let sys = fake_sys(img.path());
-        let mut h = host(sys.path(), MOUNTS);
         assert_eq!(h.image_in_use(img.path(), id), None);
         h.mounts = parse_mounts(b"50 27 7:0 / /mnt/img rw - ext4 /nonexistent/loop0 rw").unwrap();
         assert_eq!(
