@@ -87,6 +87,21 @@ impl ImageFile {
     pub fn read(&self, file: &str) -> Result<Vec<u8>, String> {
         ext4_read(&self.path, file)
     }
+
+    /// [`Self::read`] as text; `None` if the file is not there.
+    pub fn text(&self, file: &str) -> Option<String> {
+        let bytes = self.read(file).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Whether the host has this image mounted, or attached to a loop
+    /// device.
+    pub fn used_by_host(&self) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounted = info.contains(&self.path.display().to_string());
+        let dir = self.path.parent().unwrap_or(&self.path);
+        mounted || loops_below(dir).iter().any(|(_, b)| b == &self.path)
+    }
 }
 
 /// Makes an ext4 filesystem on `target` (an image file or a device;

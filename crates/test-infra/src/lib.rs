@@ -99,6 +99,11 @@ impl TestEnv {
         Self::build("cs-", "s", "")
     }
 
+    /// [`TestEnv::short`] with `extra` in the `[hypervisor.qemu]` table.
+    pub fn short_with_qemu_extra(extra: &str) -> Self {
+        Self::build("cs-", "s", extra)
+    }
+
     fn build(prefix: &str, state: &str, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
