@@ -40,8 +40,17 @@ pub struct AssetsSpec {
     pub modules: Vec<String>,
 }
 
-/// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock.
-pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtiofs", "vmw_vsock_virtio_transport"];
+/// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock, and
+/// the disks hot-plugged for block storages (virtio-blk, virtio-scsi and
+/// its SCSI disk driver).
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtiofs",
+    "vmw_vsock_virtio_transport",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+];
 
 mod apt;
 mod error;
