@@ -185,7 +185,11 @@ mod tests {
         (req, block)
     }
 
-    fn numbers(spec: &Spec) -> (Vec<(String, i64, i64)>, Vec<Option<(i64, i64)>>) {
+    /// A device's path and number.
+    type Numbered = (String, i64, i64);
+
+    /// The spec's devices, and the numbers of its cgroup rules.
+    fn numbers(spec: &Spec) -> (Vec<Numbered>, Vec<Option<(i64, i64)>>) {
         let linux = spec.linux().as_ref().unwrap();
         let devices = linux.devices().as_ref().unwrap();
         let devices = devices
