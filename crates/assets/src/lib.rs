@@ -42,7 +42,9 @@ pub struct AssetsSpec {
 
 /// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock, and
 /// the disks hot-plugged for block storages (virtio-blk, virtio-scsi and
-/// its SCSI disk driver).
+/// its SCSI disk driver; about 0.1 s of boot under TCG). ext4 is built
+/// into the kernel; `xfs` loads cleanly but is left out: it took 0.8 s of
+/// every boot under TCG (add it with `capsa assets build --module xfs`).
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtiofs",
