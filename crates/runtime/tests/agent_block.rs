@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use capsa_hypervisor::device::{BlockDevice, BlockDriver};
 use capsa_protocols::{agent, convert, DRIVER_BLK, DRIVER_SCSI};
-use capsa_runtime::ProcessSpec;
+use capsa_runtime::{ProcessSpec, Sandbox};
 use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
 use oci_spec::runtime::{
     Capability, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, MountBuilder, Spec,
@@ -78,6 +78,24 @@ fn request(id: &str, spec: &Spec, storages: Vec<agent::Storage>) -> agent::Creat
     }
 }
 
+/// Runs the container of `req` to its end, unplugs drive `drive`, destroys
+/// the sandbox and checks that nothing is left; the container's output and
+/// exit code.
+async fn run_then_unplug(
+    mut sandbox: Sandbox,
+    env: &TestEnv,
+    req: agent::CreateContainerRequest,
+    drive: &str,
+) -> (String, i32) {
+    let id = req.container_id.clone();
+    sandbox.agent().create_container(req).await.expect("create");
+    let (out, code) = finish(&sandbox, &id).await;
+    sandbox.detach_block(drive).await.expect("detach");
+    sandbox.destroy().await.expect("destroy");
+    assert_no_leaks(&env.state_dir);
+    (out, code)
+}
+
 /// Prints the source of the container's `/`, writes `/written` and syncs.
 const ROOTFS_SCRIPT: &str =
     "awk '$2 == \"/\" { print $1 }' /proc/mounts; echo on-the-disk > /written && sync && echo ok";
@@ -104,11 +122,7 @@ async fn block_rootfs(env: TestEnv, driver: BlockDriver, storage_driver: &str, p
         &spec,
         vec![storage(storage_driver, &address.to_string(), &[], &root)],
     );
-    sandbox.agent().create_container(req).await.expect("create");
-    let (out, code) = finish(&sandbox, "c1").await;
-    sandbox.detach_block("root0").await.expect("detach");
-    sandbox.destroy().await.expect("destroy");
-    assert_no_leaks(&env.state_dir);
+    let (out, code) = run_then_unplug(sandbox, &env, req, "root0").await;
 
     assert_eq!(code, 0, "{out}");
     let mut lines = out.lines();
@@ -169,11 +183,7 @@ async fn a_read_only_block_volume_refuses_writes_even_for_root() {
     spec.set_mounts(Some(mounts));
     let vol = storage(DRIVER_BLK, &address.to_string(), &["ro"], &point);
     let req = request("v1", &spec, vec![vol]);
-    sandbox.agent().create_container(req).await.expect("create");
-    let (out, code) = finish(&sandbox, "v1").await;
-    sandbox.detach_block("vol0").await.expect("detach");
-    sandbox.destroy().await.expect("destroy");
-    assert_no_leaks(&env.state_dir);
+    let (out, code) = run_then_unplug(sandbox, &env, req, "vol0").await;
 
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
@@ -211,12 +221,7 @@ async fn a_raw_drive_is_usable_in_the_container() {
         container_path: "/dev/xvdb".into(),
         ..Default::default()
     }];
-    sandbox.agent().create_container(req).await.expect("create");
-    let (out, code) = finish(&sandbox, "r1").await;
-    sandbox.detach_block("raw0").await.expect("detach");
-
-    sandbox.destroy().await.expect("destroy");
-    assert_no_leaks(&env.state_dir);
+    let (out, code) = run_then_unplug(sandbox, &env, req, "raw0").await;
 
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, "on-raw\nrc=0\n");
@@ -246,7 +251,11 @@ async fn a_storage_without_its_device_is_named_and_the_sandbox_keeps_working() {
     sandbox.destroy().await.expect("destroy");
     assert_no_leaks(&env.state_dir);
 
-    assert_eq!(refused.code(), ttrpc::Code::DEADLINE_EXCEEDED, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        ttrpc::Code::DEADLINE_EXCEEDED,
+        "{refused:?}"
+    );
     let msg = refused.message();
     assert!(
         msg.contains("PCI path 1f/00") && msg.contains("after waiting 3s"),
