@@ -195,7 +195,7 @@ async fn a_read_only_block_volume_refuses_writes_even_for_root() {
 }
 
 /// A raw drive in `linux.devices` at `/dev/xvdb` (Kubernetes'
-/// `volumeDevices`): the container makes a filesystem on it, mounts it,
+/// `volumeDevices`): the container makes a filesystem on it (busybox `mke2fs`), mounts it,
 /// writes and reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_drive_is_usable_in_the_container() {
@@ -209,7 +209,7 @@ async fn a_raw_drive_is_usable_in_the_container() {
         .attach_block(&drive("raw0", &img, false, BlockDriver::VirtioBlk))
         .await
         .expect("attach the raw drive");
-    let script = "mkfs.ext2 /dev/xvdb >/dev/null 2>&1 && mkdir -p /tmp/m && \
+    let script = "mke2fs /dev/xvdb >/dev/null 2>&1 && mkdir -p /tmp/m && \
                   mount /dev/xvdb /tmp/m && echo on-raw > /tmp/m/f && umount /tmp/m && \
                   mount -o ro /dev/xvdb /tmp/m && cat /tmp/m/f && umount /tmp/m; echo rc=$?";
     let mut spec = container_spec(&mut sandbox, &env, "r1", script);
