@@ -19,7 +19,7 @@ mod common;
 mod guest_common;
 
 use common::boot;
-use guest_common::{assert_serving, container_spec, finish, status};
+use guest_common::{assert_serving, console_run, container_spec, finish, status, CONSOLE_PARAMS};
 
 /// Bound of the host tools run on an image.
 const TOOL: Duration = Duration::from_secs(60);
@@ -78,8 +78,9 @@ fn request(id: &str, spec: &Spec, storages: Vec<agent::Storage>) -> agent::Creat
     }
 }
 
-/// Runs the container of `req` to its end, unplugs drive `drive`, destroys
-/// the sandbox and checks that nothing is left; the container's output and
+/// Runs the container of `req` to its end, checks that the VM has no disk
+/// mounted once it is removed, unplugs drive `drive`, destroys the
+/// sandbox and checks that nothing is left; the container's output and
 /// exit code.
 async fn run_then_unplug(
     mut sandbox: Sandbox,
@@ -90,15 +91,30 @@ async fn run_then_unplug(
     let id = req.container_id.clone();
     sandbox.agent().create_container(req).await.expect("create");
     let (out, code) = finish(&sandbox, &id).await;
+    let mounted = console_run(env, &sandbox, DISKS_MOUNTED).await;
     sandbox.detach_block(drive).await.expect("detach");
     sandbox.destroy().await.expect("destroy");
     assert_no_leaks(&env.state_dir);
+    assert!(
+        mounted.contains("disks=0\r\n"),
+        "RemoveContainer unmounts the container's disks: {mounted:?}"
+    );
     (out, code)
 }
 
-/// Prints the source of the container's `/`, writes `/written` and syncs.
+/// Prints the source of the container's `/` and writes `/written` (no
+/// sync: the agent syncs the disk when the container is removed).
 const ROOTFS_SCRIPT: &str =
-    "awk '$2 == \"/\" { print $1 }' /proc/mounts; echo on-the-disk > /written && sync && echo ok";
+    "awk '$2 == \"/\" { print $1 }' /proc/mounts; echo on-the-disk > /written && echo ok";
+
+/// Counts the disks mounted in the VM (outside every container).
+const DISKS_MOUNTED: &str = "echo disks=$(grep -c '^/dev/[sv]d' /proc/mounts); exit\n";
+
+/// A test environment whose VMs open the debug console, with `extra` in
+/// the `[hypervisor.qemu]` table.
+fn env_with(extra: &str) -> TestEnv {
+    TestEnv::with_qemu_extra(&format!("{CONSOLE_PARAMS}\n{extra}"))
+}
 
 /// A container runs on an ext4 image hot-plugged with `driver` and given
 /// as a storage of `storage_driver`: it sees `/` on the disk (`/dev/<prefix>*`),
@@ -137,18 +153,12 @@ async fn block_rootfs(env: TestEnv, driver: BlockDriver, storage_driver: &str, p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_runs_on_a_virtio_blk_rootfs() {
-    block_rootfs(
-        TestEnv::new(),
-        BlockDriver::VirtioBlk,
-        DRIVER_BLK,
-        "/dev/vd",
-    )
-    .await;
+    block_rootfs(env_with(""), BlockDriver::VirtioBlk, DRIVER_BLK, "/dev/vd").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_runs_on_a_virtio_scsi_rootfs() {
-    let env = TestEnv::with_qemu_extra("block_device_driver = \"virtio-scsi\"");
+    let env = env_with("block_device_driver = \"virtio-scsi\"");
     block_rootfs(env, BlockDriver::VirtioScsi, DRIVER_SCSI, "/dev/sd").await;
 }
 
@@ -156,7 +166,7 @@ async fn a_container_runs_on_a_virtio_scsi_rootfs() {
 /// write it, and reads what the image holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_block_volume_refuses_writes_even_for_root() {
-    let env = TestEnv::new();
+    let env = env_with("");
     let content = env.dir.path().join("volume");
     std::fs::create_dir(&content).unwrap();
     std::fs::write(content.join("hello"), "from-the-image\n").unwrap();
@@ -199,7 +209,7 @@ async fn a_read_only_block_volume_refuses_writes_even_for_root() {
 /// writes and reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_drive_is_usable_in_the_container() {
-    let env = TestEnv::new();
+    let env = env_with("");
     let img = env.dir.path().join("raw.img");
     std::fs::File::create(&img)
         .and_then(|f| f.set_len(32 << 20))
