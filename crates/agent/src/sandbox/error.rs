@@ -246,6 +246,35 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_does_not_come_is_a_timeout_a_bad_address_is_invalid() {
+        use crate::device::{DeviceError, Source};
+        let timeout = DeviceError::Timeout {
+            source_name: Source::parse("scsi", "0:1").unwrap(),
+            waited: Duration::from_secs(15),
+        };
+        let storage = SandboxError::Storage {
+            index: 0,
+            driver: "scsi".into(),
+            source: StorageError::Device(timeout),
+        };
+        assert_eq!(storage.kind(), ErrorKind::DeadlineExceeded);
+        assert_eq!(
+            crate::error::chain(&storage),
+            "storage 0 (scsi): no block device at SCSI address 0:1 after waiting 15s"
+        );
+        let device = SandboxError::Device {
+            index: 1,
+            id: "0".into(),
+            source: Source::parse("nvdimm", "0").unwrap_err(),
+        };
+        assert_eq!(device.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            crate::error::chain(&device),
+            "device 1 (\"0\"): unsupported device type \"nvdimm\" (supported: blk, scsi)"
+        );
+    }
+
+    #[test]
     fn messages_carry_the_ids() {
         let err = SandboxError::NoProcess {
             container_id: "c".into(),
