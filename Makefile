@@ -20,7 +20,8 @@ LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
-                    make libelf-dev zlib1g-dev libzstd-dev containerd runc g++
+                    make libelf-dev zlib1g-dev libzstd-dev containerd runc g++ \
+                    e2fsprogs mount
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test lint bench clean \
@@ -137,6 +138,7 @@ bench: install
 	scripts/bench.sh $(DEMO_ROOTFS)
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example bench
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example block_bench
 
 clean:
 	cargo clean

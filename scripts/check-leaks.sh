@@ -1,6 +1,6 @@
 #!/bin/sh
-# After the whole test suite: no capsa process, mount or state directory of
-# a test may be left on the host. Tests put their state under /tmp/capsa-*
+# After the whole test suite: no capsa process, mount, loop device or state
+# directory of a test may be left on the host. Tests put their state under /tmp/capsa-*
 # and /tmp/cs-* (capsa) and /tmp/capsa-ctrd-* (containerd).
 set -u
 status=0
@@ -12,6 +12,14 @@ fi
 mounts=$(grep -E ' /tmp/(capsa-|cs-)' /proc/self/mountinfo || true)
 if [ -n "$mounts" ]; then
     echo "check-leaks: mounts left behind:"; echo "$mounts"; status=1
+fi
+loops=$(for f in /sys/block/loop*/loop/backing_file; do
+           [ -r "$f" ] || continue
+           back=$(cat "$f")
+           case "$back" in /tmp/capsa-*|/tmp/cs-*) echo "/dev/$(basename "$(dirname "$(dirname "$f")")") $back";; esac
+         done)
+if [ -n "$loops" ]; then
+    echo "check-leaks: loop devices left attached:"; echo "$loops"; status=1
 fi
 dirs=$(find /tmp -maxdepth 1 \( -name 'capsa-test-*' -o -name 'cs-*' -o -name 'capsa-ctrd-*' \) 2>/dev/null || true)
 if [ -n "$dirs" ]; then

@@ -1,25 +1,39 @@
-//! QMP messages from QEMU (a compromised QEMU writes them): each line
-//! decoded as the client does (events skipped), the first as the greeting,
-//! the others as command replies, and the `x-query-virtio-status` answer
-//! the runtime inspects.
+//! QMP messages from QEMU (a compromised QEMU writes them), read as the
+//! driver's session reads them: split into lines by the bounded
+//! `qmp::read_line`, each line decoded by `qmp::decode_message` into a
+//! greeting, a reply or an event (or refused), and a reply's result read as
+//! the `x-query-virtio-status` answer the driver inspects.
 #![no_main]
 
-use capsa_hypervisor::qemu::qmp;
+use std::sync::OnceLock;
+
+use capsa_hypervisor::qemu::qmp::{self, Message};
 use libfuzzer_sys::fuzz_target;
 
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    for (i, line) in text.lines().enumerate() {
-        let Ok(Some(message)) = qmp::decode_line(line) else {
-            continue;
-        };
-        if i == 0 {
-            let _ = qmp::check_greeting(&message);
+    runtime().block_on(async {
+        let mut reader = tokio::io::BufReader::new(data);
+        // Each line until the end, a cut line or a line that is not UTF-8.
+        while let Ok(line) = qmp::read_line(&mut reader).await {
+            assert!(!line.contains('\n'));
+            match qmp::decode_message(&line) {
+                Ok(Message::Reply { result: Ok(value), .. }) => {
+                    let _ = qmp::virtio_driver_ok(&value);
+                }
+                Ok(Message::Event(event)) => {
+                    let _ = event.data.get("device");
+                }
+                Ok(_) | Err(_) => {}
+            }
         }
-        if let Ok(result) = qmp::command_result("query-status", &message) {
-            let _ = qmp::virtio_driver_ok(&result);
-        }
-    }
+    });
 });

@@ -89,15 +89,25 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("root").required(true).args(["rootfs", "rootfs_image"])))]
 pub struct RunArgs {
-    /// Directory holding the container's root filesystem.
+    /// Directory holding the container's root filesystem (shared with
+    /// the VM over virtio-fs).
     #[arg(long, value_name = "DIR")]
-    pub rootfs: PathBuf,
+    pub rootfs: Option<PathBuf>,
+    /// A filesystem image (ext4, xfs) holding the container's root
+    /// filesystem: hot-plugged into the VM as a disk, never mounted on
+    /// the host.
+    #[arg(long, value_name = "FILE")]
+    pub rootfs_image: Option<PathBuf>,
     #[command(flatten)]
     pub process: ProcessArgs,
-    /// Bind-mount a host path into the container (read-write unless `:ro`).
-    /// Host system paths (/proc, /sys, /dev and kernel filesystems) are
-    /// refused, however they are reached.
+    /// Give a host path to the container (read-write unless `:ro`): a
+    /// directory or file is shared over virtio-fs; a block device or
+    /// image file with a filesystem (ext4, xfs) is hot-plugged and
+    /// mounted at DST; a block device without one appears at DST as a
+    /// device node. Host system paths (/proc, /sys, kernel filesystems)
+    /// and disks the host uses are refused.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro|:rw]")]
     pub volumes: Vec<capsa_runtime::Volume>,
     /// Leave the sandbox running in the background and print its id.

@@ -40,16 +40,18 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         &["virtio-blk", "virtio-scsi"],
     )
     .map_err(|r| invalid("hypervisor.qemu.block_device_driver", r))?;
-    if q.pcie_root_port > 30 {
+    // The root-bus slots left for root ports by the QEMU driver's fixed
+    // q35 layout (capsa-hypervisor, `qemu/cmdline.rs`: MAX_ROOT_PORTS).
+    if q.pcie_root_port > 27 {
         return Err(invalid(
             "hypervisor.qemu.pcie_root_port",
-            format!("{} is more than 30", q.pcie_root_port),
+            format!("{} is more than 27", q.pcie_root_port),
         ));
     }
-    if !(1..=600).contains(&q.hotplug_timeout) {
+    if !(1..=60).contains(&q.hotplug_timeout) {
         return Err(invalid(
             "hypervisor.qemu.hotplug_timeout",
-            format!("{} is not between 1 and 600 seconds", q.hotplug_timeout),
+            format!("{} is not between 1 and 60 seconds (the agent's CreateContainer is bounded to 60 s)", q.hotplug_timeout),
         ));
     }
     if !(1..=256).contains(&q.default_vcpus) {

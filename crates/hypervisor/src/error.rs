@@ -45,6 +45,8 @@ pub enum Error {
     },
     #[error("hot-plug of {device}: {reason}")]
     Hotplug { device: String, reason: String },
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("{0}")]

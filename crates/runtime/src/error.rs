@@ -27,6 +27,37 @@ pub enum Error {
         #[source]
         source: Box<crate::mount::SourceError>,
     },
+    #[error("mount the rootfs ({typ} {device}): {reason}")]
+    RootfsMount {
+        typ: String,
+        device: String,
+        reason: String,
+    },
+    /// A drive for `what` (the rootfs, a mount, a device) could not be
+    /// inspected.
+    #[error("{what}")]
+    BlockSource {
+        what: String,
+        #[source]
+        source: crate::resource::BlockSourceError,
+    },
+    /// A drive for `what` would hand the guest a disk the host uses.
+    #[error("{what}")]
+    Refused {
+        what: String,
+        #[source]
+        refusal: crate::resource::Refusal,
+    },
+    #[error("{what}: {path} is neither a block device nor an image file")]
+    NotBlock { what: String, path: PathBuf },
+    #[error("{what}: {reason}")]
+    BadSpec { what: String, reason: String },
+    #[error("hot-plug for {what}")]
+    Hotplug {
+        what: String,
+        #[source]
+        source: capsa_hypervisor::Error,
+    },
     #[error("process of container {container} did not exit {seconds} s after SIGKILL")]
     NoExit { container: String, seconds: u64 },
     #[error("sandbox {id:?} is {state}, not running")]

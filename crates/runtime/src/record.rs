@@ -90,6 +90,24 @@ pub struct ContainerRecord {
     pub exit_code: Option<i32>,
 }
 
+/// A drive hot-plugged into the sandbox's VM for a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The drive's id in the VM.
+    pub id: String,
+    pub container: String,
+    /// What it is for: `rootfs`, `volume <destination>` or
+    /// `device <path in the container>`.
+    pub role: String,
+    /// The host block device or image file.
+    pub source: PathBuf,
+    /// `virtio-blk` or `virtio-scsi`.
+    pub driver: String,
+    /// Where the guest finds it: a PCI path (`02/00`) or a SCSI address.
+    pub guest_address: String,
+    pub read_only: bool,
+}
+
 /// `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -108,6 +126,9 @@ pub struct SandboxRecord {
     /// The owner's log.
     pub log: PathBuf,
     pub containers: Vec<ContainerRecord>,
+    /// Drives attached to the VM now.
+    #[serde(default)]
+    pub devices: Vec<DeviceRecord>,
 }
 
 impl SandboxRecord {
@@ -125,6 +146,7 @@ impl SandboxRecord {
             console_log: dir.join("console.log"),
             log: dir.join("capsa.log"),
             containers: Vec::new(),
+            devices: Vec::new(),
         }
     }
 

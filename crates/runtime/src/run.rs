@@ -4,13 +4,12 @@
 //! that logs the output and keeps the record once the workload exited.
 
 use std::future::Future;
-use std::path::PathBuf;
 
 use capsa_config::Config;
 
 use crate::io::{GuestProcess, Stdio};
-use crate::mount;
 use crate::record::SandboxStatus;
+use crate::resource::{container, Rootfs};
 use crate::spec::{self, ProcessSpec, Volume};
 use crate::state::StateDir;
 use crate::vm::VmSize;
@@ -24,9 +23,11 @@ pub const VM_KILLED_STATUS: i32 = 128 + libc::SIGKILL;
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub config: Config,
-    pub rootfs: PathBuf,
+    /// A directory (shared) or a filesystem image (hot-plugged).
+    pub rootfs: Rootfs,
     pub process: ProcessSpec,
-    /// Host paths bind-mounted into the container (`-v`).
+    /// Host paths given to the container (`-v`): directories and files
+    /// are shared, block devices and image files hot-plugged.
     pub volumes: Vec<Volume>,
     /// Forward the caller's stdin to the workload (`-i`).
     pub interactive: bool,
@@ -119,33 +120,28 @@ async fn wait_watched(
     }
 }
 
-/// Fails early, before a VM boots, on a rootfs that is not a directory or
-/// a source that will not be shared (a host system path). The sources are
-/// checked again, race-free, when they are shared.
+/// Fails early, before a VM boots, on a rootfs or volume that will not be
+/// given to the guest (a host system path, a disk the host uses). Each is
+/// checked again when it is attached.
 fn check_sources(spec: &RunSpec) -> Result<(), Error> {
-    if !spec.rootfs.is_dir() {
-        return Err(Error::Rootfs(spec.rootfs.clone()));
+    container::check_sources(&spec.rootfs, &host_spec(spec, "")?)
+}
+
+/// The container's spec with host paths: the process, and the volumes.
+fn host_spec(spec: &RunSpec, hostname: &str) -> Result<oci_spec::runtime::Spec, Error> {
+    let mut oci = spec::build(&spec.process, "", hostname)?;
+    for volume in &spec.volumes {
+        container::add_volume(&mut oci, volume)?;
     }
-    let sources = std::iter::once((&spec.rootfs, "/")).chain(
-        spec.volumes
-            .iter()
-            .map(|v| (&v.source, v.destination.as_str())),
-    );
-    for (path, mount) in sources {
-        mount::open(path, mount)?;
-    }
-    Ok(())
+    Ok(oci)
 }
 
 async fn create_and_start(sandbox: &mut Sandbox, spec: &RunSpec) -> Result<GuestProcess, Error> {
     let cid = sandbox.id().to_string();
-    let guest_root = sandbox.share_rootfs(&cid, &spec.rootfs)?;
-    let mut oci = spec::build(&spec.process, &guest_root, &sandbox.hostname())?;
-    for (n, volume) in spec.volumes.iter().enumerate() {
-        let guest_source = sandbox.share_volume(&cid, n, volume)?;
-        spec::add_volume(&mut oci, volume, &guest_source)?;
-    }
-    sandbox.create_container_spec(&cid, &oci).await?;
+    let oci = host_spec(spec, &sandbox.hostname())?;
+    sandbox
+        .create_container_from(&cid, &spec.rootfs, oci)
+        .await?;
     let agent = sandbox.agent().clone();
     agent.start_container(&cid).await?;
     sandbox.update_record(|r| r.status = SandboxStatus::Running);

@@ -12,10 +12,11 @@ use tokio::time::Instant;
 
 use crate::health::{self, Death};
 use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
-use crate::spec::{self, ProcessSpec, Volume};
+use crate::resource::{share, BlockPolicy, Rootfs};
+use crate::spec::{self, ProcessSpec};
 use crate::state::{self, StateDir};
 use crate::vm::{self, VmSize};
-use crate::{console, mount, Error};
+use crate::{console, Error};
 
 /// Lines of the guest console shown when the guest fails.
 const CONSOLE_TAIL_LINES: usize = 30;
@@ -40,6 +41,10 @@ pub struct Sandbox {
     console: Option<console::Keeper>,
     /// Declared dead (hung or stopped): teardown kills it without asking.
     dead: Option<Death>,
+    /// How containers' block devices are used.
+    policy: BlockPolicy,
+    /// Drives attached so far (names the next one).
+    drives: u32,
 }
 
 impl Sandbox {
@@ -74,6 +79,8 @@ impl Sandbox {
             finished: false,
             console: None,
             dead: None,
+            policy: vm::block_policy(config),
+            drives: 0,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -217,18 +224,18 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Shares `rootfs` with the guest at `<shared>/<container-id>/rootfs` and
-    /// creates the container there. The container's first process has the
-    /// container's id as exec id.
+    /// Creates a container running `process` on the directory `rootfs`
+    /// (shared at `<shared>/<container-id>/rootfs`). The container's first
+    /// process has the container's id as exec id.
     pub async fn create_container(
         &mut self,
         container_id: &str,
         rootfs: &Path,
         process: &ProcessSpec,
     ) -> Result<(), Error> {
-        let guest_root = self.share_rootfs(container_id, rootfs)?;
-        let oci = spec::build(process, &guest_root, &self.hostname())?;
-        self.create_container_spec(container_id, &oci).await
+        let oci = spec::build(process, "", &self.hostname())?;
+        let rootfs = Rootfs::Dir(rootfs.to_path_buf());
+        self.create_container_from(container_id, &rootfs, oci).await
     }
 
     /// The hostname given to the guest and its containers.
@@ -241,36 +248,26 @@ impl Sandbox {
     /// Bind-mounts `rootfs` at `<shared>/<container-id>/rootfs`; returns the
     /// path the guest sees it at.
     pub fn share_rootfs(&mut self, container_id: &str, rootfs: &Path) -> Result<String, Error> {
-        if !rootfs.is_dir() {
-            return Err(Error::Rootfs(rootfs.into()));
-        }
-        let host_root = self.dir.mounts_dir().join(container_id).join("rootfs");
-        std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
-        mount::bind(rootfs, &host_root, false, "/")?;
-        self.shared_roots
-            .insert(container_id.to_string(), rootfs.to_path_buf());
-        Ok(capsa_protocols::guest_rootfs_path(container_id))
+        let (share, guest_root) = self.container_share(container_id);
+        share::attach_rootfs_dir(&share, rootfs)?;
+        self.note_rootfs(container_id, rootfs);
+        Ok(guest_root)
     }
 
-    /// Shares `volume`'s source at `<shared>/<container-id>/mounts/<n>`
-    /// (checked: host system paths are refused); returns the path the guest
-    /// sees it at.
-    pub fn share_volume(
-        &mut self,
-        container_id: &str,
-        n: usize,
-        volume: &Volume,
-    ) -> Result<String, Error> {
-        let (share, guest_root) = self.container_share(container_id);
-        let mounts = Path::new("mounts").join(n.to_string());
-        mount::share(
-            &volume.source,
-            &share.join(&mounts),
-            volume.readonly,
-            &volume.destination,
-        )?;
-        let guest_share = Path::new(&guest_root).parent().unwrap_or(Path::new("/"));
-        Ok(guest_share.join(mounts).display().to_string())
+    /// Remembers what the record shows as a container's rootfs.
+    pub(crate) fn note_rootfs(&mut self, container_id: &str, rootfs: &Path) {
+        self.shared_roots
+            .insert(container_id.to_string(), rootfs.to_path_buf());
+    }
+
+    pub(crate) fn block_policy(&self) -> BlockPolicy {
+        self.policy
+    }
+
+    /// A new drive id, unique in this VM.
+    pub(crate) fn next_drive_id(&mut self) -> String {
+        self.drives += 1;
+        format!("drive{}", self.drives)
     }
 
     /// The host directory shared with the guest for container
@@ -283,18 +280,16 @@ impl Sandbox {
         )
     }
 
-    /// Removes container `container_id` from the guest, then detaches and
-    /// removes what was shared for it.
+    /// Removes container `container_id` from the guest (which unmounts
+    /// its storages), then detaches what was attached for it: its drives
+    /// are unplugged, its share unmounted and removed.
     pub async fn remove_container(&mut self, container_id: &str) -> Result<(), Error> {
         let removed = self.agent().remove_container(container_id).await;
-        let (share, _) = self.container_share(container_id);
-        mount::unmount_all_below(&share)?;
-        if share.exists() && mount::mounts_below(&share).is_empty() {
-            std::fs::remove_dir_all(&share).map_err(Error::io(&share))?;
-        }
+        let detached = self.detach_container(container_id).await;
         self.shared_roots.remove(container_id);
         self.update_record(|r| r.containers.retain(|c| c.id != container_id));
-        removed.map_err(Error::from)
+        removed?;
+        detached.map_or(Ok(()), Err)
     }
 
     /// Hot-plugs a drive into the running VM; returns where the guest
@@ -343,6 +338,19 @@ impl Sandbox {
         container_id: &str,
         oci: &oci_spec::runtime::Spec,
     ) -> Result<(), Error> {
+        self.create_container_request(container_id, oci, vec![], vec![])
+            .await
+    }
+
+    /// Creates the container with the storages and devices attached for
+    /// it, and records it.
+    pub(crate) async fn create_container_request(
+        &mut self,
+        container_id: &str,
+        oci: &oci_spec::runtime::Spec,
+        storages: Vec<agent::Storage>,
+        devices: Vec<agent::Device>,
+    ) -> Result<(), Error> {
         let mut grpc = capsa_protocols::convert::spec_to_grpc(oci);
         if grpc.Hooks.take().is_some() {
             tracing::info!(
@@ -354,6 +362,8 @@ impl Sandbox {
             container_id: container_id.into(),
             exec_id: container_id.into(),
             OCI: Some(grpc).into(),
+            storages,
+            devices,
             ..Default::default()
         };
         self.agent().create_container(req).await?;

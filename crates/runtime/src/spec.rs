@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType, MountBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType,
     ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
@@ -72,22 +72,6 @@ impl FromStr for Volume {
             readonly,
         })
     }
-}
-
-/// Adds `volume` to the spec's mounts, a bind of `guest_source` (where the
-/// guest sees the shared source).
-pub fn add_volume(spec: &mut Spec, volume: &Volume, guest_source: &str) -> Result<(), Error> {
-    let mode = if volume.readonly { "ro" } else { "rw" };
-    let mount = MountBuilder::default()
-        .destination(&volume.destination)
-        .typ("bind")
-        .source(guest_source)
-        .options(vec!["rbind".to_string(), mode.to_string()])
-        .build()?;
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    mounts.push(mount);
-    spec.set_mounts(Some(mounts));
-    Ok(())
 }
 
 /// The character devices every container may use (runc's defaults):
@@ -221,20 +205,6 @@ mod tests {
             let e = bad.parse::<Volume>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
-    }
-
-    #[test]
-    fn a_volume_is_a_bind_mount_of_the_guest_source() {
-        let mut spec = build(&ProcessSpec::default(), "/r", "h").unwrap();
-        let v: Volume = "/host:/data:ro".parse().unwrap();
-        add_volume(&mut spec, &v, "/run/s/c/mounts/0").unwrap();
-        let m = spec.mounts().as_ref().unwrap().last().unwrap().clone();
-        assert_eq!(m.destination().to_str(), Some("/data"));
-        assert_eq!(
-            m.source().as_ref().unwrap().to_str(),
-            Some("/run/s/c/mounts/0")
-        );
-        assert_eq!(m.options().as_ref().unwrap(), &["rbind", "ro"]);
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub struct VmSize {
     pub memory_mib: Option<u32>,
 }
 
+/// How containers' block devices are used.
+pub(crate) fn block_policy(config: &Config) -> crate::resource::BlockPolicy {
+    let q = &config.hypervisor.qemu;
+    crate::resource::BlockPolicy {
+        rootfs: !q.disable_block_device_use,
+        // Validated when the configuration was loaded.
+        driver: BlockDriver::from_str(&q.block_device_driver).unwrap_or_default(),
+    }
+}
+
 /// The VM driver the configuration names, not started yet.
 pub(crate) fn create(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> Box<dyn Vm> {
     capsa_hypervisor::create(vm_config(config, id, dir, size))

@@ -35,12 +35,6 @@ pub enum Error {
         #[source]
         source: oci_spec::OciSpecError,
     },
-    #[error("mount the rootfs of {id}")]
-    Rootfs {
-        id: String,
-        #[source]
-        source: containerd_shim::Error,
-    },
     #[error("open the {stream} of {id} ({path})")]
     Stdio {
         id: String,
@@ -76,9 +70,13 @@ impl Error {
             Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
             Error::Invalid { .. }
             | Error::Spec { .. }
-            | Error::Runtime(capsa_runtime::Error::BindSource { .. }) => {
-                ttrpc::Code::INVALID_ARGUMENT
-            }
+            | Error::Runtime(
+                capsa_runtime::Error::BindSource { .. }
+                | capsa_runtime::Error::Refused { .. }
+                | capsa_runtime::Error::NotBlock { .. }
+                | capsa_runtime::Error::BadSpec { .. }
+                | capsa_runtime::Error::Rootfs(_),
+            ) => ttrpc::Code::INVALID_ARGUMENT,
             // The agent client's ttrpc is another release: same codes.
             Error::Agent(e) => e
                 .code()

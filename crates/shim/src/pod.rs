@@ -8,10 +8,11 @@ use std::time::Duration;
 use capsa_agent_client::AgentClient;
 use capsa_protocols::{agent, convert};
 use capsa_runtime::health::{Death, VmState, Watch};
+use capsa_runtime::resource::{HostMount, Rootfs};
 use capsa_runtime::{GuestProcess, Sandbox};
 use containerd_shim::protos::api::Mount as RootfsMount;
 use containerd_shim::protos::types::task::Status;
-use oci_spec::runtime::{Mount, MountBuilder, Spec};
+use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
 
 use crate::error::Error;
@@ -112,15 +113,15 @@ impl Pod {
             .ok_or_else(|| Error::NoTask(id.into()))
     }
 
-    /// Creates the container of task `id` in the VM: mounts containerd's
-    /// rootfs into the share, shares the bind mounts' sources, rewrites
-    /// the spec's paths to the guest's and creates the container.
+    /// Creates the container of task `id` in the VM: its rootfs and
+    /// mounts are attached (shared or hot-plugged) by the runtime's
+    /// resource layer, which points the spec at the guest's paths.
     pub async fn create_task(
         &self,
         id: &str,
         bundle: &str,
-        rootfs: &[RootfsMount],
-        mut spec: Spec,
+        rootfs: &Rootfs,
+        spec: Spec,
         init: Arc<Proc>,
     ) -> Result<Arc<Task>, Error> {
         if self
@@ -133,21 +134,8 @@ impl Pod {
         }
         let mut guard = self.sandbox.lock().await;
         let sandbox = guard.as_mut().ok_or_else(|| Error::NoPod(id.into()))?;
-        let (share, guest_root) = sandbox.container_share(id);
-        let shared = share_container(id, bundle, rootfs, &mut spec, &share, &guest_root).await;
-        let created = match shared {
-            Ok(()) => sandbox
-                .create_container_spec(id, &spec)
-                .await
-                .map_err(Error::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = created {
-            // Undo the mounts of the share (RemoveContainer of a container
-            // the agent does not know only fails).
-            let _ = sandbox.remove_container(id).await;
-            return Err(e);
-        }
+        // On error, what was attached is detached again.
+        sandbox.create_container_from(id, rootfs, spec).await?;
         let task = Arc::new(Task {
             id: id.into(),
             bundle: bundle.into(),
@@ -385,136 +373,25 @@ async fn watch_oom(pod: Arc<Pod>) {
     }
 }
 
-/// Mounts the container's rootfs at `<share>/rootfs` and its bind mounts'
-/// sources at `<share>/mounts/<n>`, and points the spec at the guest's
-/// paths. Host mounts are made only on host paths containerd gave (the
-/// guest controls nothing on the host side).
-async fn share_container(
-    id: &str,
-    bundle: &str,
-    rootfs: &[RootfsMount],
-    spec: &mut Spec,
-    share: &Path,
-    guest_root: &str,
-) -> Result<(), Error> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| Error::Io { path, source }
-    };
-    let host_root = share.join("rootfs");
-    std::fs::create_dir_all(&host_root).map_err(io(&host_root))?;
-    if rootfs.is_empty() {
-        // No snapshot mounts: the bundle's own rootfs directory.
+/// The rootfs containerd gives: its snapshot's mounts, or (none) the
+/// bundle's own rootfs directory.
+pub fn rootfs(bundle: &str, mounts: &[RootfsMount], spec: &Spec) -> Rootfs {
+    if mounts.is_empty() {
         let root = spec
             .root()
             .as_ref()
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
-        let source = Path::new(bundle).join(root);
-        capsa_runtime::mount::bind(&source, &host_root, false, "/")?;
-    } else {
-        for m in rootfs {
-            // Host side of the share: what the guest makes there is never
-            // a device or a set-id program for the host.
-            let mut m = m.clone();
-            m.options
-                .extend(["nosuid".to_string(), "nodev".to_string()]);
-            containerd_shim::asynchronous::util::mount_rootfs(&m, &host_root)
-                .await
-                .map_err(|source| Error::Rootfs {
-                    id: id.into(),
-                    source,
-                })?;
-        }
+        return Rootfs::Dir(Path::new(bundle).join(root));
     }
-    if let Some(root) = spec.root_mut() {
-        root.set_path(PathBuf::from(guest_root));
-    }
-    default_path(spec);
-    let guest_share = Path::new(guest_root)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let mounts = spec.mounts().clone().unwrap_or_default();
-    let mut out = Vec::with_capacity(mounts.len());
-    for (n, m) in mounts.into_iter().enumerate() {
-        out.push(share_mount(m, n, share, &guest_share)?);
-    }
-    spec.set_mounts(Some(out));
-    Ok(())
-}
-
-/// runc looks commands up in a default PATH when the spec has none
-/// (`ctr run --rootfs` gives none); libcontainer does not: add it.
-fn default_path(spec: &mut Spec) {
-    const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    if let Some(process) = spec.process_mut() {
-        let mut env = process.env().clone().unwrap_or_default();
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push(DEFAULT_PATH.into());
-            process.set_env(Some(env));
-        }
-    }
-}
-
-/// Whether `m` is a bind mount (a host path), not a mount the guest makes.
-fn is_bind(m: &Mount) -> bool {
-    let options = m.options().as_deref().unwrap_or_default();
-    m.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
-}
-
-/// Refuses, before a VM boots for it, a spec whose bind mounts would share
-/// a host system path (each source is checked again, race-free, when it
-/// is shared). containerd's binds (`/etc/hosts`, `resolv.conf`, the
-/// sandbox's `/dev/shm`) and guest mounts (`proc`, `sysfs`, `tmpfs`, ...)
-/// pass.
-pub fn check_bind_sources(spec: &Spec) -> Result<(), Error> {
-    let mounts = spec.mounts().as_deref().unwrap_or_default();
-    let binds = mounts
-        .iter()
-        .filter(|m| is_bind(m) && m.destination() != Path::new("/dev/shm"));
-    for m in binds {
-        if let Some(source) = m.source() {
-            capsa_runtime::mount::open(source, &m.destination().display().to_string())?;
-        }
-    }
-    Ok(())
-}
-
-/// A bind mount's host source is bind-mounted into the share (read-only
-/// if the mount is) and the spec's source becomes the guest's path;
-/// `/dev/shm` becomes a tmpfs of the guest; other mounts are kept.
-fn share_mount(m: Mount, n: usize, share: &Path, guest_share: &Path) -> Result<Mount, Error> {
-    let options = m.options().clone().unwrap_or_default();
-    if !is_bind(&m) {
-        return Ok(m);
-    }
-    if m.destination() == Path::new("/dev/shm") {
-        return MountBuilder::default()
-            .destination("/dev/shm")
-            .typ("tmpfs")
-            .source("shm")
-            .options(vec![
-                "nosuid".into(),
-                "noexec".into(),
-                "nodev".into(),
-                "mode=1777".into(),
-            ])
-            .build()
-            .map_err(|e| Error::Invalid {
-                what: "mount",
-                reason: e.to_string(),
-            });
-    }
-    let Some(source) = m.source().clone() else {
-        return Ok(m);
-    };
-    let readonly = options.iter().any(|o| o == "ro");
-    let target = share.join("mounts").join(n.to_string());
-    let destination = m.destination().display().to_string();
-    capsa_runtime::mount::share(&source, &target, readonly, &destination)?;
-    let mut shared = m;
-    shared.set_source(Some(guest_share.join("mounts").join(n.to_string())));
-    tracing::debug!(source = %source.display(), target = %target.display(), readonly, "shared a bind mount");
-    Ok(shared)
+    Rootfs::Mounts(
+        mounts
+            .iter()
+            .map(|m| HostMount {
+                typ: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect(),
+    )
 }

@@ -67,7 +67,8 @@ impl Service {
             bundle: req.bundle.clone(),
             source,
         })?;
-        crate::pod::check_bind_sources(&spec)?;
+        let rootfs = crate::pod::rootfs(&req.bundle, &req.rootfs, &spec);
+        capsa_runtime::resource::container::check_sources(&rootfs, &spec)?;
         let role = annotations::role(spec.annotations().as_ref());
         let pod_id = role.pod_id(&req.id).to_string();
         tracing::info!(container = %req.id, pod = %pod_id, ?role, "create");
@@ -126,7 +127,7 @@ impl Service {
         write_marker(bundle, &pod.state_dir);
         let init = Arc::new(Proc::new("", stdio, None));
         let created = pod
-            .create_task(&req.id, &req.bundle, &req.rootfs, spec, init)
+            .create_task(&req.id, &req.bundle, &rootfs, spec, init)
             .await;
         if let Err(e) = created {
             if pod

@@ -1,4 +1,5 @@
-//! Checks that a test left nothing behind: no process, mount or state.
+//! Checks that a test left nothing behind: no process, mount, loop device
+//! or state.
 
 use std::path::Path;
 
@@ -33,9 +34,17 @@ pub fn helper_pid(state_dir: &Path, id: &str, helper: &str) -> i32 {
     pids[0]
 }
 
+/// Fails if a loop device is still attached to an image file below `dir`
+/// (a test's own directory).
+pub fn assert_no_loop_devices(dir: &Path) {
+    let loops = crate::block::loops_below(dir);
+    assert!(loops.is_empty(), "loop devices left attached: {:?}", loops);
+}
+
 /// Fails if anything still refers to `state_dir`: a process whose command
 /// line names it (QEMU, virtiofsd and vhost-device-vsock all get paths
-/// below it), a mount below it, or an entry in it.
+/// below it), a mount below it, a loop device over a file below it, or an
+/// entry in it.
 pub fn assert_no_leaks(state_dir: &Path) {
     let needle = state_dir.to_string_lossy().into_owned();
     let procs = processes_naming(&needle);
@@ -51,6 +60,7 @@ pub fn assert_no_leaks(state_dir: &Path) {
         "mounts left behind:\n{}",
         mounts.join("\n")
     );
+    assert_no_loop_devices(state_dir);
     if let Ok(entries) = std::fs::read_dir(state_dir) {
         let left: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "state left behind: {left:?}");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod block;
 pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
@@ -31,15 +32,37 @@ pub fn assets_dir() -> PathBuf {
     dir
 }
 
-/// Tool paths; the Makefile installs them here.
+/// Tool paths; the Makefile installs them here (Debian's system tools,
+/// `losetup`, `mkfs.ext4`, `debugfs`, are in the sbin directories).
 pub fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/local/bin", "/usr/bin"] {
+    for dir in ["/usr/local/bin", "/usr/bin", "/usr/sbin", "/sbin"] {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p;
         }
     }
     panic!("{name} is not installed: run `make deps`");
+}
+
+/// `containerd-shim-capsa-v2` for tests outside the shim's own crate
+/// (which use `env!("CARGO_BIN_EXE_...")`): `$CAPSA_TEST_SHIM`, else the
+/// one of this build's profile (next to the test binary's `deps/`), which
+/// `cargo build -p capsa-shim` makes (`make test` builds it).
+pub fn shim_binary() -> PathBuf {
+    const NAME: &str = "containerd-shim-capsa-v2";
+    let path = std::env::var_os("CAPSA_TEST_SHIM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join(NAME))
+        })
+        .unwrap_or_else(|| PathBuf::from(NAME));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p capsa-shim` (or set CAPSA_TEST_SHIM)",
+        path.display()
+    );
+    path
 }
 
 /// One test's world: a private state directory, a configuration file that
@@ -117,10 +140,12 @@ impl TestEnv {
 }
 
 /// Whatever a failed test left mounted below the environment (a sandbox
-/// whose owner was killed) is detached, so that the directory can go.
+/// whose owner was killed) is detached, and so are loop devices over its
+/// images, so that the directory can go.
 impl Drop for TestEnv {
     fn drop(&mut self) {
         containerd::cleanup::unmount_below(self.dir.path());
+        block::detach_loops_below(self.dir.path());
     }
 }
 

@@ -188,3 +188,39 @@ fn drop_cleans_up_after_a_panicking_test() {
     assert!(result.is_err());
     assert_gone(&dir.into_inner().unwrap().expect("started"));
 }
+
+/// containerd's Tasks API with explicit rootfs mounts (what a devmapper or
+/// blockfile snapshotter hands over): a bind-style rootfs, `echo` in a
+/// capsa VM, the exit status and the output back, nothing left.
+#[test]
+fn a_task_with_explicit_rootfs_mounts_runs_in_a_capsa_vm() {
+    use capsa_test_infra::containerd::{Mount, MountExt};
+    let env = capsa_test_infra::TestEnv::short();
+    let shim = capsa_test_infra::shim_binary();
+    let c = Containerd::start(Opts {
+        shim_dir: shim.parent().map(Path::to_path_buf),
+        capsa_config: Some(env.config.clone()),
+    });
+    let spec = c.default_spec(&["sh", "-c", "echo hello; uname -r >&2; exit 3"]);
+    let done = c.run_task(
+        "io.containerd.capsa.v2",
+        "rootfs-mounts",
+        &spec,
+        &[Mount::bind(&env.rootfs)],
+    );
+    assert_eq!(done.exit_status, 3, "{done:?}\n{}", c.log_tail());
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "hello\n");
+    // The guest's kernel, not the host's: it ran in a VM.
+    let host = nix::sys::utsname::uname().unwrap();
+    let guest = String::from_utf8_lossy(&done.stderr);
+    assert!(!guest.trim().is_empty(), "{done:?}");
+    assert_ne!(guest.trim(), host.release().to_string_lossy(), "{done:?}");
+    assert!(c.log().contains("pod VM started"), "{}", c.log_tail());
+    // Task and container are deleted: the shim and its VM are gone.
+    let out = c.ctr_ok(&["containers", "ls", "-q"]);
+    assert!(out.trim().is_empty(), "containers left: {out}");
+    let dir = c.dir().to_path_buf();
+    drop(c);
+    assert_gone(&dir);
+    capsa_test_infra::assert_no_leaks(&env.state_dir);
+}

@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use capsa_runtime::resource::Rootfs;
 use capsa_runtime::state::StateDir;
 use capsa_runtime::{RunSpec, VmSize};
 use tokio::signal::unix::{signal, SignalKind};
@@ -44,7 +45,12 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
 fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
     RunSpec {
         config,
-        rootfs: args.rootfs,
+        rootfs: match (args.rootfs, args.rootfs_image) {
+            (_, Some(image)) => Rootfs::Image(image),
+            (Some(dir), None) => Rootfs::Dir(dir),
+            // clap requires one of them.
+            (None, None) => Rootfs::Dir(PathBuf::new()),
+        },
         process: args.process.spec(args.command),
         volumes: args.volumes,
         interactive: args.process.interactive,
@@ -69,8 +75,8 @@ pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = i32>> {
 
 /// The parent side of `run -d`.
 async fn detach(config: &capsa_config::Config, args: &RunArgs) -> anyhow::Result<u8> {
-    if !args.rootfs.is_dir() {
-        bail!("rootfs {} is not a directory", args.rootfs.display());
+    if let Some(dir) = args.rootfs.as_ref().filter(|d| !d.is_dir()) {
+        bail!("rootfs {} is not a directory", dir.display());
     }
     let root = &config.runtime.state_dir;
     for stale in StateDir::collect_stale(root) {

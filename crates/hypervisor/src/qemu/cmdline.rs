@@ -2,15 +2,47 @@
 
 use std::path::Path;
 
-use crate::{Accelerator, DriverConfig, VmConfig};
+use crate::{Accelerator, BlockDriver, DriverConfig, VmConfig};
 
 /// Kernel parameters capsa always passes: the serial console, reboot on
 /// panic (and `-no-reboot` turns that into QEMU exiting), quiet boot.
 const KERNEL_PARAMS: &[&str] = &["console=ttyS0", "panic=1", "quiet"];
 
+/// PCI slots of the root bus on q35, fixed so that the PCI path of every
+/// device is known before the guest boots: the vsock device, the virtio-fs
+/// device, the virtio-scsi controller, then one PCIe root port per slot
+/// from [`FIRST_ROOT_PORT_SLOT`] (slot 0 is the host bridge, 0x1f the LPC
+/// bridge).
+const VSOCK_SLOT: u8 = 0x01;
+const VIRTIOFS_SLOT: u8 = 0x02;
+const SCSI_SLOT: u8 = 0x03;
+pub const FIRST_ROOT_PORT_SLOT: u8 = 0x04;
+const LAST_ROOT_PORT_SLOT: u8 = 0x1e;
+/// The most root ports the fixed layout has room for.
+pub const MAX_ROOT_PORTS: u32 = (LAST_ROOT_PORT_SLOT - FIRST_ROOT_PORT_SLOT + 1) as u32;
+/// QEMU id of the virtio-scsi controller; its bus is `scsi0.0`.
+pub const SCSI_CONTROLLER: &str = "scsi0";
+
+/// Whether `machine` has the PCIe root ports block hot-plug needs.
+pub fn has_root_ports(machine: &str) -> bool {
+    machine == "q35" || machine.starts_with("pc-q35")
+}
+
+/// QEMU id of root port `index`.
+pub fn root_port_id(index: u32) -> String {
+    format!("rp{index}")
+}
+
+/// Root-bus slot of root port `index`.
+pub fn root_port_slot(index: u32) -> u8 {
+    FIRST_ROOT_PORT_SLOT + index as u8
+}
+
 /// Sockets the command line refers to.
 pub struct Sockets<'a> {
     pub qmp: &'a Path,
+    /// The second monitor, for tools and tests (`qmp-debug.sock`).
+    pub qmp_debug: &'a Path,
     pub virtiofs: Option<&'a Path>,
     /// The vhost-user vsock backend's socket; `None` with kernel vhost-vsock.
     pub vhost_user_vsock: Option<&'a Path>,
@@ -65,20 +97,36 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
         "-serial",
         "chardev:console",
     ]);
-    push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", opt(sockets.qmp)),
-    ]);
+    for qmp in [sockets.qmp, sockets.qmp_debug] {
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", opt(qmp))]);
+    }
+    // On q35 every device of the root bus has a fixed slot; microvm has
+    // no hot-plug and keeps QEMU's choice.
+    let q35 = has_root_ports(&q.machine_type);
+    let at = |slot: u8| {
+        if q35 {
+            format!(",bus=pcie.0,addr={slot:#04x}")
+        } else {
+            String::new()
+        }
+    };
     match sockets.vhost_user_vsock {
         Some(sock) => push(&[
             "-chardev",
             &format!("socket,id=vsock0,path={}", opt(sock)),
             "-device",
-            "vhost-user-vsock-pci,chardev=vsock0,id=vsock0",
+            &format!(
+                "vhost-user-vsock-pci,chardev=vsock0,id=vsock0{}",
+                at(VSOCK_SLOT)
+            ),
         ]),
         None => push(&[
             "-device",
-            &format!("vhost-vsock-pci,guest-cid={},id=vsock0", cfg.guest_cid),
+            &format!(
+                "vhost-vsock-pci,guest-cid={},id=vsock0{}",
+                cfg.guest_cid,
+                at(VSOCK_SLOT)
+            ),
         ]),
     }
     if let (Some(fs), Some(sock)) = (&cfg.shared_fs, sockets.virtiofs) {
@@ -86,8 +134,30 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
             "-chardev",
             &format!("socket,id=fs0,path={}", opt(sock)),
             "-device",
-            &format!("vhost-user-fs-pci,chardev=fs0,tag={}", fs.tag),
+            &format!(
+                "vhost-user-fs-pci,chardev=fs0,tag={}{}",
+                fs.tag,
+                at(VIRTIOFS_SLOT)
+            ),
         ]);
+    }
+    if q35 {
+        if cfg.block_driver == BlockDriver::VirtioScsi {
+            push(&[
+                "-device",
+                &format!("virtio-scsi-pci,id={SCSI_CONTROLLER}{}", at(SCSI_SLOT)),
+            ]);
+        }
+        for i in 0..q.pcie_root_ports.min(MAX_ROOT_PORTS) {
+            push(&[
+                "-device",
+                &format!(
+                    "pcie-root-port,id={},chassis=1,slot={i}{}",
+                    root_port_id(i),
+                    at(root_port_slot(i))
+                ),
+            ]);
+        }
     }
     a
 }
@@ -98,12 +168,12 @@ fn opt(path: &std::path::Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{AcceleratorChoice, BlockDriver, QemuSettings, SharedFs};
     use std::time::Duration;
 
-    fn cfg() -> VmConfig {
+    pub(crate) fn cfg() -> VmConfig {
         VmConfig {
             id: "sb".into(),
             run_dir: "/run/capsa/sb".into(),
@@ -134,6 +204,16 @@ mod tests {
         }
     }
 
+    /// The sockets of a VM with kernel vhost-vsock and no share.
+    fn kernel_vsock_sockets() -> Sockets<'static> {
+        Sockets {
+            qmp: Path::new("/q.sock"),
+            qmp_debug: Path::new("/d.sock"),
+            virtiofs: None,
+            vhost_user_vsock: None,
+        }
+    }
+
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
         args.windows(2)
             .filter(|w| w[0] == flag)
@@ -145,6 +225,7 @@ mod tests {
     fn q35_tcg_with_vhost_user_devices() {
         let s = Sockets {
             qmp: Path::new("/q.sock"),
+            qmp_debug: Path::new("/d.sock"),
             virtiofs: Some(Path::new("/fs.sock")),
             vhost_user_vsock: Some(Path::new("/vs.sock")),
         };
@@ -161,23 +242,50 @@ mod tests {
             after(&args, "-append"),
             ["console=ttyS0 panic=1 quiet agent.log=debug"]
         );
-        let devices = after(&args, "-device");
-        assert!(devices.contains(&"vhost-user-vsock-pci,chardev=vsock0,id=vsock0"));
-        assert!(devices.contains(&"vhost-user-fs-pci,chardev=fs0,tag=kataShared"));
+        assert_eq!(
+            after(&args, "-device"),
+            [
+                "vhost-user-vsock-pci,chardev=vsock0,id=vsock0,bus=pcie.0,addr=0x01",
+                "vhost-user-fs-pci,chardev=fs0,tag=kataShared,bus=pcie.0,addr=0x02",
+            ]
+        );
         assert!(args.contains(&"-no-reboot".to_string()));
-        assert_eq!(after(&args, "-qmp"), ["unix:/q.sock,server=on,wait=off"]);
+        assert_eq!(
+            after(&args, "-qmp"),
+            [
+                "unix:/q.sock,server=on,wait=off",
+                "unix:/d.sock,server=on,wait=off"
+            ]
+        );
+    }
+
+    #[test]
+    fn q35_root_ports_and_scsi_controller_at_fixed_slots() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        c.block_driver = BlockDriver::VirtioScsi;
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.pcie_root_ports = 2;
+        let args = build(&c, Accelerator::Tcg, &s);
+        assert_eq!(
+            after(&args, "-device")[1..],
+            [
+                "virtio-scsi-pci,id=scsi0,bus=pcie.0,addr=0x03",
+                "pcie-root-port,id=rp0,chassis=1,slot=0,bus=pcie.0,addr=0x04",
+                "pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x05",
+            ]
+        );
+        assert_eq!(root_port_slot(MAX_ROOT_PORTS - 1), 0x1e);
     }
 
     #[test]
     fn kernel_vsock_and_kvm() {
-        let s = Sockets {
-            qmp: Path::new("/q.sock"),
-            virtiofs: None,
-            vhost_user_vsock: None,
-        };
+        let s = kernel_vsock_sockets();
         let mut c = cfg();
         let DriverConfig::Qemu(q) = &mut c.driver;
         q.machine_type = "microvm".into();
+        q.pcie_root_ports = 4;
+        c.block_driver = BlockDriver::VirtioScsi;
         let args = build(&c, Accelerator::Kvm, &s);
         assert_eq!(after(&args, "-cpu"), ["host"]);
         assert_eq!(

@@ -1,13 +1,17 @@
 //! The QEMU driver.
 
+pub mod block;
 mod cmdline;
 pub mod qmp;
+pub mod session;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
 
+use self::session::QmpSession;
 use crate::accel::{self, Accelerator};
 use crate::process::Helper;
 use crate::{AgentEndpoint, BlockHotplug, DriverConfig, Error, QemuSettings, Vm, VmConfig};
@@ -18,6 +22,11 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 const VSOCK_QOM_PATH: &str = "/machine/peripheral/vsock0/virtio-backend";
 /// Longest wait for a helper to exit after SIGTERM.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// Bound of the driver's own QMP commands (hot-plug has its own timeout).
+const QMP_TIMEOUT: Duration = qmp::QMP_TIMEOUT;
+/// The second QMP monitor, for tools and tests in other processes (QEMU
+/// serves one client per monitor, and the driver keeps the first).
+pub const QMP_DEBUG_SOCKET: &str = "qmp-debug.sock";
 
 /// A QEMU VM with its helpers.
 pub struct QemuVm {
@@ -26,6 +35,11 @@ pub struct QemuVm {
     qemu: Option<Helper>,
     virtiofsd: Option<Helper>,
     vsock: Option<Helper>,
+    /// The QMP session, from QEMU's first answer to shutdown.
+    qmp: Option<QmpSession>,
+    /// Drives attached ([`block`]) and the counter naming their nodes.
+    drives: Vec<block::Drive>,
+    next_node: u64,
     /// Files this driver created in `run_dir`, removed on shutdown.
     created: Vec<PathBuf>,
     kernel_vsock: bool,
@@ -39,6 +53,9 @@ impl QemuVm {
             qemu: None,
             virtiofsd: None,
             vsock: None,
+            qmp: None,
+            drives: Vec::new(),
+            next_node: 0,
             created: Vec::new(),
             kernel_vsock: false,
         }
@@ -88,6 +105,13 @@ impl QemuVm {
         self.kernel_vsock = host.vhost_vsock;
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
+        let ports = self.settings().pcie_root_ports;
+        if ports > cmdline::MAX_ROOT_PORTS {
+            return Err(Error::Config(format!(
+                "pcie_root_port = {ports}: at most {} fit the q35 root bus",
+                cmdline::MAX_ROOT_PORTS
+            )));
+        }
         let (accel, why) = accel::resolve(self.settings().accelerator, &host)?;
         tracing::info!(vm = %self.cfg.id, accelerator = %accel, reason = %why, "accelerator chosen");
         self.accel = Some(accel);
@@ -138,12 +162,14 @@ impl QemuVm {
         };
 
         let qmp = self.path("qmp.sock");
+        let qmp_debug = self.path(QMP_DEBUG_SOCKET);
         let log = self.path("qemu.log");
         let args = cmdline::build(
             &self.cfg,
             accel,
             &cmdline::Sockets {
                 qmp: &qmp,
+                qmp_debug: &qmp_debug,
                 virtiofs: virtiofs.as_deref(),
                 vhost_user_vsock: vhost_user_vsock.as_deref(),
             },
@@ -152,16 +178,25 @@ impl QemuVm {
         let qemu = self
             .qemu
             .insert(Helper::spawn("qemu", &program, &args, log)?);
-        wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT).await?;
+        self.qmp = Some(wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT).await?);
+        // Root only, as the run directory: QEMU makes sockets with its umask.
+        for sock in [&qmp, &qmp_debug] {
+            std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))?;
+        }
         tracing::info!(vm = %self.cfg.id, pid = ?self.pid(), "QEMU started");
         Ok(())
     }
 }
 
-/// Waits until QEMU answers `query-status` over QMP. The QMP socket alone
-/// proves little: QEMU creates it before it loads the kernel, and commands
-/// are only answered once the machine is built and the main loop runs.
-async fn wait_qemu_ready(qemu: &mut Helper, qmp: &Path, limit: Duration) -> Result<(), Error> {
+/// Opens the QMP session once QEMU answers `query-status`. The QMP socket
+/// alone proves little: QEMU creates it before it loads the kernel, and
+/// commands are only answered once the machine is built and the main loop
+/// runs.
+async fn wait_qemu_ready(
+    qemu: &mut Helper,
+    qmp: &Path,
+    limit: Duration,
+) -> Result<QmpSession, Error> {
     let exited = |qemu: &Helper, status: String| Error::QemuExited {
         status,
         stderr: qemu.log_tail(),
@@ -174,14 +209,20 @@ async fn wait_qemu_ready(qemu: &mut Helper, qmp: &Path, limit: Duration) -> Resu
             other => other,
         })?;
     loop {
-        let answer = qmp::execute(qmp, "query-status", None).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = async {
+            let session = QmpSession::open(qmp, left).await?;
+            let status = session.execute("query-status", None, left).await?;
+            Ok::<_, Error>((session, status))
+        }
+        .await;
         if let Some(status) = qemu.child.try_wait()? {
             return Err(exited(qemu, status.to_string()));
         }
         match answer {
-            Ok(status) => {
+            Ok((session, status)) => {
                 tracing::debug!(%status, "QEMU answers QMP");
-                return Ok(());
+                return Ok(session);
             }
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -196,10 +237,14 @@ impl Vm for QemuVm {
     }
 
     fn block(&mut self) -> Result<&mut dyn BlockHotplug, Error> {
-        Err(Error::NotSupported {
-            hypervisor: format!("QEMU ({})", self.settings().machine_type),
-            capability: "block device hot-plug",
-        })
+        let machine = &self.settings().machine_type;
+        if !cmdline::has_root_ports(machine) {
+            return Err(Error::NotSupported {
+                hypervisor: format!("QEMU ({machine})"),
+                capability: "block device hot-plug",
+            });
+        }
+        Ok(self)
     }
 
     async fn start(&mut self) -> Result<(), Error> {
@@ -222,14 +267,18 @@ impl Vm for QemuVm {
     }
 
     async fn wait_vsock_ready(&mut self, limit: Duration) -> Result<bool, Error> {
-        let qmp = self.cfg.run_dir.join("qmp.sock");
         let args = serde_json::json!({ "path": VSOCK_QOM_PATH });
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
             if self.wait_exit(Duration::ZERO).await? {
                 return Ok(false);
             }
-            let status = qmp::execute(&qmp, "x-query-virtio-status", Some(args.clone())).await?;
+            let Some(qmp) = &self.qmp else {
+                return Ok(false);
+            };
+            let status = qmp
+                .execute("x-query-virtio-status", Some(args.clone()), QMP_TIMEOUT)
+                .await?;
             if qmp::virtio_driver_ok(&status) {
                 return Ok(true);
             }
@@ -275,11 +324,15 @@ impl Vm for QemuVm {
             // asked to quit over QMP (SIGTERM if QMP fails), all bounded by
             // `grace` (a frozen QEMU may accept a connection and never
             // answer), then killed.
+            let session = self.qmp.take();
             if matches!(qemu.child.try_wait(), Ok(None)) && !grace.is_zero() {
-                let qmp = self.cfg.run_dir.join("qmp.sock");
                 let id = &self.cfg.id;
                 let quit = async {
-                    if let Err(e) = qmp::execute(&qmp, "quit", None).await {
+                    let asked = match &session {
+                        Some(qmp) => qmp.execute("quit", None, grace).await,
+                        None => Err(Error::Qmp("no session".into())),
+                    };
+                    if let Err(e) = asked {
                         tracing::debug!(vm = %id, error = %e, "QMP quit failed: SIGTERM");
                         qemu.terminate();
                     }
@@ -292,6 +345,8 @@ impl Vm for QemuVm {
             }
             qemu.kill().await;
         }
+        self.qmp = None;
+        self.drives.clear();
         for helper in [self.virtiofsd.take(), self.vsock.take()]
             .into_iter()
             .flatten()

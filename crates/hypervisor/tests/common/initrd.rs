@@ -17,7 +17,7 @@ const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 /// What every test guest does first: a console, `/proc`, `/sys`, the
 /// modules in the builder's load order. A failed step is printed to the
 /// console (the tests show it).
-fn prelude() -> String {
+pub fn prelude() -> String {
     format!(
         "#!/bin/busybox sh\n\
          /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin\n\
@@ -61,6 +61,11 @@ pub struct Guest {
 /// Builds, in `<dir>/assets`, the kernel and an initrd whose `/init` is
 /// `script`, with busybox and [`MODULES`].
 pub fn build(dir: &Path, script: &str) -> Guest {
+    build_with_modules(dir, script, &[])
+}
+
+/// [`build`], with the modules `extra` loaded after [`MODULES`].
+pub fn build_with_modules(dir: &Path, script: &str, extra: &[&str]) -> Guest {
     let init = dir.join("init.sh");
     std::fs::write(&init, script).expect("write the init script");
     let spec = AssetsSpec {
@@ -69,7 +74,7 @@ pub fn build(dir: &Path, script: &str) -> Guest {
             name: KERNEL_PACKAGE.into(),
         },
         agent_binary: init,
-        modules: MODULES.iter().map(|m| m.to_string()).collect(),
+        modules: MODULES.iter().chain(extra).map(|m| m.to_string()).collect(),
     };
     let cache = capsa_test_infra::assets_dir().join("cache");
     let manifest = capsa_assets::build_with_cache(&spec, Some(SHELL_PACKAGE), Some(&cache))

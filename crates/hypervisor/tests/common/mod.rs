@@ -61,7 +61,12 @@ impl TestDir {
     /// A TCG VM of `machine` booting the test kernel and an initrd whose
     /// `/init` is `script`, with the test share and vhost-user vsock.
     pub fn config(&self, machine: &str, script: &str) -> VmConfig {
-        let guest = initrd::build(self.path(), script);
+        self.config_with_modules(machine, script, &[])
+    }
+
+    /// [`TestDir::config`], the guest loading the modules `extra` too.
+    pub fn config_with_modules(&self, machine: &str, script: &str, extra: &[&str]) -> VmConfig {
+        let guest = initrd::build_with_modules(self.path(), script, extra);
         VmConfig {
             id: format!("test-{}", std::process::id()),
             run_dir: self.run_dir(),

@@ -20,10 +20,12 @@ pub(crate) mod cleanup;
 mod config;
 mod cri;
 mod image;
+mod task;
 
 pub use config::PAUSE_IMAGE;
 pub use cri::Cri;
 pub use image::BUSYBOX_IMAGE;
+pub use task::{Mount, MountExt, TaskExit};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

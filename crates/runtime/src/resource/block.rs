@@ -1,0 +1,131 @@
+//! Drives: host block devices and image files hot-plugged into the VM.
+//! Prepared here (inspected, a host disk refused), attached and detached
+//! through the driver's [`BlockHotplug`](capsa_hypervisor::BlockHotplug)
+//! capability by the sandbox, found by the agent from the guest address
+//! in a `blk`/`scsi` storage or device.
+
+use std::path::{Path, PathBuf};
+
+use capsa_hypervisor::{BlockDevice, BlockDriver, GuestAddress};
+use capsa_protocols::{agent, DRIVER_BLK, DRIVER_SCSI};
+
+use super::BlockSource;
+use crate::Error;
+
+/// Inspects `path` for `what` (named in errors) and makes it a drive,
+/// refusing a host disk or a device in use on the host.
+pub fn prepare(
+    what: &str,
+    path: &Path,
+    read_only: bool,
+    id: String,
+    driver: BlockDriver,
+) -> Result<BlockDevice, Error> {
+    let source = inspect(what, path)?.ok_or_else(|| Error::NotBlock {
+        what: what.into(),
+        path: path.into(),
+    })?;
+    source.check_hotplug().map_err(|refusal| Error::Refused {
+        what: what.into(),
+        refusal,
+    })?;
+    Ok(BlockDevice {
+        id,
+        path: source.path().to_path_buf(),
+        read_only,
+        driver,
+    })
+}
+
+/// [`BlockSource::inspect`], its error naming `what`.
+pub fn inspect(what: &str, path: &Path) -> Result<Option<BlockSource>, Error> {
+    BlockSource::inspect(path).map_err(|source| Error::BlockSource {
+        what: what.into(),
+        source,
+    })
+}
+
+/// The agent's driver (and device type) for drives of `driver`.
+pub fn agent_driver(driver: BlockDriver) -> &'static str {
+    match driver {
+        BlockDriver::VirtioBlk => DRIVER_BLK,
+        BlockDriver::VirtioScsi => DRIVER_SCSI,
+    }
+}
+
+/// The storage that has the agent mount the drive at `address` on
+/// `mount_point`.
+pub fn storage(
+    driver: BlockDriver,
+    address: &GuestAddress,
+    fstype: &str,
+    options: Vec<String>,
+    mount_point: String,
+) -> agent::Storage {
+    agent::Storage {
+        driver: agent_driver(driver).into(),
+        source: address.to_string(),
+        fstype: fstype.into(),
+        options,
+        mount_point,
+        ..Default::default()
+    }
+}
+
+/// The device message that has the agent give the drive at `address` to
+/// the container at `container_path` (the spec's `linux.devices` entry).
+pub fn device(driver: BlockDriver, address: &GuestAddress, container_path: &str) -> agent::Device {
+    agent::Device {
+        id: address.to_string(),
+        type_: agent_driver(driver).into(),
+        container_path: container_path.into(),
+        ..Default::default()
+    }
+}
+
+/// The host's node of block device `major:minor` (`/dev/<DEVNAME>` from
+/// sysfs, as Kata finds it).
+pub fn host_device_path(major: i64, minor: i64) -> Result<PathBuf, Error> {
+    let uevent = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/uevent"));
+    let text = std::fs::read_to_string(&uevent).map_err(Error::io(&uevent))?;
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .ok_or_else(|| Error::BadSpec {
+            what: format!("block device {major}:{minor}"),
+            reason: format!("{} has no DEVNAME", uevent.display()),
+        })?;
+    Ok(Path::new("/dev").join(name))
+}
+
+/// Mount options for the guest: `loop` is the host's business (the guest
+/// gets the image as a disk).
+pub fn guest_options(options: &[String]) -> Vec<String> {
+    options.iter().filter(|o| *o != "loop").cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storages_and_devices_use_katas_names() {
+        let pci = GuestAddress::Pci { slots: vec![2, 0] };
+        let s = storage(
+            BlockDriver::VirtioBlk,
+            &pci,
+            "ext4",
+            vec!["ro".into()],
+            "/run/kata-containers/c/rootfs".into(),
+        );
+        assert_eq!((s.driver.as_str(), s.source.as_str()), ("blk", "02/00"));
+        let scsi = GuestAddress::Scsi { id: 1, lun: 0 };
+        let d = device(BlockDriver::VirtioScsi, &scsi, "/dev/xvdb");
+        assert_eq!((d.type_.as_str(), d.id.as_str()), ("scsi", "1:0"));
+        assert_eq!(d.container_path, "/dev/xvdb");
+        assert_eq!(
+            guest_options(&["loop".into(), "ro".into()]),
+            vec!["ro".to_string()]
+        );
+    }
+}

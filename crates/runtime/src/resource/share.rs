@@ -1,0 +1,74 @@
+//! Directories and files shared with the guest over virtio-fs: a
+//! container's share is `<mounts>/<container-id>/` on the host, seen by
+//! the guest at `<GUEST_SHARED_DIR>/<container-id>/`, with the rootfs at
+//! `rootfs/` and the bind mounts' sources at `mounts/<n>`.
+
+use std::path::Path;
+
+use super::HostMount;
+use crate::{mount, Error};
+
+/// Attaches the directory `rootfs` at `<share>/rootfs` (checked: a host
+/// system path is refused).
+pub fn attach_rootfs_dir(share: &Path, rootfs: &Path) -> Result<(), Error> {
+    if !rootfs.is_dir() {
+        return Err(Error::Rootfs(rootfs.into()));
+    }
+    let host_root = share.join("rootfs");
+    std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
+    mount::bind(rootfs, &host_root, false, "/")
+}
+
+/// Makes containerd's snapshot mounts at `<share>/rootfs`, `nosuid,nodev`
+/// on the host side: what the guest makes there is never a device or a
+/// set-id program for the host. (containerd-shim's mount helper handles
+/// overlay, bind and `loop` mounts as containerd's own shims do.)
+pub async fn attach_rootfs_mounts(share: &Path, mounts: &[HostMount]) -> Result<(), Error> {
+    let host_root = share.join("rootfs");
+    std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
+    for m in mounts {
+        let mut options = m.options.clone();
+        options.extend(["nosuid".to_string(), "nodev".to_string()]);
+        let (typ, source, target) = (m.typ.clone(), m.source.clone(), host_root.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            containerd_shim::mount::mount_rootfs(Some(&typ), Some(&source), &options, &target)
+        })
+        .await;
+        let failed = match made {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(Error::RootfsMount {
+            typ: m.typ.clone(),
+            device: m.source.clone(),
+            reason: failed,
+        });
+    }
+    Ok(())
+}
+
+/// Attaches a bind mount's `source` at `<share>/mounts/<n>` (checked,
+/// read-only if asked); returns the path the guest sees it at.
+/// `destination` names the mount in errors.
+pub fn attach_source(
+    share: &Path,
+    guest_share: &Path,
+    n: usize,
+    source: &Path,
+    readonly: bool,
+    destination: &str,
+) -> Result<String, Error> {
+    let rel = Path::new("mounts").join(n.to_string());
+    mount::share(source, &share.join(&rel), readonly, destination)?;
+    Ok(guest_share.join(rel).display().to_string())
+}
+
+/// Detaches everything shared for a container and removes its share.
+pub fn detach(share: &Path) -> Result<(), Error> {
+    mount::unmount_all_below(share)?;
+    if share.exists() && mount::mounts_below(share).is_empty() {
+        std::fs::remove_dir_all(share).map_err(Error::io(share))?;
+    }
+    Ok(())
+}
