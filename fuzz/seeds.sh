@@ -69,6 +69,27 @@ storages { driver: "local" options: "mode=0750" mount_point: "/run/kata-containe
 storages { driver: "ephemeral" options: "size=64m" options: "nodev" mount_point: "/run/kata-containers/sandbox/ephemeral/shm" }
 OCI { $SPEC }
 EOT
+seed agent_request create-container-block 0 grpc.CreateContainerRequest <<EOT
+container_id: "c2" exec_id: "c2"
+storages { driver: "blk" source: "02/00" fstype: "ext4" mount_point: "/run/kata-containers/c2/rootfs" }
+storages { driver: "scsi" source: "0:1" fstype: "ext4" options: "ro" mount_point: "/run/kata-containers/sandbox/storage/vol0" }
+devices { type: "blk" id: "03/00" container_path: "/dev/xvdb" }
+devices { type: "scsi" id: "0:2" container_path: "/dev/xvdc" vm_path: "/dev/sdc" }
+OCI {
+  Version: "1.0.2"
+  Process { User { UID: 0 } Args: "sh" }
+  Root { Path: "/run/kata-containers/c2/rootfs" }
+  Mounts { destination: "/data" source: "/run/kata-containers/sandbox/storage/vol0" type: "bind" options: "rbind" }
+  Linux {
+    Devices { Path: "/dev/xvdb" Type: "b" Major: 7 Minor: 3 }
+    Devices { Path: "/dev/xvdc" Type: "b" Major: 8 Minor: 32 }
+    Resources {
+      Devices { Allow: false Access: "rwm" }
+      Devices { Allow: true Type: "b" Major: 7 Minor: 3 Access: "rwm" }
+    }
+  }
+}
+EOT
 seed agent_request exec-process 1 grpc.ExecProcessRequest <<EOT
 container_id: "c1" exec_id: "e1"
 process { Terminal: true ConsoleSize { Height: 24 Width: 80 } User { UID: 0 } Args: "sh" Cwd: "/" }

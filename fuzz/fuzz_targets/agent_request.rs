@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use capsa_agent::container::{hooks, spec};
 use capsa_agent::guest::{copy_file, random, time};
 use capsa_agent::storage::{self, StorageSpec};
-use capsa_agent::{modules, rpc, validate};
+use capsa_agent::{device, modules, rpc, validate};
 use capsa_protocols::agent;
 use libfuzzer_sys::fuzz_target;
 use oci_spec::runtime::LinuxNamespaceType;
@@ -89,6 +89,22 @@ fn create_container(bytes: &[u8]) {
     if spec::check(&spec).is_err() {
         return;
     }
+    // Devices: their addresses parse or not, the spec rewrite for them
+    // (found at one guest number) never panics.
+    let found: Vec<_> = req
+        .devices
+        .iter()
+        .filter(|d| device::Source::parse(&d.kind, &d.id).is_ok())
+        .map(|d| {
+            let block = device::Block {
+                node: "/dev/vdb".into(),
+                major: 254,
+                minor: 16,
+            };
+            (d.clone(), block)
+        })
+        .collect();
+    let _ = device::spec::update(&mut spec.clone(), &found);
     // The storages the agent would mount: their mount points are roots of
     // bind sources.
     let storage_root = Path::new(storage::STORAGE_ROOT);

@@ -7,11 +7,12 @@
 //!
 //! Layers: [`rpc`] speaks the wire format and maps errors to ttRPC codes;
 //! [`sandbox`] holds the state and implements the operations; [`container`],
-//! [`storage`], [`stdio`], [`reaper`] and [`modules`] do the work.
+//! [`storage`], [`device`], [`stdio`], [`reaper`] and [`modules`] do the work.
 
 pub mod connections;
 pub mod container;
 pub mod debug_console;
+pub mod device;
 pub mod error;
 pub mod guest;
 pub mod init;

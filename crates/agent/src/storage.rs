@@ -4,7 +4,13 @@
 //! - `virtio-fs`: `source` is the virtio-fs tag, mounted with type `virtiofs`;
 //! - `local`: a directory is created (`mode=` option, default 0777), as
 //!   Kata's `/run/kata-containers/sandbox/local/<name>`;
-//! - `ephemeral`: a tmpfs is mounted (options such as `size=` go to tmpfs).
+//! - `ephemeral`: a tmpfs is mounted (options such as `size=` go to tmpfs);
+//! - `blk` and `scsi`: a hot-plugged disk, `source` its PCI path or SCSI
+//!   address (see [`crate::device`]), is waited for and its filesystem
+//!   (`fstype`, required) mounted with the storage's options (`ro`
+//!   included). A container rootfs on such a disk gets its own mount like
+//!   one in the share (see `container::rootfs`); a block volume is then
+//!   bind-mounted by the container's OCI mount.
 //!
 //! Mounts are always `nodev` and `nosuid`, whatever the options say: the
 //! share holds what the host and every container wrote, so a device node
@@ -22,9 +28,11 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use capsa_protocols::{DRIVER_BLK, DRIVER_SCSI};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{fchmod, Mode};
 
+use crate::device::{self, DeviceError};
 use crate::validate::{self, Beneath, ConfineError, ValidateError};
 
 /// The directory every storage mount point must be below.
@@ -48,12 +56,21 @@ pub struct Mounted {
     pub mount_point: PathBuf,
     /// `false` for `local` storages (a directory, nothing mounted).
     pub is_mount: bool,
+    /// The node of a hot-plugged disk (`blk`, `scsi`): its filesystem is
+    /// synced before it is unmounted, so the host may unplug it at once.
+    pub device: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("unsupported storage driver {0:?} (supported: virtio-fs, local, ephemeral)")]
+    #[error(
+        "unsupported storage driver {0:?} (supported: virtio-fs, local, ephemeral, blk, scsi)"
+    )]
     Driver(String),
+    #[error("storage of driver {0} has no fstype")]
+    NoFstype(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("invalid storage")]
     Invalid(#[from] ValidateError),
     #[error("storage of driver virtio-fs has no source (the virtio-fs tag)")]
@@ -201,6 +218,21 @@ pub fn add_below(root: &Path, storage: &StorageSpec) -> Result<Mounted, StorageE
             return Ok(Mounted {
                 mount_point: target,
                 is_mount: false,
+                device: None,
+            });
+        }
+        driver @ (DRIVER_BLK | DRIVER_SCSI) => {
+            if storage.fstype.is_empty() {
+                return Err(StorageError::NoFstype(driver.to_string()));
+            }
+            let source = device::Source::parse(driver, &storage.source)?;
+            let block = device::System::guest().wait(&source, device::hotplug_timeout())?;
+            let dir = confined_dir(root, &rel, &storage.mount_point)?;
+            let node = block.node.to_string_lossy();
+            let mounted = mount_fs(&node, &dir, &target, &storage.fstype, &storage.options)?;
+            return Ok(Mounted {
+                device: Some(block.node),
+                ..mounted
             });
         }
         other => return Err(StorageError::Driver(other.to_string())),
@@ -270,13 +302,26 @@ fn mount_fs(
     Ok(Mounted {
         mount_point: target.to_path_buf(),
         is_mount: true,
+        device: None,
     })
 }
 
 /// Undoes `add` (lazy unmount; directories are left). Best effort.
+///
+/// A disk's filesystem is synced first: the lazy unmount lets it live
+/// while something still holds it, and the host unplugs the disk when the
+/// container is gone.
 pub fn remove(mounted: &Mounted) {
     if !mounted.is_mount {
         return;
+    }
+    if let Some(device) = &mounted.device {
+        let synced = std::fs::File::open(&mounted.mount_point)
+            .and_then(|dir| nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from));
+        if let Err(e) = synced {
+            let target = mounted.mount_point.display();
+            tracing::warn!(%target, device = %device.display(), error = %e, "cannot sync before unmounting");
+        }
     }
     match umount2(&mounted.mount_point, MntFlags::MNT_DETACH) {
         Ok(()) => tracing::info!(target = %mounted.mount_point.display(), "storage unmounted"),
@@ -442,12 +487,27 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(add(&base), Err(StorageError::NoTag)));
+        let nvdimm = StorageSpec {
+            driver: "nvdimm".into(),
+            ..base.clone()
+        };
+        let err = add(&nvdimm).unwrap_err();
+        assert!(err.to_string().contains("\"nvdimm\""), "{err}");
         let blk = StorageSpec {
             driver: "blk".into(),
+            source: "02/00".into(),
             ..base.clone()
         };
         let err = add(&blk).unwrap_err();
-        assert!(err.to_string().contains("\"blk\""), "{err}");
+        assert_eq!(err.to_string(), "storage of driver blk has no fstype");
+        let scsi = StorageSpec {
+            driver: "scsi".into(),
+            source: "02/00".into(),
+            fstype: "ext4".into(),
+            ..base.clone()
+        };
+        let err = add(&scsi).unwrap_err();
+        assert_eq!(err.to_string(), "invalid SCSI address \"02/00\"");
         let relative = StorageSpec {
             mount_point: "run/x".into(),
             source: "tag".into(),

@@ -63,6 +63,7 @@ fn request(id: &str, spec: Spec) -> ContainerRequest {
         shared_storages: Vec::new(),
         sandbox_pidns: false,
         io: Default::default(),
+        devices: Vec::new(),
     }
 }
 

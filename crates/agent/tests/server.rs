@@ -125,18 +125,18 @@ async fn the_server_answers_and_stops_on_destroy_sandbox() {
         Code::NOT_FOUND
     );
 
-    let blk = agent::CreateSandboxRequest {
+    let nvdimm = agent::CreateSandboxRequest {
         storages: vec![agent::Storage {
-            driver: "blk".into(),
+            driver: "nvdimm".into(),
             mount_point: "/run/kata-containers/sandbox/x".into(),
             ..Default::default()
         }],
         ..Default::default()
     };
-    let (code, message) = status(agent.create_sandbox(ctx(), &blk).await.unwrap_err());
+    let (code, message) = status(agent.create_sandbox(ctx(), &nvdimm).await.unwrap_err());
     assert_eq!(code, Code::INVALID_ARGUMENT);
     assert!(
-        message.starts_with("storage 0 (blk): unsupported storage driver"),
+        message.starts_with("storage 0 (nvdimm): unsupported storage driver"),
         "{message}"
     );
 

@@ -23,6 +23,11 @@ const EXPECTED: &[&str] = &[
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
+    "virtio_blk",
+    "scsi_common",
+    "scsi_mod",
+    "virtio_scsi",
+    "sd_mod",
 ];
 
 /// Unpacks the gzip cpio `initrd` into `dir` with Debian's cpio and returns
@@ -136,7 +141,13 @@ fn builds_from_the_debian_package_and_only_once() {
     let mut expected: Vec<&str> = EXPECTED.to_vec();
     expected.sort();
     assert_eq!(sorted, expected, "modules of the default set");
-    for f in ["virtio_pci.ko", "virtiofs.ko", "vsock.ko"] {
+    for f in [
+        "virtio_pci.ko",
+        "virtiofs.ko",
+        "vsock.ko",
+        "virtio_blk.ko",
+        "sd_mod.ko",
+    ] {
         assert!(first.modules.iter().any(|m| m.ends_with(&format!("/{f}"))));
     }
     check_initrd(&first, &std::fs::read(&agent).unwrap());

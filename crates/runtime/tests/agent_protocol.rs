@@ -1,7 +1,8 @@
 //! Upstream protocol fields the agent honours, against a real VM: passfd
 //! I/O (`stdin_port`/`stdout_port`/`stderr_port` of CreateContainer and
 //! ExecProcess), guest hooks (every OCI hook kind), shared storages
-//! (`Storage.shared`) and `AgentDetails.extra_features`.
+//! (`Storage.shared`) and `AgentDetails` (`extra_features`, the storage and
+//! device handlers).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -281,6 +282,8 @@ async fn shared_storage_lives_while_a_container_uses_it() {
         .await
         .expect("GetGuestDetails");
     let features = details.agent_details.extra_features.clone();
+    let storage_handlers = details.agent_details.storage_handlers.clone();
+    let device_handlers = details.agent_details.device_handlers.clone();
 
     let point = "/run/kata-containers/sandbox/ephemeral/shared-scratch";
     let storage = agent::Storage {
@@ -355,6 +358,12 @@ async fn shared_storage_lives_while_a_container_uses_it() {
     for f in ["passfd-io", "guest-hooks", "shared-storage"] {
         assert!(features.iter().any(|x| x == f), "{f} in {features:?}");
     }
+    assert_eq!(
+        storage_handlers,
+        ["virtio-fs", "local", "ephemeral", "blk", "scsi"],
+        "every storage driver handled, Kata's block ones included"
+    );
+    assert_eq!(device_handlers, ["blk", "scsi"]);
     assert_eq!(
         r1, "written\n",
         "the second container sees the first one's storage"

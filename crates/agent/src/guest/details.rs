@@ -7,7 +7,7 @@ use capsa_protocols::agent;
 use super::GuestError;
 
 /// The storage drivers [`crate::storage`] handles.
-pub const STORAGE_HANDLERS: &[&str] = &["virtio-fs", "local", "ephemeral"];
+pub const STORAGE_HANDLERS: &[&str] = &["virtio-fs", "local", "ephemeral", "blk", "scsi"];
 /// capsa's optional features (`AgentDetails.extra_features`): passfd I/O
 /// ([`crate::passfd`]), guest hooks ([`crate::container::hooks`]), storages
 /// shared by containers (`Storage.shared`).
@@ -58,7 +58,10 @@ pub fn agent_details() -> agent::AgentDetails {
     agent::AgentDetails {
         version: crate::rpc::AGENT_VERSION.to_string(),
         init_daemon: crate::init::is_init(),
-        device_handlers: Vec::new(),
+        device_handlers: crate::device::HANDLERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         storage_handlers: STORAGE_HANDLERS.iter().map(|s| s.to_string()).collect(),
         supports_seccomp: false,
         extra_features: EXTRA_FEATURES.iter().map(|s| s.to_string()).collect(),
@@ -99,6 +102,7 @@ mod tests {
         let d = r.agent_details.as_ref().unwrap();
         assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(d.storage_handlers, STORAGE_HANDLERS);
+        assert_eq!(d.device_handlers, ["blk", "scsi"]);
         assert_eq!(d.extra_features, EXTRA_FEATURES);
         assert!(!d.init_daemon);
 

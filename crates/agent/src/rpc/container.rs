@@ -7,6 +7,7 @@ use capsa_protocols::agent;
 
 use super::sandbox::storage_spec;
 use super::status::detached;
+use crate::device::spec::DeviceRequest;
 use crate::sandbox::{ContainerRequest, Sandbox, SandboxError};
 
 /// A wire CreateContainerRequest as the agent's container request.
@@ -29,7 +30,18 @@ pub fn container_request(
             stdout: req.stdout_port,
             stderr: req.stderr_port,
         },
+        devices: req.devices.iter().map(device_request).collect(),
     })
+}
+
+/// A wire `Device` as the agent's device request.
+pub fn device_request(d: &agent::Device) -> DeviceRequest {
+    DeviceRequest {
+        kind: d.type_.clone(),
+        id: d.id.clone(),
+        container_path: d.container_path.clone(),
+        vm_path: d.vm_path.clone(),
+    }
 }
 
 pub async fn create(

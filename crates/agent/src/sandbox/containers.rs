@@ -12,6 +12,7 @@ use super::lifecycle::{mount_all, unmount_all};
 use super::{cgroup, oom, pidns, Container, ContainerState, Sandbox, SandboxError};
 use crate::container::hooks::AgentHooks;
 use crate::container::{self, spec};
+use crate::device::spec::DeviceRequest;
 use crate::passfd;
 use crate::process::Process;
 use crate::storage::{Mounted, StorageSpec};
@@ -31,6 +32,8 @@ pub struct ContainerRequest {
     pub sandbox_pidns: bool,
     /// Host ports of passfd streams for the init's stdio.
     pub io: passfd::Ports,
+    /// Hot-plugged devices for the spec's `linux.devices`.
+    pub devices: Vec<DeviceRequest>,
 }
 
 impl Sandbox {
@@ -83,6 +86,9 @@ impl Sandbox {
         } else {
             req.exec_id
         };
+        // Devices first: nothing to undo when one does not come.
+        let mut spec = req.spec;
+        let device_notes = super::devices::apply(&mut spec, req.devices).await?;
         let storages = req.storages;
         let storages = tokio::task::spawn_blocking(move || mount_all(&storages)).await??;
         let (shared, shared_roots) = match self.acquire_shared(&req.shared_storages).await {
@@ -97,7 +103,6 @@ impl Sandbox {
             self.release_shared(&shared).await;
         };
 
-        let mut spec = req.spec;
         let omitted = pidns::omits_pid_namespace(&spec);
         // Bind mounts may take their source from the storages: the
         // sandbox's and this container's.
@@ -123,7 +128,7 @@ impl Sandbox {
             }
         };
         let hooks = AgentHooks::take(&mut spec, &id, container::bundle_dir(&id));
-        for note in notes {
+        for note in device_notes.into_iter().chain(notes) {
             tracing::info!(container = %id, "spec adapted: {note}");
         }
         if let Some(pid) = self.shared_pidns(&id, req.sandbox_pidns, omitted).await {

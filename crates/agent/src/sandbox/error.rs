@@ -9,6 +9,8 @@ use crate::container::console::ConsoleError;
 use crate::container::hooks::HookError;
 use crate::container::spec::SpecError;
 use crate::container::ContainerError;
+use crate::device::spec::SpecDeviceError;
+use crate::device::DeviceError;
 use crate::modules::ModuleError;
 use crate::passfd::PassfdError;
 use crate::stdio::StdioError;
@@ -67,6 +69,15 @@ pub enum SandboxError {
         #[source]
         source: StorageError,
     },
+    #[error("device {index} ({id:?})")]
+    Device {
+        index: usize,
+        id: String,
+        #[source]
+        source: DeviceError,
+    },
+    #[error("devices of the spec")]
+    SpecDevice(#[from] SpecDeviceError),
     #[error("kernel module {0:?}")]
     Module(String, #[source] ModuleError),
     #[error("cannot set the hostname")]
@@ -141,7 +152,9 @@ impl SandboxError {
             | E::Format(_)
             | E::NoResources
             | E::SharedMismatch { .. }
+            | E::SpecDevice(_)
             | E::Resources(..) => ErrorKind::InvalidArgument,
+            E::Device { source, .. } => device_kind(source),
             E::Passfd(PassfdError::NoStream(_) | PassfdError::Connect(..)) => {
                 ErrorKind::FailedPrecondition
             }
@@ -160,7 +173,9 @@ impl SandboxError {
                 StorageError::Driver(_)
                 | StorageError::Invalid(_)
                 | StorageError::NoTag
+                | StorageError::NoFstype(_)
                 | StorageError::Mode(_) => ErrorKind::InvalidArgument,
+                StorageError::Device(e) => device_kind(e),
                 StorageError::Mkdir(..) | StorageError::Mount { .. } => ErrorKind::Internal,
             },
             E::Module(_, ModuleError::Name(_) | ModuleError::Params(_)) => {
@@ -181,6 +196,21 @@ impl SandboxError {
             | E::Kill(..)
             | E::Join(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The kind of a device error: a bad address is the request's fault, a
+/// device that did not come is a timeout.
+fn device_kind(e: &DeviceError) -> ErrorKind {
+    match e {
+        DeviceError::Type(_) | DeviceError::PciPath(_) | DeviceError::ScsiAddr(_) => {
+            ErrorKind::InvalidArgument
+        }
+        DeviceError::Timeout { .. } => ErrorKind::DeadlineExceeded,
+        DeviceError::Sysfs(..)
+        | DeviceError::Buses(..)
+        | DeviceError::Uevents(_)
+        | DeviceError::DevNumber(..) => ErrorKind::Internal,
     }
 }
 
@@ -212,6 +242,35 @@ mod tests {
         assert_eq!(
             SandboxError::Stdio("a".into(), StdioError::StdinClosed).kind(),
             ErrorKind::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn a_device_that_does_not_come_is_a_timeout_a_bad_address_is_invalid() {
+        use crate::device::{DeviceError, Source};
+        let timeout = DeviceError::Timeout {
+            source_name: Source::parse("scsi", "0:1").unwrap(),
+            waited: Duration::from_secs(15),
+        };
+        let storage = SandboxError::Storage {
+            index: 0,
+            driver: "scsi".into(),
+            source: StorageError::Device(timeout),
+        };
+        assert_eq!(storage.kind(), ErrorKind::DeadlineExceeded);
+        assert_eq!(
+            crate::error::chain(&storage),
+            "storage 0 (scsi): no block device at SCSI address 0:1 after waiting 15s"
+        );
+        let device = SandboxError::Device {
+            index: 1,
+            id: "0".into(),
+            source: Source::parse("nvdimm", "0").unwrap_err(),
+        };
+        assert_eq!(device.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            crate::error::chain(&device),
+            "device 1 (\"0\"): unsupported device type \"nvdimm\" (supported: blk, scsi)"
         );
     }
 

@@ -4,6 +4,7 @@
 
 mod cgroup;
 mod containers;
+mod devices;
 mod error;
 mod exec;
 mod io;
