@@ -28,6 +28,14 @@ pub fn has_root_ports(machine: &str) -> bool {
     machine == "q35" || machine.starts_with("pc-q35")
 }
 
+/// Whether `machine` gets the debug monitor: not microvm, whose guest
+/// (QEMU 7.2, Debian's kernel, TCG) never printed a console line with a
+/// second `-qmp` monitor in 3 of 3 boots, and booted at once without it
+/// (observed, cause not found).
+pub fn has_debug_monitor(machine: &str) -> bool {
+    machine != "microvm"
+}
+
 /// QEMU id of root port `index`.
 pub fn root_port_id(index: u32) -> String {
     format!("rp{index}")
@@ -41,8 +49,9 @@ pub fn root_port_slot(index: u32) -> u8 {
 /// Sockets the command line refers to.
 pub struct Sockets<'a> {
     pub qmp: &'a Path,
-    /// The second monitor, for tools and tests (`qmp-debug.sock`).
-    pub qmp_debug: &'a Path,
+    /// The second monitor, for tools and tests (`qmp-debug.sock`), where
+    /// the machine has one ([`has_debug_monitor`]).
+    pub qmp_debug: Option<&'a Path>,
     pub virtiofs: Option<&'a Path>,
     /// The vhost-user vsock backend's socket; `None` with kernel vhost-vsock.
     pub vhost_user_vsock: Option<&'a Path>,
@@ -97,7 +106,7 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
         "-serial",
         "chardev:console",
     ]);
-    for qmp in [sockets.qmp, sockets.qmp_debug] {
+    for qmp in [Some(sockets.qmp), sockets.qmp_debug].into_iter().flatten() {
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt(qmp))]);
     }
     // On q35 every device of the root bus has a fixed slot; microvm has
@@ -208,7 +217,7 @@ pub(crate) mod tests {
     fn kernel_vsock_sockets() -> Sockets<'static> {
         Sockets {
             qmp: Path::new("/q.sock"),
-            qmp_debug: Path::new("/d.sock"),
+            qmp_debug: Some(Path::new("/d.sock")),
             virtiofs: None,
             vhost_user_vsock: None,
         }
@@ -225,7 +234,7 @@ pub(crate) mod tests {
     fn q35_tcg_with_vhost_user_devices() {
         let s = Sockets {
             qmp: Path::new("/q.sock"),
-            qmp_debug: Path::new("/d.sock"),
+            qmp_debug: Some(Path::new("/d.sock")),
             virtiofs: Some(Path::new("/fs.sock")),
             vhost_user_vsock: Some(Path::new("/vs.sock")),
         };

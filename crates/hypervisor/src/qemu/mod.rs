@@ -162,14 +162,15 @@ impl QemuVm {
         };
 
         let qmp = self.path("qmp.sock");
-        let qmp_debug = self.path(QMP_DEBUG_SOCKET);
+        let qmp_debug = cmdline::has_debug_monitor(&self.settings().machine_type)
+            .then(|| self.path(QMP_DEBUG_SOCKET));
         let log = self.path("qemu.log");
         let args = cmdline::build(
             &self.cfg,
             accel,
             &cmdline::Sockets {
                 qmp: &qmp,
-                qmp_debug: &qmp_debug,
+                qmp_debug: qmp_debug.as_deref(),
                 virtiofs: virtiofs.as_deref(),
                 vhost_user_vsock: vhost_user_vsock.as_deref(),
             },
@@ -180,7 +181,7 @@ impl QemuVm {
             .insert(Helper::spawn("qemu", &program, &args, log)?);
         self.qmp = Some(wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT).await?);
         // Root only, as the run directory: QEMU makes sockets with its umask.
-        for sock in [&qmp, &qmp_debug] {
+        for sock in [Some(&qmp), qmp_debug.as_ref()].into_iter().flatten() {
             std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))?;
         }
         tracing::info!(vm = %self.cfg.id, pid = ?self.pid(), "QEMU started");
