@@ -40,10 +40,7 @@ fn a_rootfs_image_is_a_disk_of_the_guest_and_keeps_what_was_written() {
     let mounts = text(&out.stdout);
     assert!(mounts.starts_with("/dev/vd"), "{mounts}");
     assert!(mounts.contains(" ext4 "), "{mounts}");
-    assert_eq!(
-        image.text("/written").as_deref(),
-        Some("kept\n")
-    );
+    assert_eq!(image.text("/written").as_deref(), Some("kept\n"));
     assert!(!image.used_by_host());
     assert_no_leaks(&env.state_dir);
 }
@@ -108,11 +105,7 @@ fn a_read_only_image_volume_refuses_writes_even_for_root() {
     );
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout), "from the host\n1\nrefused\n0\n");
-    assert_eq!(
-        data.text("/new"),
-        None,
-        "the image is unchanged"
-    );
+    assert_eq!(data.text("/new"), None, "the image is unchanged");
     assert!(!data.used_by_host());
     assert_no_leaks(&env.state_dir);
 }
@@ -140,4 +133,3 @@ fn a_volume_on_the_hosts_own_disk_is_refused_before_any_vm_boots() {
     );
     assert_no_leaks(&env.state_dir);
 }
-

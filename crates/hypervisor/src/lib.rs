@@ -119,11 +119,13 @@ pub trait Vm: Send + Sync {
     fn accelerator(&self) -> Option<Accelerator>;
     /// Pid of the hypervisor process, once started.
     fn pid(&self) -> Option<u32>;
-    /// Waits up to `limit` until the guest driver has set the vsock device
-    /// up (virtio DRIVER_OK). Returns false if it did not, or the VM exited.
-    /// Connecting earlier is not only useless: a connection request queued
-    /// before the driver is up can wedge vhost-device-vsock for good.
-    async fn wait_vsock_ready(&mut self, limit: Duration) -> Result<bool, Error>;
+    /// Waits up to `limit` until a connection to the guest's agent may be
+    /// attempted; returns false if that did not happen, or the VM exited.
+    /// What it waits for is the driver's business (QEMU with the
+    /// vhost-user vsock backend: the guest driver has set the vsock device
+    /// up, virtio DRIVER_OK, since a connection request queued earlier can
+    /// wedge vhost-device-vsock for good).
+    async fn wait_guest_ready(&mut self, limit: Duration) -> Result<bool, Error>;
     /// Where the agent listening on vsock `port` is reached from the host.
     fn agent_endpoint(&self, port: u32) -> AgentEndpoint;
     /// Waits up to `timeout` for the hypervisor to exit on its own (for example

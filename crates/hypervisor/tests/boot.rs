@@ -69,9 +69,9 @@ async fn boot_share_power_off(machine: &str) {
         std::fs::read_to_string(&file).ok(),
         t.console()
     );
-    let vsock = vm.wait_vsock_ready(Duration::from_secs(10)).await;
+    let vsock = vm.wait_guest_ready(Duration::from_secs(10)).await;
     assert!(
-        vsock.expect("wait_vsock_ready"),
+        vsock.expect("wait_guest_ready"),
         "vsock device not ready; console:\n{}",
         t.console()
     );

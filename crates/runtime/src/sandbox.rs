@@ -147,7 +147,7 @@ impl Sandbox {
         let console = |dir: &StateDir| state::tail(&dir.console_log(), CONSOLE_TAIL_LINES);
         // Dialing before the guest has set its vsock device up can wedge
         // the vsock backend: wait for the device first.
-        match self.vm.wait_vsock_ready(dial_timeout).await {
+        match self.vm.wait_guest_ready(dial_timeout).await {
             Ok(true) => {}
             Ok(false) if self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true) => {
                 return Err(Error::VmExited {

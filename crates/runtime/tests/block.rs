@@ -102,14 +102,18 @@ async fn each_container_gets_its_own_drive_and_loses_it_on_removal() {
     assert_ne!(devices[0].guest_address, devices[1].guest_address);
     assert_eq!(devices[1].container, "c2");
     assert_eq!(out.matches("vd").count(), 3, "/ and two disks: {out}");
+    // QEMU's device of a drive is `blk-<id>`; each has a raw node over a
+    // file node.
+    let qdev = format!("/blk-{}/", devices[1].id);
     let drives = qemu_drives(&env, &sandbox).await;
-    assert!(drives.iter().any(|d| d == &devices[1].id), "{drives:?}");
+    assert!(drives.iter().any(|d| d.contains(&qdev)), "{drives:?}");
+    assert_eq!(drives.len(), 6, "{drives:?}");
 
     sandbox.remove_container("c2").await.expect("remove c2");
     let drives = qemu_drives(&env, &sandbox).await;
     assert!(
-        !drives.iter().any(|d| d.contains(&devices[1].id)),
-        "unplugged from QEMU: {drives:?}"
+        !drives.iter().any(|d| d.contains(&qdev)) && drives.len() == 3,
+        "unplugged from QEMU, device and nodes: {drives:?}"
     );
     assert_eq!(sandbox.record().devices.len(), 1);
     let (out, code) = run(
@@ -122,14 +126,8 @@ async fn each_container_gets_its_own_drive_and_loses_it_on_removal() {
     .await;
     assert_eq!((out.trim().split(' ').count(), code), (1, 0), "{out}");
     sandbox.destroy().await.expect("destroy");
-    assert_eq!(
-        second.text("/written").as_deref(),
-        Some("two\n")
-    );
-    assert_eq!(
-        first.text("/written").as_deref(),
-        Some("one\n")
-    );
+    assert_eq!(second.text("/written").as_deref(), Some("two\n"));
+    assert_eq!(first.text("/written").as_deref(), Some("one\n"));
     assert_no_leaks(&env.state_dir);
 }
 
@@ -144,7 +142,7 @@ async fn a_raw_block_device_is_usable_in_the_container() {
         destination: "/dev/xvdb".into(),
         readonly: false,
     };
-    let script = "mke2fs -q /dev/xvdb && mkdir -p /mnt/x && mount /dev/xvdb /mnt/x \
+    let script = "mke2fs -q /dev/xvdb >/dev/null && mkdir -p /mnt/x && mount /dev/xvdb /mnt/x \
                   && echo block-data > /mnt/x/f && umount /mnt/x \
                   && mount -o ro /dev/xvdb /mnt/x && cat /mnt/x/f";
     let (out, code) = run(
@@ -305,11 +303,6 @@ async fn virtio_scsi_drives_carry_rootfs_and_read_only_volumes() {
         .iter()
         .any(|d| d.read_only && d.role == "volume /data"));
     sandbox.destroy().await.expect("destroy");
-    assert_eq!(
-        data.text("/new"),
-        None,
-        "the image is unchanged"
-    );
+    assert_eq!(data.text("/new"), None, "the image is unchanged");
     assert_no_leaks(&env.state_dir);
 }
-

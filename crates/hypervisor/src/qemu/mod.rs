@@ -267,7 +267,7 @@ impl Vm for QemuVm {
         self.qemu.as_ref().and_then(Helper::pid)
     }
 
-    async fn wait_vsock_ready(&mut self, limit: Duration) -> Result<bool, Error> {
+    async fn wait_guest_ready(&mut self, limit: Duration) -> Result<bool, Error> {
         let args = serde_json::json!({ "path": VSOCK_QOM_PATH });
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {

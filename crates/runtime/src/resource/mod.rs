@@ -18,6 +18,7 @@ use capsa_hypervisor::BlockDriver;
 pub mod block;
 pub mod block_source;
 pub mod container;
+mod loopdev;
 pub mod share;
 
 pub use block_source::{BlockKind, BlockSource, BlockSourceError, Refusal};

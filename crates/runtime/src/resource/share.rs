@@ -22,21 +22,33 @@ pub fn attach_rootfs_dir(share: &Path, rootfs: &Path) -> Result<(), Error> {
 /// Makes containerd's snapshot mounts at `<share>/rootfs`, `nosuid,nodev`
 /// on the host side: what the guest makes there is never a device or a
 /// set-id program for the host. (containerd-shim's mount helper handles
-/// overlay, bind and `loop` mounts as containerd's own shims do.)
+/// overlay and bind mounts as containerd's own shims do; an image with the
+/// `loop` option gets its loop device here, released when unmounted.)
 pub async fn attach_rootfs_mounts(share: &Path, mounts: &[HostMount]) -> Result<(), Error> {
     let host_root = share.join("rootfs");
     std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
     for m in mounts {
-        let mut options = m.options.clone();
+        let mut options: Vec<String> = m.options.iter().filter(|o| *o != "loop").cloned().collect();
         options.extend(["nosuid".to_string(), "nodev".to_string()]);
-        let (typ, source, target) = (m.typ.clone(), m.source.clone(), host_root.clone());
+        let (typ, target) = (m.typ.clone(), host_root.clone());
+        let looped = m.options.iter().any(|o| o == "loop");
+        let source = m.source.clone();
         let made = tokio::task::spawn_blocking(move || {
+            let read_only = options.iter().any(|o| o == "ro");
+            let device = looped
+                .then(|| super::loopdev::Loop::attach(Path::new(&source), read_only))
+                .transpose()
+                .map_err(|e| format!("attach a loop device: {e}"))?;
+            let source = device
+                .as_ref()
+                .map_or(source, |d| d.path().display().to_string());
             containerd_shim::mount::mount_rootfs(Some(&typ), Some(&source), &options, &target)
+                .map_err(|e| e.to_string())
         })
         .await;
         let failed = match made {
             Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(e) => e.to_string(),
         };
         return Err(Error::RootfsMount {
