@@ -193,14 +193,12 @@ mod tests {
     #[test]
     fn defaults_come_first_and_names_are_not_repeated() {
         let names = requested_modules(&["overlay".into(), "virtio-pci".into(), "overlay".into()]);
+        let mut expected: Vec<&str> = DEFAULT_MODULES.to_vec();
+        expected.push("overlay");
+        assert_eq!(names, expected);
         assert_eq!(
-            names,
-            [
-                "virtio_pci",
-                "virtiofs",
-                "vmw_vsock_virtio_transport",
-                "overlay"
-            ]
+            &names[..3],
+            ["virtio_pci", "virtiofs", "vmw_vsock_virtio_transport"]
         );
     }
 
