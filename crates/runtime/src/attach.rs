@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
-use capsa_protocols::{agent, convert};
+use capsa_protocols::convert;
 use tokio::time::Instant;
 
 use crate::io::{GuestProcess, Stdio};
@@ -124,20 +124,8 @@ impl Found {
         let oci = spec::build(process, "/", "")?;
         let oci_process = oci.process().as_ref().expect("spec::build sets a process");
         let exec_id = format!("exec-{}", crate::vm::new_id());
-        let req = agent::ExecProcessRequest {
-            container_id: cid.clone(),
-            exec_id: exec_id.clone(),
-            process: Some(convert::process_to_grpc(oci_process)).into(),
-            ..Default::default()
-        };
-        agent
-            .raw()
-            .exec_process(capsa_agent_client::until(CONNECT_TIMEOUT * 6), &req)
-            .await
-            .map_err(|error| capsa_agent_client::Error::Rpc {
-                method: "ExecProcess",
-                error,
-            })?;
+        let grpc = convert::process_to_grpc(oci_process);
+        agent.exec_process(&cid, &exec_id, grpc).await?;
         tracing::info!(container = %cid, exec = %exec_id, "process started");
         let guest = GuestProcess {
             agent,

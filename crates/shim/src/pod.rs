@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
-use capsa_protocols::{agent, convert};
+use capsa_protocols::convert;
 use capsa_runtime::health::{Death, VmState, Watch};
 use capsa_runtime::resource::{HostMount, Rootfs};
 use capsa_runtime::{GuestProcess, Sandbox};
@@ -163,20 +163,10 @@ impl Pod {
                 what: "exec",
                 reason: "no process spec".into(),
             })?;
-            let req = agent::ExecProcessRequest {
-                container_id: task.id.clone(),
-                exec_id: proc.exec_id.clone(),
-                process: Some(convert::process_to_grpc(process)).into(),
-                ..Default::default()
-            };
+            let process = convert::process_to_grpc(process);
             self.agent
-                .raw()
-                .exec_process(capsa_agent_client::until(Duration::from_secs(60)), &req)
-                .await
-                .map_err(|error| capsa_agent_client::Error::Rpc {
-                    method: "ExecProcess",
-                    error,
-                })?;
+                .exec_process(&task.id, &proc.exec_id, process)
+                .await?;
         }
         proc.set_status(Status::RUNNING);
         let guest = GuestProcess {
@@ -349,17 +339,11 @@ async fn forward_console(pod: Arc<Pod>, path: PathBuf) {
 /// Relays the agent's OOM events (GetOOMEvent blocks until one comes)
 /// as TaskOOM events, until the VM is gone.
 async fn watch_oom(pod: Arc<Pod>) {
-    let req = agent::GetOOMEventRequest::default();
     loop {
-        let event = pod
-            .agent
-            .raw()
-            .get_oom_event(capsa_agent_client::until(Duration::ZERO), &req)
-            .await;
-        match event {
-            Ok(event) => {
-                tracing::warn!(container = %event.container_id, "out of memory");
-                pod.events.oom(&event.container_id).await;
+        match pod.agent.get_oom_event().await {
+            Ok(container_id) => {
+                tracing::warn!(container = %container_id, "out of memory");
+                pod.events.oom(&container_id).await;
             }
             Err(e) => {
                 if pod.sandbox.lock().await.is_some() {

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use capsa_protocols::agent;
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
     DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
@@ -316,24 +315,8 @@ impl Service {
 
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, Error> {
         let (pod, _task) = self.task(&req.id).await?;
-        let request = agent::ListProcessesRequest {
-            container_id: req.id.clone(),
-            format: "json".into(),
-            ..Default::default()
-        };
-        let reply = pod
-            .agent()
-            .raw()
-            .list_processes(
-                capsa_agent_client::until(std::time::Duration::from_secs(30)),
-                &request,
-            )
-            .await
-            .map_err(|error| capsa_agent_client::Error::Rpc {
-                method: "ListProcesses",
-                error,
-            })?;
-        let pids: Vec<u32> = serde_json::from_slice(&reply.process_list).unwrap_or_default();
+        let list = pod.agent().list_processes(&req.id, "json").await?;
+        let pids: Vec<u32> = serde_json::from_slice(&list).unwrap_or_default();
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -348,22 +331,11 @@ impl Service {
 
     async fn do_pause(&self, id: &str, pause: bool) -> Result<(), Error> {
         let (pod, task) = self.task(id).await?;
-        let raw = pod.agent().raw();
-        let ctx = capsa_agent_client::until(std::time::Duration::from_secs(30));
-        let (method, result) = if pause {
-            let req = agent::PauseContainerRequest {
-                container_id: id.into(),
-                ..Default::default()
-            };
-            ("PauseContainer", raw.pause_container(ctx, &req).await)
+        if pause {
+            pod.agent().pause(id).await?;
         } else {
-            let req = agent::ResumeContainerRequest {
-                container_id: id.into(),
-                ..Default::default()
-            };
-            ("ResumeContainer", raw.resume_container(ctx, &req).await)
-        };
-        result.map_err(|error| capsa_agent_client::Error::Rpc { method, error })?;
+            pod.agent().resume(id).await?;
+        }
         if pause {
             task.init.set_status(Status::PAUSED);
             self.events.paused(id).await;
@@ -382,24 +354,9 @@ impl Service {
         } else {
             req.exec_id
         };
-        let request = agent::TtyWinResizeRequest {
-            container_id: req.id,
-            exec_id,
-            row: req.height,
-            column: req.width,
-            ..Default::default()
-        };
         pod.agent()
-            .raw()
-            .tty_win_resize(
-                capsa_agent_client::until(std::time::Duration::from_secs(10)),
-                &request,
-            )
-            .await
-            .map_err(|error| capsa_agent_client::Error::Rpc {
-                method: "TtyWinResize",
-                error,
-            })?;
+            .tty_win_resize(&req.id, &exec_id, req.height, req.width)
+            .await?;
         Ok(())
     }
 
@@ -414,43 +371,14 @@ impl Service {
                 what: "resources",
                 reason: e.to_string(),
             })?;
-        let request = agent::UpdateContainerRequest {
-            container_id: req.id,
-            resources: Some(capsa_protocols::convert::resources_to_grpc(&resources)).into(),
-            ..Default::default()
-        };
-        pod.agent()
-            .raw()
-            .update_container(
-                capsa_agent_client::until(std::time::Duration::from_secs(30)),
-                &request,
-            )
-            .await
-            .map_err(|error| capsa_agent_client::Error::Rpc {
-                method: "UpdateContainer",
-                error,
-            })?;
+        let resources = capsa_protocols::convert::resources_to_grpc(&resources);
+        pod.agent().update_container(&req.id, resources).await?;
         Ok(())
     }
 
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, Error> {
         let (pod, _task) = self.task(&req.id).await?;
-        let request = agent::StatsContainerRequest {
-            container_id: req.id,
-            ..Default::default()
-        };
-        let reply = pod
-            .agent()
-            .raw()
-            .stats_container(
-                capsa_agent_client::until(std::time::Duration::from_secs(30)),
-                &request,
-            )
-            .await
-            .map_err(|error| capsa_agent_client::Error::Rpc {
-                method: "StatsContainer",
-                error,
-            })?;
+        let reply = pod.agent().stats_container(&req.id).await?;
         Ok(StatsResponse {
             stats: Some(crate::stats::to_metrics(&reply)?).into(),
             ..Default::default()
