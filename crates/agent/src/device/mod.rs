@@ -131,11 +131,17 @@ impl System {
         else {
             return Ok(None);
         };
-        let (major, minor) = dev_number(&name.join("dev"))?;
         let node = self.dev.join(name.file_name().unwrap_or_default());
         // devtmpfs makes the node before the uevent that announces it:
-        // until then, wait.
-        Ok(node.exists().then_some(Block { node, major, minor }))
+        // until then, wait. So does the kernel with the directory's `dev`
+        // attribute: a look while the disk is being added can find the
+        // directory without it.
+        let dev = name.join("dev");
+        if !node.exists() || !dev.exists() {
+            return Ok(None);
+        }
+        let (major, minor) = dev_number(&dev)?;
+        Ok(Some(Block { node, major, minor }))
     }
 
     /// Waits at most `timeout` for the block device at `source`.
@@ -255,6 +261,22 @@ mod tests {
                 minor: 16
             }
         );
+    }
+
+    /// Seen under load: the disk's directory (and its node) before the
+    /// kernel has written its `dev` attribute. Not an error: not yet.
+    #[test]
+    fn a_disk_without_its_dev_attribute_yet_is_waited_for() {
+        let (_dir, system) = fake();
+        let source = Source::parse("blk", "04/00").unwrap();
+        let port = system.sys.join("devices/pci0000:00/0000:00:04.0");
+        std::fs::create_dir_all(port.join("pci_bus/0000:01")).unwrap();
+        let disk = port.join("0000:01:00.0/virtio2/block/vda");
+        std::fs::create_dir_all(&disk).unwrap();
+        std::fs::write(system.dev.join("vda"), "").unwrap();
+        assert_eq!(system.find(&source).unwrap(), None);
+        std::fs::write(disk.join("dev"), "254:0\n").unwrap();
+        assert_eq!(system.find(&source).unwrap().unwrap().major, 254);
     }
 
     #[test]
