@@ -1,7 +1,7 @@
 //! Devices attached to a running VM, and how the guest finds them.
 //!
 //! A driver offers each kind of device through a capability trait of its
-//! own ([`BlockHotplug`] now; network devices and CPU/memory resize come
+//! own ([`BlockHotplug`], [`NetworkHotplug`]; CPU/memory resize come
 //! next). A driver (or a machine) without a capability answers
 //! [`Error::NotSupported`] naming itself and the capability: never a
 //! silent no-op.
@@ -114,6 +114,102 @@ pub trait BlockHotplug: Send {
     fn attached_blocks(&self) -> Vec<AttachedBlock>;
 }
 
+/// A NIC: a virtio-net device in the guest whose backend is a host tap.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetDevice {
+    /// Unique among this VM's devices; `[A-Za-z0-9_-]`, at most 32 bytes
+    /// (it names QEMU objects).
+    pub id: String,
+    /// Name of the tap the device reads and writes (it must exist; the
+    /// driver opens it, it does not create it).
+    pub tap: String,
+    /// The network namespace the tap lives in (`/var/run/netns/NAME`,
+    /// `/proc/PID/ns/net`); `None`: the host's.
+    pub netns: Option<PathBuf>,
+    /// The guest interface's MAC address.
+    pub mac: MacAddr,
+    /// The MTU offered to the guest (virtio-net's `host_mtu`); 0 leaves
+    /// the guest's default (1500).
+    pub mtu: u32,
+    /// Use vhost-net, if the host has `/dev/vhost-net`; otherwise (and
+    /// when false) the device model runs in the hypervisor (userspace
+    /// virtio-net).
+    pub vhost: bool,
+}
+
+/// A MAC address; parsed from and shown as `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid MAC address {s:?} (expected aa:bb:cc:dd:ee:ff)");
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self(out))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+/// An attached NIC.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedNic {
+    pub device: NetDevice,
+    pub address: GuestAddress,
+}
+
+/// NICs attached to and detached from a running VM.
+#[async_trait::async_trait]
+pub trait NetworkHotplug: Send {
+    /// Opens `device.tap` (in its netns), attaches a virtio-net device on
+    /// it and returns its PCI path. Bounded by the VM's hot-plug timeout;
+    /// on error nothing of it stays attached.
+    async fn attach_nic(&mut self, device: &NetDevice) -> Result<GuestAddress, Error>;
+    /// Detaches the NIC `id`: asks the guest to release it, waits until it
+    /// has (bounded by the hot-plug timeout), then removes the backend
+    /// (closing the tap; the tap itself stays).
+    async fn detach_nic(&mut self, id: &str) -> Result<(), Error>;
+    /// The NICs attached now, cold-plugged ones included.
+    fn attached_nics(&self) -> Vec<AttachedNic>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +221,23 @@ mod tests {
         };
         assert_eq!(pci.to_string(), "02/00");
         assert_eq!(GuestAddress::Scsi { id: 0, lun: 3 }.to_string(), "0:3");
+    }
+
+    #[test]
+    fn mac_addresses_parse_and_show() {
+        let mac: MacAddr = "02:00:ca:FE:00:01".parse().unwrap();
+        assert_eq!(mac.0, [2, 0, 0xca, 0xfe, 0, 1]);
+        assert_eq!(mac.to_string(), "02:00:ca:fe:00:01");
+        for bad in [
+            "",
+            "02:00:ca:fe:00",
+            "02:00:ca:fe:00:01:02",
+            "2:00:ca:fe:00:01",
+            "zz:00:ca:fe:00:01",
+        ] {
+            let err = bad.parse::<MacAddr>().unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
     }
 
     #[test]

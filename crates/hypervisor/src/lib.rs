@@ -8,7 +8,8 @@
 //! vhost-user vsock daemon) is in [`DriverConfig::Qemu`].
 //!
 //! Devices attached to a running VM are capabilities of their own
-//! ([`device::BlockHotplug`], reached through [`Vm::block`]); a driver
+//! ([`device::BlockHotplug`] through [`Vm::block`],
+//! [`device::NetworkHotplug`] through [`Vm::network`]); a driver
 //! without one answers [`Error::NotSupported`].
 
 use std::path::PathBuf;
@@ -22,7 +23,10 @@ pub mod qemu;
 pub mod virtiofsd;
 
 pub use accel::{Accelerator, AcceleratorChoice, HostVirt};
-pub use device::{AttachedBlock, BlockDevice, BlockDriver, BlockHotplug, GuestAddress};
+pub use device::{
+    AttachedBlock, AttachedNic, BlockDevice, BlockDriver, BlockHotplug, GuestAddress, MacAddr,
+    NetDevice, NetworkHotplug,
+};
 pub use error::Error;
 
 /// Where the guest agent can be reached from the host.
@@ -97,6 +101,9 @@ pub struct VmConfig {
     /// How drives are attached ([`device::BlockDriver`]); with
     /// `virtio-scsi` the controller is created at boot.
     pub block_driver: BlockDriver,
+    /// NICs present at boot (cold-plugged), each behind a PCIe root port
+    /// of its own on q35; [`Vm::network`] adds more later.
+    pub nics: Vec<NetDevice>,
     pub debug: bool,
     pub driver: DriverConfig,
 }
@@ -138,4 +145,7 @@ pub trait Vm: Send + Sync {
     /// Block device hot-plug, or [`Error::NotSupported`] if this driver
     /// (or its machine type) cannot do it.
     fn block(&mut self) -> Result<&mut dyn BlockHotplug, Error>;
+    /// NIC hot-plug, or [`Error::NotSupported`] if this driver (or its
+    /// machine type) cannot do it.
+    fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error>;
 }

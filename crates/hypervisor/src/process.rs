@@ -1,6 +1,7 @@
 //! Child processes of a VM (QEMU and its vhost-user helpers): started with a
 //! parent-death signal and a log file, waited for with bounds, ended by pid.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,7 +28,21 @@ impl Helper {
     /// Starts `program` with `args`, stdout and stderr to `log`. The child
     /// gets SIGKILL if capsa dies, so it never outlives its VM's owner.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self, Error> {
-        Self::spawn_filtered(name, program, args, log, Vec::new())
+        Self::spawn_inner(name, program, args, log, Vec::new(), &[])
+    }
+
+    /// [`Helper::spawn`], the child inheriting `fds` under the same numbers
+    /// (QEMU's `fd=N` options). The caller keeps them open until this
+    /// returns; every other file of capsa stays close-on-exec.
+    pub fn spawn_with_fds(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+        fds: &[OwnedFd],
+    ) -> Result<Self, Error> {
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        Self::spawn_inner(name, program, args, log, Vec::new(), &raw)
     }
 
     /// [`Helper::spawn`], with the seccomp `filters` installed in the child
@@ -39,6 +54,18 @@ impl Helper {
         log: PathBuf,
         filters: Vec<BpfProgram>,
     ) -> Result<Self, Error> {
+        Self::spawn_inner(name, program, args, log, filters, &[])
+    }
+
+    fn spawn_inner(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+        filters: Vec<BpfProgram>,
+        inherit: &[RawFd],
+    ) -> Result<Self, Error> {
+        let inherit = inherit.to_vec();
         let out = std::fs::File::create(&log).map_err(|source| Error::LogFile {
             path: log.clone(),
             source,
@@ -61,9 +88,10 @@ impl Helper {
         // `spawn_blocking` thread does not).
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the child between fork and exec and
-        // only calls prctl(2), getppid(2) and seccomp(2) (the programs were
-        // built before the fork; installing one does not allocate), which
-        // are async-signal-safe.
+        // only calls prctl(2), getppid(2), fcntl(2) and seccomp(2) (the
+        // programs were built before the fork; installing one does not
+        // allocate), which are async-signal-safe. The fds in `inherit` are
+        // open in the parent, hence in the child.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -72,6 +100,13 @@ impl Helper {
                 // The parent may have died before prctl: then no signal comes.
                 if libc::getppid() != parent {
                     return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+                }
+                // Only the child's copies lose FD_CLOEXEC: the parent's
+                // stay close-on-exec for the other children it starts.
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 for program in &filters {
                     seccompiler::apply_filter(program)

@@ -77,6 +77,7 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         hotplug_timeout: Duration::from_secs(q.hotplug_timeout.into()),
         // Validated when the configuration was loaded.
         block_driver: BlockDriver::from_str(&q.block_device_driver).unwrap_or_default(),
+        nics: Vec::new(),
         debug,
         driver: DriverConfig::Qemu(QemuSettings {
             machine_type: q.machine_type.clone(),

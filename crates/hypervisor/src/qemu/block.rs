@@ -35,7 +35,7 @@ pub(super) struct Drive {
     pub node: String,
 }
 
-fn hotplug_error(device: &str, reason: impl std::fmt::Display) -> Error {
+pub(super) fn hotplug_error(device: &str, reason: impl std::fmt::Display) -> Error {
     Error::Hotplug {
         device: device.to_string(),
         reason: reason.to_string(),
@@ -101,7 +101,7 @@ fn blockdev_args(device: &BlockDevice, node: &str) -> Result<Value, Error> {
 }
 
 impl QemuVm {
-    fn session(&self, device: &str) -> Result<&QmpSession, Error> {
+    pub(super) fn session(&self, device: &str) -> Result<&QmpSession, Error> {
         self.qmp
             .as_ref()
             .ok_or_else(|| hotplug_error(device, "the VM is not running"))
@@ -113,21 +113,7 @@ impl QemuVm {
         let used: Vec<&GuestAddress> = self.drives.iter().map(|d| &d.block.address).collect();
         match device.driver {
             BlockDriver::VirtioBlk => {
-                let ports = self.settings().pcie_root_ports.min(cmdline::MAX_ROOT_PORTS);
-                let free = (0..ports).find(|&i| {
-                    let slot = cmdline::root_port_slot(i);
-                    !used
-                        .iter()
-                        .any(|a| matches!(a, GuestAddress::Pci { slots } if slots.first() == Some(&slot)))
-                });
-                let Some(port) = free else {
-                    return Err(hotplug_error(
-                        &device.id,
-                        format!(
-                            "no free PCIe root port (all {ports} in use; raise pcie_root_port)"
-                        ),
-                    ));
-                };
+                let port = self.free_root_port(&device.id)?;
                 let address = GuestAddress::Pci {
                     slots: vec![cmdline::root_port_slot(port), 0],
                 };
@@ -177,7 +163,12 @@ impl QemuVm {
 
     /// Removes device `qdev` and waits up to `limit` for QEMU to report it
     /// gone (the guest has released it). `Ok(false)`: QEMU has no such device.
-    async fn remove_device(&self, id: &str, qdev: &str, limit: Duration) -> Result<bool, Error> {
+    pub(super) async fn remove_device(
+        &self,
+        id: &str,
+        qdev: &str,
+        limit: Duration,
+    ) -> Result<bool, Error> {
         let qmp = self.session(id)?;
         let deadline = Instant::now() + limit;
         // Subscribed before the command, so its event cannot be missed.

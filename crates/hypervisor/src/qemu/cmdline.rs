@@ -203,6 +203,7 @@ pub(crate) mod tests {
             guest_cid: 7,
             hotplug_timeout: Duration::from_secs(10),
             block_driver: BlockDriver::VirtioBlk,
+            nics: vec![],
             debug: false,
             driver: DriverConfig::Qemu(QemuSettings {
                 machine_type: "q35".into(),

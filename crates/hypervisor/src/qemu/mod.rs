@@ -2,6 +2,7 @@
 
 pub mod block;
 mod cmdline;
+pub mod net;
 pub mod qmp;
 pub mod session;
 
@@ -14,7 +15,9 @@ use tokio::time::{timeout, Instant};
 use self::session::QmpSession;
 use crate::accel::{self, Accelerator};
 use crate::process::Helper;
-use crate::{AgentEndpoint, BlockHotplug, DriverConfig, Error, QemuSettings, Vm, VmConfig};
+use crate::{
+    AgentEndpoint, BlockHotplug, DriverConfig, Error, NetworkHotplug, QemuSettings, Vm, VmConfig,
+};
 
 /// Longest wait for a helper's or QEMU's socket to appear.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +43,8 @@ pub struct QemuVm {
     /// Drives attached ([`block`]) and the counter naming their nodes.
     drives: Vec<block::Drive>,
     next_node: u64,
+    /// NICs attached, cold-plugged ones first ([`net`]).
+    nics: Vec<net::Nic>,
     /// Files this driver created in `run_dir`, removed on shutdown.
     created: Vec<PathBuf>,
     kernel_vsock: bool,
@@ -56,6 +61,7 @@ impl QemuVm {
             qmp: None,
             drives: Vec::new(),
             next_node: 0,
+            nics: Vec::new(),
             created: Vec::new(),
             kernel_vsock: false,
         }
@@ -165,7 +171,15 @@ impl QemuVm {
         let qmp_debug = cmdline::has_debug_monitor(&self.settings().machine_type)
             .then(|| self.path(QMP_DEBUG_SOCKET));
         let log = self.path("qemu.log");
-        let args = cmdline::build(
+        if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(&self.settings().machine_type) {
+            return Err(Error::NotSupported {
+                hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                capability: "NICs",
+            });
+        }
+        // Open until QEMU has inherited them, then closed here.
+        let (nic_args, nic_fds) = self.cold_nics()?;
+        let mut args = cmdline::build(
             &self.cfg,
             accel,
             &cmdline::Sockets {
@@ -175,10 +189,12 @@ impl QemuVm {
                 vhost_user_vsock: vhost_user_vsock.as_deref(),
             },
         );
+        args.extend(nic_args);
         let program = self.cfg.hypervisor_path.clone();
-        let qemu = self
-            .qemu
-            .insert(Helper::spawn("qemu", &program, &args, log)?);
+        let qemu = self.qemu.insert(Helper::spawn_with_fds(
+            "qemu", &program, &args, log, &nic_fds,
+        )?);
+        drop(nic_fds);
         self.qmp = Some(wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT).await?);
         // Root only, as the run directory: QEMU makes sockets with its umask.
         for sock in [Some(&qmp), qmp_debug.as_ref()].into_iter().flatten() {
@@ -243,6 +259,17 @@ impl Vm for QemuVm {
             return Err(Error::NotSupported {
                 hypervisor: format!("QEMU ({machine})"),
                 capability: "block device hot-plug",
+            });
+        }
+        Ok(self)
+    }
+
+    fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error> {
+        let machine = &self.settings().machine_type;
+        if !cmdline::has_root_ports(machine) {
+            return Err(Error::NotSupported {
+                hypervisor: format!("QEMU ({machine})"),
+                capability: "NIC hot-plug",
             });
         }
         Ok(self)
@@ -348,6 +375,7 @@ impl Vm for QemuVm {
         }
         self.qmp = None;
         self.drives.clear();
+        self.nics.clear();
         for helper in [self.virtiofsd.take(), self.vsock.take()]
             .into_iter()
             .flatten()

@@ -12,12 +12,15 @@
 //! [`qmp::decode_message`], covered by the `qmp` fuzz target.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde_json::{json, Value};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader, Interest};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot, Mutex};
@@ -89,6 +92,16 @@ impl QmpSession {
         arguments: Option<Value>,
         limit: Duration,
     ) -> Result<Value, Error> {
+        self.run(command, arguments, None, limit).await
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<RawFd>,
+        limit: Duration,
+    ) -> Result<Value, Error> {
         let run = async {
             let (tx, rx) = oneshot::channel();
             {
@@ -104,7 +117,11 @@ impl QmpSession {
                 }
                 self.pending.lock().expect("pending").insert(id, tx);
                 let line = msg.to_string() + "\n";
-                if let Err(e) = writer.0.write_all(line.as_bytes()).await {
+                let written = match fd {
+                    None => writer.0.write_all(line.as_bytes()).await,
+                    Some(fd) => send_with_fd(&writer.0, line.as_bytes(), fd).await,
+                };
+                if let Err(e) = written {
                     self.pending.lock().expect("pending").remove(&id);
                     return Err(Error::Qmp(format!("{command}: {e}")));
                 }
@@ -120,6 +137,19 @@ impl QmpSession {
             .map_err(|_| Error::Qmp(format!("{command}: no answer in {limit:?}")))?
     }
 
+    /// [`QmpSession::execute`], with `fd` sent along the command (SCM_RIGHTS
+    /// in the same message as its first byte), as QEMU's `getfd` and
+    /// `add-fd` want.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: RawFd,
+        limit: Duration,
+    ) -> Result<Value, Error> {
+        self.run(command, arguments, Some(fd), limit).await
+    }
+
     /// Whether the reader still runs (QEMU has not closed the session).
     pub fn is_open(&self) -> bool {
         !self.reader.is_finished()
@@ -130,6 +160,35 @@ impl Drop for QmpSession {
     fn drop(&mut self) {
         self.reader.abort();
     }
+}
+
+/// Writes `bytes` with `fd` attached to the first chunk the socket takes.
+async fn send_with_fd(stream: &OwnedWriteHalf, bytes: &[u8], fd: RawFd) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.as_ref().writable().await?;
+        let chunk = &bytes[sent..];
+        let result = stream.as_ref().try_io(Interest::WRITABLE, || {
+            let iov = [IoSlice::new(chunk)];
+            let fds = [fd];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let cmsgs: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
+            sendmsg::<()>(
+                stream.as_ref().as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match result {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads lines until the connection ends or misbehaves: replies go to their

@@ -87,6 +87,7 @@ impl TestDir {
             guest_cid: 3,
             hotplug_timeout: Duration::from_secs(20),
             block_driver: BlockDriver::VirtioBlk,
+            nics: vec![],
             debug: false,
             driver: DriverConfig::Qemu(QemuSettings {
                 machine_type: machine.into(),
