@@ -118,6 +118,12 @@ impl QemuVm {
                 cmdline::MAX_ROOT_PORTS
             )));
         }
+        if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(&self.settings().machine_type) {
+            return Err(Error::NotSupported {
+                hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                capability: "NICs",
+            });
+        }
         let (accel, why) = accel::resolve(self.settings().accelerator, &host)?;
         tracing::info!(vm = %self.cfg.id, accelerator = %accel, reason = %why, "accelerator chosen");
         self.accel = Some(accel);
@@ -171,12 +177,6 @@ impl QemuVm {
         let qmp_debug = cmdline::has_debug_monitor(&self.settings().machine_type)
             .then(|| self.path(QMP_DEBUG_SOCKET));
         let log = self.path("qemu.log");
-        if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(&self.settings().machine_type) {
-            return Err(Error::NotSupported {
-                hypervisor: format!("QEMU ({})", self.settings().machine_type),
-                capability: "NICs",
-            });
-        }
         // Open until QEMU has inherited them, then closed here.
         let (nic_args, nic_fds) = self.cold_nics()?;
         let mut args = cmdline::build(

@@ -107,6 +107,16 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(format!("invalid interface name {name:?}"));
     }
+    // TUNSETIFF would create a missing tap (gone with its last fd, so
+    // leaking nothing, but a NIC on it would reach nothing): it must exist.
+    let c_name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the call.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        return Err(format!(
+            "no such interface ({})",
+            std::io::Error::last_os_error()
+        ));
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
