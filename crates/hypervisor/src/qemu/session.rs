@@ -288,6 +288,75 @@ mod tests {
         peer.await.unwrap();
     }
 
+    /// `execute_with_fd` delivers the fd with the command: the peer reads
+    /// it with `recvmsg` and sees the same open file (it reads what the
+    /// test wrote into it).
+    #[tokio::test]
+    async fn a_command_carries_its_fd() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned};
+        use std::io::{IoSliceMut, Read, Seek, Write};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"QMP\": {}}\n").unwrap();
+            let mut got = Vec::new();
+            let mut fds = Vec::new();
+            let mut replies = 0;
+            while replies < 2 {
+                let mut buf = [0u8; 4096];
+                let mut space = nix::cmsg_space!([RawFd; 1]);
+                let (n, received) = {
+                    let mut iov = [IoSliceMut::new(&mut buf)];
+                    let msg =
+                        recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+                            .unwrap();
+                    let mut received = Vec::new();
+                    for c in msg.cmsgs().unwrap() {
+                        if let ControlMessageOwned::ScmRights(r) = c {
+                            received.extend(r);
+                        }
+                    }
+                    (msg.bytes, received)
+                };
+                assert!(n > 0, "the session closed");
+                fds.extend(received);
+                got.extend_from_slice(&buf[..n]);
+                while let Some(end) = got.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = got.drain(..=end).collect();
+                    let cmd: Value = serde_json::from_slice(&line).unwrap();
+                    let reply = json!({"return": {}, "id": cmd["id"]});
+                    s.write_all(format!("{reply}\n").as_bytes()).unwrap();
+                    replies += 1;
+                }
+            }
+            assert_eq!(fds.len(), 1, "one fd, with getfd");
+            // SAFETY: the fd was just received and is owned by nobody else.
+            let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+            file.rewind().unwrap();
+            let mut text = String::new();
+            file.read_to_string(&mut text).unwrap();
+            text
+        });
+        let limit = Duration::from_secs(5);
+        let s = QmpSession::open(&path, limit).await.unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"the passed file").unwrap();
+        s.execute_with_fd(
+            "getfd",
+            Some(json!({"fdname": "f"})),
+            file.as_raw_fd(),
+            limit,
+        )
+        .await
+        .unwrap();
+        drop(s);
+        assert_eq!(peer.join().unwrap(), "the passed file");
+    }
+
     /// A peer that greets, then sends one endless line: the session ends
     /// at the bound and the waiting command fails instead of buffering.
     #[tokio::test]
