@@ -178,6 +178,53 @@ async fn peripherals(t: &TestDir) -> String {
     .to_string()
 }
 
+/// Another client fills the free root port behind the driver's back:
+/// `getfd` and `netdev_add` work, `device_add` fails, and the netdev is
+/// removed (QEMU closed the tap). Then the squatter goes.
+async fn rolled_back_after_device_add_fails(
+    t: &TestDir,
+    vm: &mut QemuVm,
+    ns: &Netns,
+    hot: &NetDevice,
+) {
+    let sock = t.run_dir().join(QMP_DEBUG_SOCKET);
+    let rng = json!({"driver": "virtio-rng-pci", "id": "squatter", "bus": "rp1", "addr": "0"});
+    qmp::execute(&sock, "device_add", Some(rng))
+        .await
+        .expect("device_add on the debug monitor");
+    let err = vm.network().unwrap().attach_nic(hot).await.unwrap_err();
+    assert!(err.to_string().contains("hot-plug of hot"), "{err}");
+    let network = qmp::execute(
+        &sock,
+        "human-monitor-command",
+        Some(json!({"command-line": "info network"})),
+    )
+    .await
+    .expect("info network")
+    .to_string();
+    assert!(
+        network.contains("tap-cold") && !network.contains("tap-hot"),
+        "netdev left after rollback: {network}"
+    );
+    assert!(
+        ns.link("ctap1").contains("NO-CARRIER"),
+        "{}",
+        ns.link("ctap1")
+    );
+    assert_eq!(vm.network().unwrap().attached_nics().len(), 1);
+    qmp::execute(&sock, "device_del", Some(json!({"id": "squatter"})))
+        .await
+        .expect("device_del on the debug monitor");
+    let deadline = tokio::time::Instant::now() + GUEST_WAIT;
+    while peripherals(t).await.contains("squatter") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the guest did not release the squatter in {GUEST_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn cold_and_hot_plugged_nics_reach_the_guest() {
     let _serial = SERIAL.lock().await;
@@ -225,6 +272,8 @@ async fn cold_and_hot_plugged_nics_reach_the_guest() {
         ns.link("ctap1")
     );
     let hot = nic("hot", "ctap1", &ns, HOT_MAC, HOT_MTU);
+    rolled_back_after_device_add_fails(&t, &mut vm, &ns, &hot).await;
+    let net = vm.network().unwrap();
     let address = net.attach_nic(&hot).await.expect("attach the NIC");
     assert_ne!(address, cold[0].address);
     let line = guest_line(&t, "added", &format!("mac={HOT_MAC}")).await;
