@@ -417,6 +417,45 @@ mod tests {
         assert!(args.get("host_mtu").is_none());
     }
 
+    /// Drives and NICs take root ports from one pool.
+    #[test]
+    fn drives_and_nics_share_the_root_ports() {
+        let mut cfg = cmdline::tests::cfg();
+        let crate::DriverConfig::Qemu(q) = &mut cfg.driver;
+        q.pcie_root_ports = 2;
+        let mut vm = QemuVm::new(cfg);
+        let at = |port| GuestAddress::Pci {
+            slots: vec![cmdline::root_port_slot(port), 0],
+        };
+        vm.nics.push(Nic {
+            nic: AttachedNic {
+                device: nic(0),
+                address: at(0),
+            },
+            qdev: qdev_id("eth0"),
+            netdev: netdev_id("eth0"),
+        });
+        assert_eq!(vm.free_root_port("x").unwrap(), 1);
+        vm.drives.push(super::super::block::Drive {
+            block: crate::AttachedBlock {
+                device: crate::BlockDevice {
+                    id: "d".into(),
+                    path: "/d".into(),
+                    read_only: false,
+                    driver: crate::BlockDriver::VirtioBlk,
+                },
+                address: at(1),
+            },
+            qdev: "blk-d".into(),
+            node: "node1".into(),
+        });
+        let err = vm.free_root_port("x").unwrap_err().to_string();
+        assert!(
+            err.contains("hot-plug of x") && err.contains("all 2 in use"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn bad_mtus_and_taps_are_named() {
         let err = check(&nic(20)).unwrap_err().to_string();
