@@ -19,6 +19,7 @@ pub mod block;
 pub mod block_source;
 pub mod container;
 mod loopdev;
+pub mod network;
 pub mod share;
 
 pub use block_source::{BlockKind, BlockSource, BlockSourceError, Refusal};
