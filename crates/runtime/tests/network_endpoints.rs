@@ -310,3 +310,36 @@ async fn none_gives_no_endpoint_and_macvtap_is_named_unsupported() {
         .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescan_mirrors_only_the_link_that_appeared() {
+    let f = Fixture::new();
+    let before = f.snapshot();
+    let first = network::setup(&f.netns(), Model::TcFilter).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let eth0_filters = f.in_ns(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
+
+    // A link that CNI (or a later plugin) adds after the first set-up.
+    f.in_ns(&[
+        "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "peer1",
+    ]);
+    f.in_ns(&["ip", "addr", "add", "10.214.0.2/24", "dev", "eth1"]);
+    f.in_ns(&["ip", "link", "set", "eth1", "up"]);
+    let second = network::setup(&f.netns(), Model::TcFilter).await.unwrap();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].name, "eth1");
+    assert_eq!(second[0].tap, "tap1_capsa");
+    assert_eq!(
+        f.in_ns(&["tc", "filter", "show", "dev", "eth0", "ingress"]),
+        eth0_filters,
+        "the rescan touched eth0"
+    );
+    let filters = f.in_ns(&["tc", "filter", "show", "dev", "eth1", "ingress"]);
+    assert!(filters.contains("to device tap1_capsa"), "{filters}");
+
+    let mut removed = network::teardown(&f.netns()).await.unwrap();
+    removed.sort();
+    assert_eq!(removed, ["tap0_capsa", "tap1_capsa"]);
+    f.in_ns(&["ip", "link", "del", "eth1"]);
+    assert_eq!(f.snapshot(), before);
+}

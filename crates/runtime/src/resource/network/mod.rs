@@ -13,7 +13,7 @@
 //!
 //! Netlink goes through `rtnetlink`, whose tc requests cover the ingress
 //! qdisc and the `u32` + `mirred` redirect. The tap itself is made with the
-//! `/dev/net/tun` ioctls ([`tap`]): the kernel refuses to create tun/tap
+//! `/dev/net/tun` ioctls (`tap.rs`): the kernel refuses to create tun/tap
 //! devices over rtnetlink.
 
 mod netns;
@@ -116,7 +116,9 @@ pub enum NetworkError {
 
 /// Finds the links of `netns` that the VM gets a NIC for and, for
 /// `tcfilter`, makes their taps and filters. `none` gives no endpoint.
-/// On an error, what was made for the netns is removed again.
+/// Links already mirrored to a tap of capsa's (an earlier call: a rescan
+/// for a link that appeared later) are left alone: the endpoints returned
+/// are the new ones. On an error, what this call made is removed again.
 pub async fn setup(netns: &Path, model: Model) -> Result<Vec<Endpoint>, NetworkError> {
     match model {
         Model::None => Ok(Vec::new()),

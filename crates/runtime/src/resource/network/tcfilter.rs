@@ -301,10 +301,11 @@ fn mirrorable(kind: &Option<InfoKind>) -> bool {
 
 pub(super) async fn setup(handle: Handle, netns: PathBuf) -> Result<Vec<Endpoint>, NetworkError> {
     let ctx = Ctx { handle, netns };
-    match make(&ctx).await {
+    let mut made = Vec::new();
+    match make(&ctx, &mut made).await {
         Ok(endpoints) => Ok(endpoints),
         Err(e) => {
-            if let Err(undo) = remove(&ctx).await {
+            if let Err(undo) = remove(&ctx, Some(&made)).await {
                 tracing::warn!(netns = %ctx.netns.display(), error = %undo, "undoing a failed network setup");
             }
             Err(e)
@@ -312,29 +313,49 @@ pub(super) async fn setup(handle: Handle, netns: PathBuf) -> Result<Vec<Endpoint
     }
 }
 
-async fn make(ctx: &Ctx) -> Result<Vec<Endpoint>, NetworkError> {
+fn is_capsa_tap(link: &Link) -> bool {
+    is_tap_name(&link.name) && link.kind == Some(InfoKind::Tun)
+}
+
+/// Makes the endpoints of the links not mirrored yet, naming each tap it
+/// makes in `made` as soon as it exists (for the undo).
+async fn make(ctx: &Ctx, made: &mut Vec<String>) -> Result<Vec<Endpoint>, NetworkError> {
+    let links = ctx.links().await?;
+    let taps: Vec<&Link> = links.iter().filter(|l| is_capsa_tap(l)).collect();
     let mut endpoints = Vec::new();
-    for link in ctx.links().await? {
+    for link in &links {
         if link.loopback || is_tap_name(&link.name) || !mirrorable(&link.kind) {
             continue;
         }
-        let addresses = ctx.addresses(&link).await?;
+        let addresses = ctx.addresses(link).await?;
         if addresses.is_empty() {
             continue;
         }
         if ctx.has_ingress(link.index).await? {
+            let targets = ctx.redirect_targets(link.index).await?;
+            if targets
+                .iter()
+                .any(|t| taps.iter().any(|tap| tap.index == *t))
+            {
+                // Mirrored by an earlier set-up (a rescan): left as it is.
+                continue;
+            }
             return Err(NetworkError::IngressTaken {
                 netns: ctx.netns.clone(),
-                link: link.name,
+                link: link.name.clone(),
             });
         }
-        let routes = ctx.routes(&link).await?;
-        let tap_name = tap_name(endpoints.len());
+        let routes = ctx.routes(link).await?;
+        let tap_name = (0..)
+            .map(tap_name)
+            .find(|n| !made.contains(n) && !taps.iter().any(|t| &t.name == n))
+            .expect("an unused tap name");
         tap::create_persistent(&tap_name).map_err(|source| NetworkError::Tap {
             netns: ctx.netns.clone(),
             name: tap_name.clone(),
             source,
         })?;
+        made.push(tap_name.clone());
         let tap_index = ctx.index_of(&tap_name).await?;
         ctx.handle
             .link()
@@ -355,11 +376,11 @@ async fn make(ctx: &Ctx) -> Result<Vec<Endpoint>, NetworkError> {
             kind: Some(InfoKind::Tun),
             loopback: false,
         };
-        ctx.mirror(&link, tap_index, &tap_name).await?;
+        ctx.mirror(link, tap_index, &tap_name).await?;
         ctx.mirror(&tap_link, link.index, &link.name).await?;
         tracing::info!(netns = %ctx.netns.display(), link = %link.name, tap = %tap_name, "network endpoint ready");
         endpoints.push(Endpoint {
-            name: link.name,
+            name: link.name.clone(),
             mac: format_mac(&link.mac),
             mtu: link.mtu,
             addresses,
@@ -372,14 +393,16 @@ async fn make(ctx: &Ctx) -> Result<Vec<Endpoint>, NetworkError> {
 }
 
 pub(super) async fn teardown(handle: Handle, netns: PathBuf) -> Result<Vec<String>, NetworkError> {
-    remove(&Ctx { handle, netns }).await
+    remove(&Ctx { handle, netns }, None).await
 }
 
-async fn remove(ctx: &Ctx) -> Result<Vec<String>, NetworkError> {
+/// Removes capsa's taps (all, or those named in `only`) and the ingress
+/// qdiscs of the links that redirect to them.
+async fn remove(ctx: &Ctx, only: Option<&[String]>) -> Result<Vec<String>, NetworkError> {
     let links = ctx.links().await?;
     let taps: Vec<&Link> = links
         .iter()
-        .filter(|l| is_tap_name(&l.name) && l.kind == Some(InfoKind::Tun))
+        .filter(|l| is_capsa_tap(l) && only.is_none_or(|names| names.contains(&l.name)))
         .collect();
     if taps.is_empty() {
         return Ok(Vec::new());
