@@ -139,6 +139,7 @@ virtio_fs_daemon = "/v"
 virtio_fs_cache = "never"
 virtio_fs_extra_args = ["--thread-pool-size=1"]
 disable_block_device_use = true
+disable_vhost_net = true
 enable_debug = true
 
 [agent.capsa]
@@ -149,6 +150,7 @@ health_check_interval = 0
 
 [runtime]
 enable_debug = true
+internetworking_model = "none"
 "#;
         let c = parse(text, Path::new("/x.toml")).unwrap();
         assert_eq!(c.hypervisor.qemu.machine_type, "microvm");
@@ -158,6 +160,11 @@ enable_debug = true
         assert_eq!(c.agent.capsa.health_check_interval, 0);
         assert_eq!(c.agent.capsa.kernel_modules, vec!["dummy".to_string()]);
         assert!(c.runtime.enable_debug);
+        assert!(c.hypervisor.qemu.disable_vhost_net);
+        assert_eq!(c.runtime.internetworking_model, "none");
+        let d = parse("", Path::new("/x.toml")).unwrap();
+        assert_eq!(d.runtime.internetworking_model, "tcfilter");
+        assert!(!d.hypervisor.qemu.disable_vhost_net);
     }
 
     #[test]
@@ -201,6 +208,14 @@ enable_debug = true
         .to_string();
         assert!(err.contains("runtime.state_dir"), "{err}");
         assert!(err.contains("not an absolute path"), "{err}");
+        let err = parse(
+            "[runtime]\ninternetworking_model = \"bridged\"\n",
+            Path::new("/z.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("runtime.internetworking_model"), "{err}");
+        assert!(err.contains("bridged"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct QemuConfig {
     /// capsa's own key: seconds that bound every wait of a hot-plug or
     /// hot-unplug, on the host and in the guest.
     pub hotplug_timeout: u32,
+    /// With `true`, virtio-net is served by QEMU in user space even where
+    /// the host has `/dev/vhost-net`.
+    pub disable_vhost_net: bool,
     pub enable_debug: bool,
 }
 
@@ -84,6 +87,7 @@ impl Default for QemuConfig {
             block_device_driver: "virtio-blk".into(),
             pcie_root_port: 8,
             hotplug_timeout: 15,
+            disable_vhost_net: false,
             enable_debug: false,
         }
     }
@@ -138,6 +142,10 @@ pub struct RuntimeConfig {
     pub enable_debug: bool,
     /// capsa's own key: where sandboxes keep their sockets and state.
     pub state_dir: PathBuf,
+    /// How the pod's network namespace reaches the VM's NICs: `tcfilter`
+    /// (a tap per veth, traffic mirrored by tc filters), `macvtap` (not
+    /// supported yet) or `none` (no NIC).
+    pub internetworking_model: String,
 }
 
 impl Default for RuntimeConfig {
@@ -145,6 +153,7 @@ impl Default for RuntimeConfig {
         Self {
             enable_debug: false,
             state_dir: "/run/capsa".into(),
+            internetworking_model: "tcfilter".into(),
         }
     }
 }

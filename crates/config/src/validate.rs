@@ -40,6 +40,12 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         &["virtio-blk", "virtio-scsi"],
     )
     .map_err(|r| invalid("hypervisor.qemu.block_device_driver", r))?;
+    one_of(
+        "runtime.internetworking_model",
+        &config.runtime.internetworking_model,
+        &["tcfilter", "macvtap", "none"],
+    )
+    .map_err(|r| invalid("runtime.internetworking_model", r))?;
     // The root-bus slots left for root ports by the QEMU driver's fixed
     // q35 layout (capsa-hypervisor, `qemu/cmdline.rs`: MAX_ROOT_PORTS).
     if q.pcie_root_port > 27 {

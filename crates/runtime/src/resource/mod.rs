@@ -9,7 +9,8 @@
 //!
 //! [`container`] puts them together for one container, from a spec with
 //! host paths to the agent's `CreateContainer`: the same code for
-//! `capsa run` and for the shim. Network endpoints come next.
+//! `capsa run` and for the shim. [`network`] turns the links of a pod's
+//! network namespace into endpoints (a tap per veth) for the VM's NICs.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ pub mod block;
 pub mod block_source;
 pub mod container;
 mod loopdev;
+pub mod network;
 pub mod share;
 
 pub use block_source::{BlockKind, BlockSource, BlockSourceError, Refusal};
