@@ -269,6 +269,27 @@ async fn interfaces_routes_and_neighbours_reach_the_guest() {
     let s = status(unknown);
     assert_eq!(s.code(), ttrpc::Code::NOT_FOUND, "{s:?}");
     assert!(s.message.contains("02:de:ad:be:ef:01"), "{s:?}");
+    // A NIC named by its PCI path (hot-plugged) is waited for, bounded.
+    let late = raw
+        .update_interface(
+            until(CALL),
+            &agent::UpdateInterfaceRequest {
+                interface: Some(types::Interface {
+                    hwAddr: "02:de:ad:be:ef:02".into(),
+                    devicePath: "02/00".into(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let s = status(late);
+    assert_eq!(s.code(), ttrpc::Code::NOT_FOUND, "{s:?}");
+    assert!(
+        s.message.contains("02:de:ad:be:ef:02 (waited 10s)"),
+        "{s:?}"
+    );
     let bad = raw
         .update_routes(
             until(CALL),

@@ -1,6 +1,7 @@
 //! Interfaces: list them, and configure one found by hardware address.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use capsa_protocols::types::Interface;
 use futures::TryStreamExt;
@@ -34,6 +35,35 @@ fn mac(link: &LinkMessage) -> Option<String> {
         LinkAttribute::Address(b) if b.len() == 6 => Some(format_mac(b)),
         _ => None,
     })
+}
+
+/// How long UpdateInterface waits for a hot-plugged NIC's link (TCG under
+/// load is slow to probe a device).
+pub const HOTPLUG_WAIT: Duration = Duration::from_secs(10);
+/// How often the links are listed while waiting.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The link whose hardware address is `mac` (lower case), waited for at
+/// most `wait`.
+async fn find_by_mac(
+    handle: &Handle,
+    mac_addr: &str,
+    wait: Duration,
+) -> Result<LinkMessage, NetworkError> {
+    let start = Instant::now();
+    loop {
+        if let Some(link) = links(handle)
+            .await?
+            .into_iter()
+            .find(|l| mac(l).as_deref() == Some(mac_addr))
+        {
+            return Ok(link);
+        }
+        if start.elapsed() >= wait {
+            return Err(NetworkError::NoLinkWithMac(mac_addr.to_string(), wait));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The index of the link named `name`.
@@ -133,11 +163,14 @@ pub async fn update(handle: &Handle, iface: &Interface) -> Result<Interface, Net
         .iter()
         .map(ip_address)
         .collect::<Result<Vec<_>, _>>()?;
-    let link = links(handle)
-        .await?
-        .into_iter()
-        .find(|l| mac(l).as_deref() == Some(format_mac(&wanted).as_str()))
-        .ok_or_else(|| NetworkError::NoLinkWithMac(format_mac(&wanted)))?;
+    // A NIC hot-plugged for this request (it names its PCI path) may not
+    // be a link yet.
+    let wait = if iface.devicePath.is_empty() {
+        Duration::ZERO
+    } else {
+        HOTPLUG_WAIT
+    };
+    let link = find_by_mac(handle, &format_mac(&wanted), wait).await?;
     let index = link.header.index;
     let old_name = name(&link).unwrap_or_default().to_string();
     tracing::info!(link = %old_name, mac = %iface.hwAddr, name = %iface.name, mtu = iface.mtu, "updating interface");
@@ -194,6 +227,6 @@ pub async fn update(handle: &Handle, iface: &Interface) -> Result<Interface, Net
         .await?
         .into_iter()
         .find(|l| l.header.index == index)
-        .ok_or_else(|| NetworkError::NoLinkWithMac(format_mac(&wanted)))?;
+        .ok_or_else(|| NetworkError::NoLinkWithMac(format_mac(&wanted), Duration::ZERO))?;
     Ok(to_interface(&link, &addresses(handle, index).await?))
 }

@@ -33,8 +33,8 @@ pub enum NetworkError {
     NoInterface,
     #[error("the neighbour has no IP address")]
     NoNeighbourAddress,
-    #[error("no link with hardware address {0}")]
-    NoLinkWithMac(String),
+    #[error("no link with hardware address {0} (waited {1:?})")]
+    NoLinkWithMac(String, std::time::Duration),
     #[error("no link named {0:?}")]
     NoLinkNamed(String),
     #[error("cannot open a netlink socket")]
@@ -58,7 +58,7 @@ impl NetworkError {
     pub fn is_invalid(&self) -> bool {
         !matches!(
             self,
-            Self::NoLinkWithMac(_)
+            Self::NoLinkWithMac(..)
                 | Self::NoLinkNamed(_)
                 | Self::Connect(_)
                 | Self::Netlink { .. }
@@ -68,7 +68,7 @@ impl NetworkError {
 
     /// Whether the request names a link the guest does not have.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::NoLinkWithMac(_) | Self::NoLinkNamed(_))
+        matches!(self, Self::NoLinkWithMac(..) | Self::NoLinkNamed(_))
     }
 }
 
