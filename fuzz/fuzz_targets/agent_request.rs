@@ -4,7 +4,8 @@
 //! conversion (`capsa_protocols::convert`), its check and its adaptation to
 //! the guest (`container::spec`, bind sources resolved lexically instead of
 //! on the filesystem), CopyFile, SetGuestDateTime, ReseedRandomDev and
-//! kernel module names.
+//! kernel module names, and the network requests' conversions (MACs,
+//! addresses and masks, routes, neighbours, DNS lines).
 #![no_main]
 
 use std::path::{Component, Path, PathBuf};
@@ -12,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use capsa_agent::container::{hooks, spec};
 use capsa_agent::guest::{copy_file, random, time};
 use capsa_agent::storage::{self, StorageSpec};
+use capsa_agent::network::{convert, dns, neigh, route};
 use capsa_agent::{device, modules, rpc, validate};
 use capsa_protocols::agent;
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 8 {
+    match which % 9 {
         0 => create_container(bytes),
         1 => exec_process(bytes),
         2 => copy_file(bytes),
@@ -30,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         4 => update_container(bytes),
         5 => signal_process(bytes),
         6 => guest_time_and_random(bytes),
+        7 => network(bytes),
         _ => sysctls(bytes),
     }
 });
@@ -220,6 +223,41 @@ fn create_sandbox(bytes: &[u8]) {
     req.storages.iter().for_each(storage);
     for (name, _) in &req.kernel_modules {
         let _ = modules::check_name(name);
+    }
+    let conf = dns::resolv_conf(&req.dns);
+    assert!(conf.lines().count() >= req.dns.len());
+}
+
+/// What the agent converts of the network requests before it asks netlink.
+fn network(bytes: &[u8]) {
+    if let Some(req) = decode::<agent::UpdateInterfaceRequest>(bytes) {
+        if let Some(iface) = req.interface.as_ref() {
+            if let Ok(mac) = convert::parse_mac(&iface.hwAddr) {
+                assert_eq!(mac.len(), 6);
+                assert!(convert::format_mac(&mac).eq_ignore_ascii_case(&iface.hwAddr));
+            }
+            for a in &iface.IPAddresses {
+                if let Ok((ip, len)) = convert::ip_address(a) {
+                    assert!(len <= if ip.is_ipv4() { 32 } else { 128 });
+                }
+            }
+        }
+    }
+    if let Some(req) = decode::<agent::UpdateRoutesRequest>(bytes) {
+        let routes = req.routes.into_option().unwrap_or_default().Routes;
+        assert_eq!(route::ordered(&routes).len(), routes.len());
+        for r in &routes {
+            let _ = route::to_message(r, Some(1));
+        }
+    }
+    if let Some(req) = decode::<agent::AddARPNeighborsRequest>(bytes) {
+        for n in req.neighbors.into_option().unwrap_or_default().ARPNeighbors {
+            let _ = neigh::state(&n);
+            let _ = convert::parse_mac(&n.lladdr);
+            if let Some(to) = n.toIPAddress.as_ref() {
+                let _ = convert::ip_address(to);
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Layers: [`rpc`] speaks the wire format and maps errors to ttRPC codes;
 //! [`sandbox`] holds the state and implements the operations; [`container`],
-//! [`storage`], [`device`], [`stdio`], [`reaper`] and [`modules`] do the work.
+//! [`storage`], [`device`], [`network`], [`stdio`], [`reaper`] and [`modules`] do the work.
 
 pub mod connections;
 pub mod container;
@@ -18,6 +18,7 @@ pub mod guest;
 pub mod init;
 pub mod logging;
 pub mod modules;
+pub mod network;
 pub mod passfd;
 pub mod power;
 pub mod process;

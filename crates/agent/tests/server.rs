@@ -71,16 +71,28 @@ async fn the_server_answers_and_stops_on_destroy_sandbox() {
             "the request has no process".to_string()
         )
     );
-    // Methods of later issues (networking, block devices) are named.
+    // Methods the agent does not serve are named.
     let err = agent
-        .list_interfaces(ctx(), &agent::ListInterfacesRequest::new())
+        .mem_hotplug_by_probe(ctx(), &agent::MemHotplugByProbeRequest::new())
         .await
         .unwrap_err();
     assert_eq!(
         status(err),
         (
             Code::UNIMPLEMENTED,
-            "/grpc.AgentService/ListInterfaces is not implemented".to_string()
+            "/grpc.AgentService/MemHotplugByProbe is not implemented".to_string()
+        )
+    );
+    // An agent that is not PID 1 leaves its host's network alone.
+    let err = agent
+        .update_routes(ctx(), &agent::UpdateRoutesRequest::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            Code::FAILED_PRECONDITION,
+            "not PID 1: the network left alone".to_string()
         )
     );
 

@@ -353,3 +353,85 @@ fn negative_hook_timeout_is_named() {
     let err = convert::spec_from_grpc(&grpc).unwrap_err().to_string();
     assert!(err.contains("hook timeout") && err.contains("-3"), "{err}");
 }
+
+#[test]
+fn network_messages_field_numbers_are_katas() {
+    use capsa_protocols::types;
+    let addr = types::IPAddress {
+        family: types::IPFamily::v6.into(),
+        address: "fd00::1".into(),
+        mask: "64".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&addr.write_to_bytes().unwrap()),
+        vec![(1, 0), (2, 2), (3, 2)]
+    );
+    let iface = types::Interface {
+        device: "eth0".into(),
+        name: "eth0".into(),
+        IPAddresses: vec![addr.clone()],
+        mtu: 1500,
+        hwAddr: "02:00:00:00:00:01".into(),
+        devicePath: "/devices/pci0000:00/0000:00:03.0".into(),
+        type_: "virtio".into(),
+        raw_flags: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&iface.write_to_bytes().unwrap()),
+        vec![
+            (1, 2),
+            (2, 2),
+            (3, 2),
+            (4, 0),
+            (5, 2),
+            (6, 2),
+            (7, 2),
+            (8, 0)
+        ]
+    );
+    let route = types::Route {
+        dest: "10.0.0.0/24".into(),
+        gateway: "10.0.0.1".into(),
+        device: "eth0".into(),
+        source: "10.0.0.2".into(),
+        scope: 253,
+        family: types::IPFamily::v6.into(),
+        flags: 4,
+        mtu: 1400,
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&route.write_to_bytes().unwrap()),
+        vec![
+            (1, 2),
+            (2, 2),
+            (3, 2),
+            (4, 2),
+            (5, 0),
+            (6, 0),
+            (7, 0),
+            (8, 0)
+        ]
+    );
+    let neigh = types::ARPNeighbor {
+        toIPAddress: Some(addr).into(),
+        device: "eth0".into(),
+        lladdr: "02:00:00:00:00:02".into(),
+        state: 128,
+        flags: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        tags(&neigh.write_to_bytes().unwrap()),
+        vec![(1, 2), (2, 2), (3, 2), (4, 0), (5, 0)]
+    );
+    let req = agent::CreateSandboxRequest {
+        dns: vec!["nameserver 10.0.0.53".into()],
+        ..Default::default()
+    };
+    assert_eq!(tags(&req.write_to_bytes().unwrap()), vec![(2, 2)]);
+    let back = types::Route::parse_from_bytes(&route.write_to_bytes().unwrap()).unwrap();
+    assert_eq!(back, route);
+}

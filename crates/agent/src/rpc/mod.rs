@@ -10,6 +10,7 @@ mod container;
 mod guest;
 mod health;
 mod io;
+mod network;
 mod process;
 mod sandbox;
 pub mod status;
@@ -276,5 +277,50 @@ impl agent_ttrpc::AgentService for AgentRpc {
     ) -> ttrpc::Result<Empty> {
         let resized = process::tty_win_resize(&self.sandbox, req).await;
         reply("TtyWinResize", resized).map(|()| Empty::new())
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<capsa_protocols::types::Interface> {
+        let updated = network::update_interface(&self.sandbox, req).await;
+        reply("UpdateInterface", updated)
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        reply(
+            "UpdateRoutes",
+            network::update_routes(&self.sandbox, req).await,
+        )
+    }
+
+    async fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<agent::Interfaces> {
+        reply("ListInterfaces", network::list_interfaces().await)
+    }
+
+    async fn list_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::ListRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        reply("ListRoutes", network::list_routes().await)
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        let added = network::add_arp_neighbors(&self.sandbox, req).await;
+        reply("AddARPNeighbors", added).map(|()| Empty::new())
     }
 }

@@ -30,6 +30,7 @@ pub fn sandbox_request(req: &agent::CreateSandboxRequest) -> SandboxRequest {
             .map(|m| (m.name.clone(), m.parameters.clone()))
             .collect(),
         sandbox_pidns: req.sandbox_pidns,
+        dns: req.dns.clone(),
     }
 }
 

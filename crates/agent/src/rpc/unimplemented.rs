@@ -35,6 +35,11 @@ pub const IMPLEMENTED: &[&str] = &[
     "ReseedRandomDev",
     "CopyFile",
     "GetMetrics",
+    "UpdateInterface",
+    "UpdateRoutes",
+    "ListInterfaces",
+    "ListRoutes",
+    "AddARPNeighbors",
 ];
 
 const AGENT_SERVICE: &str = "grpc.AgentService";

@@ -108,11 +108,19 @@ impl Sandbox {
         // sandbox's and this container's.
         let mut bind_roots: Vec<_> = {
             let state = self.state.lock().await;
-            state
-                .storages
-                .iter()
-                .map(|m| m.mount_point.clone())
-                .collect()
+            // The sandbox's DNS file replaces the spec's resolv.conf.
+            if let Some(file) = &state.dns_file {
+                if crate::network::dns::use_sandbox_dns(&mut spec, file) {
+                    bind_roots_dns(file)
+                } else {
+                    Vec::new()
+                }
+            } else {
+                Vec::new()
+            }
+            .into_iter()
+            .chain(state.storages.iter().map(|m| m.mount_point.clone()))
+            .collect()
         };
         bind_roots.extend(storages.iter().map(|m| m.mount_point.clone()));
         bind_roots.extend(shared_roots);
@@ -384,4 +392,9 @@ async fn signal_all(c: Arc<Container>, sig: Signal) -> Result<(), SandboxError> 
     .await??;
     tracing::info!(container = %id, signal = %sig, processes = signalled, "signalled every process");
     Ok(())
+}
+
+/// The directory of the sandbox's DNS file, where bind mounts may take it.
+fn bind_roots_dns(file: &std::path::Path) -> Vec<std::path::PathBuf> {
+    file.parent().map(|d| d.to_path_buf()).into_iter().collect()
 }

@@ -12,6 +12,7 @@ use crate::container::ContainerError;
 use crate::device::spec::SpecDeviceError;
 use crate::device::DeviceError;
 use crate::modules::ModuleError;
+use crate::network::NetworkError;
 use crate::passfd::PassfdError;
 use crate::stdio::StdioError;
 use crate::storage::StorageError;
@@ -128,6 +129,10 @@ pub enum SandboxError {
     Passfd(#[from] PassfdError),
     #[error("container {0:?}")]
     Hook(String, #[source] HookError),
+    #[error("network")]
+    Network(#[from] NetworkError),
+    #[error("not PID 1: {0} left alone")]
+    NotInit(&'static str),
     #[error("shared storage {mount_point:?} is already mounted from {driver} {source_name:?}")]
     SharedMismatch {
         mount_point: String,
@@ -189,6 +194,10 @@ impl SandboxError {
                 ErrorKind::FailedPrecondition
             }
             E::StopTimeout(..) => ErrorKind::DeadlineExceeded,
+            E::Network(e) if e.is_not_found() => ErrorKind::NotFound,
+            E::Network(e) if e.is_invalid() => ErrorKind::InvalidArgument,
+            E::NotInit(_) => ErrorKind::FailedPrecondition,
+            E::Network(_) => ErrorKind::Internal,
             E::Module(..)
             | E::Hostname(_)
             | E::Container(..)

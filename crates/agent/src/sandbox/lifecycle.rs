@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::{Sandbox, SandboxError};
 use crate::modules;
+use crate::network::{self, dns};
 use crate::storage::{self, Mounted, StorageSpec};
 
 /// How long DestroySandbox waits for each container to die after SIGKILL.
@@ -19,10 +20,13 @@ pub struct SandboxRequest {
     pub kernel_modules: Vec<(String, Vec<String>)>,
     /// The containers share one PID namespace (the first container's).
     pub sandbox_pidns: bool,
+    /// `resolv.conf` lines for the containers.
+    pub dns: Vec<String>,
 }
 
 impl Sandbox {
-    /// Sets the hostname, loads the modules and mounts the storages. Once.
+    /// Sets the hostname, loads the modules, brings loopback up, writes the
+    /// DNS file and mounts the storages. Once.
     pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<(), SandboxError> {
         let mut state = self.state.lock().await;
         if state.created {
@@ -46,6 +50,18 @@ impl Sandbox {
                 .await?
                 .map_err(|e| SandboxError::Module(name.clone(), e))?;
             tracing::info!(module = %name, ?loaded, "kernel module");
+        }
+        if self.init {
+            let handle = network::connect().await?;
+            network::link::up(&handle, "lo").await?;
+            if !req.dns.is_empty() {
+                let file = std::path::PathBuf::from(dns::SANDBOX_DNS_FILE);
+                dns::write(&file, &req.dns)?;
+                tracing::info!(file = %file.display(), lines = req.dns.len(), "sandbox DNS");
+                state.dns_file = Some(file);
+            }
+        } else if !req.dns.is_empty() {
+            tracing::warn!("not PID 1: DNS lines ignored");
         }
         let storages = req.storages;
         state.storages = tokio::task::spawn_blocking(move || mount_all(&storages)).await??;

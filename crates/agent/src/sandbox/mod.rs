@@ -79,6 +79,8 @@ struct State {
     /// The container whose PID namespace is the sandbox's (the first one).
     pidns_holder: Option<String>,
     storages: Vec<Mounted>,
+    /// The sandbox's resolv.conf, when CreateSandbox gave DNS lines.
+    dns_file: Option<std::path::PathBuf>,
     containers: HashMap<String, Arc<Container>>,
     /// Ids of containers being created or removed.
     busy: HashSet<String>,
@@ -107,6 +109,11 @@ impl Sandbox {
             shutdown: watch::channel(false).0,
             oom: oom::Events::default(),
         }
+    }
+
+    /// Whether the agent is PID 1 (and may change the guest's network).
+    pub fn is_init(&self) -> bool {
+        self.init
     }
 
     /// Resolves when DestroySandbox asked the agent to stop.
