@@ -21,7 +21,7 @@ LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
                     make libelf-dev zlib1g-dev libzstd-dev containerd runc g++ \
-                    e2fsprogs mount
+                    e2fsprogs mount containernetworking-plugins iptables
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test lint bench clean \
