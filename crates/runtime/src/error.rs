@@ -112,6 +112,8 @@ pub enum Error {
     Spec(#[from] oci_spec::OciSpecError),
     #[error("convert the OCI spec")]
     Convert(#[source] capsa_protocols::convert::ConvertError),
+    #[error("the sandbox's network")]
+    Network(#[from] crate::resource::network::NetworkError),
 }
 
 impl Error {

@@ -158,6 +158,7 @@ impl StateDir {
     /// removes the shared directory and the owner file. What is left (the
     /// record and the logs) is removed by [`StateDir::remove`].
     pub fn release(&self) -> Result<(), Error> {
+        self.release_network()?;
         let dev = self.detach_all()?;
         for d in [self.shared_dir(), self.mounts_dir()] {
             if d.exists() {
@@ -211,8 +212,18 @@ impl StateDir {
         if !self.path.exists() {
             return Ok(());
         }
+        self.release_network()?;
         let dev = self.detach_all()?;
         remove_tree(&self.path, dev)
+    }
+
+    /// Runs CNI DEL for the network capsa attached to the sandbox and
+    /// removes the netns it made (`cni.json`), before the netns's mount
+    /// goes with the directory's: an IP allocation, a host veth and port
+    /// forwarding rules would stay behind otherwise.
+    fn release_network(&self) -> Result<(), Error> {
+        crate::resource::network::attachment::release(&self.path)?;
+        Ok(())
     }
 
     /// Detaches every mount below the directory; returns the device of

@@ -16,6 +16,8 @@
 //! `/dev/net/tun` ioctls (`tap.rs`): the kernel refuses to create tun/tap
 //! devices over rtnetlink.
 
+pub mod attachment;
+pub mod cni;
 mod netns;
 mod tap;
 mod tcfilter;
@@ -112,6 +114,15 @@ pub enum NetworkError {
     IngressTaken { netns: PathBuf, link: String },
     #[error("the netlink thread for {0} ended without an answer")]
     ThreadLost(PathBuf),
+    #[error(transparent)]
+    Cni(#[from] cni::CniError),
+    #[error("network record {path}: {source}")]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("-p needs a network whose plugins map ports (capability portMappings); {0} has none")]
+    NoPortMapping(String),
 }
 
 /// Finds the links of `netns` that the VM gets a NIC for and, for
