@@ -110,6 +110,20 @@ pub struct RunArgs {
     /// and disks the host uses are refused.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro|:rw]")]
     pub volumes: Vec<capsa_runtime::Volume>,
+    /// The sandbox's network: `none` (only loopback in the VM), `bridge`
+    /// (a new netns connected by the CNI plugins of runtime.cni_conflist:
+    /// bridge capsa0, 10.4.0.0/24, NAT) or the path of an existing
+    /// network namespace to join as it is.
+    #[arg(long, value_name = "none|bridge|PATH", default_value = "none", value_parser = parse_network)]
+    pub network: NetworkArg,
+    /// Forward a host port to the container (portmap), repeatable; needs
+    /// --network bridge.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "HOSTPORT:CONTAINERPORT[/tcp|/udp]"
+    )]
+    pub publish: Vec<capsa_runtime::resource::network::cni::PortMapping>,
     /// Leave the sandbox running in the background and print its id.
     #[arg(short, long, conflicts_with = "interactive")]
     pub detach: bool,
@@ -125,6 +139,30 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkArg {
+    None,
+    Bridge,
+    Netns(PathBuf),
+}
+
+impl RunArgs {
+    /// The sandbox's network; `-p` only goes with `bridge`.
+    pub fn network(&self) -> Result<capsa_runtime::RunNetwork, String> {
+        use capsa_runtime::RunNetwork;
+        match (&self.network, self.publish.first()) {
+            (NetworkArg::Bridge, _) => Ok(RunNetwork::Cni(self.publish.clone())),
+            (_, Some(p)) => Err(format!(
+                "-p {}:{}/{} needs --network bridge",
+                p.host_port, p.container_port, p.protocol
+            )),
+            (NetworkArg::None, None) => Ok(RunNetwork::None),
+            (NetworkArg::Netns(path), None) => Ok(RunNetwork::Join(path.clone())),
+        }
+    }
 }
 
 /// How the process runs: `run` and `exec` take the same options.
@@ -225,6 +263,17 @@ fn parse_env(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_network(s: &str) -> Result<NetworkArg, String> {
+    match s {
+        "none" => Ok(NetworkArg::None),
+        "bridge" => Ok(NetworkArg::Bridge),
+        path if path.starts_with('/') => Ok(NetworkArg::Netns(path.into())),
+        other => Err(format!(
+            "{other:?} is not none, bridge or the absolute path of a network namespace"
+        )),
+    }
+}
+
 fn parse_signal(s: &str) -> Result<i32, String> {
     if let Ok(n) = s.parse::<i32>() {
         return nix::sys::signal::Signal::try_from(n)
@@ -270,6 +319,44 @@ mod tests {
         assert_eq!(parse_signal("2"), Ok(2));
         assert!(parse_signal("NOPE").unwrap_err().contains("NOPE"));
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn networks_and_port_mappings_parse() {
+        let run = |args: &[&str]| {
+            let mut all = vec!["capsa", "run", "--rootfs", "/r"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--", "true"]);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Run(r)) => r.network(),
+                Ok(_) => panic!("not run"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        use capsa_runtime::RunNetwork;
+        assert_eq!(run(&[]), Ok(RunNetwork::None));
+        assert_eq!(
+            run(&["--network", "/run/netns/x"]),
+            Ok(RunNetwork::Join("/run/netns/x".into()))
+        );
+        let Ok(RunNetwork::Cni(ports)) =
+            run(&["--network", "bridge", "-p", "8080:80", "-p", "53:53/udp"])
+        else {
+            panic!("not bridged")
+        };
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[1].protocol, "udp");
+        let err = run(&["-p", "8080:80"]).unwrap_err();
+        assert!(
+            err.contains("8080:80") && err.contains("--network bridge"),
+            "{err}"
+        );
+        let err = run(&["--network", "/n", "-p", "8080:80"]).unwrap_err();
+        assert!(err.contains("--network bridge"), "{err}");
+        let err = run(&["--network", "bridge", "-p", "80"]).unwrap_err();
+        assert!(err.contains("\"80\""), "{err}");
+        let err = run(&["--network", "host"]).unwrap_err();
+        assert!(err.contains("\"host\""), "{err}");
     }
 
     #[test]

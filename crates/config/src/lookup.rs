@@ -209,6 +209,16 @@ internetworking_model = "none"
         assert!(err.contains("runtime.state_dir"), "{err}");
         assert!(err.contains("not an absolute path"), "{err}");
         let err = parse(
+            "[runtime]\ncni_plugin_dirs = [\"/usr/lib/cni\", \"bin\"]\n",
+            Path::new("/z.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("runtime.cni_plugin_dirs") && err.contains("bin"),
+            "{err}"
+        );
+        let err = parse(
             "[runtime]\ninternetworking_model = \"bridged\"\n",
             Path::new("/z.toml"),
         )

@@ -146,6 +146,13 @@ pub struct RuntimeConfig {
     /// (a tap per veth, traffic mirrored by tc filters), `macvtap` (not
     /// supported yet) or `none` (no NIC).
     pub internetworking_model: String,
+    /// capsa's key: the CNI configuration list of `capsa run --network
+    /// bridge`; empty: `/etc/capsa/cni/capsa-bridge.conflist`, else
+    /// `/usr/share/defaults/capsa/cni/capsa-bridge.conflist`, else the
+    /// built-in one.
+    pub cni_conflist: PathBuf,
+    /// capsa's key: where CNI plugins are looked for, in order.
+    pub cni_plugin_dirs: Vec<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -154,6 +161,8 @@ impl Default for RuntimeConfig {
             enable_debug: false,
             state_dir: "/run/capsa".into(),
             internetworking_model: "tcfilter".into(),
+            cni_conflist: PathBuf::new(),
+            cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
         }
     }
 }

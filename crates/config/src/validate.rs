@@ -87,6 +87,19 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
             format!("{:?} is not an absolute path", config.runtime.state_dir),
         ));
     }
+    let cni = &config.runtime;
+    for (key, path) in std::iter::once(("runtime.cni_conflist", &cni.cni_conflist))
+        .filter(|(_, p)| !p.as_os_str().is_empty())
+        .chain(
+            cni.cni_plugin_dirs
+                .iter()
+                .map(|d| ("runtime.cni_plugin_dirs", d)),
+        )
+    {
+        if !path.is_absolute() {
+            return Err(invalid(key, format!("{path:?} is not an absolute path")));
+        }
+    }
     if config.agent.capsa.dial_timeout == 0 {
         return Err(invalid(
             "agent.capsa.dial_timeout",

@@ -129,6 +129,11 @@ pub struct SandboxRecord {
     /// Drives attached to the VM now.
     #[serde(default)]
     pub devices: Vec<DeviceRecord>,
+    /// The network capsa made for the sandbox (`capsa run --network
+    /// bridge`): its netns and CNI results. Released from `cni.json` in
+    /// the state directory, which is written before anything is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<crate::resource::network::attachment::CniAttachment>,
 }
 
 impl SandboxRecord {
@@ -147,6 +152,7 @@ impl SandboxRecord {
             log: dir.join("capsa.log"),
             containers: Vec::new(),
             devices: Vec::new(),
+            cni: None,
         }
     }
 

@@ -4,11 +4,15 @@
 //! that logs the output and keeps the record once the workload exited.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use capsa_config::Config;
 
 use crate::io::{GuestProcess, Stdio};
 use crate::record::SandboxStatus;
+use crate::resource::network::attachment::{self, CniAttachment, CniRequest};
+use crate::resource::network::cni::PortMapping;
+use crate::resource::network::NetworkError;
 use crate::resource::{container, Rootfs};
 use crate::spec::{self, ProcessSpec, Volume};
 use crate::state::StateDir;
@@ -32,6 +36,104 @@ pub struct RunSpec {
     /// Forward the caller's stdin to the workload (`-i`).
     pub interactive: bool,
     pub size: VmSize,
+    pub network: RunNetwork,
+}
+
+/// The sandbox's network (`capsa run --network`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RunNetwork {
+    /// None: the VM has only loopback.
+    #[default]
+    None,
+    /// An existing network namespace, joined as it is: capsa neither
+    /// makes nor removes it, nor runs CNI in it.
+    Join(PathBuf),
+    /// A network namespace capsa makes and connects with the CNI plugins
+    /// of `runtime.cni_conflist`, forwarding these host ports; released
+    /// with the sandbox's state.
+    Cni(Vec<PortMapping>),
+}
+
+/// The network a sandbox starts with.
+#[derive(Debug, Clone, Default)]
+struct Network {
+    netns: Option<PathBuf>,
+    /// `resolv.conf` lines for the guest.
+    dns: Vec<String>,
+    attachment: Option<CniAttachment>,
+}
+
+/// The CNI request of a bridged run, its configuration list loaded (and
+/// checked) before a VM boots.
+fn cni_request(spec: &RunSpec) -> Result<Option<CniRequest>, Error> {
+    match &spec.network {
+        RunNetwork::Cni(ports) => Ok(Some(CniRequest::from_config(
+            &spec.config.runtime,
+            ports.clone(),
+        )?)),
+        RunNetwork::Join(path) if !path.exists() => Err(NetworkError::Netns {
+            path: path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }
+        .into()),
+        _ => Ok(None),
+    }
+}
+
+/// Makes the sandbox's network in its state directory `dir` (for CNI: a
+/// netns, connected). On an error nothing of it is left; `dir` is the
+/// caller's to remove.
+async fn make_network(
+    spec: &RunSpec,
+    request: Option<CniRequest>,
+    dir: &StateDir,
+) -> Result<Network, Error> {
+    match (&spec.network, request) {
+        (RunNetwork::Join(path), _) => Ok(Network {
+            netns: Some(path.clone()),
+            ..Network::default()
+        }),
+        (RunNetwork::Cni(_), Some(request)) => {
+            let (path, id) = (dir.path().to_path_buf(), dir.id());
+            let made =
+                tokio::task::spawn_blocking(move || attachment::attach(&path, &id, &request))
+                    .await
+                    .map_err(|_| NetworkError::ThreadLost(dir.path().to_path_buf()))??;
+            let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            Ok(Network {
+                netns: Some(made.netns.clone()),
+                dns: attachment::host_dns(&resolv),
+                attachment: Some(made),
+            })
+        }
+        _ => Ok(Network::default()),
+    }
+}
+
+/// [`make_network`]; on an error `dir` is removed too.
+async fn network_in(
+    spec: &RunSpec,
+    request: Option<CniRequest>,
+    dir: &StateDir,
+) -> Result<Network, Error> {
+    let made = make_network(spec, request, dir).await;
+    if made.is_err() {
+        if let Err(e) = dir.remove() {
+            tracing::warn!(error = %e, "state directory not removed");
+        }
+    }
+    made
+}
+
+/// Starts the sandbox in `dir` on `network`; on an error, `dir` (and the
+/// network in it) is gone.
+async fn start_on(spec: &RunSpec, dir: StateDir, network: Network) -> Result<Sandbox, Error> {
+    tracing::debug!(netns = ?network.netns, dns = ?network.dns, "sandbox network");
+    let mut sandbox = Sandbox::start_in(&spec.config, dir, spec.size).await?;
+    if let Some(made) = network.attachment {
+        sandbox.update_record(|r| r.cni = Some(made));
+    }
+    Ok(sandbox)
 }
 
 /// Runs the workload attached and returns its exit status (128+N when
@@ -46,9 +148,18 @@ pub async fn run(
     stop: impl Future<Output = i32> + Send,
 ) -> Result<i32, Error> {
     check_sources(&spec)?;
+    let request = cni_request(&spec)?;
     tokio::pin!(stop);
     let id = name.map_or_else(crate::vm::new_id, String::from);
-    let started = Sandbox::start_named(&spec.config, &id, spec.size);
+    let root = &spec.config.runtime.state_dir;
+    for stale in StateDir::collect_stale(root) {
+        tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
+    }
+    let dir = StateDir::create(root, &id)?;
+    // Not interrupted by `stop`: a CNI ADD is short, and is either
+    // finished or undone when this returns.
+    let network = network_in(&spec, request, &dir).await?;
+    let started = start_on(&spec, dir, network);
     // Biased: a start that fails at once (a name in use) reports that,
     // rather than a pending stop.
     let mut sandbox = tokio::select! {
@@ -220,11 +331,15 @@ pub async fn run_detached(
 }
 
 async fn prepare_detached(spec: &RunSpec, dir: StateDir) -> Result<Sandbox, Error> {
-    if let Err(e) = check_sources(spec) {
-        let _ = dir.remove();
-        return Err(e);
-    }
-    Sandbox::start_in(&spec.config, dir, spec.size).await
+    let request = match check_sources(spec).and_then(|()| cni_request(spec)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = dir.remove();
+            return Err(e);
+        }
+    };
+    let network = network_in(spec, request, &dir).await?;
+    start_on(spec, dir, network).await
 }
 
 async fn start_detached(

@@ -221,7 +221,7 @@ impl StateDir {
     /// removes the netns it made (`cni.json`), before the netns's mount
     /// goes with the directory's: an IP allocation, a host veth and port
     /// forwarding rules would stay behind otherwise.
-    fn release_network(&self) -> Result<(), Error> {
+    pub fn release_network(&self) -> Result<(), Error> {
         crate::resource::network::attachment::release(&self.path)?;
         Ok(())
     }

@@ -130,6 +130,8 @@ impl Drop for Net {
     fn drop(&mut self) {
         if let Err(e) = attachment::release(&self.dir) {
             eprintln!("release in cleanup: {e}");
+            // The netns must not keep the temporary directory busy.
+            let _ = nix::mount::umount2(&self.netns(), nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -150,15 +152,25 @@ fn a_bridged_netns_is_made_connected_and_released_leaving_nothing() {
     // In the netns: eth0 with the address host-local gave, lo up, a
     // default route through the bridge's address.
     let address = att.address().expect("an address in the result");
-    assert!(address.starts_with(&format!("{}.", net.subnet)), "{address}");
+    assert!(
+        address.starts_with(&format!("{}.", net.subnet)),
+        "{address}"
+    );
     let addrs = net.ip_in(&["-o", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains(&address), "{addrs}");
     let lo = net.ip_in(&["-o", "link", "show", "lo"]);
     assert!(lo.contains("UP"), "{lo}");
     let routes = net.ip_in(&["route", "show", "default"]);
-    assert!(routes.contains(&format!("via {}.1", net.subnet)), "{routes}");
+    assert!(
+        routes.contains(&format!("via {}.1", net.subnet)),
+        "{routes}"
+    );
     // On the host: a veth on the bridge, the allocation, the rules.
-    assert!(net.bridge_ports().contains("veth"), "no veth on {}", net.bridge);
+    assert!(
+        net.bridge_ports().contains("veth"),
+        "no veth on {}",
+        net.bridge
+    );
     assert_eq!(net.allocations(), [address.split('/').next().unwrap()]);
     let rules = net.rules();
     assert!(rules.iter().any(|r| r.contains("18080")), "{rules:?}");

@@ -16,6 +16,13 @@ pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
         "ID", "STATE", "PID", "AGE"
     ))?;
     for f in found {
+        if f.liveness == capsa_runtime::Liveness::Dead {
+            // Its capsa was killed: the network it made (netns, IP
+            // allocation, port forwarding) goes now, the record with `rm`.
+            if let Err(e) = f.dir.release_network() {
+                tracing::warn!(sandbox = %f.record.id, error = %format!("{:#}", anyhow::Error::from(e)), "network of a dead sandbox not released");
+            }
+        }
         let r = &f.record;
         let pid = r
             .hypervisor_pid

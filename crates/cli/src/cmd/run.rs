@@ -35,15 +35,16 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
     let name = args.name.clone();
     let stdio = args.process.stdio();
     let _raw = args.process.raw_terminal();
-    let spec = run_spec(config, args);
+    let spec = run_spec(config, args)?;
     let status = capsa_runtime::run(spec, name.as_deref(), stdio, stop_signal()?)
         .await
         .context("capsa run")?;
     Ok(u8::try_from(status).unwrap_or(255))
 }
 
-fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
-    RunSpec {
+fn run_spec(config: capsa_config::Config, args: RunArgs) -> anyhow::Result<RunSpec> {
+    let network = args.network().map_err(anyhow::Error::msg)?;
+    Ok(RunSpec {
         config,
         rootfs: match (args.rootfs, args.rootfs_image) {
             (_, Some(image)) => Rootfs::Image(image),
@@ -58,7 +59,8 @@ fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
             vcpus: args.vcpus,
             memory_mib: args.memory,
         },
-    }
+        network,
+    })
 }
 
 /// SIGINT or SIGTERM, as the signal number.
@@ -78,6 +80,7 @@ async fn detach(config: &capsa_config::Config, args: &RunArgs) -> anyhow::Result
     if let Some(dir) = args.rootfs.as_ref().filter(|d| !d.is_dir()) {
         bail!("rootfs {} is not a directory", dir.display());
     }
+    args.network().map_err(anyhow::Error::msg)?;
     let root = &config.runtime.state_dir;
     for stale in StateDir::collect_stale(root) {
         tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
@@ -166,7 +169,7 @@ fn read_report(pipe: std::fs::File) -> Option<String> {
 async fn own(config: capsa_config::Config, args: RunArgs, dir: PathBuf) -> anyhow::Result<u8> {
     let dir = StateDir::existing(&dir)?;
     tracing::info!(sandbox = %dir.id(), "owner of a detached sandbox");
-    let spec = run_spec(config, args);
+    let spec = run_spec(config, args)?;
     let ready = |result: Result<&capsa_runtime::Sandbox, &capsa_runtime::Error>| {
         let line = match result {
             Ok(_) => READY.to_string(),

@@ -21,6 +21,14 @@ pub const NETNS_FILE: &str = "netns";
 /// The interface CNI makes in the netns.
 pub const IFNAME: &str = "eth0";
 
+/// Where the configuration list is looked for when
+/// `runtime.cni_conflist` is empty, in order; the built-in
+/// [`cni::DEFAULT_CONFLIST`] when none exists.
+pub const CONFLIST_PATHS: &[&str] = &[
+    "/etc/capsa/cni/capsa-bridge.conflist",
+    "/usr/share/defaults/capsa/cni/capsa-bridge.conflist",
+];
+
 /// What to attach: a configuration list and the ports to forward.
 #[derive(Debug, Clone)]
 pub struct CniRequest {
@@ -31,8 +39,41 @@ pub struct CniRequest {
     pub ports: Vec<PortMapping>,
 }
 
+impl CniRequest {
+    /// The configuration list of `config` (`runtime.cni_conflist`, else
+    /// the first of [`CONFLIST_PATHS`], else the built-in one) and its
+    /// plugin directories, with `ports` to forward.
+    pub fn from_config(
+        config: &capsa_config::RuntimeConfig,
+        ports: Vec<PortMapping>,
+    ) -> Result<Self, NetworkError> {
+        let file = Some(config.cni_conflist.clone())
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| {
+                CONFLIST_PATHS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists())
+            });
+        let (conflist, origin) = match file {
+            Some(path) => (Conflist::load(&path)?, path.display().to_string()),
+            None => (
+                Conflist::parse(cni::DEFAULT_CONFLIST, "built-in")?,
+                "built-in".to_string(),
+            ),
+        };
+        tracing::info!(%origin, network = %conflist.name, "CNI configuration list");
+        Ok(Self {
+            conflist,
+            origin,
+            plugin_dirs: config.cni_plugin_dirs.clone(),
+            ports,
+        })
+    }
+}
+
 /// One network run in the netns, with its ADD result once it has one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedNetwork {
     pub conflist: Value,
     pub origin: String,
@@ -43,7 +84,7 @@ pub struct AttachedNetwork {
 /// What capsa made for a sandbox's network (`cni.json`, and the record's
 /// `cni`): enough to run DEL and remove the netns without the
 /// configuration file, which may have changed or gone since.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniAttachment {
     /// The netns capsa made (and removes).
     pub netns: PathBuf,
@@ -288,7 +329,10 @@ mod tests {
             ports: vec!["8080:80".parse().unwrap()],
         };
         let err = attach(dir.path(), "sb", &request).unwrap_err().to_string();
-        assert!(err.contains("/x.conflist") && err.contains("portMappings"), "{err}");
+        assert!(
+            err.contains("/x.conflist") && err.contains("portMappings"),
+            "{err}"
+        );
         assert!(!dir.path().join(ATTACHMENT_FILE).exists());
     }
 }

@@ -163,7 +163,10 @@ mod tests {
     fn each_plugin_gets_name_version_previous_result_and_its_capabilities() {
         let list = Conflist::parse(DEFAULT_CONFLIST, "built-in").unwrap();
         let mut runtime = Map::new();
-        runtime.insert("portMappings".into(), serde_json::json!([{"hostPort": 8080}]));
+        runtime.insert(
+            "portMappings".into(),
+            serde_json::json!([{"hostPort": 8080}]),
+        );
         let prev = serde_json::json!({"cniVersion": "1.0.0", "ips": []});
         let bridge = list.plugin_config(0, None, &runtime);
         assert_eq!(bridge["name"], "capsa");
@@ -172,7 +175,10 @@ mod tests {
         assert!(bridge.get("runtimeConfig").is_none(), "{bridge}");
         let portmap = list.plugin_config(1, Some(&prev), &runtime);
         assert_eq!(portmap["prevResult"], prev);
-        assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(
+            portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
     }
 
     #[test]
@@ -180,17 +186,28 @@ mod tests {
         for (text, why) in [
             ("[", "EOF"),
             ("[]", "not a JSON object"),
-            (r#"{"cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#, "name"),
-            (r#"{"name":"n","plugins":[{"type":"bridge"}]}"#, "cniVersion"),
+            (
+                r#"{"cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#,
+                "name",
+            ),
+            (
+                r#"{"name":"n","plugins":[{"type":"bridge"}]}"#,
+                "cniVersion",
+            ),
             (r#"{"name":"n","cniVersion":"1.0.0"}"#, "plugins"),
             (r#"{"name":"n","cniVersion":"1.0.0","plugins":[]}"#, "empty"),
             (
                 r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"../sbin/x"}]}"#,
                 "plugin 0",
             ),
-            (r#"{"name":"n","cniVersion":"1.0.0","plugins":[{}]}"#, "plugin 0"),
+            (
+                r#"{"name":"n","cniVersion":"1.0.0","plugins":[{}]}"#,
+                "plugin 0",
+            ),
         ] {
-            let err = Conflist::parse(text, "/etc/x.conflist").unwrap_err().to_string();
+            let err = Conflist::parse(text, "/etc/x.conflist")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("/etc/x.conflist"), "{err}");
             assert!(err.contains(why), "{text}: {err}");
         }

@@ -20,7 +20,8 @@ impl FromStr for PortMapping {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("port mapping {s:?}: {why} (HOSTPORT:CONTAINERPORT[/tcp|/udp])");
+        let bad =
+            |why: &str| format!("port mapping {s:?}: {why} (HOSTPORT:CONTAINERPORT[/tcp|/udp])");
         let (ports, protocol) = match s.split_once('/') {
             Some((ports, proto @ ("tcp" | "udp"))) => (ports, proto),
             Some(_) => return Err(bad("the protocol is not tcp or udp")),
@@ -68,7 +69,14 @@ mod tests {
     #[test]
     fn bad_mappings_are_refused_naming_the_input() {
         for s in [
-            "8080", "8080:", ":80", "0:80", "70000:80", "a:80", "8080:80/sctp", "1.2.3.4:80:80",
+            "8080",
+            "8080:",
+            ":80",
+            "0:80",
+            "70000:80",
+            "a:80",
+            "8080:80/sctp",
+            "1.2.3.4:80:80",
         ] {
             let err = s.parse::<PortMapping>().unwrap_err();
             assert!(err.contains(&format!("{s:?}")), "{s}: {err}");

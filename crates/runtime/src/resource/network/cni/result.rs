@@ -121,7 +121,8 @@ mod tests {
 
     #[test]
     fn an_old_result_without_interface_indexes_is_read() {
-        let text = r#"{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.4.0.9/24"}],"future":1}"#;
+        let text =
+            r#"{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.4.0.9/24"}],"future":1}"#;
         let r: CniResult = serde_json::from_str(text).unwrap();
         assert_eq!(r.container_address(), Some("10.4.0.9/24"));
     }
