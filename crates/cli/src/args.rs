@@ -156,8 +156,10 @@ impl RunArgs {
         match (&self.network, self.publish.first()) {
             (NetworkArg::Bridge, _) => Ok(RunNetwork::Cni(self.publish.clone())),
             (_, Some(p)) => Err(format!(
-                "-p {}:{}/{} needs --network bridge",
-                p.host_port, p.container_port, p.protocol
+                "-p {}:{}{} needs --network bridge",
+                p.host_port,
+                p.container_port,
+                if p.protocol == "tcp" { "" } else { "/udp" }
             )),
             (NetworkArg::None, None) => Ok(RunNetwork::None),
             (NetworkArg::Netns(path), None) => Ok(RunNetwork::Join(path.clone())),

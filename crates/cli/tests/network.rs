@@ -1,0 +1,499 @@
+//! `capsa run --network`: `bridge` through the real CNI plugins (bridge,
+//! host-local, portmap, loopback) with `-p`, released after the run and
+//! after SIGKILL of `capsa`; a netns of the test's own joined and left as
+//! it was; `none`; refused arguments. Each test has its own bridge,
+//! subnet and IPAM directory (`runtime.cni_conflist`). Real VMs; root.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
+
+const LIMIT: Duration = Duration::from_secs(180);
+/// How long a condition of the guest or the host may take to come true.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn host(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    text(&out.stdout)
+}
+
+/// A test environment with its own CNI network.
+struct Net {
+    env: TestEnv,
+    bridge: String,
+    /// `10.4.N`.
+    subnet: String,
+}
+
+impl Net {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let env = TestEnv::new();
+        let net = Net {
+            bridge: format!("capsab{}{n}", pid % 10_000),
+            subnet: format!("10.4.{}", 10 + (pid + n) % 80),
+            env,
+        };
+        let list = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "capsa-test",
+            "plugins": [
+                {"type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": true,
+                 "hairpinMode": true,
+                 "ipam": {"type": "host-local", "dataDir": net.ipam_dir(),
+                          "ranges": [[{"subnet": format!("{}.0/24", net.subnet)}]],
+                          "routes": [{"dst": "0.0.0.0/0"}]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        let path = net.env.write_config("test.conflist", &list.to_string());
+        // The configuration file ends with its [runtime] table.
+        net.env.append_config(&format!("cni_conflist = {path:?}"));
+        net
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        self.env.dir.path().join("ipam")
+    }
+
+    fn capsa(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
+        cmd.arg("--config").arg(&self.env.config).args(args);
+        cmd
+    }
+
+    fn capsa_out(&self, args: &[&str]) -> Output {
+        run_bounded(self.capsa(args), None, LIMIT)
+    }
+
+    /// `capsa run --rootfs <busybox> <opts> -- <cmd>`.
+    fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
+        let mut c = self.capsa(&["run", "--rootfs"]);
+        c.arg(&self.env.rootfs).args(opts).arg("--").args(cmd);
+        run_bounded(c, None, LIMIT)
+    }
+
+    /// Addresses host-local holds for the network.
+    fn allocations(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.ipam_dir().join("capsa-test")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
+    /// iptables rules (all tables) that name sandbox `id`.
+    fn rules(&self, id: &str) -> Vec<String> {
+        host(&["iptables-save"])
+            .lines()
+            .filter(|l| l.contains(&format!("\"{id}\"")))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The host-side veths on the bridge.
+    fn veths(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .expect("ip");
+        text(&out.stdout).trim().to_string()
+    }
+
+    /// Everything the network of sandbox `id` held on the host is gone.
+    fn assert_released(&self, id: &str) {
+        let netns = self.env.state_dir.join(id).join("netns");
+        assert!(!netns.exists(), "netns {} left", netns.display());
+        assert_eq!(self.veths(), "", "veth left on {}", self.bridge);
+        assert!(
+            self.allocations().is_empty(),
+            "IPs left: {:?}",
+            self.allocations()
+        );
+        assert!(
+            self.rules(id).is_empty(),
+            "rules left: {:?}",
+            self.rules(id)
+        );
+    }
+
+    /// Everything the network of sandbox `id` holds on the host is there.
+    fn assert_held(&self, id: &str) {
+        assert!(self.env.state_dir.join(id).join("netns").exists());
+        assert!(self.veths().contains("veth"), "no veth on {}", self.bridge);
+        assert_eq!(self.allocations().len(), 1, "{:?}", self.allocations());
+        assert!(!self.rules(id).is_empty(), "no rule names {id}");
+    }
+
+    fn inspect(&self, id: &str) -> serde_json::Value {
+        let out = self.capsa_out(&["inspect", id]);
+        assert!(out.status.success(), "inspect: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+    }
+
+    /// Waits until `inspect` says `state`.
+    fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let v = self.inspect(id);
+            if v["state"] == state {
+                return v;
+            }
+            assert!(start.elapsed() < WAIT, "{id} never became {state}: {v:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Sandboxes a failed test left: `rm --force` releases their networks.
+        for entry in std::fs::read_dir(&self.env.state_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let _ = run_bounded(self.capsa(&["rm", "--force", &id]), None, LIMIT);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// GET / from `addr`, once; the body.
+fn http_get(addr: &str) -> std::io::Result<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+/// GET / from `addr` until it answers 200, within [`WAIT`].
+fn fetch(addr: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let reply = http_get(addr);
+        match &reply {
+            Ok(r) if r.starts_with("HTTP/1.") && r.contains(" 200 ") => return r.clone(),
+            _ if start.elapsed() > WAIT => panic!("{addr} never served: {reply:?}"),
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const HTTPD: &str = "mkdir -p /www && echo hello-from-capsa > /www/index.html && \
+                     ip -o addr show dev eth0 && ip route && exec httpd -f -p 80 -h /www";
+
+#[test]
+fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
+    let net = Net::new();
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let out = net.capsa_out(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "bridge",
+        "-p",
+        &publish,
+        "--rootfs",
+        &net.env.rootfs.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    net.assert_held("web");
+    let record = net.inspect("web");
+    let address = record["cni"]["networks"][1]["result"]["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address recorded: {record:#}"))
+        .to_string();
+    assert!(
+        address.starts_with(&format!("{}.", net.subnet)),
+        "{address}"
+    );
+
+    // The host reaches the container through the published port.
+    let reply = fetch(&format!("127.0.0.1:{port}"));
+    assert!(reply.contains("hello-from-capsa"), "{reply}");
+    // ... and at its address.
+    let ip = address.split('/').next().unwrap();
+    assert!(fetch(&format!("{ip}:80")).contains("hello-from-capsa"));
+    // The container has its address on eth0 and a default route through
+    // the bridge.
+    let log = std::fs::read_to_string(net.env.state_dir.join("web/web.log")).unwrap();
+    assert!(log.contains(&address), "{log}");
+    assert!(
+        log.contains(&format!("default via {}.1", net.subnet)),
+        "{log}"
+    );
+
+    // The workload ends: its owner stops the VM and releases the network.
+    let out = net.capsa_out(&["kill", "web", "--signal", "KILL"]);
+    assert!(out.status.success(), "{out:?}");
+    let stopped = net.wait_state("web", "stopped");
+    assert!(stopped.get("cni").is_none() || stopped["state"] == "stopped");
+    net.assert_released("web");
+    assert!(
+        http_get(&format!("127.0.0.1:{port}")).is_err(),
+        "port {port} still forwarded"
+    );
+    let out = net.capsa_out(&["rm", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_no_leaks(&net.env.state_dir);
+}
+
+#[test]
+fn an_attached_run_releases_its_network_when_it_ends() {
+    let net = Net::new();
+    let out = net.run(
+        &["--name", "once", "--network", "bridge"],
+        &["sh", "-c", "ip -o addr show dev eth0; ip route"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    assert!(said.contains(&format!("inet {}.", net.subnet)), "{said}");
+    assert!(
+        said.contains(&format!("default via {}.1", net.subnet)),
+        "{said}"
+    );
+    net.assert_released("once");
+    assert_no_leaks(&net.env.state_dir);
+}
+
+#[test]
+fn after_sigkill_of_capsa_the_next_capsa_releases_the_network() {
+    let net = Net::new();
+    // Attached: `capsa run` itself is killed; `ps` releases the network.
+    let port = free_port().to_string();
+    let mut c = net.capsa(&["run", "--name", "att", "--network", "bridge", "-p"]);
+    c.arg(format!("{port}:80"))
+        .arg("--rootfs")
+        .arg(&net.env.rootfs)
+        .args(["--", "sh", "-c", "echo ready; sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let mut capsa = Guarded::spawn(&mut c);
+    let mut first = [0u8; 6];
+    let mut stdout = capsa.child().stdout.take().unwrap();
+    stdout.read_exact(&mut first).expect("workload output");
+    assert_eq!(&first, b"ready\n");
+    net.assert_held("att");
+    capsa.child().kill().unwrap();
+    capsa.child().wait().unwrap();
+    net.assert_held("att");
+    let ps = net.capsa_out(&["ps"]);
+    assert!(ps.status.success(), "{ps:?}");
+    assert!(text(&ps.stdout).contains("dead"), "{ps:?}");
+    net.assert_released("att");
+    let rm = net.capsa_out(&["rm", "att"]);
+    assert!(rm.status.success(), "{rm:?}");
+
+    // Detached: its owner is killed; `rm` releases the network.
+    let out = net.capsa_out(&[
+        "run",
+        "-d",
+        "--name",
+        "det",
+        "--network",
+        "bridge",
+        "--rootfs",
+        &net.env.rootfs.to_string_lossy(),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    net.assert_held("det");
+    let owner = net.inspect("det")["owner_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(owner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    net.wait_state("det", "dead");
+    net.assert_held("det");
+    let rm = net.capsa_out(&["rm", "det"]);
+    assert!(rm.status.success(), "{rm:?}");
+    net.assert_released("det");
+    assert_no_leaks(&net.env.state_dir);
+}
+
+/// A netns with a veth of the test's own (`eth0` inside, with an address
+/// and a default route), removed on drop.
+struct OwnNetns {
+    name: String,
+    host_veth: String,
+}
+
+impl OwnNetns {
+    fn new(subnet: &str) -> Self {
+        let pid = std::process::id();
+        let ns = OwnNetns {
+            name: format!("capsa-join-{pid}"),
+            host_veth: format!("cjv{}", pid % 100_000),
+        };
+        host(&["ip", "netns", "add", &ns.name]);
+        host(&[
+            "ip",
+            "link",
+            "add",
+            &ns.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        host(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &ns.host_veth,
+        ]);
+        host(&["ip", "link", "set", &ns.host_veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["ip", "-n", &ns.name];
+            all.extend_from_slice(args);
+            host(&all);
+        };
+        inside(&["addr", "add", &format!("{subnet}.2/24"), "dev", "eth0"]);
+        inside(&["link", "set", "eth0", "up"]);
+        inside(&["route", "add", "default", "via", &format!("{subnet}.1")]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Links, addresses and routes in the netns, as `ip` shows them.
+    fn state(&self) -> String {
+        ["link", "addr", "route"]
+            .iter()
+            .map(|what| host(&["ip", "-n", &self.name, "-o", what, "show"]))
+            .collect::<Vec<_>>()
+            .join("")
+    }
+}
+
+impl Drop for OwnNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_veth])
+            .output();
+    }
+}
+
+#[test]
+fn a_netns_of_ones_own_is_joined_and_left_as_it_was() {
+    let net = Net::new();
+    let own = OwnNetns::new(&format!("10.4.{}", 90 + std::process::id() % 9));
+    let before = own.state();
+    let netns = own.path().to_string_lossy().into_owned();
+    let out = net.run(
+        &["--network", &netns],
+        &["sh", "-c", "ip -o addr show dev eth0; ip route"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    assert!(said.contains(".2/24"), "{said}");
+    assert!(said.contains("default via"), "{said}");
+    assert!(own.path().exists(), "the netns was removed");
+    assert_eq!(own.state(), before, "the netns changed");
+    assert_no_leaks(&net.env.state_dir);
+}
+
+#[test]
+fn without_a_network_the_vm_has_only_loopback() {
+    let net = Net::new();
+    let out = net.run(&[], &["sh", "-c", "ls /sys/class/net"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["lo"]
+    );
+    assert_no_leaks(&net.env.state_dir);
+}
+
+#[test]
+fn bad_network_arguments_are_refused_naming_them() {
+    let net = Net::new();
+    for (opts, said, status) in [
+        (
+            &["-p", "8080:80"][..],
+            "-p 8080:80 needs --network bridge",
+            125,
+        ),
+        (
+            &["--network", "/run/netns/x", "-p", "81:80/udp"][..],
+            "-p 81:80/udp needs --network bridge",
+            125,
+        ),
+        (&["--network", "bridge", "-p", "80"][..], "\"80\"", 2),
+        (
+            &["--network", "bridge", "-p", "8080:80/sctp"][..],
+            "\"8080:80/sctp\"",
+            2,
+        ),
+        (&["--network", "host"][..], "\"host\"", 2),
+        (
+            &["--network", "/nonexistent/netns"][..],
+            "/nonexistent/netns",
+            125,
+        ),
+        (
+            &["-d", "-p", "8080:80"][..],
+            "-p 8080:80 needs --network bridge",
+            125,
+        ),
+    ] {
+        let out = net.run(opts, &["true"]);
+        assert_eq!(out.status.code(), Some(status), "{opts:?}: {out:?}");
+        assert!(text(&out.stderr).contains(said), "{opts:?}: {out:?}");
+    }
+    assert_no_leaks(&net.env.state_dir);
+}
