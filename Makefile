@@ -69,6 +69,8 @@ install: assets
 	install -D -m 0644 $(ASSETS_DIR)/initrd.img $(SHARE_DIR)/initrd.img
 	install -D -m 0644 $(ASSETS_DIR)/manifest.json $(SHARE_DIR)/manifest.json
 	install -D -m 0644 config/configuration.toml $(DEFAULTS_DIR)/configuration.toml
+	install -D -m 0644 crates/runtime/src/resource/network/cni/capsa-bridge.conflist \
+	  $(DEFAULTS_DIR)/cni/capsa-bridge.conflist
 
 demo: install
 	scripts/busybox-rootfs.sh $(DEMO_ROOTFS)

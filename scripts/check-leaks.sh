@@ -25,5 +25,19 @@ dirs=$(find /tmp -maxdepth 1 \( -name 'capsa-test-*' -o -name 'cs-*' -o -name 'c
 if [ -n "$dirs" ]; then
     echo "check-leaks: directories left behind:"; echo "$dirs"; status=1
 fi
+# CNI networks of the tests (network "capsa-test", bridges capsab*/capsat*)
+# and netns that capsa made in the default state directory.
+bridges=$(ip -o link show 2>/dev/null | grep -oE '^[0-9]+: capsa[bt][0-9]+' || true)
+if [ -n "$bridges" ]; then
+    echo "check-leaks: test bridges left behind:"; echo "$bridges"; status=1
+fi
+rules=$(iptables-save 2>/dev/null | grep -F 'name: \"capsa-test\"' || true)
+if [ -n "$rules" ]; then
+    echo "check-leaks: iptables rules of test networks left behind:"; echo "$rules"; status=1
+fi
+netns=$(grep -F ' - nsfs ' /proc/self/mountinfo | awk '{ print $5 }' | grep '^/run/capsa/' || true)
+if [ -n "$netns" ]; then
+    echo "check-leaks: network namespaces of capsa left bound:"; echo "$netns"; status=1
+fi
 [ $status -eq 0 ] && echo "check-leaks: nothing left behind"
 exit $status
