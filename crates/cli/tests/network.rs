@@ -7,9 +7,9 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use capsa_test_infra::cni::{host, TestNetwork};
 use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -20,54 +20,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn host(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    text(&out.stdout)
-}
-
 /// A test environment with its own CNI network.
 struct Net {
+    net: TestNetwork,
     env: TestEnv,
-    bridge: String,
-    /// `10.4.N`.
-    subnet: String,
 }
 
 impl Net {
     fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
         let env = TestEnv::new();
-        let net = Net {
-            bridge: format!("capsab{}{n}", pid % 10_000),
-            subnet: format!("10.4.{}", 10 + (pid + n) % 80),
-            env,
-        };
-        let list = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "capsa-test",
-            "plugins": [
-                {"type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": true,
-                 "hairpinMode": true,
-                 "ipam": {"type": "host-local", "dataDir": net.ipam_dir(),
-                          "ranges": [[{"subnet": format!("{}.0/24", net.subnet)}]],
-                          "routes": [{"dst": "0.0.0.0/0"}]}},
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
-        });
-        let path = net.env.write_config("test.conflist", &list.to_string());
+        let net = TestNetwork::new(env.dir.path(), "capsab", 10);
+        let path = env.write_config("test.conflist", &net.conflist());
         // The configuration file ends with its [runtime] table.
-        net.env.append_config(&format!("cni_conflist = {path:?}"));
-        net
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.env.dir.path().join("ipam")
+        env.append_config(&format!("cni_conflist = {path:?}"));
+        Net { net, env }
     }
 
     fn capsa(&self, args: &[&str]) -> Command {
@@ -87,59 +53,35 @@ impl Net {
         run_bounded(c, None, LIMIT)
     }
 
-    /// Addresses host-local holds for the network.
-    fn allocations(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.ipam_dir().join("capsa-test")) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect()
-    }
-
-    /// iptables rules (all tables) that name sandbox `id`.
-    fn rules(&self, id: &str) -> Vec<String> {
-        host(&["iptables-save"])
-            .lines()
-            .filter(|l| l.contains(&format!("\"{id}\"")))
-            .map(String::from)
-            .collect()
-    }
-
-    /// The host-side veths on the bridge.
-    fn veths(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-o", "link", "show", "master", &self.bridge])
-            .output()
-            .expect("ip");
-        text(&out.stdout).trim().to_string()
-    }
-
     /// Everything the network of sandbox `id` held on the host is gone.
     fn assert_released(&self, id: &str) {
         let netns = self.env.state_dir.join(id).join("netns");
         assert!(!netns.exists(), "netns {} left", netns.display());
-        assert_eq!(self.veths(), "", "veth left on {}", self.bridge);
+        assert_eq!(self.net.veths(), "", "veth left on {}", self.net.bridge);
+        let ips = self.net.allocations();
+        assert!(ips.is_empty(), "IPs left: {ips:?}");
         assert!(
-            self.allocations().is_empty(),
-            "IPs left: {:?}",
-            self.allocations()
-        );
-        assert!(
-            self.rules(id).is_empty(),
+            self.net.rules(id).is_empty(),
             "rules left: {:?}",
-            self.rules(id)
+            self.net.rules(id)
         );
     }
 
     /// Everything the network of sandbox `id` holds on the host is there.
     fn assert_held(&self, id: &str) {
         assert!(self.env.state_dir.join(id).join("netns").exists());
-        assert!(self.veths().contains("veth"), "no veth on {}", self.bridge);
-        assert_eq!(self.allocations().len(), 1, "{:?}", self.allocations());
-        assert!(!self.rules(id).is_empty(), "no rule names {id}");
+        assert!(
+            self.net.veths().contains("veth"),
+            "no veth on {}",
+            self.net.bridge
+        );
+        assert_eq!(
+            self.net.allocations().len(),
+            1,
+            "{:?}",
+            self.net.allocations()
+        );
+        assert!(!self.net.rules(id).is_empty(), "no rule names {id}");
     }
 
     fn inspect(&self, id: &str) -> serde_json::Value {
@@ -165,17 +107,11 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         // Sandboxes a failed test left: `rm --force` releases their networks.
-        for entry in std::fs::read_dir(&self.env.state_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        let entries = std::fs::read_dir(&self.env.state_dir);
+        for entry in entries.into_iter().flatten().flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             let _ = run_bounded(self.capsa(&["rm", "--force", &id]), None, LIMIT);
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
     }
 }
 
@@ -244,7 +180,7 @@ fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
         .unwrap_or_else(|| panic!("no address recorded: {record:#}"))
         .to_string();
     assert!(
-        address.starts_with(&format!("{}.", net.subnet)),
+        address.starts_with(&format!("{}.", net.net.subnet)),
         "{address}"
     );
 
@@ -259,7 +195,7 @@ fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
     let log = std::fs::read_to_string(net.env.state_dir.join("web/web.log")).unwrap();
     assert!(log.contains(&address), "{log}");
     assert!(
-        log.contains(&format!("default via {}.1", net.subnet)),
+        log.contains(&format!("default via {}.1", net.net.subnet)),
         "{log}"
     );
 
@@ -287,9 +223,12 @@ fn an_attached_run_releases_its_network_when_it_ends() {
     );
     assert!(out.status.success(), "{out:?}");
     let said = text(&out.stdout);
-    assert!(said.contains(&format!("inet {}.", net.subnet)), "{said}");
     assert!(
-        said.contains(&format!("default via {}.1", net.subnet)),
+        said.contains(&format!("inet {}.", net.net.subnet)),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("default via {}.1", net.net.subnet)),
         "{said}"
     );
     net.assert_released("once");

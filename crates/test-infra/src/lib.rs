@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod block;
+pub mod cni;
 pub mod containerd;
 pub mod leaks;
 pub mod rootfs;
