@@ -52,6 +52,9 @@ pub enum Error {
     NotBlock { what: String, path: PathBuf },
     #[error("{what}: {reason}")]
     BadSpec { what: String, reason: String },
+    /// The pod network (host side: netns, taps, filters).
+    #[error("pod network")]
+    Network(#[from] crate::resource::network::NetworkError),
     #[error("hot-plug for {what}")]
     Hotplug {
         what: String,

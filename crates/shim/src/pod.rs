@@ -68,10 +68,11 @@ impl Pod {
         namespace: &str,
         config: &capsa_config::Config,
         size: capsa_runtime::VmSize,
+        net: &capsa_runtime::PodNetwork,
         events: Arc<Events>,
     ) -> Result<Arc<Self>, Error> {
-        tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, "VM size");
-        let mut sandbox = Sandbox::start_named(config, id, size).await?;
+        tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, netns = ?net.netns, "VM size and network");
+        let mut sandbox = Sandbox::start_named(config, id, size, net).await?;
         // `capsa exec`, `exec --vm` and `agent-ctl` work on running pods.
         sandbox.update_record(|r| r.status = capsa_runtime::record::SandboxStatus::Running);
         let console = sandbox.record().console_log.clone();
