@@ -54,7 +54,7 @@ pub enum Error {
     BadSpec { what: String, reason: String },
     /// The pod network (host side: netns, taps, filters).
     #[error("pod network")]
-    Network(#[from] crate::resource::network::NetworkError),
+    Network(#[source] Box<crate::resource::network::NetworkError>),
     #[error("hot-plug for {what}")]
     Hotplug {
         what: String,
@@ -135,4 +135,10 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+impl From<crate::resource::network::NetworkError> for Error {
+    fn from(e: crate::resource::network::NetworkError) -> Self {
+        Self::Network(Box::new(e))
+    }
 }
