@@ -129,6 +129,13 @@ pub struct SandboxRecord {
     /// Drives attached to the VM now.
     #[serde(default)]
     pub devices: Vec<DeviceRecord>,
+    /// The pod's network namespace, whose taps and filters are capsa's to
+    /// remove (also after a crash).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The links of that netns the VM has a NIC for.
+    #[serde(default)]
+    pub network: Vec<crate::resource::network::Endpoint>,
     /// The network capsa made for the sandbox (`capsa run --network
     /// bridge`): its netns and CNI results. Released from `cni.json` in
     /// the state directory, which is written before anything is made.
@@ -152,6 +159,8 @@ impl SandboxRecord {
             log: dir.join("capsa.log"),
             containers: Vec::new(),
             devices: Vec::new(),
+            netns: None,
+            network: Vec::new(),
             cni: None,
         }
     }

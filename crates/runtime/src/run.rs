@@ -12,7 +12,7 @@ use crate::io::{GuestProcess, Stdio};
 use crate::record::SandboxStatus;
 use crate::resource::network::attachment::{self, CniAttachment, CniRequest};
 use crate::resource::network::cni::PortMapping;
-use crate::resource::network::NetworkError;
+use crate::resource::network::{NetworkError, PodNetwork};
 use crate::resource::{container, Rootfs};
 use crate::spec::{self, ProcessSpec, Volume};
 use crate::state::StateDir;
@@ -54,12 +54,10 @@ pub enum RunNetwork {
     Cni(Vec<PortMapping>),
 }
 
-/// The network a sandbox starts with.
+/// The network a sandbox starts with, and what capsa made for it.
 #[derive(Debug, Clone, Default)]
 struct Network {
-    netns: Option<PathBuf>,
-    /// `resolv.conf` lines for the guest.
-    dns: Vec<String>,
+    pod: PodNetwork,
     attachment: Option<CniAttachment>,
 }
 
@@ -90,8 +88,11 @@ async fn make_network(
 ) -> Result<Network, Error> {
     match (&spec.network, request) {
         (RunNetwork::Join(path), _) => Ok(Network {
-            netns: Some(path.clone()),
-            ..Network::default()
+            pod: PodNetwork {
+                netns: Some(path.clone()),
+                dns: Vec::new(),
+            },
+            attachment: None,
         }),
         (RunNetwork::Cni(_), Some(request)) => {
             let (path, id) = (dir.path().to_path_buf(), dir.id());
@@ -101,8 +102,10 @@ async fn make_network(
                     .map_err(|_| NetworkError::ThreadLost(dir.path().to_path_buf()))??;
             let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             Ok(Network {
-                netns: Some(made.netns.clone()),
-                dns: attachment::host_dns(&resolv),
+                pod: PodNetwork {
+                    netns: Some(made.netns.clone()),
+                    dns: attachment::host_dns(&resolv),
+                },
                 attachment: Some(made),
             })
         }
@@ -128,8 +131,7 @@ async fn network_in(
 /// Starts the sandbox in `dir` on `network`; on an error, `dir` (and the
 /// network in it) is gone.
 async fn start_on(spec: &RunSpec, dir: StateDir, network: Network) -> Result<Sandbox, Error> {
-    tracing::debug!(netns = ?network.netns, dns = ?network.dns, "sandbox network");
-    let mut sandbox = Sandbox::start_in(&spec.config, dir, spec.size).await?;
+    let mut sandbox = Sandbox::start_in(&spec.config, dir, spec.size, &network.pod).await?;
     if let Some(made) = network.attachment {
         sandbox.update_record(|r| r.cni = Some(made));
     }

@@ -66,6 +66,7 @@ impl StateDir {
                 continue;
             }
             let dir = Self { path: path.clone() };
+            dir.release_network();
             match dir.remove() {
                 Ok(()) => collected.push(entry.file_name().to_string_lossy().into_owned()),
                 Err(e) => {
@@ -74,6 +75,30 @@ impl StateDir {
             }
         }
         collected
+    }
+
+    /// Takes down what the sandbox recorded it made in the pod's network
+    /// namespace (taps, filters), for a sandbox whose owner died. Failures
+    /// are logged; a netns that is gone took its taps with it.
+    pub fn release_network(&self) {
+        let Ok(record) = crate::record::SandboxRecord::load(&self.path) else {
+            return;
+        };
+        let Some(netns) = record.netns else { return };
+        if !netns.exists() {
+            tracing::debug!(netns = %netns.display(), "pod netns gone: no taps left to remove");
+            return;
+        }
+        match crate::resource::network::teardown_blocking(&netns) {
+            Ok(taps) => {
+                tracing::info!(sandbox = %record.id, netns = %netns.display(), ?taps, "pod network of a dead sandbox taken down")
+            }
+            Err(e) => tracing::warn!(
+                sandbox = %record.id,
+                error = %crate::error_chain(&e),
+                "pod network of a dead sandbox not taken down"
+            ),
+        }
     }
 
     /// The state directory of sandbox `id` below `root`, which must exist.
@@ -158,7 +183,7 @@ impl StateDir {
     /// removes the shared directory and the owner file. What is left (the
     /// record and the logs) is removed by [`StateDir::remove`].
     pub fn release(&self) -> Result<(), Error> {
-        self.release_network()?;
+        self.release_cni()?;
         let dev = self.detach_all()?;
         for d in [self.shared_dir(), self.mounts_dir()] {
             if d.exists() {
@@ -212,7 +237,7 @@ impl StateDir {
         if !self.path.exists() {
             return Ok(());
         }
-        self.release_network()?;
+        self.release_cni()?;
         let dev = self.detach_all()?;
         remove_tree(&self.path, dev)
     }
@@ -221,7 +246,7 @@ impl StateDir {
     /// removes the netns it made (`cni.json`), before the netns's mount
     /// goes with the directory's: an IP allocation, a host veth and port
     /// forwarding rules would stay behind otherwise.
-    pub fn release_network(&self) -> Result<(), Error> {
+    pub fn release_cni(&self) -> Result<(), Error> {
         crate::resource::network::attachment::release(&self.path)?;
         Ok(())
     }

@@ -19,7 +19,7 @@ pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
         if f.liveness == capsa_runtime::Liveness::Dead {
             // Its capsa was killed: the network it made (netns, IP
             // allocation, port forwarding) goes now, the record with `rm`.
-            if let Err(e) = f.dir.release_network() {
+            if let Err(e) = f.dir.release_cni() {
                 tracing::warn!(sandbox = %f.record.id, error = %format!("{:#}", anyhow::Error::from(e)), "network of a dead sandbox not released");
             }
         }
