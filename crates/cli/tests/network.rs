@@ -115,6 +115,16 @@ impl Drop for Net {
     }
 }
 
+/// Waits (bounded) for process `pid` to be gone: an owner releases the
+/// network after it recorded `stopped`, then exits.
+fn wait_gone(pid: i32) {
+    let start = Instant::now();
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(start.elapsed() < WAIT, "owner {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// GET / from `addr`, once; the body.
 fn http_get(addr: &str) -> std::io::Result<String> {
     let mut s =
@@ -202,8 +212,8 @@ fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
     // The workload ends: its owner stops the VM and releases the network.
     let out = net.capsa_out(&["kill", "web", "--signal", "KILL"]);
     assert!(out.status.success(), "{out:?}");
-    let stopped = net.wait_state("web", "stopped");
-    assert!(stopped.get("cni").is_none() || stopped["state"] == "stopped");
+    let owner = net.wait_state("web", "stopped")["owner_pid"].as_i64().unwrap() as i32;
+    wait_gone(owner);
     net.assert_released("web");
     assert!(
         http_get(&format!("127.0.0.1:{port}")).is_err(),
