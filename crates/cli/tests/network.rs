@@ -212,7 +212,9 @@ fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
     // The workload ends: its owner stops the VM and releases the network.
     let out = net.capsa_out(&["kill", "web", "--signal", "KILL"]);
     assert!(out.status.success(), "{out:?}");
-    let owner = net.wait_state("web", "stopped")["owner_pid"].as_i64().unwrap() as i32;
+    let owner = net.wait_state("web", "stopped")["owner_pid"]
+        .as_i64()
+        .unwrap() as i32;
     wait_gone(owner);
     net.assert_released("web");
     assert!(
@@ -356,13 +358,23 @@ impl OwnNetns {
         Path::new("/run/netns").join(&self.name)
     }
 
-    /// Links, addresses and routes in the netns, as `ip` shows them.
+    /// Links, IPv4 addresses, routes and qdiscs in the netns, as `ip` and
+    /// `tc` show them (IPv6 link-local addresses change state by
+    /// themselves: left out).
     fn state(&self) -> String {
-        ["link", "addr", "route"]
-            .iter()
-            .map(|what| host(&["ip", "-n", &self.name, "-o", what, "show"]))
-            .collect::<Vec<_>>()
-            .join("")
+        let ip = |args: &[&str]| {
+            let mut all = vec!["ip", "-n", &self.name, "-o"];
+            all.extend_from_slice(args);
+            host(&all)
+        };
+        let qdiscs = host(&["ip", "netns", "exec", &self.name, "tc", "qdisc", "show"]);
+        [
+            ip(&["link", "show"]),
+            ip(&["-4", "addr", "show"]),
+            ip(&["route", "show"]),
+            qdiscs,
+        ]
+        .concat()
     }
 }
 
