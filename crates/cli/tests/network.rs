@@ -5,11 +5,11 @@
 //! subnet and IPAM directory (`runtime.cni_conflist`). Real VMs; root.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use capsa_test_infra::cni::{host, TestNetwork};
+use capsa_test_infra::cni::TestNetwork;
+use capsa_test_infra::netns::PodNetns;
 use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -306,105 +306,32 @@ fn after_sigkill_of_capsa_the_next_capsa_releases_the_network() {
     assert_no_leaks(&net.env.state_dir);
 }
 
-/// A netns with a veth of the test's own (`eth0` inside, with an address
-/// and a default route), removed on drop.
-struct OwnNetns {
-    name: String,
-    host_veth: String,
-}
-
-impl OwnNetns {
-    fn new(subnet: &str) -> Self {
-        let pid = std::process::id();
-        let ns = OwnNetns {
-            name: format!("capsa-join-{pid}"),
-            host_veth: format!("cjv{}", pid % 100_000),
-        };
-        host(&["ip", "netns", "add", &ns.name]);
-        host(&[
-            "ip",
-            "link",
-            "add",
-            &ns.host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns.name,
-        ]);
-        host(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{subnet}.1/24"),
-            "dev",
-            &ns.host_veth,
-        ]);
-        host(&["ip", "link", "set", &ns.host_veth, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["ip", "-n", &ns.name];
-            all.extend_from_slice(args);
-            host(&all);
-        };
-        inside(&["addr", "add", &format!("{subnet}.2/24"), "dev", "eth0"]);
-        inside(&["link", "set", "eth0", "up"]);
-        inside(&["route", "add", "default", "via", &format!("{subnet}.1")]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Links, IPv4 addresses, routes and qdiscs in the netns, as `ip` and
-    /// `tc` show them (IPv6 link-local addresses change state by
-    /// themselves: left out).
-    fn state(&self) -> String {
-        let ip = |args: &[&str]| {
-            let mut all = vec!["ip", "-n", &self.name, "-o"];
-            all.extend_from_slice(args);
-            host(&all)
-        };
-        let qdiscs = host(&["ip", "netns", "exec", &self.name, "tc", "qdisc", "show"]);
-        [
-            ip(&["link", "show"]),
-            ip(&["-4", "addr", "show"]),
-            ip(&["route", "show"]),
-            qdiscs,
-        ]
-        .concat()
-    }
-}
-
-impl Drop for OwnNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_veth])
-            .output();
-    }
-}
-
 #[test]
 fn a_netns_of_ones_own_is_joined_and_left_as_it_was() {
     let net = Net::new();
-    let own = OwnNetns::new(&format!("10.4.{}", 90 + std::process::id() % 9));
-    let before = own.state();
-    let netns = own.path().to_string_lossy().into_owned();
+    let own = PodNetns::new();
+    // IPv6 link-local addresses (and their local routes) settle by
+    // themselves once duplicate address detection is done: wait for it.
+    let start = Instant::now();
+    while own.in_ns(&["ip", "-6", "-o", "addr"]).contains("tentative") {
+        assert!(start.elapsed() < WAIT, "IPv6 addresses never settled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = own.snapshot();
+    let netns = own.netns().to_string_lossy().into_owned();
     let out = net.run(
         &["--network", &netns],
         &["sh", "-c", "ip -o addr show dev eth0; ip route"],
     );
     assert!(out.status.success(), "{out:?}");
     let said = text(&out.stdout);
-    assert!(said.contains(".2/24"), "{said}");
-    assert!(said.contains("default via"), "{said}");
-    assert!(own.path().exists(), "the netns was removed");
-    assert_eq!(own.state(), before, "the netns changed");
+    assert!(said.contains(&format!("{}/24", own.pod_ip())), "{said}");
+    assert!(
+        said.contains(&format!("default via {}", own.host_ip())),
+        "{said}"
+    );
+    assert!(own.netns().exists(), "the netns was removed");
+    assert_eq!(own.snapshot(), before, "the netns changed");
     assert_no_leaks(&net.env.state_dir);
 }
 

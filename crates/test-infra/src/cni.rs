@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub use crate::netns::run as host;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The network name of every test list (`scripts/check-leaks.sh` looks
@@ -97,18 +99,4 @@ impl Drop for TestNetwork {
 /// Whether CNI tests can run: root and the plugins.
 pub fn available() -> bool {
     nix::unistd::geteuid().is_root() && Path::new("/usr/lib/cni/bridge").exists()
-}
-
-/// Runs a host command that must succeed; its stdout.
-pub fn host(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
