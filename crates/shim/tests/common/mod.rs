@@ -20,11 +20,22 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// [`Setup::new`] whose containerd runs CRI pods with pod networking
+    /// (CNI bridge, host-local, portmap: `Opts::cni`).
+    pub fn with_network() -> Self {
+        Self::build(true)
+    }
+
+    fn build(cni: bool) -> Self {
         let env = TestEnv::short();
         let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2"));
         let ctrd = Containerd::start(Opts {
             shim_dir: shim.parent().map(Path::to_path_buf),
             capsa_config: Some(env.config.clone()),
+            cni,
         });
         let image = ctrd.import_busybox();
         Self { ctrd, env, image }
