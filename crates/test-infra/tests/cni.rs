@@ -132,3 +132,98 @@ fn concurrent_instances_get_distinct_networks() {
     assert_ne!(one.cni().bridge(), two.cni().bridge());
     assert_ne!(one.cni().name(), two.cni().name());
 }
+
+/// What a network's plugins leave when containerd could not remove its
+/// pods (killed, wedged) is removed with the network: netns, rules, bridge.
+#[test]
+fn dropping_a_network_removes_what_its_pods_left() {
+    use capsa_test_infra::containerd::CniNetwork;
+    use std::process::Command;
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let net = CniNetwork::install(&d.join("bin"), &d.join("conf"), &d.join("ipam"));
+    for p in ["bridge", "host-local", "portmap", "loopback"] {
+        assert!(d.join("bin").join(p).is_file(), "{p} not linked");
+    }
+    let (bridge, name) = (net.bridge(), net.name());
+    let prefix = net.gateway().to_string();
+    let prefix = prefix.rsplit_once('.').unwrap().0;
+    // As a pod the plugins set up and nobody tore down.
+    let ns = format!("cni-capsa-leftover-{}", std::process::id());
+    let chain = format!("CNI-capsa{}", std::process::id());
+    let _guard = Leftovers {
+        ns: ns.clone(),
+        chain: chain.clone(),
+        bridge: bridge.clone(),
+    };
+    run(&["ip", "link", "add", &bridge, "type", "bridge"]);
+    run(&["ip", "netns", "add", &ns]);
+    run(&[
+        "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    let addr = format!("{prefix}.7/24");
+    run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+    run(&["iptables", "-w", "-t", "nat", "-N", &chain]);
+    let comment = format!("name: \"{name}\" id: \"leftover\"");
+    let src = format!("{prefix}.7/32");
+    run(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        &src,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        &chain,
+    ]);
+    assert_eq!(net.netns_in_subnet().len(), 1);
+    assert_eq!(iptables_rules_of(&name).len(), 1);
+
+    drop(net);
+    assert!(!Path::new("/sys/class/net").join(&bridge).exists());
+    assert!(!Path::new("/var/run/netns").join(&ns).exists());
+    assert!(iptables_rules_of(&name).is_empty());
+    let out = Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .unwrap();
+    let nat = String::from_utf8_lossy(&out.stdout);
+    assert!(!nat.contains(&chain), "chain {chain} left:\n{nat}");
+}
+
+/// Removes the fake leftovers if the test failed before the network did.
+struct Leftovers {
+    ns: String,
+    chain: String,
+    bridge: String,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        use std::process::Command;
+        let quiet = |args: &[&str]| {
+            let _ = Command::new(args[0]).args(&args[1..]).output();
+        };
+        quiet(&["ip", "netns", "delete", &self.ns]);
+        quiet(&["ip", "link", "delete", &self.bridge]);
+        let nat = Command::new("iptables-save").args(["-t", "nat"]).output();
+        let nat = nat.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for rule in nat.unwrap_or_default().lines() {
+            if rule.starts_with("-A ") && rule.ends_with(&format!("-j {}", self.chain)) {
+                let delete = format!("iptables -w -t nat -D {}", &rule[3..]);
+                quiet(&["sh", "-c", &delete]);
+            }
+        }
+        quiet(&["iptables", "-w", "-t", "nat", "-X", &self.chain]);
+    }
+}
