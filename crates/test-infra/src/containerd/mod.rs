@@ -27,6 +27,8 @@ pub use cni::CniNetwork;
 pub use config::PAUSE_IMAGE;
 pub use cri::Cri;
 pub use image::BUSYBOX_IMAGE;
+/// The CRI API types the [`Cri`] helpers take (`DnsConfig`, `PortMapping`, ...).
+pub use k8s_cri::v1 as cri_v1;
 pub use task::{Mount, MountExt, TaskExit};
 
 use std::path::{Path, PathBuf};
