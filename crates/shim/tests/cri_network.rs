@@ -206,6 +206,9 @@ fn a_capsa_pod_gets_the_network_cni_gave_it() {
     );
     assert_eq!(str_of(default, "device"), nic.name, "{routes}");
 
+    let ipam = s.ctrd.dir().join("cni/ipam").join(s.ctrd.cni().name());
+    assert!(ipam.join(&ip).is_file(), "host-local has no record of {ip}");
+
     // Stop: capsa's taps, qdiscs and filters are gone (the netns is held
     // open here: containerd removes its file on stop).
     drop(greeter);
@@ -228,7 +231,6 @@ fn a_capsa_pod_gets_the_network_cni_gave_it() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(ports.is_empty(), "veths left on the bridge: {ports:?}");
-    let ipam = s.ctrd.dir().join("cni/ipam").join(s.ctrd.cni().name());
     assert!(!ipam.join(&ip).exists(), "{ip} is still allocated");
     assert!(cri.list_pods().is_empty());
     s.assert_all_gone();

@@ -69,6 +69,11 @@ fn runc_pods_get_the_network_and_dropping_the_instance_removes_it() {
     assert!(ip_a.starts_with(&subnet_prefix), "{ip_a}");
     assert!(ip_b.starts_with(&subnet_prefix), "{ip_b}");
     assert_ne!(ip_a, ip_b);
+    let ipam = c.dir().join("cni/ipam").join(&name);
+    assert!(
+        ipam.join(&ip_a).is_file(),
+        "host-local has no record of {ip_a}"
+    );
     assert!(Path::new("/sys/class/net").join(&bridge).exists());
 
     // The pod's link is the veth in the netns containerd made.

@@ -161,7 +161,7 @@ impl CniNetwork {
     /// Removes what the plugins made for this network and containerd did not
     /// remove (its pods were not all removed, or a previous owner crashed):
     /// the netns of its subnet, its iptables rules and chains, the bridge.
-    /// Bounded and silent when there is nothing to do.
+    /// Bounded; says what it removed besides the bridge.
     pub fn remove_host_state(&self) {
         let mut removed = Vec::new();
         for ns in self.netns_in_subnet() {
@@ -170,10 +170,10 @@ impl CniNetwork {
             removed.push(format!("netns {name}"));
         }
         removed.extend(remove_iptables_rules(&self.name()));
+        // CNI never deletes its bridge: removing it is the normal end.
         let bridge = self.bridge();
         if Path::new("/sys/class/net").join(&bridge).exists() {
             ip(&["link", "delete", &bridge]);
-            removed.push(format!("bridge {bridge}"));
         }
         if !removed.is_empty() {
             eprintln!(
