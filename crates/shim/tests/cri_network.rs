@@ -10,26 +10,17 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capsa_test_infra::containerd::cri_v1::{DnsConfig, PodSandboxConfig, PortMapping, Protocol};
+use capsa_test_infra::containerd::cri_v1::{DnsConfig, PodSandboxConfig};
+use capsa_test_infra::containerd::tcp_port_mapping;
 use capsa_test_infra::containerd::Cri;
 use capsa_test_infra::net::{
-    host_address, http_get, ingress_tc_in, links_in, parse_links, Greeter, Link,
+    free_port, host_address, http_get, httpd_script, ingress_tc_in, links_in, parse_links, Greeter,
+    Link,
 };
 use common::{capsa, Setup};
 
 /// One exec, or one HTTP exchange until it answers (guests under TCG are slow).
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// busybox `httpd` serving `body` at `/` on port 80.
-fn web(body: &str) -> Vec<String> {
-    let script =
-        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
-    vec!["sh".into(), "-c".into(), script]
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 /// Runs `cmd` in container `id`; it must exit 0. Returns its output.
 fn exec_ok(cri: &Cri, id: &str, cmd: &[&str]) -> String {
@@ -43,7 +34,13 @@ fn exec_ok(cri: &Cri, id: &str, cmd: &[&str]) -> String {
 fn web_pod(s: &Setup, cri: &Cri, config: PodSandboxConfig, handler: &str) -> (String, String) {
     let name = config.metadata.as_ref().unwrap().name.clone();
     let pod = cri.run_pod_with(config.clone(), handler);
-    let ctr = cri.create_container(&pod, &config, "web", &s.image, &args(&web(&name)));
+    let ctr = cri.create_container(
+        &pod,
+        &config,
+        "web",
+        &s.image,
+        &["sh", "-c", &httpd_script(&name)],
+    );
     cri.start(&ctr);
     (pod, ctr)
 }
@@ -53,12 +50,6 @@ fn assert_fetches(cri: &Cri, from: &str, ip: &str, body: &str) {
     let url = format!("http://{ip}/");
     let out = exec_ok(cri, from, &["wget", "-q", "-T", "30", "-O-", &url]);
     assert_eq!(out, format!("{body}\n"), "{from} fetching {url}");
-}
-
-/// A TCP port nobody on the host listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// An open handle on a network namespace: it outlives containerd's removal
@@ -117,12 +108,7 @@ fn a_capsa_pod_gets_the_network_cni_gave_it() {
         options: vec!["ndots:3".into(), "timeout:2".into()],
     };
     let host_port = free_port();
-    let ports = vec![PortMapping {
-        protocol: Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: host_port.into(),
-        host_ip: String::new(),
-    }];
+    let ports = vec![tcp_port_mapping(host_port, 80)];
     let config = cri.pod_config_with_network("net1", Some(dns), ports);
     let (pod, web) = web_pod(&s, &cri, config, "capsa");
     let ip = cri.pod_ip(&pod);

@@ -36,6 +36,18 @@ fn try_http_get(addr: SocketAddr) -> std::io::Result<String> {
     }
 }
 
+/// A shell script for busybox: `httpd` serving `body` (one line) at `/`
+/// on port 80 (`sh -c SCRIPT` as a container's command).
+pub fn httpd_script(body: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+/// A TCP port nobody on the host listens on right now (for a host port).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
 /// A TCP server on `ip` (port chosen by the kernel) that writes `greeting`
 /// to every client; it stops with the value.
 pub struct Greeter {

@@ -2,31 +2,14 @@
 //! containerd, real CNI plugins, real network namespaces and iptables.
 
 use capsa_test_infra::containerd::cni::iptables_rules_of;
-use capsa_test_infra::containerd::{Containerd, Opts};
-use capsa_test_infra::net::{host_address, http_get, links_in, Greeter};
-use k8s_cri::v1::{DnsConfig, PortMapping, Protocol};
+use capsa_test_infra::containerd::{tcp_port_mapping, Containerd, Opts};
+use capsa_test_infra::net::{free_port, host_address, http_get, httpd_script, links_in, Greeter};
+use k8s_cri::v1::DnsConfig;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// busybox `httpd` serving `body` at `/` on port 80.
-fn web(body: &str) -> Vec<String> {
-    let script =
-        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
-    vec!["sh".into(), "-c".into(), script]
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// A TCP port nobody on the host listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 #[test]
 fn runc_pods_get_the_network_and_dropping_the_instance_removes_it() {
@@ -50,15 +33,16 @@ fn runc_pods_get_the_network_and_dropping_the_instance_removes_it() {
         options: vec!["ndots:3".into()],
     };
     let host_port = free_port();
-    let ports = vec![PortMapping {
-        protocol: Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: host_port.into(),
-        host_ip: String::new(),
-    }];
+    let ports = vec![tcp_port_mapping(host_port, 80)];
     let a_config = cri.pod_config_with_network("a", Some(dns), ports);
     let a = cri.run_pod_with(a_config.clone(), "");
-    let web_a = cri.create_container(&a, &a_config, "web", &image, &args(&web("hello-a")));
+    let web_a = cri.create_container(
+        &a,
+        &a_config,
+        "web",
+        &image,
+        &["sh", "-c", &httpd_script("hello-a")],
+    );
     cri.start(&web_a);
     let b_config = cri.pod_config_with_network("b", None, vec![]);
     let b = cri.run_pod_with(b_config.clone(), "");

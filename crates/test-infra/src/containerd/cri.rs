@@ -305,6 +305,17 @@ impl Cri {
     }
 }
 
+/// CRI's TCP port mapping `host_port` -> `container_port` on every host
+/// address.
+pub fn tcp_port_mapping(host_port: u16, container_port: u16) -> PortMapping {
+    PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: container_port.into(),
+        host_port: host_port.into(),
+        host_ip: String::new(),
+    }
+}
+
 impl Containerd {
     /// Best effort, bounded, never panics (it runs in `Drop`): stops and
     /// removes every pod CRI knows, so that CNI releases their network

@@ -25,7 +25,7 @@ mod task;
 
 pub use cni::CniNetwork;
 pub use config::PAUSE_IMAGE;
-pub use cri::Cri;
+pub use cri::{tcp_port_mapping, Cri};
 pub use image::BUSYBOX_IMAGE;
 /// The CRI API types the [`Cri`] helpers take (`DnsConfig`, `PortMapping`, ...).
 pub use k8s_cri::v1 as cri_v1;
