@@ -346,6 +346,80 @@ impl AgentClient {
             .map_err(rpc("TtyWinResize"))?;
         Ok(())
     }
+    /// Configures the guest link whose MAC is `iface.hwAddr` (name,
+    /// addresses, MTU, up); returns it as the guest now has it.
+    pub async fn update_interface(
+        &self,
+        iface: capsa_protocols::types::Interface,
+    ) -> Result<capsa_protocols::types::Interface, Error> {
+        let req = agent::UpdateInterfaceRequest {
+            interface: Some(iface).into(),
+            ..Default::default()
+        };
+        self.agent
+            .update_interface(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("UpdateInterface"))
+    }
+
+    /// Replaces the guest's routes (but the kernel's own) with `routes`.
+    pub async fn update_routes(
+        &self,
+        routes: Vec<capsa_protocols::types::Route>,
+    ) -> Result<Vec<capsa_protocols::types::Route>, Error> {
+        let req = agent::UpdateRoutesRequest {
+            routes: Some(agent::Routes {
+                Routes: routes,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let reply = self
+            .agent
+            .update_routes(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("UpdateRoutes"))?;
+        Ok(reply.Routes)
+    }
+
+    /// Adds (permanent) neighbours to the guest's tables.
+    pub async fn add_arp_neighbors(
+        &self,
+        neighbors: Vec<capsa_protocols::types::ARPNeighbor>,
+    ) -> Result<(), Error> {
+        let req = agent::AddARPNeighborsRequest {
+            neighbors: Some(agent::ARPNeighbors {
+                ARPNeighbors: neighbors,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        self.agent
+            .add_arp_neighbors(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("AddARPNeighbors"))?;
+        Ok(())
+    }
+
+    pub async fn list_interfaces(&self) -> Result<Vec<capsa_protocols::types::Interface>, Error> {
+        let reply = self
+            .agent
+            .list_interfaces(until(CALL_TIMEOUT), &agent::ListInterfacesRequest::new())
+            .await
+            .map_err(rpc("ListInterfaces"))?;
+        Ok(reply.Interfaces)
+    }
+
+    pub async fn list_routes(&self) -> Result<Vec<capsa_protocols::types::Route>, Error> {
+        let reply = self
+            .agent
+            .list_routes(until(CALL_TIMEOUT), &agent::ListRoutesRequest::new())
+            .await
+            .map_err(rpc("ListRoutes"))?;
+        Ok(reply.Routes)
+    }
 }
 
 fn read_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {

@@ -28,6 +28,9 @@ const EXPECTED: &[&str] = &[
     "scsi_mod",
     "virtio_scsi",
     "sd_mod",
+    "failover",
+    "net_failover",
+    "virtio_net",
 ];
 
 /// Unpacks the gzip cpio `initrd` into `dir` with Debian's cpio and returns

@@ -52,6 +52,9 @@ pub enum Error {
     NotBlock { what: String, path: PathBuf },
     #[error("{what}: {reason}")]
     BadSpec { what: String, reason: String },
+    /// The pod network (host side: netns, taps, filters).
+    #[error("pod network")]
+    Network(#[source] Box<crate::resource::network::NetworkError>),
     #[error("hot-plug for {what}")]
     Hotplug {
         what: String,
@@ -132,4 +135,10 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+impl From<crate::resource::network::NetworkError> for Error {
+    fn from(e: crate::resource::network::NetworkError) -> Self {
+        Self::Network(Box::new(e))
+    }
 }

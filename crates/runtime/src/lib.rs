@@ -21,6 +21,7 @@ pub mod vm;
 pub use attach::{Found, Liveness};
 pub use error::{chain as error_chain, Error};
 pub use io::{GuestProcess, Stdio};
+pub use resource::network::PodNetwork;
 pub use run::{run, run_detached, RunSpec};
 pub use sandbox::Sandbox;
 pub use spec::{ProcessSpec, Volume};

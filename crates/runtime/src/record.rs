@@ -129,6 +129,13 @@ pub struct SandboxRecord {
     /// Drives attached to the VM now.
     #[serde(default)]
     pub devices: Vec<DeviceRecord>,
+    /// The pod's network namespace, whose taps and filters are capsa's to
+    /// remove (also after a crash).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The links of that netns the VM has a NIC for.
+    #[serde(default)]
+    pub network: Vec<crate::resource::network::Endpoint>,
 }
 
 impl SandboxRecord {
@@ -147,6 +154,8 @@ impl SandboxRecord {
             log: dir.join("capsa.log"),
             containers: Vec::new(),
             devices: Vec::new(),
+            netns: None,
+            network: Vec::new(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct RunSpec {
     /// Forward the caller's stdin to the workload (`-i`).
     pub interactive: bool,
     pub size: VmSize,
+    /// The network the sandbox joins (none: loopback only).
+    pub network: crate::PodNetwork,
 }
 
 /// Runs the workload attached and returns its exit status (128+N when
@@ -48,7 +50,7 @@ pub async fn run(
     check_sources(&spec)?;
     tokio::pin!(stop);
     let id = name.map_or_else(crate::vm::new_id, String::from);
-    let started = Sandbox::start_named(&spec.config, &id, spec.size);
+    let started = Sandbox::start_named(&spec.config, &id, spec.size, &spec.network);
     // Biased: a start that fails at once (a name in use) reports that,
     // rather than a pending stop.
     let mut sandbox = tokio::select! {
@@ -224,7 +226,7 @@ async fn prepare_detached(spec: &RunSpec, dir: StateDir) -> Result<Sandbox, Erro
         let _ = dir.remove();
         return Err(e);
     }
-    Sandbox::start_in(&spec.config, dir, spec.size).await
+    Sandbox::start_in(&spec.config, dir, spec.size, &spec.network).await
 }
 
 async fn start_detached(

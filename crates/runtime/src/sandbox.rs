@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::health::{self, Death};
 use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
+use crate::resource::network::{self, Endpoint, PodNetwork};
 use crate::resource::{share, BlockPolicy, Rootfs};
 use crate::spec::{self, ProcessSpec};
 use crate::state::{self, StateDir};
@@ -45,30 +46,59 @@ pub struct Sandbox {
     policy: BlockPolicy,
     /// Drives attached so far (names the next one).
     drives: u32,
+    /// The pod network joined (its netns has capsa's taps and filters).
+    network: PodNetwork,
+    /// How that netns reaches the VM.
+    model: network::Model,
+    /// Whether NICs use vhost-net (where the host has it).
+    vhost: bool,
 }
 
 impl Sandbox {
     /// Starts a sandbox with a new random id.
     pub async fn start(config: &Config, size: VmSize) -> Result<Self, Error> {
-        Self::start_named(config, &vm::new_id(), size).await
+        Self::start_named(config, &vm::new_id(), size, &PodNetwork::default()).await
     }
 
     /// Creates the state directory `<state_dir>/<id>`, boots the VM,
-    /// connects to the agent and creates the sandbox in the guest.
-    pub async fn start_named(config: &Config, id: &str, size: VmSize) -> Result<Self, Error> {
+    /// connects to the agent and creates the sandbox in the guest. With
+    /// `net.netns`, the VM gets a NIC for each link of that netns (see
+    /// [`network::setup`]) and the agent configures them as the links are.
+    pub async fn start_named(
+        config: &Config,
+        id: &str,
+        size: VmSize,
+        net: &PodNetwork,
+    ) -> Result<Self, Error> {
         for stale in StateDir::collect_stale(&config.runtime.state_dir) {
             tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
         }
         let dir = StateDir::create(&config.runtime.state_dir, id)?;
-        Self::start_in(config, dir, size).await
+        Self::start_in(config, dir, size, net).await
     }
 
     /// Like [`Sandbox::start_named`] in a state directory created already
     /// (by a parent process); this process becomes its owner.
-    pub async fn start_in(config: &Config, dir: StateDir, size: VmSize) -> Result<Self, Error> {
+    pub async fn start_in(
+        config: &Config,
+        dir: StateDir,
+        size: VmSize,
+        net: &PodNetwork,
+    ) -> Result<Self, Error> {
         let id = dir.id();
-        let vm = vm::create(config, &id, &dir, size);
-        let record = SandboxRecord::new(&id, dir.path());
+        let (endpoints, nics) = match host_network(config, &id, net).await {
+            Ok(found) => found,
+            Err(e) => {
+                if let Err(e) = dir.remove() {
+                    tracing::error!(sandbox = %id, error = %e, "state directory not removed");
+                }
+                return Err(e);
+            }
+        };
+        let vm = vm::create(config, &id, &dir, size, nics);
+        let mut record = SandboxRecord::new(&id, dir.path());
+        record.netns = net.netns.clone();
+        record.network = endpoints;
         let mut sandbox = Self {
             id,
             dir,
@@ -81,6 +111,9 @@ impl Sandbox {
             dead: None,
             policy: vm::block_policy(config),
             drives: 0,
+            network: net.clone(),
+            model: vm::network_model(config),
+            vhost: !config.hypervisor.qemu.disable_vhost_net,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -205,10 +238,12 @@ impl Sandbox {
                     }
                 })
                 .collect(),
+            dns: self.network.dns.clone(),
             ..Default::default()
         };
         self.agent = Some(agent);
         self.agent().create_sandbox(req).await?;
+        self.configure_guest_network().await?;
         let (pid, accel) = (self.vm.pid(), self.vm.accelerator());
         let debug_port = config
             .agent
@@ -308,6 +343,85 @@ impl Sandbox {
     pub async fn detach_block(&mut self, id: &str) -> Result<(), Error> {
         let detached = self.vm.block().map_err(Error::Vm)?.detach_block(id).await;
         detached.map_err(Error::Vm)
+    }
+
+    /// Has the agent configure the NICs of the endpoints found at start
+    /// (cold-plugged) and their routes.
+    async fn configure_guest_network(&mut self) -> Result<(), Error> {
+        let endpoints = self.record.network.clone();
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let pci = self.nic_addresses(0, endpoints.len());
+        let done = network::guest::configure(self.agent(), &endpoints, &pci, &endpoints).await?;
+        for i in &done {
+            tracing::info!(sandbox = %self.id, name = %i.name, mac = %i.hwAddr, "guest interface configured");
+        }
+        Ok(())
+    }
+
+    /// Looks again at the pod's netns and gives the VM a NIC (hot-plugged)
+    /// for each link that appeared since: the agent configures it and the
+    /// routes. Returns the new interfaces' names.
+    pub async fn rescan_network(&mut self) -> Result<Vec<String>, Error> {
+        let Some(netns) = self.network.netns.clone() else {
+            return Ok(Vec::new());
+        };
+        let new = network::setup(&netns, self.model).await?;
+        let first = self.record.network.len();
+        for (n, endpoint) in new.iter().enumerate() {
+            let attached = match vm::nic_device(n + first, endpoint, self.vhost) {
+                Ok(nic) => self.attach_nic(&nic, endpoint).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = attached {
+                // The taps without a NIC go: a later rescan makes them anew.
+                let orphans = new[n..].iter().map(|e| e.tap.clone()).collect();
+                log_teardown(
+                    &self.id,
+                    &netns,
+                    network::teardown_taps(&netns, orphans).await,
+                );
+                return Err(e);
+            }
+            self.update_record(|r| r.network.push(endpoint.clone()));
+        }
+        let all = self.record.network.clone();
+        let pci = self.nic_addresses(first, new.len());
+        network::guest::configure(self.agent(), &new, &pci, &all).await?;
+        Ok(new.into_iter().map(|e| e.name).collect())
+    }
+
+    async fn attach_nic(
+        &mut self,
+        nic: &capsa_hypervisor::NetDevice,
+        endpoint: &Endpoint,
+    ) -> Result<(), Error> {
+        let hotplug = self.vm.network().map_err(Error::Vm)?;
+        let attached = hotplug.attach_nic(nic).await;
+        attached.map(drop).map_err(|source| Error::Hotplug {
+            what: format!("{} of {}", endpoint.name, endpoint.netns.display()),
+            source,
+        })
+    }
+
+    /// The PCI paths of the NICs `net<first>`..`net<first+count>`, where
+    /// the driver knows them.
+    fn nic_addresses(&mut self, first: usize, count: usize) -> Vec<Option<GuestAddress>> {
+        let attached = self
+            .vm
+            .network()
+            .map(|n| n.attached_nics())
+            .unwrap_or_default();
+        (first..first + count)
+            .map(|n| {
+                let id = format!("net{n}");
+                attached
+                    .iter()
+                    .find(|a| a.device.id == id)
+                    .map(|a| a.address.clone())
+            })
+            .collect()
     }
 
     /// The hypervisor's pid while it runs.
@@ -448,6 +562,9 @@ impl Sandbox {
         if let Err(e) = self.vm.shutdown(grace).await {
             tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");
         }
+        if let Some(netns) = self.network.netns.take() {
+            log_teardown(&self.id, &netns, network::teardown(&netns).await);
+        }
     }
 }
 
@@ -460,8 +577,57 @@ impl Drop for Sandbox {
             return;
         }
         tracing::warn!(sandbox = %self.id, "sandbox dropped without teardown: cleaning up");
+        if let Some(netns) = self.network.netns.take() {
+            log_teardown(&self.id, &netns, network::teardown_blocking(&netns));
+        }
         if let Err(e) = self.dir.remove() {
             tracing::error!(sandbox = %self.id, error = %e, "state directory not removed");
         }
+    }
+}
+
+/// The pod network's host side: the endpoints in `net.netns` (made for the
+/// configured model) and the VM's NICs on them. On an error nothing of it
+/// is left.
+async fn host_network(
+    config: &Config,
+    id: &str,
+    net: &PodNetwork,
+) -> Result<(Vec<Endpoint>, Vec<capsa_hypervisor::NetDevice>), Error> {
+    let Some(netns) = &net.netns else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let endpoints = network::setup(netns, vm::network_model(config)).await?;
+    let vhost = !config.hypervisor.qemu.disable_vhost_net;
+    let nics = endpoints
+        .iter()
+        .enumerate()
+        .map(|(n, e)| vm::nic_device(n, e, vhost))
+        .collect::<Result<Vec<_>, _>>();
+    match nics {
+        Ok(nics) => {
+            for e in &endpoints {
+                tracing::info!(sandbox = %id, link = %e.name, mac = %e.mac, tap = %e.tap, "pod network endpoint");
+            }
+            Ok((endpoints, nics))
+        }
+        Err(e) => {
+            log_teardown(id, netns, network::teardown(netns).await);
+            Err(e)
+        }
+    }
+}
+
+fn log_teardown(id: &str, netns: &Path, result: Result<Vec<String>, network::NetworkError>) {
+    match result {
+        Ok(taps) => {
+            tracing::debug!(sandbox = %id, netns = %netns.display(), ?taps, "pod network taken down")
+        }
+        Err(e) => tracing::warn!(
+            sandbox = %id,
+            netns = %netns.display(),
+            error = %crate::error_chain(&e),
+            "pod network not taken down"
+        ),
     }
 }

@@ -66,6 +66,7 @@ impl StateDir {
                 continue;
             }
             let dir = Self { path: path.clone() };
+            dir.release_network();
             match dir.remove() {
                 Ok(()) => collected.push(entry.file_name().to_string_lossy().into_owned()),
                 Err(e) => {
@@ -74,6 +75,30 @@ impl StateDir {
             }
         }
         collected
+    }
+
+    /// Takes down what the sandbox recorded it made in the pod's network
+    /// namespace (taps, filters), for a sandbox whose owner died. Failures
+    /// are logged; a netns that is gone took its taps with it.
+    pub fn release_network(&self) {
+        let Ok(record) = crate::record::SandboxRecord::load(&self.path) else {
+            return;
+        };
+        let Some(netns) = record.netns else { return };
+        if !netns.exists() {
+            tracing::debug!(netns = %netns.display(), "pod netns gone: no taps left to remove");
+            return;
+        }
+        match crate::resource::network::teardown_blocking(&netns) {
+            Ok(taps) => {
+                tracing::info!(sandbox = %record.id, netns = %netns.display(), ?taps, "pod network of a dead sandbox taken down")
+            }
+            Err(e) => tracing::warn!(
+                sandbox = %record.id,
+                error = %crate::error_chain(&e),
+                "pod network of a dead sandbox not taken down"
+            ),
+        }
     }
 
     /// The state directory of sandbox `id` below `root`, which must exist.

@@ -9,9 +9,10 @@ use capsa_config::Config;
 use std::time::Duration;
 
 use capsa_hypervisor::{
-    AcceleratorChoice, BlockDriver, DriverConfig, QemuSettings, SharedFs, Vm, VmConfig,
+    AcceleratorChoice, BlockDriver, DriverConfig, NetDevice, QemuSettings, SharedFs, Vm, VmConfig,
 };
 
+use crate::resource::network::{Endpoint, Model};
 use crate::state::StateDir;
 use crate::Error;
 
@@ -36,8 +37,42 @@ pub(crate) fn block_policy(config: &Config) -> crate::resource::BlockPolicy {
 }
 
 /// The VM driver the configuration names, not started yet.
-pub(crate) fn create(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> Box<dyn Vm> {
-    capsa_hypervisor::create(vm_config(config, id, dir, size))
+pub(crate) fn create(
+    config: &Config,
+    id: &str,
+    dir: &StateDir,
+    size: VmSize,
+    nics: Vec<NetDevice>,
+) -> Box<dyn Vm> {
+    let mut vm_config = vm_config(config, id, dir, size);
+    vm_config.nics = nics;
+    capsa_hypervisor::create(vm_config)
+}
+
+/// The VM's `n`th NIC, on `endpoint`'s tap; `vhost`: vhost-net where the
+/// host has it.
+pub(crate) fn nic_device(n: usize, endpoint: &Endpoint, vhost: bool) -> Result<NetDevice, Error> {
+    Ok(NetDevice {
+        id: format!("net{n}"),
+        tap: endpoint.tap.clone(),
+        netns: Some(endpoint.netns.clone()),
+        mac: endpoint.mac.parse().map_err(|reason| Error::BadSpec {
+            what: format!(
+                "the MAC of {} in {}",
+                endpoint.name,
+                endpoint.netns.display()
+            ),
+            reason,
+        })?,
+        mtu: endpoint.mtu,
+        vhost,
+    })
+}
+
+/// How the pod's netns reaches the VM.
+pub(crate) fn network_model(config: &Config) -> Model {
+    // Validated when the configuration was loaded.
+    Model::from_str(&config.runtime.internetworking_model).unwrap_or(Model::TcFilter)
 }
 
 pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> VmConfig {

@@ -68,10 +68,11 @@ impl Pod {
         namespace: &str,
         config: &capsa_config::Config,
         size: capsa_runtime::VmSize,
+        net: &capsa_runtime::PodNetwork,
         events: Arc<Events>,
     ) -> Result<Arc<Self>, Error> {
-        tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, "VM size");
-        let mut sandbox = Sandbox::start_named(config, id, size).await?;
+        tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, netns = ?net.netns, "VM size and network");
+        let mut sandbox = Sandbox::start_named(config, id, size, net).await?;
         // `capsa exec`, `exec --vm` and `agent-ctl` work on running pods.
         sandbox.update_record(|r| r.status = capsa_runtime::record::SandboxStatus::Running);
         let console = sandbox.record().console_log.clone();
@@ -134,6 +135,19 @@ impl Pod {
         }
         let mut guard = self.sandbox.lock().await;
         let sandbox = guard.as_mut().ok_or_else(|| Error::NoPod(id.into()))?;
+        if id != self.id {
+            // A container joins: links that appeared in the pod's netns
+            // since the VM started (another CNI attachment) get a NIC.
+            match sandbox.rescan_network().await {
+                Ok(new) if !new.is_empty() => {
+                    tracing::info!(pod = %self.id, links = ?new, "NICs hot-plugged for new links")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %self.id, error = %capsa_runtime::error_chain(&e), "rescan of the pod's network")
+                }
+            }
+        }
         // On error, what was attached is detached again.
         sandbox.create_container_from(id, rootfs, spec).await?;
         let task = Arc::new(Task {

@@ -93,13 +93,20 @@ impl Service {
                     tracing::info!(%source, "configuration");
                     let q = &config.hypervisor.qemu;
                     let size = crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory);
+                    let net = crate::network::pod_network(&spec);
                     // Where the pod's state will be, recorded before
                     // anything is made: a shim killed at any point of the
                     // boot leaves state that `delete` finds.
                     write_marker(bundle, &config.runtime.state_dir.join(&pod_id));
-                    let started =
-                        Pod::start(&pod_id, &self.namespace, &config, size, self.events.clone())
-                            .await;
+                    let started = Pod::start(
+                        &pod_id,
+                        &self.namespace,
+                        &config,
+                        size,
+                        &net,
+                        self.events.clone(),
+                    )
+                    .await;
                     let pod = match started {
                         Ok(pod) => pod,
                         Err(e) => {

@@ -126,6 +126,7 @@ fn cleanup(dir: &Path, id: &str) {
             );
         }
     }
+    found.release_network();
     match found.remove() {
         Ok(()) => tracing::info!(task = id, dir = %dir.display(), "pod state removed"),
         Err(e) => tracing::error!(task = id, error = %e, "pod state not removed"),

@@ -58,6 +58,7 @@ fn run_spec(config: capsa_config::Config, args: RunArgs) -> RunSpec {
             vcpus: args.vcpus,
             memory_mib: args.memory,
         },
+        network: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! `/dev/net/tun` ioctls (`tap.rs`): the kernel refuses to create tun/tap
 //! devices over rtnetlink.
 
+pub mod guest;
 mod netns;
 mod tap;
 mod tcfilter;
@@ -26,6 +27,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// The network a sandbox joins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// The pod's network namespace (CNI set it up): its links become the
+    /// VM's NICs. `None`: the VM has loopback only.
+    pub netns: Option<PathBuf>,
+    /// `resolv.conf` lines for the guest (CreateSandbox's `dns`).
+    pub dns: Vec<String>,
+}
 
 /// How the pod's netns reaches the VM (`runtime.internetworking_model`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +147,37 @@ pub async fn setup(netns: &Path, model: Model) -> Result<Vec<Endpoint>, NetworkE
 /// Returns the taps removed.
 pub async fn teardown(netns: &Path) -> Result<Vec<String>, NetworkError> {
     let path = netns.to_path_buf();
-    netns::run_in(netns, move |handle| tcfilter::teardown(handle, path)).await
+    netns::run_in(netns, move |handle| tcfilter::teardown(handle, path, None)).await
+}
+
+/// Like [`teardown`] for the taps named in `taps` only (the endpoints of a
+/// rescan whose NICs could not be attached).
+pub async fn teardown_taps(netns: &Path, taps: Vec<String>) -> Result<Vec<String>, NetworkError> {
+    let path = netns.to_path_buf();
+    netns::run_in(netns, move |handle| {
+        tcfilter::teardown(handle, path, Some(taps))
+    })
+    .await
+}
+
+/// [`teardown`] for code that cannot await (a `Drop`, the stale-state
+/// collection): runs on a thread of its own and waits for it.
+pub fn teardown_blocking(netns: &Path) -> Result<Vec<String>, NetworkError> {
+    let path = netns.to_path_buf();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| NetworkError::Netns {
+                    path: path.clone(),
+                    source,
+                })?
+                .block_on(teardown(&path))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(NetworkError::ThreadLost(path.clone())))
+    })
 }
 
 /// Opens one queue of the endpoint's tap (`IFF_TAP | IFF_NO_PI |

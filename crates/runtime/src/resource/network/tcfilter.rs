@@ -392,8 +392,12 @@ async fn make(ctx: &Ctx, made: &mut Vec<String>) -> Result<Vec<Endpoint>, Networ
     Ok(endpoints)
 }
 
-pub(super) async fn teardown(handle: Handle, netns: PathBuf) -> Result<Vec<String>, NetworkError> {
-    remove(&Ctx { handle, netns }, None).await
+pub(super) async fn teardown(
+    handle: Handle,
+    netns: PathBuf,
+    only: Option<Vec<String>>,
+) -> Result<Vec<String>, NetworkError> {
+    remove(&Ctx { handle, netns }, only.as_deref()).await
 }
 
 /// Removes capsa's taps (all, or those named in `only`) and the ingress
