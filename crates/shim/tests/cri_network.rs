@@ -48,7 +48,8 @@ fn web_pod(s: &Setup, cri: &Cri, config: PodSandboxConfig, handler: &str) -> (St
 /// `wget http://IP/` from container `from` returns `body`.
 fn assert_fetches(cri: &Cri, from: &str, ip: &str, body: &str) {
     let url = format!("http://{ip}/");
-    let out = exec_ok(cri, from, &["wget", "-q", "-T", "30", "-O-", &url]);
+    // Bounded by `timeout`: Debian's busybox 1.35 `wget -T` crashes (SIGSEGV).
+    let out = exec_ok(cri, from, &["timeout", "60", "wget", "-q", "-O-", &url]);
     assert_eq!(out, format!("{body}\n"), "{from} fetching {url}");
 }
 
