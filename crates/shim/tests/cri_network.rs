@@ -252,3 +252,41 @@ fn capsa_and_runc_pods_reach_each_other() {
         assert!(!ns.exists(), "{} is left", ns.display());
     }
 }
+
+/// A test that fails with a networked capsa pod running leaves no netns,
+/// bridge, iptables rule or process behind (the harness removes the pods
+/// through CRI, then the network).
+#[test]
+fn a_failing_test_leaves_no_network_behind() {
+    use capsa_test_infra::containerd::cni::iptables_rules_of;
+    use capsa_test_infra::leaks::processes_naming;
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let s = Setup::with_network();
+        s.ctrd.import_pause();
+        let cri = s.ctrd.cri();
+        let (pod, _) = web_pod(
+            &s,
+            &cri,
+            cri.pod_config_with_network("doomed", None, vec![tcp_port_mapping(free_port(), 80)]),
+            "capsa",
+        );
+        let c = s.ctrd.cni();
+        seen = Some((
+            cri.pod_netns(&pod),
+            c.bridge(),
+            c.name(),
+            s.env.state_dir.clone(),
+        ));
+        assert!(!iptables_rules_of(&c.name()).is_empty());
+        panic!("the test fails with its pod running");
+    }));
+    assert!(result.is_err());
+    let (netns, bridge, name, state_dir) = seen.expect("the pod ran");
+    assert!(!netns.exists(), "{} is left", netns.display());
+    assert!(!Path::new("/sys/class/net").join(&bridge).exists());
+    let rules = iptables_rules_of(&name);
+    assert!(rules.is_empty(), "iptables rules left: {rules:#?}");
+    let procs = processes_naming(&state_dir.display().to_string());
+    assert!(procs.is_empty(), "processes left: {procs:#?}");
+}
