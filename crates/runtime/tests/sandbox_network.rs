@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use capsa_runtime::record::SandboxRecord;
 use capsa_runtime::resource::network::{self, Model};
 use capsa_runtime::state::StateDir;
-use capsa_runtime::{PodNetwork, Sandbox, VmSize};
+use capsa_runtime::{PodNetwork, ProcessSpec, Sandbox, VmSize};
 use capsa_test_infra::netns::{PodNetns, MAC, MTU};
 use capsa_test_infra::{assert_no_leaks, TestEnv};
+
+mod common;
+use common::read_all;
 
 /// Whether the host gets an ICMP echo reply from `ip` within `bound`
 /// (busybox `ping`, one probe of at most 2 s at a time).
@@ -45,6 +48,17 @@ fn capsa_taps(f: &PodNetns) -> Vec<String> {
 async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
     let env = TestEnv::new();
     let f = PodNetns::new();
+    // A permanent neighbour is copied; a stale one is not.
+    let neigh_ip = format!("10.213.{}.9", f.subnet);
+    let stale_ip = format!("10.213.{}.10", f.subnet);
+    let neigh_mac = "02:ca:95:00:00:09";
+    let ns_ip = |args: &[&str]| {
+        let mut all = vec!["ip", "-n", f.ns.as_str()];
+        all.extend_from_slice(args);
+        capsa_test_infra::netns::run(&all)
+    };
+    ns_ip(&["neigh", "add", &neigh_ip, "lladdr", neigh_mac, "dev", "eth0", "nud", "permanent"]);
+    ns_ip(&["neigh", "add", &stale_ip, "lladdr", "02:ca:95:00:00:0a", "dev", "eth0", "nud", "stale"]);
     let before = f.snapshot();
     let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
     let net = PodNetwork {
@@ -82,6 +96,32 @@ async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
         "no default route via {} in {routes:?}",
         f.host_ip()
     );
+    // What a container sees: the pod's interface and neighbours.
+    let root = sandbox.share_rootfs("c1", &env.rootfs).expect("share rootfs");
+    let process = ProcessSpec {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /proc/net/arp; ip -o addr show eth0".into(),
+        ],
+        ..Default::default()
+    };
+    let spec = capsa_runtime::spec::build(&process, &root, "netpod").unwrap();
+    sandbox.create_container_spec("c1", &spec).await.expect("create");
+    sandbox.agent().start_container("c1").await.expect("start");
+    let out = read_all(&sandbox, "c1", "c1").await;
+    assert_eq!(sandbox.agent().wait_process("c1", "c1").await.expect("wait"), 0);
+    sandbox.remove_container("c1").await.expect("remove");
+    let arp: Vec<&str> = out.lines().filter(|l| l.starts_with("10.")).collect();
+    assert!(
+        arp.iter().any(|l| l.starts_with(&format!("{neigh_ip} "))
+            && l.contains(neigh_mac)
+            && l.contains("0x6")),
+        "no permanent neighbour {neigh_ip} in the container's ARP table:\n{out}"
+    );
+    assert!(!out.contains(&stale_ip), "a stale neighbour was copied:\n{out}");
+    assert!(out.contains(&format!("inet {}/24", f.pod_ip())), "{out}");
+
     assert!(
         pings(&f.pod_ip(), Duration::from_secs(60)),
         "the host does not reach the guest at {}",

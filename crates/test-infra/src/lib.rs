@@ -13,6 +13,7 @@ pub mod block;
 pub mod cni;
 pub mod containerd;
 pub mod leaks;
+pub mod net;
 pub mod netns;
 pub mod rootfs;
 pub mod share_attack;

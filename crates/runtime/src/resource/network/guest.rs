@@ -10,6 +10,9 @@ use capsa_protocols::types;
 
 use super::{Endpoint, IpNet};
 
+/// The neighbour state Kata's runtime copies (and sends).
+const NUD_PERMANENT: i32 = 0x80;
+
 /// The interface the agent gives the guest NIC of `endpoint`: the veth's
 /// name, MAC, MTU and addresses. `pci` is the NIC's PCI path, which tells
 /// the agent to wait for a hot-plugged NIC to appear.
@@ -75,7 +78,32 @@ pub async fn configure(
     if !routes.is_empty() {
         agent.update_routes(routes).await?;
     }
+    let neighbours = neighbours(endpoints);
+    if !neighbours.is_empty() {
+        agent.add_arp_neighbors(neighbours).await?;
+    }
     Ok(done)
+}
+
+/// The permanent neighbours of the endpoints, on the guest links of the
+/// same names.
+pub fn neighbours(endpoints: &[Endpoint]) -> Vec<types::ARPNeighbor> {
+    endpoints
+        .iter()
+        .flat_map(|e| {
+            e.neighbours.iter().map(|n| types::ARPNeighbor {
+                toIPAddress: Some(ip_address(&IpNet {
+                    addr: n.ip,
+                    prefix_len: if n.ip.is_ipv4() { 32 } else { 128 },
+                }))
+                .into(),
+                device: e.name.clone(),
+                lladdr: n.mac.clone(),
+                state: NUD_PERMANENT,
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 fn ip_address(a: &IpNet) -> types::IPAddress {
@@ -131,6 +159,10 @@ mod tests {
                     scope: 253,
                 },
             ],
+            neighbours: vec![super::super::Neighbour {
+                ip: "10.200.0.9".parse().unwrap(),
+                mac: "0a:58:0a:c8:00:09".into(),
+            }],
             tap: "tap0_capsa".into(),
             netns: "/var/run/netns/cni-1".into(),
         }
@@ -159,6 +191,16 @@ mod tests {
             ]
         );
         assert_eq!(interface(&endpoint(), None).devicePath, "");
+    }
+
+    #[test]
+    fn permanent_neighbours_are_sent_as_such() {
+        let n = neighbours(&[endpoint()]);
+        assert_eq!(n.len(), 1);
+        assert_eq!((n[0].device.as_str(), n[0].lladdr.as_str()), ("eth0", "0a:58:0a:c8:00:09"));
+        assert_eq!(n[0].state, 0x80);
+        let to = n[0].toIPAddress.as_ref().unwrap();
+        assert_eq!((to.address.as_str(), to.mask.as_str()), ("10.200.0.9", "32"));
     }
 
     #[test]

@@ -82,6 +82,14 @@ pub struct Route {
     pub scope: u8,
 }
 
+/// A permanent neighbour (ARP/NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    /// `aa:bb:cc:dd:ee:ff`; empty if the entry has none.
+    pub mac: String,
+}
+
 /// A link of the pod's netns that the VM gets a NIC for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -92,6 +100,9 @@ pub struct Endpoint {
     pub mtu: u32,
     pub addresses: Vec<IpNet>,
     pub routes: Vec<Route>,
+    /// The permanent neighbours on the link (Kata copies only those).
+    #[serde(default)]
+    pub neighbours: Vec<Neighbour>,
     /// The tap made for it in the same netns (`tap0_capsa`).
     pub tap: String,
     /// The network namespace, as given (`/var/run/netns/cni-…`).

@@ -16,7 +16,13 @@ use rtnetlink::packet_route::tc::{
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use super::{format_mac, is_tap_name, tap, tap_name, Endpoint, IpNet, NetworkError, Route};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+
+use super::{
+    format_mac, is_tap_name, tap, tap_name, Endpoint, IpNet, Neighbour, NetworkError, Route,
+};
 
 /// `ETH_P_ALL`: the filters match every protocol.
 const ETH_P_ALL: u16 = 0x0003;
@@ -153,6 +159,41 @@ impl Ctx {
                         .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == link.index))
             })
             .map(route_of)
+            .collect())
+    }
+
+    /// The permanent neighbours on `link` (those Kata's runtime copies).
+    async fn neighbours(&self, link: &Link) -> Result<Vec<Neighbour>, NetworkError> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.err("list neighbours"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.header.ifindex == link.index && m.header.state == NeighbourState::Permanent
+            })
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = String::new();
+                for attr in &m.attributes {
+                    match attr {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                            ip = Some(IpAddr::V4(*a))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                            ip = Some(IpAddr::V6(*a))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = format_mac(l),
+                        _ => {}
+                    }
+                }
+                Some(Neighbour { ip: ip?, mac })
+            })
             .collect())
     }
 
@@ -346,6 +387,7 @@ async fn make(ctx: &Ctx, made: &mut Vec<String>) -> Result<Vec<Endpoint>, Networ
             });
         }
         let routes = ctx.routes(link).await?;
+        let neighbours = ctx.neighbours(link).await?;
         let tap_name = (0..)
             .map(tap_name)
             .find(|n| !made.contains(n) && !taps.iter().any(|t| &t.name == n))
@@ -385,6 +427,7 @@ async fn make(ctx: &Ctx, made: &mut Vec<String>) -> Result<Vec<Endpoint>, Networ
             mtu: link.mtu,
             addresses,
             routes,
+            neighbours,
             tap: tap_name,
             netns: ctx.netns.clone(),
         });
