@@ -4,11 +4,13 @@
 //! it was; `none`; refused arguments. Each test has its own bridge,
 //! subnet and IPAM directory (`runtime.cni_conflist`). Real VMs; root.
 
-use std::io::{Read, Write};
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::cni::TestNetwork;
+use capsa_test_infra::net::{free_port, http_get};
 use capsa_test_infra::netns::PodNetns;
 use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
 
@@ -125,39 +127,6 @@ fn wait_gone(pid: i32) {
     }
 }
 
-/// GET / from `addr`, once; the body.
-fn http_get(addr: &str) -> std::io::Result<String> {
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply)
-}
-
-/// GET / from `addr` until it answers 200, within [`WAIT`].
-fn fetch(addr: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let reply = http_get(addr);
-        match &reply {
-            Ok(r) if r.starts_with("HTTP/1.") && r.contains(" 200 ") => return r.clone(),
-            _ if start.elapsed() > WAIT => panic!("{addr} never served: {reply:?}"),
-            _ => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 const HTTPD: &str = "mkdir -p /www && echo hello-from-capsa > /www/index.html && \
                      ip -o addr show dev eth0 && ip route && exec httpd -f -p 80 -h /www";
 
@@ -195,11 +164,15 @@ fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
     );
 
     // The host reaches the container through the published port.
-    let reply = fetch(&format!("127.0.0.1:{port}"));
-    assert!(reply.contains("hello-from-capsa"), "{reply}");
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    let body = http_get(local, WAIT);
+    assert_eq!(body.trim(), "hello-from-capsa");
     // ... and at its address.
-    let ip = address.split('/').next().unwrap();
-    assert!(fetch(&format!("{ip}:80")).contains("hello-from-capsa"));
+    let ip: IpAddr = address.split('/').next().unwrap().parse().unwrap();
+    assert_eq!(
+        http_get(SocketAddr::new(ip, 80), WAIT).trim(),
+        "hello-from-capsa"
+    );
     // The container has its address on eth0 and a default route through
     // the bridge.
     let log = std::fs::read_to_string(net.env.state_dir.join("web/web.log")).unwrap();
@@ -218,7 +191,7 @@ fn bridge_serves_a_published_port_and_leaves_nothing_behind() {
     wait_gone(owner);
     net.assert_released("web");
     assert!(
-        http_get(&format!("127.0.0.1:{port}")).is_err(),
+        TcpStream::connect_timeout(&local, Duration::from_secs(5)).is_err(),
         "port {port} still forwarded"
     );
     let out = net.capsa_out(&["rm", "web"]);
