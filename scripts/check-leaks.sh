@@ -25,5 +25,47 @@ dirs=$(find /tmp -maxdepth 1 \( -name 'capsa-test-*' -o -name 'cs-*' -o -name 'c
 if [ -n "$dirs" ]; then
     echo "check-leaks: directories left behind:"; echo "$dirs"; status=1
 fi
+# Pod networking: capsa's taps (tap<N>_capsa) in any netns, the test CNI
+# bridges (capsa-tb<N>) and their networks' iptables rules (comments naming
+# capsa-test-<N>), CNI chains no rule jumps to any more, and network
+# namespaces of tests (capsa-* of the runtime's tests, and containerd's
+# cni-* that still hold a test subnet address 10.200.x.x or a capsa tap).
+taps=$(ip -o link show 2>/dev/null | grep -oE '[0-9]+: tap[0-9]+_capsa' || true)
+netns=""
+for ns in $(ls /var/run/netns 2>/dev/null); do
+    links=$(ip -n "$ns" -o link show 2>/dev/null || true)
+    nstaps=$(echo "$links" | grep -oE 'tap[0-9]+_capsa' || true)
+    [ -n "$nstaps" ] && taps="$taps
+$ns: $nstaps"
+    case "$ns" in capsa-*) netns="$netns $ns"; continue;; esac
+    if [ -n "$nstaps" ] || ip -n "$ns" -o -4 addr show 2>/dev/null | grep -q ' inet 10\.200\.'; then
+        netns="$netns $ns"
+    fi
+done
+taps=$(echo "$taps" | sed '/^$/d')
+if [ -n "$taps" ]; then
+    echo "check-leaks: capsa taps left behind:"; echo "$taps"; status=1
+fi
+if [ -n "$netns" ]; then
+    echo "check-leaks: network namespaces of tests left behind:$netns"; status=1
+fi
+bridges=$(ip -o link show type bridge 2>/dev/null | grep -oE ' capsa-tb[0-9]+' || true)
+if [ -n "$bridges" ]; then
+    echo "check-leaks: test CNI bridges left behind:$bridges"; status=1
+fi
+if command -v iptables-save >/dev/null 2>&1; then
+    nat=$(iptables-save -t nat 2>/dev/null || true)
+    rules=$(echo "$nat" | grep -E '^-A .*name: \\"capsa-test-[0-9]+\\"' || true)
+    if [ -n "$rules" ]; then
+        echo "check-leaks: iptables rules of test CNI networks left behind:"; echo "$rules"; status=1
+    fi
+    orphans=$(echo "$nat" | grep -oE '^:CNI-[A-Za-z0-9-]+' | cut -c2- | grep -v '^CNI-HOSTPORT-' |
+              while read -r chain; do
+                  echo "$nat" | grep -qE -- "-j $chain( |\$)" || echo "$chain"
+              done)
+    if [ -n "$orphans" ]; then
+        echo "check-leaks: CNI iptables chains no rule uses:"; echo "$orphans"; status=1
+    fi
+fi
 [ $status -eq 0 ] && echo "check-leaks: nothing left behind"
 exit $status

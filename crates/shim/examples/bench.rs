@@ -30,6 +30,7 @@ fn main() {
     let ctrd = Containerd::start(Opts {
         shim_dir: Some(shim_dir),
         capsa_config: Some(env.config.clone()),
+        ..Default::default()
     });
     let image = ctrd.import_busybox();
     let bare = BareVm::new(&env);

@@ -17,6 +17,7 @@ fn containerd(env: &TestEnv) -> Containerd {
     Containerd::start(Opts {
         shim_dir: shim.parent().map(Path::to_path_buf),
         capsa_config: Some(env.config.clone()),
+        ..Default::default()
     })
 }
 

@@ -2,29 +2,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use capsa_test_infra::run_bounded;
-use common::{text, Setup};
-
-/// The `capsa` binary of this build, next to the shim's.
-fn capsa_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2")).with_file_name("capsa");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the workspace (cargo build -p capsa)",
-        bin.display()
-    );
-    bin
-}
-
-fn capsa(s: &Setup, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(capsa_bin());
-    cmd.arg("--config").arg(&s.env.config).args(args);
-    run_bounded(cmd, input, Duration::from_secs(120))
-}
+use common::{capsa, text, Setup};
 
 #[test]
 fn capsa_commands_reach_a_pod_of_the_shim() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod block;
 pub mod containerd;
 pub mod leaks;
+pub mod net;
 pub mod netns;
 pub mod rootfs;
 pub mod share_attack;

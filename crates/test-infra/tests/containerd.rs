@@ -200,6 +200,7 @@ fn a_task_with_explicit_rootfs_mounts_runs_in_a_capsa_vm() {
     let c = Containerd::start(Opts {
         shim_dir: shim.parent().map(Path::to_path_buf),
         capsa_config: Some(env.config.clone()),
+        ..Default::default()
     });
     let spec = c.default_spec(&["sh", "-c", "echo hello; uname -r >&2; exit 3"]);
     let done = c.run_task(

@@ -1,12 +1,13 @@
 //! containerd with the capsa shim registered, and leak checks.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::containerd::{Containerd, Opts};
 use capsa_test_infra::leaks::processes_naming;
-use capsa_test_infra::{assert_no_leaks, TestEnv};
+use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
 
 pub const RUNTIME: &str = "io.containerd.capsa.v2";
 
@@ -20,11 +21,22 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// [`Setup::new`] whose containerd runs CRI pods with pod networking
+    /// (CNI bridge, host-local, portmap: `Opts::cni`).
+    pub fn with_network() -> Self {
+        Self::build(true)
+    }
+
+    fn build(cni: bool) -> Self {
         let env = TestEnv::short();
         let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2"));
         let ctrd = Containerd::start(Opts {
             shim_dir: shim.parent().map(Path::to_path_buf),
             capsa_config: Some(env.config.clone()),
+            cni,
         });
         let image = ctrd.import_busybox();
         Self { ctrd, env, image }
@@ -60,4 +72,22 @@ impl Setup {
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The `capsa` binary of this build, next to the shim's.
+fn capsa_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2")).with_file_name("capsa");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace (cargo build -p capsa)",
+        bin.display()
+    );
+    bin
+}
+
+/// `capsa --config <the test's> ARGS`, bounded in time.
+pub fn capsa(s: &Setup, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(capsa_bin());
+    cmd.arg("--config").arg(&s.env.config).args(args);
+    run_bounded(cmd, input, Duration::from_secs(120))
 }

@@ -84,6 +84,27 @@ impl Cri {
     /// A pod in the host's network namespace (no CNI needed), with its log
     /// directory in the instance's directory.
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        self.pod_config_in(name, NamespaceMode::Node)
+    }
+
+    /// A pod with a network namespace of its own, which containerd makes and
+    /// CNI sets up (the instance must run with `Opts::cni`), host name
+    /// `name`, and the given DNS configuration and port mappings.
+    pub fn pod_config_with_network(
+        &self,
+        name: &str,
+        dns_config: Option<DnsConfig>,
+        port_mappings: Vec<PortMapping>,
+    ) -> PodSandboxConfig {
+        PodSandboxConfig {
+            hostname: name.into(),
+            dns_config,
+            port_mappings,
+            ..self.pod_config_in(name, NamespaceMode::Pod)
+        }
+    }
+
+    fn pod_config_in(&self, name: &str, network: NamespaceMode) -> PodSandboxConfig {
         let log_directory = self.log_dir.join(name);
         std::fs::create_dir_all(&log_directory).expect("pod log dir");
         PodSandboxConfig {
@@ -98,7 +119,7 @@ impl Cri {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
+                        network: network as i32,
                         pid: NamespaceMode::Pod as i32,
                         ipc: NamespaceMode::Pod as i32,
                         ..Default::default()
@@ -205,6 +226,43 @@ impl Cri {
             .expect("pod status")
     }
 
+    /// `PodSandboxStatus` with `verbose`: containerd's `info` (its sandbox
+    /// record: `runtimeSpec`, `cniResult`, ...) as JSON.
+    pub fn pod_info(&self, pod_id: &str) -> serde_json::Value {
+        let mut c = self.runtime.clone();
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true,
+        };
+        let r = self.call("PodSandboxStatus", c.pod_sandbox_status(req));
+        let info = r.info.get("info").expect("verbose pod status has no info");
+        serde_json::from_str(info).expect("pod info is JSON")
+    }
+
+    /// The pod's IP, as CNI gave it (`PodSandboxStatus.network.ip`).
+    pub fn pod_ip(&self, pod_id: &str) -> String {
+        let status = self.pod_status(pod_id);
+        let ip = status.network.map(|n| n.ip).unwrap_or_default();
+        assert!(!ip.is_empty(), "pod {pod_id} has no IP");
+        ip
+    }
+
+    /// The pod's network namespace (`/var/run/netns/cni-...`), the network
+    /// namespace path of the sandbox's runtime spec.
+    pub fn pod_netns(&self, pod_id: &str) -> PathBuf {
+        let info = self.pod_info(pod_id);
+        let namespaces = info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        namespaces
+            .iter()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("pod {pod_id} has no network namespace path: {info}"))
+    }
+
     pub fn stop_container(&self, id: &str, timeout: Duration) {
         let mut c = self.runtime.clone();
         let req = StopContainerRequest {
@@ -244,5 +302,48 @@ impl Cri {
         let req = ListPodSandboxRequest { filter: None };
         let r = self.call("ListPodSandbox", c.list_pod_sandbox(req));
         r.items.into_iter().map(|p| p.id).collect()
+    }
+}
+
+/// CRI's TCP port mapping `host_port` -> `container_port` on every host
+/// address.
+pub fn tcp_port_mapping(host_port: u16, container_port: u16) -> PortMapping {
+    PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: container_port.into(),
+        host_port: host_port.into(),
+        host_ip: String::new(),
+    }
+}
+
+impl Containerd {
+    /// Best effort, bounded, never panics (it runs in `Drop`): stops and
+    /// removes every pod CRI knows, so that CNI releases their network
+    /// (netns, IP, iptables rules) before containerd goes.
+    pub(super) fn remove_leftover_pods(&self) {
+        let limit = Duration::from_secs(60);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let cri = self.cri();
+            let mut c = cri.runtime.clone();
+            cri.rt.block_on(async {
+                let req = ListPodSandboxRequest { filter: None };
+                let Ok(Ok(pods)) = tokio::time::timeout(limit, c.list_pod_sandbox(req)).await
+                else {
+                    return;
+                };
+                for pod in pods.into_inner().items {
+                    let id = pod.id;
+                    let stop = StopPodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    };
+                    let _ = tokio::time::timeout(limit, c.stop_pod_sandbox(stop)).await;
+                    let remove = RemovePodSandboxRequest { pod_sandbox_id: id };
+                    let _ = tokio::time::timeout(limit, c.remove_pod_sandbox(remove)).await;
+                }
+            })
+        }));
+        if result.is_err() {
+            eprintln!("capsa-test-infra: could not remove the pods through CRI");
+        }
     }
 }

@@ -17,14 +17,18 @@
 //! its directory and removes it, also when the test panicked.
 
 pub(crate) mod cleanup;
+pub mod cni;
 mod config;
 mod cri;
 mod image;
 mod task;
 
+pub use cni::CniNetwork;
 pub use config::PAUSE_IMAGE;
-pub use cri::Cri;
+pub use cri::{tcp_port_mapping, Cri};
 pub use image::BUSYBOX_IMAGE;
+/// The CRI API types the [`Cri`] helpers take (`DnsConfig`, `PortMapping`, ...).
+pub use k8s_cri::v1 as cri_v1;
 pub use task::{Mount, MountExt, TaskExit};
 
 use std::path::{Path, PathBuf};
@@ -53,6 +57,10 @@ pub struct Opts {
     /// capsa configuration file: CRI runtime `capsa`'s `options.ConfigPath`
     /// and `CAPSA_CONF_FILE` in containerd's (so the shims') environment.
     pub capsa_config: Option<PathBuf>,
+    /// Pod networking: CRI's CNI gets the plugins and a bridge network of
+    /// its own (see [`cni`]); without it, only pods in the host's network
+    /// namespace can run.
+    pub cni: bool,
 }
 
 pub struct Containerd {
@@ -61,6 +69,8 @@ pub struct Containerd {
     log: PathBuf,
     snapshotter: &'static str,
     child: Option<Child>,
+    /// Dropped after containerd stopped (fields drop after `drop`).
+    cni: Option<CniNetwork>,
 }
 
 impl Containerd {
@@ -84,6 +94,10 @@ impl Containerd {
             capsa_config: opts.capsa_config.as_deref(),
         });
         std::fs::write(&config_path, text).expect("write containerd config");
+        let cni = opts.cni.then(|| {
+            let d = dir.path().join("cni");
+            CniNetwork::install(&d.join("bin"), &d.join("net.d"), &d.join("ipam"))
+        });
         let log = dir.path().join("containerd.log");
         let log_file = std::fs::File::create(&log).expect("containerd log");
 
@@ -106,6 +120,7 @@ impl Containerd {
             log,
             snapshotter,
             child: Some(child),
+            cni,
         };
         me.wait_ready();
         me
@@ -162,6 +177,13 @@ impl Containerd {
     /// `/run/containerd/runc`.
     pub fn runc_root(&self) -> PathBuf {
         self.dir().join("runc")
+    }
+
+    /// The CNI network of an instance started with [`Opts::cni`].
+    pub fn cni(&self) -> &CniNetwork {
+        self.cni
+            .as_ref()
+            .expect("containerd was started without Opts::cni")
     }
 
     /// containerd's pid.
@@ -269,6 +291,10 @@ impl Drop for Containerd {
             .child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if alive && self.cni.is_some() {
+            // Through CRI, so that CNI releases what it set up for the pods.
+            self.remove_leftover_pods();
+        }
         if alive {
             self.remove_leftover_tasks();
         }
