@@ -139,6 +139,8 @@ bench: install
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example block_bench
+	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
+	  cargo run --release -p capsa-shim --example net_bench
 
 clean:
 	cargo clean
