@@ -7,6 +7,9 @@ SHELL := /bin/bash
 
 CACHE            ?= /var/cache/capsa
 export CARGO_TARGET_DIR ?= $(CACHE)/target
+# Incremental state doubles the debug build on disk and a fresh CI clone
+# never reuses it.
+export CARGO_INCREMENTAL ?= 0
 PREFIX           ?= /usr/local
 ASSETS_DIR       ?= $(CACHE)/assets
 SHARE_DIR        ?= /usr/share/capsa
