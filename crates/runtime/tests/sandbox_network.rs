@@ -57,8 +57,28 @@ async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
         all.extend_from_slice(args);
         capsa_test_infra::netns::run(&all)
     };
-    ns_ip(&["neigh", "add", &neigh_ip, "lladdr", neigh_mac, "dev", "eth0", "nud", "permanent"]);
-    ns_ip(&["neigh", "add", &stale_ip, "lladdr", "02:ca:95:00:00:0a", "dev", "eth0", "nud", "stale"]);
+    ns_ip(&[
+        "neigh",
+        "add",
+        &neigh_ip,
+        "lladdr",
+        neigh_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    ns_ip(&[
+        "neigh",
+        "add",
+        &stale_ip,
+        "lladdr",
+        "02:ca:95:00:00:0a",
+        "dev",
+        "eth0",
+        "nud",
+        "stale",
+    ]);
     let before = f.snapshot();
     let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
     let net = PodNetwork {
@@ -97,7 +117,9 @@ async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
         f.host_ip()
     );
     // What a container sees: the pod's interface and neighbours.
-    let root = sandbox.share_rootfs("c1", &env.rootfs).expect("share rootfs");
+    let root = sandbox
+        .share_rootfs("c1", &env.rootfs)
+        .expect("share rootfs");
     let process = ProcessSpec {
         args: vec![
             "sh".into(),
@@ -107,10 +129,20 @@ async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
         ..Default::default()
     };
     let spec = capsa_runtime::spec::build(&process, &root, "netpod").unwrap();
-    sandbox.create_container_spec("c1", &spec).await.expect("create");
+    sandbox
+        .create_container_spec("c1", &spec)
+        .await
+        .expect("create");
     sandbox.agent().start_container("c1").await.expect("start");
     let out = read_all(&sandbox, "c1", "c1").await;
-    assert_eq!(sandbox.agent().wait_process("c1", "c1").await.expect("wait"), 0);
+    assert_eq!(
+        sandbox
+            .agent()
+            .wait_process("c1", "c1")
+            .await
+            .expect("wait"),
+        0
+    );
     sandbox.remove_container("c1").await.expect("remove");
     let arp: Vec<&str> = out.lines().filter(|l| l.starts_with("10.")).collect();
     assert!(
@@ -119,7 +151,10 @@ async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
             && l.contains("0x6")),
         "no permanent neighbour {neigh_ip} in the container's ARP table:\n{out}"
     );
-    assert!(!out.contains(&stale_ip), "a stale neighbour was copied:\n{out}");
+    assert!(
+        !out.contains(&stale_ip),
+        "a stale neighbour was copied:\n{out}"
+    );
     assert!(out.contains(&format!("inet {}/24", f.pod_ip())), "{out}");
 
     assert!(

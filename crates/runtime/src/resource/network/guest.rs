@@ -197,10 +197,16 @@ mod tests {
     fn permanent_neighbours_are_sent_as_such() {
         let n = neighbours(&[endpoint()]);
         assert_eq!(n.len(), 1);
-        assert_eq!((n[0].device.as_str(), n[0].lladdr.as_str()), ("eth0", "0a:58:0a:c8:00:09"));
+        assert_eq!(
+            (n[0].device.as_str(), n[0].lladdr.as_str()),
+            ("eth0", "0a:58:0a:c8:00:09")
+        );
         assert_eq!(n[0].state, 0x80);
         let to = n[0].toIPAddress.as_ref().unwrap();
-        assert_eq!((to.address.as_str(), to.mask.as_str()), ("10.200.0.9", "32"));
+        assert_eq!(
+            (to.address.as_str(), to.mask.as_str()),
+            ("10.200.0.9", "32")
+        );
     }
 
     #[test]
