@@ -7,6 +7,9 @@ SHELL := /bin/bash
 
 CACHE            ?= /var/cache/capsa
 export CARGO_TARGET_DIR ?= $(CACHE)/target
+# Incremental state doubles the debug build on disk and a fresh CI clone
+# never reuses it.
+export CARGO_INCREMENTAL ?= 0
 PREFIX           ?= /usr/local
 ASSETS_DIR       ?= $(CACHE)/assets
 SHARE_DIR        ?= /usr/share/capsa
@@ -141,6 +144,8 @@ bench: install
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example block_bench
+	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
+	  cargo run --release -p capsa-shim --example net_bench
 
 clean:
 	cargo clean

@@ -106,20 +106,7 @@ async fn drive_read_only(t: &TestDir, image: &Path) -> Option<bool> {
 /// The console line the guest printed for `event` (`added`, `write`,
 /// `removed`) of the disk whose line contains `needle`, waiting for it.
 async fn guest_line(t: &TestDir, event: &str, needle: &str) -> String {
-    let prefix = format!("capsa-test: {event} ");
-    let find = || {
-        t.console()
-            .lines()
-            .find(|l| l.starts_with(&prefix) && l.contains(needle))
-            .map(str::to_string)
-    };
-    wait_for(GUEST_WAIT, || find().is_some()).await;
-    find().unwrap_or_else(|| {
-        panic!(
-            "the guest printed no {prefix:?} line with {needle:?}; console:\n{}",
-            t.console()
-        )
-    })
+    t.guest_line(event, needle, GUEST_WAIT).await
 }
 
 /// The disk name and sysfs path from an `added` line.

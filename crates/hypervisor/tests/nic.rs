@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use capsa_hypervisor::qemu::{qmp, QemuVm, QMP_DEBUG_SOCKET};
 use capsa_hypervisor::{GuestAddress, MacAddr, NetDevice, Vm};
-use common::{assert_all_gone, wait_for, TestDir, SERIAL, TAG};
+use common::{assert_all_gone, TestDir, SERIAL, TAG};
 use serde_json::json;
 
 /// How long a guest may take to see or lose a NIC, or to ping, under TCG.
@@ -60,18 +60,7 @@ fn script() -> String {
         )
 }
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use capsa_test_infra::netns::run;
 
 /// A network namespace of the test; deleting it deletes its taps.
 struct Netns {
@@ -142,20 +131,7 @@ fn nic(id: &str, tap: &str, ns: &Netns, mac: &str, mtu: u32) -> NetDevice {
 /// The console line the guest printed that starts with `capsa-test:
 /// {event} ` and contains `needle`, waiting for it.
 async fn guest_line(t: &TestDir, event: &str, needle: &str) -> String {
-    let prefix = format!("capsa-test: {event} ");
-    let find = || {
-        t.console()
-            .lines()
-            .find(|l| l.starts_with(&prefix) && l.contains(needle))
-            .map(str::to_string)
-    };
-    wait_for(GUEST_WAIT, || find().is_some()).await;
-    find().unwrap_or_else(|| {
-        panic!(
-            "the guest printed no {prefix:?} line with {needle:?}; console:\n{}",
-            t.console()
-        )
-    })
+    t.guest_line(event, needle, GUEST_WAIT).await
 }
 
 /// The PCI functions of a sysfs path, as root-bus-down slots.

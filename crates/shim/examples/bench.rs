@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use capsa_test_infra::containerd::{Containerd, Opts};
 use capsa_test_infra::leaks::processes_naming;
 use capsa_test_infra::TestEnv;
+use stats::median;
+
+#[path = "common/stats.rs"]
+mod stats;
 
 const CAPSA: &str = "io.containerd.capsa.v2";
 const RUNC: &str = "io.containerd.runc.v2";
@@ -140,17 +144,6 @@ fn pss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 /// A bare QEMU boot of the guest kernel with a busybox initrd whose init

@@ -60,6 +60,26 @@ impl TestDir {
 
     /// A TCG VM of `machine` booting the test kernel and an initrd whose
     /// `/init` is `script`, with the test share and vhost-user vsock.
+    /// The console line the guest printed that starts with `capsa-test:
+    /// {event} ` and contains `needle`, waiting for it up to `limit`.
+    #[allow(dead_code)]
+    pub async fn guest_line(&self, event: &str, needle: &str, limit: Duration) -> String {
+        let prefix = format!("capsa-test: {event} ");
+        let find = || {
+            self.console()
+                .lines()
+                .find(|l| l.starts_with(&prefix) && l.contains(needle))
+                .map(str::to_string)
+        };
+        wait_for(limit, || find().is_some()).await;
+        find().unwrap_or_else(|| {
+            panic!(
+                "the guest printed no {prefix:?} line with {needle:?}; console:\n{}",
+                self.console()
+            )
+        })
+    }
+
     pub fn config(&self, machine: &str, script: &str) -> VmConfig {
         self.config_with_modules(machine, script, &[])
     }
