@@ -11,9 +11,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 /// Largest read served at once, whatever the client asks for.
 pub const MAX_READ: usize = 1 << 20;
@@ -66,6 +67,9 @@ pub struct Stdio {
     stdin: Mutex<Option<InputStream>>,
     stdout: Mutex<OutputStream>,
     stderr: Option<Mutex<OutputStream>>,
+    /// Set once a reader got end of file (or an error) on stdout, stderr.
+    ended: [AtomicBool; 2],
+    ended_changed: Notify,
 }
 
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
@@ -154,6 +158,8 @@ impl Stdio {
             stdin: Mutex::new(Some(InputStream::new(stdin_w)?)),
             stdout: Mutex::new(OutputStream::new(stdout_r, false)?),
             stderr: Some(Mutex::new(OutputStream::new(stderr_r, false)?)),
+            ended: Default::default(),
+            ended_changed: Notify::new(),
         };
         let child = ChildStdio {
             stdin: stdin_r,
@@ -179,6 +185,9 @@ impl Stdio {
             stdin: Mutex::new(Some(InputStream::new(writer)?)),
             stdout: Mutex::new(OutputStream::new(master, true)?),
             stderr: None,
+            // A terminal has no stderr of its own.
+            ended: [AtomicBool::new(false), AtomicBool::new(true)],
+            ended_changed: Notify::new(),
         })
     }
 
@@ -194,20 +203,48 @@ impl Stdio {
     /// Reads stdout (the terminal with a pty); empty at end of file.
     pub async fn read_stdout(&self, len: usize) -> Result<Vec<u8>, StdioError> {
         let stream = self.stdout.lock().await;
-        stream.read(len).await.map_err(|source| StdioError::Read {
+        let read = stream.read(len).await.map_err(|source| StdioError::Read {
             stream: "stdout",
             source,
-        })
+        });
+        self.note_end(0, &read);
+        read
+    }
+
+    /// Records that a reader reached the end of stream `i`.
+    fn note_end(&self, i: usize, read: &Result<Vec<u8>, StdioError>) {
+        if read.as_ref().map_or(true, Vec::is_empty) {
+            self.ended[i].store(true, Ordering::SeqCst);
+            self.ended_changed.notify_waiters();
+        }
+    }
+
+    /// Waits until readers have taken stdout and stderr to end of file, at
+    /// most `limit`; whether they have.
+    pub async fn wait_drained(&self, limit: std::time::Duration) -> bool {
+        let drained = || self.ended.iter().all(|e| e.load(Ordering::SeqCst));
+        let wait = async {
+            loop {
+                let changed = self.ended_changed.notified();
+                if drained() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     /// Reads stderr; empty at end of file.
     pub async fn read_stderr(&self, len: usize) -> Result<Vec<u8>, StdioError> {
         let stream = self.stderr.as_ref().ok_or(StdioError::NoStream("stderr"))?;
         let stream = stream.lock().await;
-        stream.read(len).await.map_err(|source| StdioError::Read {
+        let read = stream.read(len).await.map_err(|source| StdioError::Read {
             stream: "stderr",
             source,
-        })
+        });
+        self.note_end(1, &read);
+        read
     }
 
     /// Writes all of `data` to stdin.

@@ -86,6 +86,16 @@ async fn exec_processes_run_list_and_take_signals() {
     let agent = sandbox.agent().clone();
 
     let (out, code) = run(&sandbox, "c1", "e1", "echo $FOO; pwd; exit 3").await;
+    // WaitProcess answered before the first ReadStdout: the output of an
+    // exec process that exited stays readable (a host's reader may start
+    // after its waiter).
+    agent
+        .exec_process("c1", "e-late", exec_process("echo late", false))
+        .await
+        .expect("exec");
+    let late_code = agent.wait_process("c1", "e-late").await.expect("wait");
+    let late = read_all(&sandbox, "c1", "e-late").await;
+    assert_eq!((late.as_str(), late_code), ("late\n", 0));
     let mut stderr = Vec::new();
     agent
         .exec_process("c1", "e-err", exec_process("echo oops >&2", false))

@@ -3,6 +3,9 @@
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
+/// How long an exited exec process stays readable for its output.
+const EXEC_DRAIN_WAIT: Duration = Duration::from_secs(30);
+
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -346,14 +349,27 @@ impl Sandbox {
     ) -> Result<i32, SandboxError> {
         let process: Arc<Process> = self.process(container_id, exec_id).await?;
         let status = process.exit.wait().await;
-        // As Kata's agent: an exec process is forgotten once waited for.
+        // As Kata's agent: an exec process is forgotten once waited for,
+        // but only once its output has been read to the end (bounded): a
+        // host whose next ReadStdout comes after this answer would
+        // otherwise find no process and lose the rest of the output.
         let container = self.container(container_id).await?;
         if !Arc::ptr_eq(&process, &container.init) {
-            let mut execs = container
-                .execs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            execs.remove(&process.exec_id);
+            tokio::spawn(async move {
+                if !process.stdio.wait_drained(EXEC_DRAIN_WAIT).await {
+                    tracing::debug!(exec = %process.exec_id, "exec output not read to the end; forgotten anyway");
+                }
+                let mut execs = container
+                    .execs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let same = execs
+                    .get(&process.exec_id)
+                    .is_some_and(|p| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, &process)));
+                if same {
+                    execs.remove(&process.exec_id);
+                }
+            });
         }
         Ok(status)
     }
