@@ -169,8 +169,8 @@ pub async fn run(
         s = started => s?,
         signal = &mut stop => {
             // Dropping the start future dropped the sandbox being built
-            // (it exists before the first await): its helpers are killed
-            // and its state directory removed by its `Drop`.
+            // (before it exists, `EarlyStart` in sandbox.rs): its helpers
+            // are killed, its taps, network and state directory removed.
             tracing::info!(sandbox = %id, signal, "stopped while the sandbox started");
             return Ok(128 + signal);
         }

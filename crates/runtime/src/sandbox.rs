@@ -86,15 +86,15 @@ impl Sandbox {
         net: &PodNetwork,
     ) -> Result<Self, Error> {
         let id = dir.id();
-        let (endpoints, nics) = match host_network(config, &id, net).await {
-            Ok(found) => found,
-            Err(e) => {
-                if let Err(e) = dir.remove() {
-                    tracing::error!(sandbox = %id, error = %e, "state directory not removed");
-                }
-                return Err(e);
-            }
+        // Until the sandbox exists, a failure or a cancelled start (the
+        // future dropped at this await) removes the state directory and
+        // the taps of the pod network.
+        let mut early = EarlyStart {
+            dir: Some(dir),
+            netns: net.netns.clone(),
         };
+        let (endpoints, nics) = host_network(config, &id, net).await?;
+        let dir = early.disarm();
         let vm = vm::create(config, &id, &dir, size, nics);
         let mut record = SandboxRecord::new(&id, dir.path());
         record.netns = net.netns.clone();
@@ -629,5 +629,32 @@ fn log_teardown(id: &str, netns: &Path, result: Result<Vec<String>, network::Net
             error = %crate::error_chain(&e),
             "pod network not taken down"
         ),
+    }
+}
+
+/// The state directory and pod network of a sandbox being started, before
+/// the [`Sandbox`] (whose teardown and `Drop` take over) exists.
+struct EarlyStart {
+    dir: Option<StateDir>,
+    netns: Option<PathBuf>,
+}
+
+impl EarlyStart {
+    fn disarm(&mut self) -> StateDir {
+        self.netns = None;
+        self.dir.take().expect("disarmed once")
+    }
+}
+
+impl Drop for EarlyStart {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let id = dir.id();
+        if let Some(netns) = &self.netns {
+            log_teardown(&id, netns, network::teardown_blocking(netns));
+        }
+        if let Err(e) = dir.remove() {
+            tracing::error!(sandbox = %id, error = %e, "state directory not removed");
+        }
     }
 }
