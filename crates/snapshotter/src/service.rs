@@ -4,6 +4,9 @@
 //! `errdefs`: not found, already exists, failed precondition), blocking
 //! work off the async threads.
 
+// The trait's error type is tonic's `Status` (176 bytes), returned as is.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -203,7 +203,7 @@ impl Snapshotter {
         let id = store.next_id();
         // A view of a parent reads the parent's image; everything else gets
         // an image of its own.
-        let own_image = !(kind == Kind::View && !parent.is_empty());
+        let own_image = kind != Kind::View || parent.is_empty();
         let image = self.image_path(id);
         if own_image {
             copy_image(&source, &image).map_err(io_err("copy image to", &image))?;
