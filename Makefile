@@ -18,6 +18,8 @@ AGENT_TARGET     := x86_64-unknown-linux-gnu
 AGENT_BIN        := $(CARGO_TARGET_DIR)/$(AGENT_TARGET)/release/capsa-agent
 CAPSA_BIN        := $(CARGO_TARGET_DIR)/release/capsa
 SHIM_BIN         := $(CARGO_TARGET_DIR)/release/containerd-shim-capsa-v2
+SNAPSHOTTER_BIN  := $(CARGO_TARGET_DIR)/release/capsa-snapshotter
+SYSTEMD_DIR      ?= /etc/systemd/system
 DEMO_ROOTFS      := $(CACHE)/demo-rootfs
 LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
@@ -50,7 +52,7 @@ deps:
 
 ## Host binaries, and the agent linked statically for the guest.
 build: deps
-	cargo build --release -p capsa -p capsa-shim
+	cargo build --release -p capsa -p capsa-shim -p capsa-snapshotter
 	$(MAKE) agent
 
 ## libseccomp (seccomp profiles of containers) is linked in statically, and
@@ -68,6 +70,9 @@ assets: build
 install: assets
 	install -D -m 0755 $(CAPSA_BIN) $(PREFIX)/bin/capsa
 	install -D -m 0755 $(SHIM_BIN) $(PREFIX)/bin/containerd-shim-capsa-v2
+	install -D -m 0755 $(SNAPSHOTTER_BIN) $(PREFIX)/bin/capsa-snapshotter
+	sed 's|@PREFIX@|$(PREFIX)|' config/capsa-snapshotter.service > $(CACHE)/capsa-snapshotter.service
+	install -D -m 0644 $(CACHE)/capsa-snapshotter.service $(SYSTEMD_DIR)/capsa-snapshotter.service
 	install -D -m 0644 $(ASSETS_DIR)/vmlinuz $(SHARE_DIR)/vmlinuz
 	install -D -m 0644 $(ASSETS_DIR)/initrd.img $(SHARE_DIR)/initrd.img
 	install -D -m 0644 $(ASSETS_DIR)/manifest.json $(SHARE_DIR)/manifest.json

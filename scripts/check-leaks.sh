@@ -4,7 +4,7 @@
 # and /tmp/cs-* (capsa) and /tmp/capsa-ctrd-* (containerd).
 set -u
 status=0
-procs=$(ps -eo pid=,args= | grep -E 'containerd-shim-capsa-v2|qemu-system|virtiofsd|vhost-device-vsock|containerd --config /tmp/capsa-ctrd-' \
+procs=$(ps -eo pid=,args= | grep -E 'containerd-shim-capsa-v2|qemu-system|virtiofsd|vhost-device-vsock|containerd --config /tmp/capsa-ctrd-|capsa-snapshotter --root /tmp/' \
         | grep -E '/tmp/(capsa-|cs-)' | grep -v grep || true)
 if [ -n "$procs" ]; then
     echo "check-leaks: processes left behind:"; echo "$procs"; status=1

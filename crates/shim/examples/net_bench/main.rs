@@ -83,6 +83,7 @@ fn bench(p: &Params) {
         shim_dir: Some(p.shim_dir.clone()),
         capsa_config: Some(env.config.clone()),
         cni: true,
+        ..Default::default()
     });
     let image = ctrd.import_busybox();
     ctrd.import_pause();

@@ -37,6 +37,7 @@ impl Setup {
             shim_dir: shim.parent().map(Path::to_path_buf),
             capsa_config: Some(env.config.clone()),
             cni,
+            ..Default::default()
         });
         let image = ctrd.import_busybox();
         Self { ctrd, env, image }

@@ -47,7 +47,13 @@ pub struct ConfigParams<'a> {
     pub socket: &'a Path,
     pub snapshotter: &'a str,
     pub capsa_config: Option<&'a Path>,
+    /// Socket of a proxy snapshotter registered as [`PROXY_SNAPSHOTTER`].
+    pub proxy_snapshotter: Option<&'a Path>,
 }
+
+/// Name under which [`ConfigParams::proxy_snapshotter`] is registered
+/// (`ctr --snapshotter capsa`).
+pub const PROXY_SNAPSHOTTER: &str = "capsa";
 
 /// containerd's `config.toml` (version 2): everything private to `dir`,
 /// CRI with runtimes `runc` (default) and `capsa`.
@@ -58,6 +64,13 @@ pub fn render(p: &ConfigParams) -> String {
         Some(path) => format!(
             "\n[{cri}.containerd.runtimes.capsa.options]\nConfigPath = {:?}\n",
             path.display().to_string()
+        ),
+        None => String::new(),
+    };
+    let proxy = match p.proxy_snapshotter {
+        Some(sock) => format!(
+            "\n[proxy_plugins.{PROXY_SNAPSHOTTER}]\ntype = \"snapshot\"\naddress = {:?}\n",
+            s(sock)
         ),
         None => String::new(),
     };
@@ -103,7 +116,7 @@ Root = {runc_root:?}
 
 [{cri}.containerd.runtimes.capsa]
 runtime_type = "io.containerd.capsa.v2"
-{capsa_options}"#,
+{capsa_options}{proxy}"#,
         root = s(&dir.join("root")),
         state = s(&dir.join("state")),
         sock = s(p.socket),

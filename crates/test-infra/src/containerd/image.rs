@@ -44,10 +44,30 @@ impl Containerd {
         })
     }
 
+    /// Imports the busybox image and unpacks it into `snapshotter` (such
+    /// as [`super::PROXY_SNAPSHOTTER`]) instead of the default one.
+    pub fn import_busybox_into(&self, snapshotter: &str) -> String {
+        self.import_with(
+            &Spec {
+                reference: BUSYBOX_IMAGE,
+                entrypoint: vec![],
+                cmd: vec!["sh"],
+            },
+            Some(snapshotter),
+        )
+    }
+
     fn import(&self, spec: &Spec) -> String {
+        self.import_with(spec, None)
+    }
+
+    fn import_with(&self, spec: &Spec, snapshotter: Option<&str>) -> String {
         let tarball = tarball(spec, self.dir());
         let path = tarball.to_str().expect("utf-8 path");
-        self.ctr_ok(&["images", "import", path]);
+        match snapshotter {
+            Some(name) => self.ctr_ok(&["images", "import", "--snapshotter", name, path]),
+            None => self.ctr_ok(&["images", "import", path]),
+        };
         let names = self.ctr_ok(&["images", "ls", "-q"]);
         assert!(
             names.lines().any(|n| n == spec.reference),

@@ -24,7 +24,7 @@ mod image;
 mod task;
 
 pub use cni::CniNetwork;
-pub use config::PAUSE_IMAGE;
+pub use config::{PAUSE_IMAGE, PROXY_SNAPSHOTTER};
 pub use cri::{tcp_port_mapping, Cri};
 pub use image::BUSYBOX_IMAGE;
 /// The CRI API types the [`Cri`] helpers take (`DnsConfig`, `PortMapping`, ...).
@@ -61,6 +61,10 @@ pub struct Opts {
     /// its own (see [`cni`]); without it, only pods in the host's network
     /// namespace can run.
     pub cni: bool,
+    /// Socket of a snapshotter serving containerd's snapshots API (such as
+    /// `capsa-snapshotter`), registered as proxy plugin
+    /// [`PROXY_SNAPSHOTTER`]; the defaults of CRI and `ctr` are unchanged.
+    pub proxy_snapshotter: Option<PathBuf>,
 }
 
 pub struct Containerd {
@@ -92,6 +96,7 @@ impl Containerd {
             socket: &socket,
             snapshotter,
             capsa_config: opts.capsa_config.as_deref(),
+            proxy_snapshotter: opts.proxy_snapshotter.as_deref(),
         });
         std::fs::write(&config_path, text).expect("write containerd config");
         let cni = opts.cni.then(|| {
