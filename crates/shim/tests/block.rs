@@ -8,6 +8,7 @@ use std::path::Path;
 
 use capsa_test_infra::block::{ImageFile, LoopDevice};
 use capsa_test_infra::containerd::{Containerd, Mount, MountExt, Opts};
+use capsa_test_infra::leaks::assert_no_loop_devices;
 use capsa_test_infra::{assert_no_leaks, shim_binary, TestEnv};
 
 const CAPSA: &str = "io.containerd.capsa.v2";
@@ -21,7 +22,10 @@ fn containerd(env: &TestEnv) -> Containerd {
     })
 }
 
-const SCRIPT: &str = "grep ' / ' /proc/mounts | cut -d' ' -f1,3; echo from-ctr > /written";
+/// The rootfs's device and filesystem, the guest's disks (`/sys/block`),
+/// then a write to the rootfs.
+const SCRIPT: &str = "grep ' / ' /proc/mounts | cut -d' ' -f1,3; \
+                      echo disks: $(ls /sys/block | grep '^vd'); echo from-ctr > /written";
 
 #[test]
 fn block_rootfs_mounts_are_hot_plugged_when_block_use_is_on() {
@@ -38,6 +42,7 @@ fn block_rootfs_mounts_are_hot_plugged_when_block_use_is_on() {
     assert_eq!(done.exit_status, 0, "{done:?}\n{}", c.log_tail());
     let out = String::from_utf8_lossy(&done.stdout);
     assert!(out.starts_with("/dev/vd") && out.contains("ext4"), "{out}");
+    assert!(out.contains("disks: vd"), "{out}");
     assert_eq!(image.read("/written").unwrap(), b"from-ctr\n");
     assert!(!image.used_by_host(), "the host never mounted it");
 
@@ -52,6 +57,7 @@ fn block_rootfs_mounts_are_hot_plugged_when_block_use_is_on() {
     assert_eq!(device_image.read("/written").unwrap(), b"from-ctr\n");
     drop(c);
     assert_no_leaks(&env.state_dir);
+    assert_no_loop_devices(env.dir.path());
 }
 
 #[test]
@@ -65,9 +71,11 @@ fn block_rootfs_mounts_are_shared_when_block_use_is_off() {
     assert_eq!(done.exit_status, 0, "{done:?}\n{}", c.log_tail());
     let out = String::from_utf8_lossy(&done.stdout);
     assert!(out.contains("virtiofs"), "shared, not hot-plugged: {out}");
+    assert!(out.contains("disks:\n"), "no disk in the guest: {out}");
     assert_eq!(image.read("/written").unwrap(), b"from-ctr\n");
     // The loop device went with the mount (autoclear).
     assert!(!image.used_by_host());
     drop(c);
     assert_no_leaks(&env.state_dir);
+    assert_no_loop_devices(env.dir.path());
 }
