@@ -98,10 +98,16 @@ pub fn host_device_path(major: i64, minor: i64) -> Result<PathBuf, Error> {
     Ok(Path::new("/dev").join(name))
 }
 
-/// Mount options for the guest: `loop` is the host's business (the guest
-/// gets the image as a disk).
+/// Mount options for the guest's mount of a drive: `loop` is the host's
+/// business (the guest gets the image as a disk), and `bind`/`rbind` were
+/// the host's way to a device given as a bind mount (CRI's volumes): the
+/// guest mounts the disk's filesystem, not a bind of its node.
 pub fn guest_options(options: &[String]) -> Vec<String> {
-    options.iter().filter(|o| *o != "loop").cloned().collect()
+    options
+        .iter()
+        .filter(|o| !matches!(o.as_str(), "loop" | "bind" | "rbind"))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -127,5 +133,7 @@ mod tests {
             guest_options(&["loop".into(), "ro".into()]),
             vec!["ro".to_string()]
         );
+        let cri_volume = ["rbind".into(), "rprivate".into(), "ro".into()];
+        assert_eq!(guest_options(&cri_volume), ["rprivate", "ro"]);
     }
 }

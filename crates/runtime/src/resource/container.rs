@@ -175,7 +175,11 @@ impl Sandbox {
         let options = m.options().clone().unwrap_or_default();
         let readonly = options.iter().any(|o| o == "ro");
         let destination = m.destination().display().to_string();
-        if is_bind(&m) {
+        let volume = match block_bind_source(&m) {
+            Some(source) => Some((source.clone(), bound_filesystem(&destination, &source)?)),
+            None => block_volume_source(&m).map(|s| (s, m.typ().clone().unwrap_or_default())),
+        };
+        if volume.is_none() && is_bind(&m) {
             if m.destination() == Path::new("/dev/shm") {
                 return guest_shm();
             }
@@ -190,11 +194,10 @@ impl Sandbox {
             shared.set_source(Some(guest_source.into()));
             return Ok(shared);
         }
-        let Some(source) = block_volume_source(&m) else {
+        let Some((source, fstype)) = volume else {
             return Ok(m);
         };
         let what = format!("mount {destination}");
-        let fstype = m.typ().clone().unwrap_or_default();
         let device = self.prepare_drive(&what, &source, readonly)?;
         let address = self
             .attach_drive(cid, &format!("volume {destination}"), &device)
@@ -349,6 +352,40 @@ fn block_volume_source(m: &Mount) -> Option<PathBuf> {
     (BLOCK_FILESYSTEMS.contains(&typ) && is_file_or_device).then(|| source.clone())
 }
 
+/// The host block device a bind mount names (what CRI makes of a
+/// Kubernetes filesystem volume whose `hostPath` is a device): it is
+/// hot-plugged and its filesystem mounted in the guest, never shared
+/// over virtio-fs (a device node is no directory to share, and `/dev` is
+/// a host system path).
+fn block_bind_source(m: &Mount) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let source = m.source().as_ref()?;
+    let is_device = std::fs::metadata(source)
+        .map(|meta| meta.file_type().is_block_device())
+        .unwrap_or(false);
+    (is_bind(m) && source.is_absolute() && is_device).then(|| source.clone())
+}
+
+/// The filesystem on a block device bound at `destination`; one capsa
+/// cannot mount is an error naming the mount (a raw device belongs in
+/// `linux.devices`).
+fn bound_filesystem(destination: &str, device: &Path) -> Result<String, Error> {
+    let what = format!("mount {destination}");
+    let found = block::inspect(&what, device)?.ok_or_else(|| Error::NotBlock {
+        what: what.clone(),
+        path: device.into(),
+    })?;
+    let fstype = found.filesystem().ok_or_else(|| Error::BadSpec {
+        what,
+        reason: format!(
+            "{} has no filesystem capsa can mount ({}); give a raw device as a device, not a mount",
+            device.display(),
+            BLOCK_FILESYSTEMS.join(", ")
+        ),
+    })?;
+    Ok(fstype.to_string())
+}
+
 /// The filesystem of an image given as a rootfs or volume.
 fn image_filesystem(what: &str, image: &Path) -> Result<&'static str, Error> {
     let found = block::inspect(what, image)?.ok_or_else(|| Error::NotBlock {
@@ -420,7 +457,10 @@ pub fn check_sources(rootfs: &Rootfs, spec: &Spec) -> Result<(), Error> {
     }
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let destination = m.destination().display().to_string();
-        if is_bind(m) && m.destination() != Path::new("/dev/shm") {
+        if let Some(device) = block_bind_source(m) {
+            bound_filesystem(&destination, &device)?;
+            check_drive(&format!("mount {destination}"), &device)?;
+        } else if is_bind(m) && m.destination() != Path::new("/dev/shm") {
             if let Some(source) = m.source() {
                 mount::open(source, &destination)?;
             }
@@ -539,6 +579,13 @@ mod tests {
         assert!(block_rootfs(&[mount("overlay", "overlay")]).is_none());
         assert!(block_rootfs(&[mount("ext4", "relative")]).is_none());
         assert!(block_rootfs(&[mount("ext4", "/a"), mount("ext4", "/b")]).is_none());
+        // An empty image's snapshot (overlayfs or native): a bind of a
+        // directory, shared, never the disk that directory is on.
+        let bind = HostMount {
+            options: vec!["rbind".into(), "rw".into()],
+            ..mount("bind", "/var/lib/containerd/snapshots/1/fs")
+        };
+        assert!(block_rootfs(&[bind]).is_none());
     }
 
     #[test]
@@ -556,5 +603,7 @@ mod tests {
         // A directory is no drive.
         assert!(block_volume_source(&m("ext4", "/")).is_none());
         assert!(is_bind(&m("bind", "/etc/hosts")));
+        assert!(block_bind_source(&m("bind", "/etc/hosts")).is_none());
+        assert!(block_bind_source(&m("bind", "/")).is_none());
     }
 }

@@ -30,8 +30,20 @@ impl Setup {
         Self::build(true)
     }
 
+    /// [`Setup::new`] with block device use on
+    /// (`disable_block_device_use = false`).
+    pub fn with_block() -> Self {
+        Self::build_in(
+            TestEnv::short_with_qemu_extra("disable_block_device_use = false"),
+            false,
+        )
+    }
+
     fn build(cni: bool) -> Self {
-        let env = TestEnv::short();
+        Self::build_in(TestEnv::short(), cni)
+    }
+
+    fn build_in(env: TestEnv, cni: bool) -> Self {
         let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2"));
         let ctrd = Containerd::start(Opts {
             shim_dir: shim.parent().map(Path::to_path_buf),

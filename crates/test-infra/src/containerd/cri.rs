@@ -159,7 +159,14 @@ impl Cri {
         image: &str,
         command: &[&str],
     ) -> String {
-        let config = ContainerConfig {
+        let config = Self::container_config(name, image, command);
+        self.create_container_with(pod_id, pod_config, config)
+    }
+
+    /// The configuration [`Self::create_container`] uses, for a test to
+    /// add mounts, devices, capabilities to.
+    pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
@@ -172,7 +179,16 @@ impl Cri {
             log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig::default()),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Creates a container from `config` in the pod; returns its id.
+    pub fn create_container_with(
+        &self,
+        pod_id: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> String {
         let mut c = self.runtime.clone();
         let req = CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),

@@ -18,10 +18,15 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /// (as pid 1 it gets only signals it handles).
 const PAUSE_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
+/// Reference of the image with no layers ([`Containerd::import_empty`]).
+pub const EMPTY_IMAGE: &str = "capsa.test/empty:1";
+
 struct Spec {
     reference: &'static str,
     entrypoint: Vec<&'static str>,
     cmd: Vec<&'static str>,
+    /// No layer at all (Kata's `k8s-empty-image` case), not the busybox one.
+    empty: bool,
 }
 
 impl Containerd {
@@ -31,6 +36,7 @@ impl Containerd {
             reference: BUSYBOX_IMAGE,
             entrypoint: vec![],
             cmd: vec!["sh"],
+            empty: false,
         })
     }
 
@@ -41,6 +47,19 @@ impl Containerd {
             reference: PAUSE_IMAGE,
             entrypoint: vec!["/bin/sh", "-c", PAUSE_SCRIPT],
             cmd: vec![],
+            empty: false,
+        })
+    }
+
+    /// Imports an image with no layers (its rootfs is an empty
+    /// directory under the overlayfs or native snapshotter) and returns
+    /// its reference. A container of it runs what a volume brings.
+    pub fn import_empty(&self) -> String {
+        self.import(&Spec {
+            reference: EMPTY_IMAGE,
+            entrypoint: vec![],
+            cmd: vec![],
+            empty: true,
         })
     }
 
@@ -108,7 +127,8 @@ fn cache_key(spec: &Spec) -> String {
     h.update(FORMAT);
     h.update(crate::rootfs::BUSYBOX_ROOTFS_SH);
     h.update(std::fs::read("/bin/busybox").expect("/bin/busybox: run `make deps`"));
-    h.update(serde_json::to_vec(&json!([spec.reference, spec.entrypoint, spec.cmd])).unwrap());
+    let described = json!([spec.reference, spec.entrypoint, spec.cmd, spec.empty]);
+    h.update(serde_json::to_vec(&described).unwrap());
     hex(&h.finalize())
 }
 
@@ -129,12 +149,21 @@ fn arch() -> &'static str {
 }
 
 /// Builds the OCI layout tarball: one uncompressed layer (the busybox
-/// rootfs), the image config, the manifest and `index.json` naming it.
+/// rootfs; none for an empty image), the image config, the manifest and
+/// `index.json` naming it.
 fn build(spec: &Spec, scratch: &Path) -> Vec<u8> {
-    let rootfs = tempfile::tempdir_in(scratch).expect("rootfs dir");
-    crate::rootfs::busybox(rootfs.path());
-    let layer = layer_tar(rootfs.path());
-    let layer_digest = sha256(&layer);
+    let layers: Vec<Vec<u8>> = if spec.empty {
+        vec![]
+    } else {
+        let rootfs = tempfile::tempdir_in(scratch).expect("rootfs dir");
+        crate::rootfs::busybox(rootfs.path());
+        vec![layer_tar(rootfs.path())]
+    };
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
+    let layer_descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l))
+        .collect();
 
     let mut config = json!({"Env": [PATH_ENV], "WorkingDir": "/"});
     if !spec.entrypoint.is_empty() {
@@ -147,14 +176,14 @@ fn build(spec: &Spec, scratch: &Path) -> Vec<u8> {
         "architecture": arch(),
         "os": "linux",
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+        "layers": layer_descs,
     }))
     .unwrap();
     let tag = spec.reference.rsplit_once(':').map_or("latest", |(_, t)| t);
@@ -174,7 +203,7 @@ fn build(spec: &Spec, scratch: &Path) -> Vec<u8> {
     let mut out = tar::Builder::new(Vec::new());
     add_file(&mut out, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     add_file(&mut out, "index.json", &index);
-    for blob in [&layer, &config, &manifest] {
+    for blob in layers.iter().chain([&config, &manifest]) {
         let name = format!("blobs/sha256/{}", &sha256(blob)["sha256:".len()..]);
         add_file(&mut out, &name, blob);
     }

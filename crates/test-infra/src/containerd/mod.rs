@@ -26,7 +26,7 @@ mod task;
 pub use cni::CniNetwork;
 pub use config::{PAUSE_IMAGE, PROXY_SNAPSHOTTER};
 pub use cri::{tcp_port_mapping, Cri};
-pub use image::BUSYBOX_IMAGE;
+pub use image::{BUSYBOX_IMAGE, EMPTY_IMAGE};
 /// The CRI API types the [`Cri`] helpers take (`DnsConfig`, `PortMapping`, ...).
 pub use k8s_cri::v1 as cri_v1;
 pub use task::{Mount, MountExt, TaskExit};
