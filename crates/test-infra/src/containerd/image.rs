@@ -71,6 +71,7 @@ impl Containerd {
                 reference: BUSYBOX_IMAGE,
                 entrypoint: vec![],
                 cmd: vec!["sh"],
+                empty: false,
             },
             Some(snapshotter),
         )
