@@ -170,6 +170,11 @@ pub struct RuntimeConfig {
     pub cni_conflist: PathBuf,
     /// capsa's key: where CNI plugins are looked for, in order.
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Kata's key: the VM boots at the default size plus what the pod's
+    /// annotations (or a standalone task's own limits) ask for and is
+    /// never resized. Off: it boots at the default size and grows and
+    /// shrinks with its containers' limits.
+    pub static_sandbox_resource_mgmt: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -180,6 +185,7 @@ impl Default for RuntimeConfig {
             internetworking_model: "tcfilter".into(),
             cni_conflist: PathBuf::new(),
             cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            static_sandbox_resource_mgmt: false,
         }
     }
 }

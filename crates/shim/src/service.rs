@@ -92,7 +92,14 @@ impl Service {
                     let (config, source) = capsa_config::load(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
                     let q = &config.hypervisor.qemu;
-                    let size = crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory);
+                    // Static sizing boots at what the pod asks for;
+                    // elastic sizing boots at the defaults and grows
+                    // with each container (`Sandbox::create_container_from`).
+                    let size = if config.runtime.static_sandbox_resource_mgmt {
+                        crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory)
+                    } else {
+                        capsa_runtime::VmSize::default()
+                    };
                     let net = crate::network::pod_network(&spec);
                     // Where the pod's state will be, recorded before
                     // anything is made: a shim killed at any point of the
@@ -378,9 +385,7 @@ impl Service {
                 what: "resources",
                 reason: e.to_string(),
             })?;
-        let resources = capsa_protocols::convert::resources_to_grpc(&resources);
-        pod.agent().update_container(&req.id, resources).await?;
-        Ok(())
+        pod.update_task(&req.id, &resources).await
     }
 
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, Error> {

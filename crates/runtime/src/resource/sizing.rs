@@ -13,7 +13,10 @@
 
 use std::collections::BTreeMap;
 
+use capsa_hypervisor::VmResources;
 use oci_spec::runtime::LinuxResources;
+
+use crate::{Error, Sandbox};
 
 /// What one container asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,6 +152,113 @@ impl PodSizer {
             memory_mib,
             capped,
         }
+    }
+}
+
+impl Bounds {
+    /// The bounds of a VM as its driver reports them after boot: what it
+    /// has now is the default it never goes below.
+    pub fn of(booted: VmResources) -> Self {
+        Self {
+            default_vcpus: booted.vcpus,
+            max_vcpus: booted.max_vcpus.max(booted.vcpus),
+            default_memory_mib: booted.memory_mib,
+            max_memory_mib: booted.max_memory_mib.max(booted.memory_mib),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Counts container `cid` with `limits` and brings the VM to the
+    /// pod's new size (a no-op with static sizing). Before a container is
+    /// created, so its cgroup limits find the CPUs and memory there.
+    pub(crate) async fn size_for(&mut self, cid: &str, limits: Limits) -> Result<(), Error> {
+        let Some(sizer) = self.sizer.as_mut() else {
+            return Ok(());
+        };
+        sizer.set(cid, limits);
+        self.resize().await
+    }
+
+    /// Stops counting container `cid` and gives back its share (best
+    /// effort: a VM that cannot shrink keeps its size, which is logged).
+    pub(crate) async fn unsize(&mut self, cid: &str) {
+        let Some(sizer) = self.sizer.as_mut() else {
+            return;
+        };
+        if sizer.remove(cid).is_none_or(|l| l == Limits::default()) {
+            return;
+        }
+        if let Err(e) = self.resize().await {
+            tracing::warn!(sandbox = %self.id(), container = cid, error = %e, "VM not shrunk after the container went");
+        }
+    }
+
+    /// Changes the limits of running container `cid` (`UpdateContainer`):
+    /// the VM grows before the container's cgroup is changed, and shrinks
+    /// after, so the guest never has less than its containers' limits.
+    pub async fn update_container(
+        &mut self,
+        cid: &str,
+        resources: &LinuxResources,
+    ) -> Result<(), Error> {
+        let new = Limits::of(Some(resources));
+        let old = self
+            .sizer
+            .as_ref()
+            .and_then(|s| s.get(cid))
+            .unwrap_or_default();
+        let grows = new.milli_cpus > old.milli_cpus || new.memory_bytes > old.memory_bytes;
+        if grows {
+            self.size_for(cid, new).await?;
+        }
+        let grpc = capsa_protocols::convert::resources_to_grpc(resources);
+        self.agent().update_container(cid, grpc).await?;
+        if !grows {
+            self.size_for(cid, new).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the VM to the sizer's plan: vCPUs, then memory; what was
+    /// added is onlined in the guest. The record shows the size reached.
+    async fn resize(&mut self) -> Result<(), Error> {
+        let Some(plan) = self.sizer.as_ref().map(PodSizer::plan) else {
+            return Ok(());
+        };
+        for line in &plan.capped {
+            tracing::warn!(sandbox = %self.id(), "{line}");
+        }
+        let id = self.id().to_string();
+        let hotplug = self.vm_mut().resources().map_err(Error::Vm)?;
+        let before = hotplug.current();
+        let vcpus = hotplug.resize_vcpus(plan.vcpus).await.map_err(Error::Vm)?;
+        let memory_mib = hotplug
+            .resize_memory(plan.memory_mib)
+            .await
+            .map_err(Error::Vm)?;
+        let now = hotplug.current();
+        if vcpus > before.vcpus {
+            self.agent()
+                .online_cpu_mem(vcpus - before.vcpus, true)
+                .await?;
+        }
+        if memory_mib > before.memory_mib {
+            self.agent().online_cpu_mem(0, false).await?;
+        }
+        if (vcpus, memory_mib) != (before.vcpus, before.memory_mib) {
+            tracing::info!(
+                sandbox = %id,
+                vcpus = format!("{} -> {vcpus}", before.vcpus),
+                memory_mib = format!("{} -> {memory_mib}", before.memory_mib),
+                "VM resized"
+            );
+        }
+        if (vcpus, memory_mib) != (plan.vcpus, plan.memory_mib) {
+            tracing::debug!(sandbox = %id, want_vcpus = plan.vcpus, want_mib = plan.memory_mib, vcpus, memory_mib, "VM size differs from the plan");
+        }
+        self.update_record(|r| r.resources = Some(now));
+        Ok(())
     }
 }
 
