@@ -39,6 +39,18 @@ pub enum Command {
     /// Run a command in a running sandbox's container (or, with --vm, a
     /// shell in the VM itself).
     Exec(ExecArgs),
+    /// Change a running sandbox's container limits; its VM grows or
+    /// shrinks with them (elastic sizing).
+    Update {
+        /// Sandbox id.
+        id: String,
+        /// CPU limit, in CPUs (a CFS quota of N × 100 ms per 100 ms).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        cpus: Option<u32>,
+        /// Memory limit, MiB.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        memory: Option<u32>,
+    },
     /// Send a signal to a sandbox's workload.
     Kill {
         /// Sandbox id.

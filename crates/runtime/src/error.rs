@@ -97,6 +97,11 @@ pub enum Error {
     BusyStateDir(PathBuf),
     #[error("start the VM")]
     Vm(#[source] capsa_hypervisor::Error),
+    #[error("resize the VM")]
+    Resize(#[source] capsa_hypervisor::Error),
+    /// The owner of a sandbox could not be asked (its control socket).
+    #[error("ask the owner of sandbox {id:?}: {reason}")]
+    Control { id: String, reason: String },
     /// The VM exited while we waited for its agent. `console` is the tail of
     /// the guest console log.
     #[error("the VM exited before its agent answered; guest console ends with:\n{console}")]

@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod console;
+pub mod control;
 mod error;
 pub mod health;
 pub mod io;

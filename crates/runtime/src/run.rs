@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use capsa_config::Config;
 
+use crate::control::Control;
 use crate::io::{GuestProcess, Stdio};
 use crate::record::SandboxStatus;
 use crate::resource::network::attachment::{self, CniAttachment, CniRequest};
@@ -215,10 +216,27 @@ async fn wait_watched(
             None => std::future::pending().await,
         }
     };
-    let status = tokio::select! {
-        status = process.wait_or_stop(stop) => Ok(status),
-        why = death => Err(why),
+    // `capsa update` asks here: only this process may resize the VM.
+    let control = match Control::bind(sandbox.dir().path()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "no control socket: `capsa update` will not reach this sandbox");
+            None
+        }
     };
+    let wait = process.wait_or_stop(stop);
+    tokio::pin!(wait, death);
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break Ok(status),
+            why = &mut death => break Err(why),
+            conn = accept(control.as_ref()) => match conn {
+                Ok(stream) => Control::serve(stream, sandbox).await,
+                Err(e) => tracing::debug!(error = %e, "control connection"),
+            },
+        }
+    };
+    drop(control);
     sandbox.update_record(|r| r.status = SandboxStatus::Stopping);
     match status {
         Ok(status) => {
@@ -230,6 +248,14 @@ async fn wait_watched(
             pumps.abort();
             Ok(VM_KILLED_STATUS)
         }
+    }
+}
+
+/// The next control connection, or never without a control socket.
+async fn accept(control: Option<&Control>) -> std::io::Result<tokio::net::UnixStream> {
+    match control {
+        Some(c) => c.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -273,14 +273,14 @@ impl Sandbox {
     /// Elastic sizing unless the configuration asks for static sizing or
     /// the driver cannot resize this VM.
     fn start_sizing(&mut self, config: &Config) {
-        if config.runtime.static_sandbox_resource_mgmt {
-            tracing::debug!(sandbox = %self.id, "static sizing: the VM keeps its boot size");
-            return;
-        }
         match self.vm.resources() {
             Ok(hotplug) => {
                 let booted = hotplug.current();
-                self.sizer = Some(PodSizer::new(Bounds::of(booted)));
+                if config.runtime.static_sandbox_resource_mgmt {
+                    tracing::debug!(sandbox = %self.id, "static sizing: the VM keeps its boot size");
+                } else {
+                    self.sizer = Some(PodSizer::new(Bounds::of(booted)));
+                }
                 self.update_record(|r| r.resources = Some(booted));
             }
             Err(e) => {

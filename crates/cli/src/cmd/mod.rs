@@ -8,6 +8,7 @@ mod exec;
 mod kill;
 mod ps;
 mod run;
+mod update;
 
 pub use run::DETACHED_DIR_ENV;
 
@@ -24,6 +25,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Ps => ps::ps(config),
         Command::Inspect { id } => ps::inspect(config, &id),
         Command::Exec(args) => exec::exec(config, args).await,
+        Command::Update { id, cpus, memory } => update::update(config, &id, cpus, memory).await,
         Command::Kill { id, signal } => kill::kill(config, &id, signal).await,
         Command::Rm { ids, force } => kill::rm(config, &ids, force).await,
         Command::AgentCtl {

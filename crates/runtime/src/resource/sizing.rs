@@ -52,6 +52,30 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// These limits changed by an update (`UpdateContainer`): what
+    /// `resources` sets replaces, what it leaves out stays. A quota
+    /// without a period counts over the kernel's default period.
+    pub fn updated(self, resources: &LinuxResources) -> Self {
+        let milli = resources.cpu().as_ref().and_then(|c| {
+            c.quota()
+                .map(|q| milli_cpus(q, c.period().unwrap_or(DEFAULT_CFS_PERIOD)))
+        });
+        let memory = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .map(|l| u64::try_from(l).unwrap_or(0));
+        Self {
+            milli_cpus: milli.unwrap_or(self.milli_cpus),
+            memory_bytes: memory.unwrap_or(self.memory_bytes),
+        }
+    }
+}
+
+/// The kernel's CFS period, microseconds.
+pub const DEFAULT_CFS_PERIOD: u64 = 100_000;
+
 /// `quota / period` CPUs in thousandths, rounded up; 0 for no quota
 /// (`-1`) or a nonsensical period.
 pub fn milli_cpus(quota: i64, period: u64) -> u64 {
@@ -202,12 +226,12 @@ impl Sandbox {
         cid: &str,
         resources: &LinuxResources,
     ) -> Result<(), Error> {
-        let new = Limits::of(Some(resources));
         let old = self
             .sizer
             .as_ref()
             .and_then(|s| s.get(cid))
             .unwrap_or_default();
+        let new = old.updated(resources);
         let grows = new.milli_cpus > old.milli_cpus || new.memory_bytes > old.memory_bytes;
         if grows {
             self.size_for(cid, new).await?;
@@ -230,13 +254,16 @@ impl Sandbox {
             tracing::warn!(sandbox = %self.id(), "{line}");
         }
         let id = self.id().to_string();
-        let hotplug = self.vm_mut().resources().map_err(Error::Vm)?;
+        let hotplug = self.vm_mut().resources().map_err(Error::Resize)?;
         let before = hotplug.current();
-        let vcpus = hotplug.resize_vcpus(plan.vcpus).await.map_err(Error::Vm)?;
+        let vcpus = hotplug
+            .resize_vcpus(plan.vcpus)
+            .await
+            .map_err(Error::Resize)?;
         let memory_mib = hotplug
             .resize_memory(plan.memory_mib)
             .await
-            .map_err(Error::Vm)?;
+            .map_err(Error::Resize)?;
         let now = hotplug.current();
         if vcpus > before.vcpus {
             self.agent()
@@ -321,6 +348,20 @@ mod tests {
         // An update replaces the container's share.
         s.set("b", Limits::default());
         assert_eq!((s.plan().vcpus, s.plan().memory_mib), (1, 512));
+    }
+
+    #[test]
+    fn an_update_changes_only_what_it_sets() {
+        let old = Limits::of(Some(&resources(200_000, 100_000, 768 << 20)));
+        let cpu_only = LinuxResourcesBuilder::default()
+            .cpu(LinuxCpuBuilder::default().quota(300_000).build().unwrap())
+            .build()
+            .unwrap();
+        let new = old.updated(&cpu_only);
+        assert_eq!((new.milli_cpus, new.memory_bytes), (3000, 768 << 20));
+        let unlimited = resources(-1, 100_000, -1);
+        assert_eq!(old.updated(&unlimited), Limits::default());
+        assert_eq!(old.updated(&LinuxResources::default()), old);
     }
 
     #[test]
