@@ -250,7 +250,8 @@ pub trait ResourceHotplug: Send {
     /// [boot vCPUs, max]); returns the count reached. Removing asks the
     /// guest to release each vCPU added last and waits for it; a guest
     /// that does not release one in time fails the call, and the vCPU
-    /// stays counted.
+    /// stays counted. A driver that cannot remove vCPUs safely (QEMU
+    /// under TCG) keeps them and returns the count it has.
     async fn resize_vcpus(&mut self, vcpus: u32) -> Result<u32, Error>;
     /// Grows or shrinks the memory towards `memory_mib` (capped to [boot
     /// memory, max]); returns the MiB reached. Growth is rounded up to

@@ -94,7 +94,10 @@ async fn guest_until(
 async fn debug_qmp(t: &TestDir, command: &str, args: Option<Value>) -> Value {
     qmp::execute(&t.run_dir().join(QMP_DEBUG_SOCKET), command, args)
         .await
-        .unwrap_or_else(|e| panic!("{command} on the debug monitor: {e}"))
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(t.run_dir().join("qemu.log")).unwrap_or_default();
+            panic!("{command} on the debug monitor: {e}; QEMU's log:\n{log}")
+        })
 }
 
 /// vCPUs QEMU runs now.
@@ -160,7 +163,6 @@ fn config(t: &TestDir, vcpus: u32, max_vcpus: u32, virtio_mem: bool) -> VmConfig
     cfg.memory_slots = 2;
     cfg.virtio_mem = virtio_mem;
     cfg.hotplug_timeout = Duration::from_secs(60);
-    cfg.kernel_params.push("loglevel=7".into());
     cfg
 }
 
@@ -180,15 +182,16 @@ async fn power_off(t: &TestDir, mut vm: QemuVm) {
     assert_all_gone(t);
 }
 
-/// 1 vCPU at boot, 2 at most: one is added (the guest onlines it), a
-/// request for 8 is capped at 2, the added one is removed (QEMU and the
-/// guest lose it), the boot vCPU stays whatever is asked; an add whose
-/// `device_add` fails leaves QEMU with the vCPUs it had.
+/// 1 vCPU at boot, 3 at most: one is added (the guest onlines it); the
+/// boot vCPU stays whatever is asked and, under TCG, an added vCPU is not
+/// removed (QEMU 7.2 crashes after a vCPU unplug under TCG: the driver
+/// refuses it) and QEMU keeps running; an add whose `device_add` fails
+/// leaves QEMU with the vCPUs it had; a request for 8 is capped at 3.
 #[tokio::test]
-async fn vcpus_are_added_capped_and_removed() {
+async fn vcpus_are_added_capped_and_kept() {
     let _serial = SERIAL.lock().await;
     let t = TestDir::new();
-    let mut vm = boot(&t, config(&t, 1, 2, false)).await;
+    let mut vm = boot(&t, config(&t, 1, 3, false)).await;
     let first = guest_until(&t, "its boot CPU", |s| s.nproc == 1).await;
     assert_eq!(first.online, "0");
     assert_eq!(
@@ -196,7 +199,7 @@ async fn vcpus_are_added_capped_and_removed() {
         VmResources {
             vcpus: 1,
             memory_mib: BOOT_MIB,
-            max_vcpus: 2,
+            max_vcpus: 3,
             max_memory_mib: MAX_MIB,
             virtio_mem: false
         }
@@ -207,31 +210,25 @@ async fn vcpus_are_added_capped_and_removed() {
     assert_eq!(qemu_vcpus(&t).await, 2);
     let seen = guest_until(&t, "2 online CPUs", |s| s.nproc == 2).await;
     assert_eq!(seen.online, "0-1");
-    assert_eq!(res.resize_vcpus(8).await.expect("capped"), 2);
-    assert_eq!(qemu_vcpus(&t).await, 2);
 
-    let removed = res.resize_vcpus(1).await;
-    assert_eq!(
-        removed.unwrap_or_else(|e| panic!("remove a vCPU: {e}; console:\n{}", t.console())),
-        1
-    );
-    assert_eq!(qemu_vcpus(&t).await, 1);
-    guest_until(&t, "1 online CPU", |s| s.nproc == 1 && s.online == "0").await;
-    assert_eq!(res.resize_vcpus(0).await.expect("boot vCPUs stay"), 1);
-    assert_eq!(qemu_vcpus(&t).await, 1);
+    assert_eq!(res.resize_vcpus(0).await.expect("no removal under TCG"), 2);
+    assert_eq!(qemu_vcpus(&t).await, 2);
 
     // The driver names its vCPUs vcpu1, vcpu2...: the next is vcpu2.
     squat(&t, "vcpu2").await;
-    let err = res.resize_vcpus(2).await.unwrap_err();
+    let err = res.resize_vcpus(3).await.unwrap_err();
     assert!(
         matches!(&err, Error::Hotplug { device, .. } if device == "vcpu2"),
         "{err}"
     );
-    assert_eq!(qemu_vcpus(&t).await, 1, "a vCPU left after a failed add");
-    assert_eq!(res.current().vcpus, 1);
-    // The driver goes on with the next id (vcpu3).
-    assert_eq!(res.resize_vcpus(2).await.expect("add after a failure"), 2);
-    guest_until(&t, "2 online CPUs again", |s| s.nproc == 2).await;
+    assert_eq!(qemu_vcpus(&t).await, 2, "a vCPU left after a failed add");
+    assert_eq!(res.current().vcpus, 2);
+    // The driver goes on with the next id (vcpu3); beyond the maximum
+    // is capped.
+    assert_eq!(res.resize_vcpus(8).await.expect("add, capped"), 3);
+    assert_eq!(qemu_vcpus(&t).await, 3);
+    let seen = guest_until(&t, "3 online CPUs", |s| s.nproc == 3).await;
+    assert_eq!(seen.online, "0-2");
 
     power_off(&t, vm).await;
 }
