@@ -20,11 +20,13 @@ use tokio::time::Instant;
 
 use super::block::hotplug_error;
 use super::cmdline::{self, VIRTIO_MEM_ID};
+use super::qmp::Event;
 use super::session::QmpSession;
 use super::QemuVm;
 use crate::{
     Accelerator, DriverConfig, Error, ResourceHotplug, VmConfig, VmResources, MEMORY_BLOCK_MIB,
 };
+use tokio::sync::broadcast::{self, error::RecvError};
 
 /// The most vCPUs capsa gives a q35 VM: what x86 APIC ids allow without
 /// an IOMMU for interrupt remapping, as Kata (its QEMU `maxcpus` on
@@ -210,6 +212,10 @@ impl QemuVm {
         args.insert("driver".into(), driver.into());
         args.insert("id".into(), id.clone().into());
         let qmp = self.session(VCPUS)?;
+        let deadline = Instant::now() + limit;
+        // Subscribed before the command, so the guest's answer cannot be
+        // missed.
+        let events = qmp.subscribe();
         if let Err(e) = qmp.execute("device_add", Some(args.into()), limit).await {
             // A timed-out device_add may still have added the vCPU.
             if e.to_string().contains("no answer") {
@@ -219,6 +225,7 @@ impl QemuVm {
             }
             return Err(hotplug_error(&id, e));
         }
+        self.wait_guest_saw(events, &id, deadline).await;
         self.plugged.cpus.push(id);
         Ok(())
     }
@@ -293,6 +300,8 @@ impl QemuVm {
             return Err(hotplug_error(&qdev, e));
         }
         let device = json!({ "driver": "pc-dimm", "id": qdev, "memdev": backend });
+        let deadline = Instant::now() + limit;
+        let events = qmp.subscribe();
         if let Err(e) = qmp.execute("device_add", Some(device), limit).await {
             if e.to_string().contains("no answer") {
                 if let Err(e) = self.remove_device(&qdev, &qdev, limit).await {
@@ -303,9 +312,45 @@ impl QemuVm {
             self.drop_backend(&backend).await;
             return Err(hotplug_error(&qdev, e));
         }
+        self.wait_guest_saw(events, &qdev, deadline).await;
         tracing::debug!(vm = %self.cfg.id, device = %qdev, mib = step, "DIMM added");
         self.plugged.dimms.push(Dimm { mib: step });
         Ok(self.memory_now())
+    }
+
+    /// Waits until `deadline` for the guest to report (ACPI `_OST`, QMP
+    /// `ACPI_DEVICE_OST`) that it has processed the insertion of `qdev`:
+    /// from then on the vCPU or memory is visible in the guest (and
+    /// `OnlineCPUMem` finds it). A guest that does not answer in time, or
+    /// reports a failure, is logged: the device is plugged either way.
+    async fn wait_guest_saw(
+        &self,
+        mut events: broadcast::Receiver<Event>,
+        qdev: &str,
+        deadline: Instant,
+    ) {
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(ev) if ev.name == "ACPI_DEVICE_OST" && ev.data["info"]["device"] == qdev => {
+                        return ev.data["info"]["status"].as_u64();
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Some(0)) => {
+                tracing::debug!(vm = %self.cfg.id, device = qdev, "the guest saw the device")
+            }
+            Ok(status) => {
+                tracing::warn!(vm = %self.cfg.id, device = qdev, ?status, "the guest reported a failed insertion")
+            }
+            Err(_) => {
+                tracing::warn!(vm = %self.cfg.id, device = qdev, "the guest did not acknowledge the device in time")
+            }
+        }
     }
 
     /// Removes the memory backend `id` after a failed DIMM; logged only (a
