@@ -42,8 +42,9 @@ pub struct AssetsSpec {
 
 /// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock, the
 /// disks hot-plugged for block storages (virtio-blk, virtio-scsi and its
-/// SCSI disk driver; about 0.1 s of boot under TCG), and virtio-net for
-/// the pod's NICs. ext4 is built
+/// SCSI disk driver; about 0.1 s of boot under TCG), virtio-net for
+/// the pod's NICs, and virtio-mem for VMs whose memory grows and shrinks
+/// (`enable_virtio_mem`; harmless without the device). ext4 is built
 /// into the kernel; `xfs` loads cleanly but is left out: it took 0.8 s of
 /// every boot under TCG (add it with `capsa assets build --module xfs`).
 pub const DEFAULT_MODULES: &[&str] = &[
@@ -54,6 +55,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_scsi",
     "sd_mod",
     "virtio_net",
+    "virtio_mem",
 ];
 
 mod apt;

@@ -241,16 +241,22 @@ pub struct VmResources {
 /// VM keeps what was plugged before the failing step, nothing half-added
 /// stays, and [`ResourceHotplug::current`] is exact.
 ///
-/// What is plugged is not yet usable: the guest must online it (the
-/// agent's `OnlineCPUMem`, after each growth; CPUs may take a moment to
-/// appear in the guest after this returns).
+/// Growth returns once the guest has seen each new vCPU and DIMM (its
+/// ACPI `_OST` answer, waited for within the hot-plug timeout; a guest
+/// that does not answer is logged, the device stays plugged). Seen is not
+/// yet usable: hot-added vCPUs stay offline until the guest onlines them,
+/// so call the agent's `OnlineCPUMem` after each growth (`nb_cpus` = the
+/// vCPUs added). Memory is onlined by the guest kernel itself (the
+/// driver boots a VM with memory headroom with `memhp_default_state=online`);
+/// `OnlineCPUMem` onlines any block left offline.
 #[async_trait::async_trait]
 pub trait ResourceHotplug: Send {
     /// Plugs or unplugs vCPUs until the VM has `vcpus` (capped to
     /// [boot vCPUs, max]); returns the count reached. Removing asks the
     /// guest to release each vCPU added last and waits for it; a guest
     /// that does not release one in time fails the call, and the vCPU
-    /// stays counted.
+    /// stays counted. A driver that cannot remove vCPUs safely (QEMU
+    /// under TCG) keeps them and returns the count it has.
     async fn resize_vcpus(&mut self, vcpus: u32) -> Result<u32, Error>;
     /// Grows or shrinks the memory towards `memory_mib` (capped to [boot
     /// memory, max]); returns the MiB reached. Growth is rounded up to

@@ -9,6 +9,17 @@ use crate::{Accelerator, BlockDriver, DriverConfig, VmConfig};
 /// panic (and `-no-reboot` turns that into QEMU exiting), quiet boot.
 const KERNEL_PARAMS: &[&str] = &["console=ttyS0", "panic=1", "quiet"];
 
+/// Kernel parameters of a VM whose memory can be hot-plugged: the guest
+/// kernel onlines memory blocks as soon as they are added (DIMM or
+/// virtio-mem), and puts them in ZONE_MOVABLE while the ratio to the boot
+/// memory allows (`auto-movable`, 3:1 by default), so that virtio-mem can
+/// unplug them again; beyond that ratio they go to ZONE_NORMAL, where the
+/// kernel's own allocations may land.
+const MEMORY_HOTPLUG_PARAMS: &[&str] = &[
+    "memhp_default_state=online",
+    "memory_hotplug.online_policy=auto-movable",
+];
+
 /// PCI slots of the root bus on q35, fixed so that the PCI path of every
 /// device is known before the guest boots: the vsock device, the virtio-fs
 /// device, the virtio-scsi controller, then one PCIe root port per slot
@@ -124,6 +135,9 @@ pub fn build(
         push(&["-initrd", &initrd.to_string_lossy()]);
     }
     let mut params: Vec<&str> = KERNEL_PARAMS.to_vec();
+    if sizing.max_memory_mib > cfg.memory_mib {
+        params.extend(MEMORY_HOTPLUG_PARAMS);
+    }
     params.extend(cfg.kernel_params.iter().map(String::as_str));
     push(&["-append", &params.join(" ")]);
     push(&[
@@ -304,6 +318,7 @@ pub(crate) mod tests {
         assert_eq!(after(&args, "-cpu"), ["max"]);
         assert_eq!(after(&args, "-m"), ["256M"]);
         assert_eq!(after(&args, "-smp"), ["2"]);
+        assert!(!after(&args, "-append")[0].contains("memhp"));
         assert_eq!(
             after(&args, "-object"),
             ["memory-backend-memfd,id=mem,size=256M,share=on"]
@@ -382,6 +397,11 @@ pub(crate) mod tests {
         let args = build(&c, Accelerator::Tcg, &sizing, &s);
         assert_eq!(after(&args, "-smp"), ["1,maxcpus=4"]);
         assert_eq!(after(&args, "-m"), ["256M,slots=3,maxmem=2048M"]);
+        assert!(
+            after(&args, "-append")[0]
+                .contains(" memhp_default_state=online memory_hotplug.online_policy=auto-movable"),
+            "{args:?}"
+        );
         assert_eq!(after(&args, "-device").len(), 1 + MAX_ROOT_PORTS as usize);
 
         c.virtio_mem = true;
