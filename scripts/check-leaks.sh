@@ -1,7 +1,8 @@
 #!/bin/sh
 # After the whole test suite: no capsa process, mount, loop device or state
 # directory of a test may be left on the host. Tests put their state under /tmp/capsa-*
-# and /tmp/cs-* (capsa) and /tmp/capsa-ctrd-* (containerd).
+# and /tmp/cs-* (capsa), /tmp/capsa-ctrd-* (containerd) and /tmp/capsa-test-snap-*
+# (capsa-snapshotter: its process, loop devices and mounts of its images).
 set -u
 status=0
 procs=$(ps -eo pid=,args= | grep -E 'containerd-shim-capsa-v2|qemu-system|virtiofsd|vhost-device-vsock|containerd --config /tmp/capsa-ctrd-|capsa-snapshotter --root /tmp/' \

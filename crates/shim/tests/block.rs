@@ -93,10 +93,11 @@ fn a_pods_containers_each_get_their_own_drive() {
     std::fs::create_dir(&sync).unwrap();
     let c = containerd(&env);
     let pod_spec = |id: &str, script: &str, role: &str| {
+        // `ctr oci spec`'s one cgroup (`/<namespace>`) for all three: the
+        // agent gives the later ones their own (removing a container kills
+        // what is left in its cgroup, here the others).
         let mut spec = c.default_spec(&["sh", "-c", script]);
-        // A cgroup each, as CRI gives (`ctr oci spec` has one for all, and
-        // removing a container kills what is left in its cgroup).
-        spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/pod/{id}"));
+        assert_eq!(spec["linux"]["cgroupsPath"], "/k8s.io", "{id}");
         spec["annotations"] = serde_json::json!({
             "io.kubernetes.cri.container-type": role,
             "io.kubernetes.cri.sandbox-id": "pod",
@@ -166,6 +167,11 @@ fn a_pods_containers_each_get_their_own_drive() {
     );
     let second_done = second_done.unwrap_or_else(|| panic!("first never came up: {first_done:?}"));
     assert_eq!(second_done.exit_status, 0, "{second_done:?}");
+    assert!(
+        c.log().contains("cgroups path /k8s.io is container"),
+        "the agent gave the containers their own cgroups\n{}",
+        c.log_tail()
+    );
     let first_out = String::from_utf8_lossy(&first_done.stdout).into_owned();
     let second_out = String::from_utf8_lossy(&second_done.stdout).into_owned();
     let second_lines: Vec<&str> = second_out.lines().collect();

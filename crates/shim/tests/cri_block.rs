@@ -19,29 +19,9 @@ use common::Setup;
 
 const EXEC_LIMIT: Duration = Duration::from_secs(60);
 
-/// The files of the drives QEMU has open in pod `pod`'s VM
-/// (`query-block` entries with a medium inserted).
+/// The files of the drives QEMU has open in pod `pod`'s VM.
 fn qemu_drive_files(s: &Setup, pod: &str) -> Vec<String> {
-    let sock = s.env.state_dir.join(pod).join("qmp-debug.sock");
-    assert!(sock.exists(), "no debug monitor at {}", sock.display());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let answer = rt
-        .block_on(capsa_hypervisor::qemu::qmp::execute(
-            &sock,
-            "query-block",
-            None,
-        ))
-        .expect("QEMU answers query-block");
-    answer
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|b| b.get("inserted")?.get("file")?.as_str().map(String::from))
-        .collect()
+    common::qemu_drive_files(&s.env.state_dir, pod)
 }
 
 fn with_security(mut config: ContainerConfig, capabilities: &[&str]) -> ContainerConfig {

@@ -140,6 +140,9 @@ impl System {
         if !node.exists() || !dev.exists() {
             return Ok(None);
         }
+        if !live(&node)? {
+            return Ok(None);
+        }
         let (major, minor) = dev_number(&dev)?;
         Ok(Some(Block { node, major, minor }))
     }
@@ -157,6 +160,27 @@ impl System {
         })?;
         tracing::info!(%source, node = %block.node.display(), major = block.major, minor = block.minor, "block device found");
         Ok(block)
+    }
+}
+
+/// Whether the disk at `node` can be opened. The kernel makes the node
+/// and the `dev` attribute (`device_add`) before the disk is live
+/// (`bdev_add`, then the partition scan): an open in between fails with
+/// `ENXIO`, and so would a mount. The uevent announcing the disk comes
+/// after that, so a waiter looks again then. Other errors are left to
+/// whoever uses the device (they name it better).
+fn live(node: &Path) -> Result<bool, DeviceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(node)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            tracing::debug!(node = %node.display(), "disk not live yet");
+            Ok(false)
+        }
+        _ => Ok(true),
     }
 }
 

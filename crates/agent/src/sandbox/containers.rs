@@ -146,11 +146,35 @@ impl Sandbox {
             pidns::join(&mut spec, pid);
             tracing::info!(container = %id, pid, "joining the sandbox's PID namespace");
         }
-        let cgroup_path = spec
+        let mut cgroup_path = spec
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().clone())
             .unwrap_or_else(|| spec::cgroup_path(None, &id));
+        // Deleting a container kills what is left in its cgroup and removes
+        // it: containers of one pod whose specs name the same cgroup (as
+        // `ctr oci spec`'s `/<namespace>` does for all) would kill each other.
+        // A later one gets a cgroup of its own.
+        let sharing = {
+            let dir = cgroup::dir(&cgroup_path);
+            let state = self.state.lock().await;
+            let other = state.containers.values().find(|c| c.cgroup == dir);
+            other.map(|c| c.id.clone())
+        };
+        if let Some(other) = sharing {
+            let own = spec::cgroup_path(None, &id);
+            tracing::info!(
+                container = %id,
+                %other,
+                "spec adapted: cgroups path {} is container {other}'s: set to {}",
+                cgroup_path.display(),
+                own.display()
+            );
+            if let Some(linux) = spec.linux_mut() {
+                linux.set_cgroups_path(Some(own.clone()));
+            }
+            cgroup_path = own;
+        }
 
         let reaper = self.reaper.clone();
         let cid = id.clone();

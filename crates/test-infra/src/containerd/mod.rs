@@ -65,6 +65,11 @@ pub struct Opts {
     /// `capsa-snapshotter`), registered as proxy plugin
     /// [`PROXY_SNAPSHOTTER`]; the defaults of CRI and `ctr` are unchanged.
     pub proxy_snapshotter: Option<PathBuf>,
+    /// The snapshotter of CRI (`[plugins."io.containerd.grpc.v1.cri".containerd]
+    /// snapshotter`) and of `ctr` (image imports included), such as
+    /// [`PROXY_SNAPSHOTTER`] with [`Opts::proxy_snapshotter`]; by default
+    /// `overlayfs` where an overlay mount works, else `native`.
+    pub snapshotter: Option<&'static str>,
 }
 
 pub struct Containerd {
@@ -89,7 +94,9 @@ impl Containerd {
             .tempdir_in("/tmp")
             .expect("temp dir");
         let socket = dir.path().join("c.sock");
-        let snapshotter = config::detect_snapshotter(dir.path());
+        let snapshotter = opts
+            .snapshotter
+            .unwrap_or_else(|| config::detect_snapshotter(dir.path()));
         let config_path = dir.path().join("config.toml");
         let text = config::render(&config::ConfigParams {
             dir: dir.path(),
@@ -172,7 +179,8 @@ impl Containerd {
         &self.socket
     }
 
-    /// `overlayfs` or `native`: the snapshotter of CRI and of `ctr`.
+    /// The snapshotter of CRI and of `ctr`: [`Opts::snapshotter`], else
+    /// `overlayfs` or `native`.
     pub fn snapshotter(&self) -> &str {
         self.snapshotter
     }
