@@ -59,14 +59,21 @@ fn capsa_update_grows_the_vm_and_the_containers_limits() {
     let _removed = Removed(&env, id);
     let out = capsa(
         &env,
-        &["run", "-d", "--name", id, "--rootfs", &rootfs, "--", "sleep", "1000"],
+        &[
+            "run", "-d", "--name", id, "--rootfs", &rootfs, "--", "sleep", "1000",
+        ],
     );
     assert!(out.status.success(), "run -d: {out:?}");
 
     // Booted at the default; inspect shows the size and the maxima.
     let r = resources(&env, id);
     assert_eq!(
-        (&r["vcpus"], &r["max_vcpus"], &r["memory_mib"], &r["max_memory_mib"]),
+        (
+            &r["vcpus"],
+            &r["max_vcpus"],
+            &r["memory_mib"],
+            &r["max_memory_mib"]
+        ),
         (&1.into(), &2.into(), &512.into(), &2048.into()),
         "{r:#}"
     );
@@ -88,7 +95,10 @@ fn capsa_update_grows_the_vm_and_the_containers_limits() {
         id,
         "nproc; cat /sys/devices/system/cpu/online; grep Cpus_allowed_list /proc/self/status",
     );
-    assert!(cpus.starts_with("2\n0-1\n"), "CPUs in the container: {cpus}");
+    assert!(
+        cpus.starts_with("2\n0-1\n"),
+        "CPUs in the container: {cpus}"
+    );
     let after = mem_total_kib(&env, id);
     assert!(
         after >= before + 768 * 1024,
@@ -107,7 +117,10 @@ fn capsa_update_grows_the_vm_and_the_containers_limits() {
 
     // Beyond the maxima: capped, the sandbox keeps running.
     let out = capsa(&env, &["update", id, "--cpus", "8"]);
-    assert!(out.status.success(), "a capped update still succeeds: {out:?}");
+    assert!(
+        out.status.success(),
+        "a capped update still succeeds: {out:?}"
+    );
     assert_eq!(resources(&env, id)["vcpus"], 2);
 
     // Bad input is named.

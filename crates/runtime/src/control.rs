@@ -228,7 +228,11 @@ mod tests {
             br#"{"op":"update","container":"x","extra":1}"#,
             br#"{"op":"update","container":"x","cpus":-1}"#,
         ] {
-            assert!(decode_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -39,6 +39,11 @@ impl Setup {
         )
     }
 
+    /// [`Setup::new`] with extra `[hypervisor.qemu]` keys.
+    pub fn with_qemu_extra(extra: &str) -> Self {
+        Self::build_in(TestEnv::short_with_qemu_extra(extra), false)
+    }
+
     fn build(cni: bool) -> Self {
         Self::build_in(TestEnv::short(), cni)
     }

@@ -288,6 +288,20 @@ impl Cri {
         self.call("StopContainer", c.stop_container(req));
     }
 
+    /// CRI's `UpdateContainerResources` (`kubectl` in-place resize).
+    pub fn update_resources(&self, id: &str, resources: LinuxContainerResources) {
+        let mut c = self.runtime.clone();
+        let req = UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        self.call(
+            "UpdateContainerResources",
+            c.update_container_resources(req),
+        );
+    }
+
     pub fn remove_container(&self, id: &str) {
         let mut c = self.runtime.clone();
         let req = RemoveContainerRequest {
