@@ -2,12 +2,14 @@
 //! driver's session reads them: split into lines by the bounded
 //! `qmp::read_line`, each line decoded by `qmp::decode_message` into a
 //! greeting, a reply or an event (or refused), and a reply's result read as
-//! the `x-query-virtio-status` answer the driver inspects.
+//! the `x-query-virtio-status` answer the driver inspects and as the
+//! `query-hotpluggable-cpus` answer vCPU hot-plug picks a slot from.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use capsa_hypervisor::qemu::qmp::{self, Message};
+use capsa_hypervisor::qemu::resize;
 use libfuzzer_sys::fuzz_target;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -28,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             match qmp::decode_message(&line) {
                 Ok(Message::Reply { result: Ok(value), .. }) => {
                     let _ = qmp::virtio_driver_ok(&value);
+                    let _ = resize::free_cpu_slot(&value);
                 }
                 Ok(Message::Event(event)) => {
                     let _ = event.data.get("device");

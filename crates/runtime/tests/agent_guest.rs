@@ -1,6 +1,7 @@
 //! Guest-wide agent methods against a real VM: GetGuestDetails,
 //! OnlineCPUMem, SetGuestDateTime, ReseedRandomDev, CopyFile, GetMetrics;
-//! `local` and `ephemeral` storages; the debug console.
+//! OnlineCPUMem of a hot-added vCPU; `local` and `ephemeral` storages; the
+//! debug console.
 
 use capsa_agent_client::until;
 use capsa_protocols::{agent, GUEST_SHARED_DIR};
@@ -348,4 +349,62 @@ async fn no_debug_console_unless_asked() {
         read.is_ok() && !reply.starts_with("OK"),
         "nothing listens on the console port: {reply:?}"
     );
+}
+
+/// A vCPU hot-added behind the agent's back (QMP on the VM's debug
+/// monitor, as the driver's `resize_vcpus` does) appears offline in the
+/// guest; `OnlineCPUMem` brings it online. The VM boots with 1 vCPU and
+/// room for 2 (`default_maxvcpus`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_cpu_mem_onlines_a_hot_added_vcpu() {
+    use capsa_hypervisor::qemu::{qmp, resize, QMP_DEBUG_SOCKET};
+
+    let env = TestEnv::with_qemu_extra(&format!(
+        "{CONSOLE_PARAMS}\ndefault_vcpus = 1\ndefault_maxvcpus = 2"
+    ));
+    let sandbox = boot(&env).await;
+    let monitor = env.state_dir.join(sandbox.id()).join(QMP_DEBUG_SOCKET);
+    let slots = qmp::execute(&monitor, "query-hotpluggable-cpus", None)
+        .await
+        .expect("query-hotpluggable-cpus");
+    let (driver, mut props) = resize::free_cpu_slot(&slots).expect("room for a vCPU");
+    props.insert("driver".into(), driver.into());
+    props.insert("id".into(), "vcpu-test".into());
+    qmp::execute(&monitor, "device_add", Some(props.into()))
+        .await
+        .expect("device_add of a vCPU");
+
+    // The guest has it once its sysfs entry exists; offline until onlined.
+    let before = console_run(
+        &env,
+        &sandbox,
+        "i=0; while [ ! -e /sys/devices/system/cpu/cpu1/online ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n\
+         echo cpu1=$(cat /sys/devices/system/cpu/cpu1/online) online=$(cat /sys/devices/system/cpu/online)\nexit\n",
+    )
+    .await;
+    assert!(before.contains("cpu1=0 online=0"), "{before}");
+
+    sandbox
+        .agent()
+        .raw()
+        .online_cpu_mem(
+            until(CALL),
+            &agent::OnlineCPUMemRequest {
+                wait: true,
+                nb_cpus: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("OnlineCPUMem");
+    let after = console_run(
+        &env,
+        &sandbox,
+        "echo online=$(cat /sys/devices/system/cpu/online) nproc=$(nproc)\nexit\n",
+    )
+    .await;
+    assert!(after.contains("online=0-1 nproc=2"), "{after}");
+
+    sandbox.destroy().await.expect("destroy");
+    assert_no_leaks(&env.state_dir);
 }

@@ -371,7 +371,13 @@ pub(crate) mod tests {
         q.machine_type = "microvm".into();
         q.pcie_root_ports = 4;
         c.block_driver = BlockDriver::VirtioScsi;
-        let args = build(&c, Accelerator::Kvm, &Sizing::fixed(&c), &s);
+        // No room for hot-plug on microvm, whatever the maxima say.
+        c.max_vcpus = 4;
+        c.max_memory_mib = 2048;
+        let args = build(&c, Accelerator::Kvm, &Sizing::resolve(&c, 2, 24 << 10), &s);
+        assert_eq!(after(&args, "-smp"), ["2"]);
+        assert_eq!(after(&args, "-m"), ["256M"]);
+        assert!(!after(&args, "-append")[0].contains("memhp"));
         assert_eq!(after(&args, "-cpu"), ["host"]);
         assert_eq!(
             after(&args, "-machine"),

@@ -217,11 +217,12 @@ impl QemuVm {
         // missed.
         let events = qmp.subscribe();
         if let Err(e) = qmp.execute("device_add", Some(args.into()), limit).await {
-            // A timed-out device_add may still have added the vCPU.
-            if e.to_string().contains("no answer") {
-                if let Err(e) = self.remove_device(&id, &id, limit).await {
-                    tracing::warn!(vm = %self.cfg.id, device = %id, error = %e, "roll back: vCPU not removed");
-                }
+            // A timed-out device_add may still have added the vCPU: then
+            // it counts (whole, not half-added; removing it is not safe
+            // everywhere, see resize_vcpus).
+            if e.to_string().contains("no answer") && has_device(qmp, &id, limit).await? {
+                tracing::warn!(vm = %self.cfg.id, device = %id, "device_add timed out but the vCPU was added");
+                self.plugged.cpus.push(id.clone());
             }
             return Err(hotplug_error(&id, e));
         }
@@ -303,13 +304,14 @@ impl QemuVm {
         let deadline = Instant::now() + limit;
         let events = qmp.subscribe();
         if let Err(e) = qmp.execute("device_add", Some(device), limit).await {
-            if e.to_string().contains("no answer") {
-                if let Err(e) = self.remove_device(&qdev, &qdev, limit).await {
-                    tracing::warn!(vm = %self.cfg.id, device = %qdev, error = %e, "roll back: DIMM not removed, its backend stays");
-                    return Err(hotplug_error(&qdev, e));
-                }
+            // A timed-out device_add may still have added the DIMM: then
+            // it counts (DIMMs are not removed); otherwise its backend goes.
+            if e.to_string().contains("no answer") && has_device(qmp, &qdev, limit).await? {
+                tracing::warn!(vm = %self.cfg.id, device = %qdev, "device_add timed out but the DIMM was added");
+                self.plugged.dimms.push(Dimm { mib: step });
+            } else {
+                self.drop_backend(&backend).await;
             }
-            self.drop_backend(&backend).await;
             return Err(hotplug_error(&qdev, e));
         }
         self.wait_guest_saw(events, &qdev, deadline).await;
