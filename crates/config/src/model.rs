@@ -153,6 +153,10 @@ pub struct RuntimeConfig {
     pub cni_conflist: PathBuf,
     /// capsa's key: where CNI plugins are looked for, in order.
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Kata's key: the shim and every process of the pod's VM (QEMU,
+    /// virtiofsd, the vsock daemon) run in the pod's cgroup (the sandbox
+    /// spec's `linux.cgroupsPath`), so the pod's limits cover the VM.
+    pub sandbox_cgroup_only: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -163,6 +167,7 @@ impl Default for RuntimeConfig {
             internetworking_model: "tcfilter".into(),
             cni_conflist: PathBuf::new(),
             cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            sandbox_cgroup_only: false,
         }
     }
 }

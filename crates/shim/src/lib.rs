@@ -4,5 +4,6 @@
 //! (`fuzz/`) call them without a containerd.
 
 pub mod annotations;
+pub mod cgroup;
 pub mod network;
 pub mod sizing;
