@@ -244,6 +244,31 @@ fn the_vm_processes_and_the_shim_run_in_the_pod_cgroup_which_goes_with_the_pod()
         usage >> 20,
         pss_total >> 10
     );
+    // CPU of the idle pod: the cgroup's usage over a measurement window
+    // (a measurement, not a wait for anything).
+    let cpu_ns = || -> Option<u64> {
+        let v1 = parent
+            .hierarchies
+            .iter()
+            .map(|h| {
+                h.join(cgroups_path.trim_start_matches('/'))
+                    .join("cpuacct.usage")
+            })
+            .find(|f| f.exists());
+        match v1 {
+            Some(f) => std::fs::read_to_string(f).ok()?.trim().parse().ok(),
+            None => kib(&leaf.join("cpu.stat"), "usage_usec").checked_mul(1000),
+        }
+    };
+    let window = Duration::from_secs(3);
+    let before = cpu_ns();
+    std::thread::sleep(window);
+    if let (Some(a), Some(b)) = (before, cpu_ns()) {
+        eprintln!(
+            "footprint: idle CPU {} millicores",
+            (b.saturating_sub(a)) / window.as_millis() as u64 / 1000
+        );
+    }
 
     cri.stop_pod(&pod);
     cri.remove_pod(&pod);
@@ -301,5 +326,39 @@ fn a_pod_cgroup_too_small_for_the_vm_fails_the_pod_naming_the_limit() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "state left: {left:?}");
+    s.assert_all_gone();
+}
+
+#[test]
+fn the_delete_action_removes_the_pod_cgroup_of_a_killed_shim() {
+    let s = setup();
+    let parent = Parent::new(None);
+    let cri = s.ctrd.cri();
+    let pod = cri.run_pod_with(pod_config(&s, "killed", &parent), "capsa");
+    let shims: Vec<(u32, String)> = pids_naming("containerd-shim-capsa-v2")
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&s.ctrd.socket().display().to_string()))
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    assert!(!parent.children().is_empty(), "no pod cgroup made");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0].0 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    // containerd runs the shim's `delete` action for the dead shim; CRI
+    // removes the pod.
+    cri.stop_pod(&pod);
+    cri.remove_pod(&pod);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !parent.children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        parent.children(),
+        Vec::<PathBuf>::new(),
+        "cgroups of the killed shim's pod are left\n{}",
+        s.ctrd.log_tail()
+    );
     s.assert_all_gone();
 }
