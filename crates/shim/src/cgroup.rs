@@ -562,9 +562,14 @@ impl PodCgroup {
         }
         let created = std::mem::take(&mut self.created);
         remove_dirs(&created);
-        if let Some(unit) = self.created_unit.take() {
+        let scope_empty = self.hierarchies.iter().all(|h| {
+            read_trimmed(&h.mount.join(self.path.rel()).join("cgroup.procs"))
+                .is_none_or(|p| p.is_empty())
+        });
+        if let Some(unit) = self.created_unit.take().filter(|_| scope_empty) {
             // An empty transient scope is stopped and removed by systemd
-            // itself; a stop is asked in case it is not yet.
+            // itself; a stop is asked in case it is not yet (never of a
+            // scope with processes: stopping kills them).
             let _ = std::process::Command::new("busctl")
                 .args([
                     "call",
@@ -590,6 +595,7 @@ impl PodCgroup {
 /// it on a dead shim's record. Returns those left.
 pub fn remove_dirs(created: &[PathBuf]) -> Vec<PathBuf> {
     let mut left = Vec::new();
+    let deadline = Instant::now() + EMPTY_LIMIT;
     for dir in created.iter().rev() {
         if !dir.is_dir() {
             continue;
@@ -597,7 +603,6 @@ pub fn remove_dirs(created: &[PathBuf]) -> Vec<PathBuf> {
         // The VM's processes were killed just before: their exits may
         // still be under way.
         let procs_file = dir.join("cgroup.procs");
-        let deadline = Instant::now() + EMPTY_LIMIT;
         let mut procs = read_trimmed(&procs_file).unwrap_or_default();
         while !procs.is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
