@@ -398,7 +398,14 @@ impl PodCgroup {
     /// file) until [`PodCgroup::release`]. On failure nothing created is
     /// left.
     pub fn join(path: CgroupPath, record: Option<PathBuf>) -> Result<Self, Error> {
-        let hierarchies = hierarchies()?;
+        Self::join_in(path, record, hierarchies()?)
+    }
+
+    fn join_in(
+        path: CgroupPath,
+        record: Option<PathBuf>,
+        hierarchies: Vec<Hierarchy>,
+    ) -> Result<Self, Error> {
         let origin = hierarchies.iter().map(own_cgroup).collect();
         let mut cg = Self {
             path,
@@ -707,6 +714,56 @@ mod tests {
         assert!(CgroupPath::parse("a--b.slice:capsa:x", "p").is_err());
         assert!(CgroupPath::parse("a.slice:capsa:", "p").is_err());
         assert!(CgroupPath::parse("a.slice:capsa:x/y", "p").is_err());
+    }
+
+    /// The cgroup v2 code path on the host's v2 hierarchy (the `unified`
+    /// mount of a hybrid host has no controllers, but directories,
+    /// `cgroup.procs` and the rules on removal are the same): a made
+    /// cgroup is joined, left and removed; an existing parent stays.
+    #[test]
+    fn joins_and_leaves_a_v2_hierarchy() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(mount) = info.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount = PathBuf::from(left.split(' ').nth(4)?);
+            right.starts_with("cgroup2 ").then_some(mount)
+        }) else {
+            eprintln!("no cgroup2 mount: nothing to test");
+            return;
+        };
+        let h = Hierarchy {
+            mount: mount.clone(),
+            controllers: Vec::new(),
+        };
+        let before = own_cgroup(&h);
+        let parent = format!("capsa-test-cg-unit-{}", std::process::id());
+        std::fs::create_dir(mount.join(&parent)).expect("make the parent (root needed)");
+        struct Rm(PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(self.0.join("leaf"));
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let _rm = Rm(mount.join(&parent));
+        let path = CgroupPath::parse(&format!("/{parent}/leaf"), "p").unwrap();
+        let cg = PodCgroup::join_in(path, None, vec![h.clone()]).unwrap();
+        assert_eq!(
+            own_cgroup(&h),
+            Some(PathBuf::from(format!("{parent}/leaf"))),
+            "not in the pod cgroup"
+        );
+        assert_eq!(cg.created, vec![mount.join(&parent).join("leaf")]);
+        cg.release();
+        assert_eq!(own_cgroup(&h), before, "not back where it was");
+        assert!(
+            !mount.join(&parent).join("leaf").exists(),
+            "made cgroup left"
+        );
+        assert!(
+            mount.join(&parent).is_dir(),
+            "a cgroup capsa did not make was removed"
+        );
     }
 
     #[test]
