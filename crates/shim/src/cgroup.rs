@@ -636,11 +636,16 @@ pub fn cleanup_record(record: &Path) {
     let Ok(text) = std::fs::read_to_string(record) else {
         return;
     };
-    // Only directories below a cgroup mount are touched.
+    // Only directories strictly below a cgroup mount are touched.
+    let mounts: Vec<PathBuf> = hierarchies()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| h.mount)
+        .collect();
     let dirs: Vec<PathBuf> = text
         .lines()
         .map(PathBuf::from)
-        .filter(|p| p.starts_with("/sys/fs/cgroup") && p.is_absolute())
+        .filter(|p| mounts.iter().any(|m| p.starts_with(m) && p != m))
         .filter(|p| !p.components().any(|c| c == Component::ParentDir))
         .collect();
     let left = remove_dirs(&dirs);
