@@ -301,6 +301,22 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Onlines hot-added vCPUs (`cpu_only`: `nb_cpus` of them) or
+    /// memory blocks in the guest, waiting until it is done.
+    pub async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool) -> Result<(), Error> {
+        let req = agent::OnlineCPUMemRequest {
+            wait: true,
+            nb_cpus,
+            cpu_only,
+            ..Default::default()
+        };
+        self.agent
+            .online_cpu_mem(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("OnlineCPUMem"))?;
+        Ok(())
+    }
+
     pub async fn stats_container(
         &self,
         container_id: &str,

@@ -133,6 +133,10 @@ initrd = "/i"
 machine_type = "microvm"
 default_vcpus = 2
 default_memory = 1024
+default_maxvcpus = 4
+default_maxmemory = 4096
+memory_slots = 3
+enable_virtio_mem = false
 kernel_params = "quiet"
 shared_fs = "virtio-fs"
 virtio_fs_daemon = "/v"
@@ -155,6 +159,9 @@ internetworking_model = "none"
         let c = parse(text, Path::new("/x.toml")).unwrap();
         assert_eq!(c.hypervisor.qemu.machine_type, "microvm");
         assert_eq!(c.hypervisor.qemu.default_memory, 1024);
+        assert_eq!(c.hypervisor.qemu.default_maxvcpus, 4);
+        assert_eq!(c.hypervisor.qemu.default_maxmemory, 4096);
+        assert_eq!(c.hypervisor.qemu.memory_slots, 3);
         assert_eq!(c.hypervisor.qemu.virtio_fs_extra_args.len(), 1);
         assert_eq!(c.agent.capsa.dial_timeout, 10);
         assert_eq!(c.agent.capsa.health_check_interval, 0);
@@ -165,6 +172,51 @@ internetworking_model = "none"
         let d = parse("", Path::new("/x.toml")).unwrap();
         assert_eq!(d.runtime.internetworking_model, "tcfilter");
         assert!(!d.hypervisor.qemu.disable_vhost_net);
+        let q = &d.hypervisor.qemu;
+        assert_eq!(
+            (q.default_maxvcpus, q.default_maxmemory, q.memory_slots),
+            (0, 0, 10),
+            "Kata's defaults"
+        );
+        assert!(!q.enable_virtio_mem);
+    }
+
+    #[test]
+    fn hot_plug_maxima_are_checked() {
+        let bad = |text: &str, key: &str, reason: &str| {
+            let err = parse(text, Path::new("/m.toml")).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(reason) && err.contains("/m.toml"),
+                "{text}: {err}"
+            );
+        };
+        bad(
+            "[hypervisor.qemu]\ndefault_vcpus = 2\ndefault_maxvcpus = 1\n",
+            "hypervisor.qemu.default_maxvcpus",
+            "less than default_vcpus (2)",
+        );
+        bad(
+            "[hypervisor.qemu]\ndefault_maxmemory = 256\n",
+            "hypervisor.qemu.default_maxmemory",
+            "256 MiB is less than default_memory (512 MiB)",
+        );
+        bad(
+            "[hypervisor.qemu]\nmemory_slots = 300\n",
+            "hypervisor.qemu.memory_slots",
+            "more than 256",
+        );
+        bad(
+            "[hypervisor.qemu]\nenable_virtio_mem = true\nmachine_type = \"microvm\"\n",
+            "hypervisor.qemu.enable_virtio_mem",
+            "q35",
+        );
+        bad(
+            "[hypervisor.qemu]\nenable_virtio_mem = true\npcie_root_port = 27\n",
+            "hypervisor.qemu.pcie_root_port",
+            "more than 26",
+        );
+        let ok = "[hypervisor.qemu]\ndefault_maxvcpus = 0\ndefault_maxmemory = 512\nenable_virtio_mem = true\npcie_root_port = 26\n";
+        parse(ok, Path::new("/m.toml")).unwrap();
     }
 
     #[test]

@@ -37,6 +37,19 @@ pub struct QemuConfig {
     pub default_vcpus: u32,
     /// MiB.
     pub default_memory: u32,
+    /// The most vCPUs the VM can be grown to by hot-plug; 0: the host's
+    /// CPU count (capped at what the machine type allows).
+    pub default_maxvcpus: u32,
+    /// The most memory, MiB, the VM can be grown to by hot-plug; 0: the
+    /// host's physical memory.
+    pub default_maxmemory: u32,
+    /// DIMM slots for memory hot-plug without virtio-mem: each growth of
+    /// the memory takes one.
+    pub memory_slots: u32,
+    /// Memory beyond `default_memory` is one virtio-mem device that grows
+    /// and shrinks (memory goes back to the host), instead of DIMMs that
+    /// only grow.
+    pub enable_virtio_mem: bool,
     /// Extra kernel parameters, space separated.
     pub kernel_params: String,
     /// `virtio-fs` or `none`.
@@ -77,6 +90,10 @@ impl Default for QemuConfig {
             accelerator: "auto".into(),
             default_vcpus: 1,
             default_memory: 512,
+            default_maxvcpus: 0,
+            default_maxmemory: 0,
+            memory_slots: 10,
+            enable_virtio_mem: false,
             kernel_params: String::new(),
             shared_fs: "virtio-fs".into(),
             virtio_fs_daemon: "/usr/local/bin/virtiofsd".into(),
@@ -157,6 +174,11 @@ pub struct RuntimeConfig {
     /// virtiofsd, the vsock daemon) run in the pod's cgroup (the sandbox
     /// spec's `linux.cgroupsPath`), so the pod's limits cover the VM.
     pub sandbox_cgroup_only: bool,
+    /// Kata's key: the VM boots at the default size plus what the pod's
+    /// annotations (or a standalone task's own limits) ask for and is
+    /// never resized. Off: it boots at the default size and grows and
+    /// shrinks with its containers' limits.
+    pub static_sandbox_resource_mgmt: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -168,6 +190,7 @@ impl Default for RuntimeConfig {
             cni_conflist: PathBuf::new(),
             cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             sandbox_cgroup_only: false,
+            static_sandbox_resource_mgmt: false,
         }
     }
 }

@@ -48,10 +48,17 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     .map_err(|r| invalid("runtime.internetworking_model", r))?;
     // The root-bus slots left for root ports by the QEMU driver's fixed
     // q35 layout (capsa-hypervisor, `qemu/cmdline.rs`: MAX_ROOT_PORTS).
-    if q.pcie_root_port > 27 {
+    // One slot fewer with virtio-mem, whose device takes the last one.
+    let root_ports = if q.enable_virtio_mem { 26 } else { 27 };
+    if q.pcie_root_port > root_ports {
+        let with = if q.enable_virtio_mem {
+            " (with enable_virtio_mem, whose device takes a root-port slot)"
+        } else {
+            ""
+        };
         return Err(invalid(
             "hypervisor.qemu.pcie_root_port",
-            format!("{} is more than 27", q.pcie_root_port),
+            format!("{} is more than {root_ports}{with}", q.pcie_root_port),
         ));
     }
     if !(1..=60).contains(&q.hotplug_timeout) {
@@ -70,6 +77,38 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
         return Err(invalid(
             "hypervisor.qemu.default_memory",
             format!("{} MiB is less than 128 MiB", q.default_memory),
+        ));
+    }
+    // 0 stands for the host's size (resolved when the VM starts).
+    if q.default_maxvcpus != 0 && q.default_maxvcpus < q.default_vcpus {
+        return Err(invalid(
+            "hypervisor.qemu.default_maxvcpus",
+            format!(
+                "{} is less than default_vcpus ({}); 0 means the host's CPU count",
+                q.default_maxvcpus, q.default_vcpus
+            ),
+        ));
+    }
+    if q.default_maxmemory != 0 && q.default_maxmemory < q.default_memory {
+        return Err(invalid(
+            "hypervisor.qemu.default_maxmemory",
+            format!(
+                "{} MiB is less than default_memory ({} MiB); 0 means the host's memory",
+                q.default_maxmemory, q.default_memory
+            ),
+        ));
+    }
+    // QEMU's ACPI memory hot-plug has 256 slots.
+    if q.memory_slots > 256 {
+        return Err(invalid(
+            "hypervisor.qemu.memory_slots",
+            format!("{} is more than 256", q.memory_slots),
+        ));
+    }
+    if q.enable_virtio_mem && q.machine_type != "q35" {
+        return Err(invalid(
+            "hypervisor.qemu.enable_virtio_mem",
+            format!("needs machine_type = \"q35\" (not {:?})", q.machine_type),
         ));
     }
     if !q.image.as_os_str().is_empty() {

@@ -1,8 +1,8 @@
 //! Devices attached to a running VM, and how the guest finds them.
 //!
 //! A driver offers each kind of device through a capability trait of its
-//! own ([`BlockHotplug`], [`NetworkHotplug`]; CPU/memory resize come
-//! next). A driver (or a machine) without a capability answers
+//! own ([`BlockHotplug`], [`NetworkHotplug`], [`ResourceHotplug`] for
+//! vCPUs and memory). A driver (or a machine) without a capability answers
 //! [`Error::NotSupported`] naming itself and the capability: never a
 //! silent no-op.
 
@@ -208,6 +208,62 @@ pub trait NetworkHotplug: Send {
     async fn detach_nic(&mut self, id: &str) -> Result<(), Error>;
     /// The NICs attached now, cold-plugged ones included.
     fn attached_nics(&self) -> Vec<AttachedNic>;
+}
+
+/// Memory is added in multiples of this (MiB): the memory block of the
+/// x86-64 Linux guest, the unit it onlines and offlines.
+pub const MEMORY_BLOCK_MIB: u32 = 128;
+
+/// The size of a running VM and its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct VmResources {
+    /// vCPUs plugged now (boot vCPUs included).
+    pub vcpus: u32,
+    /// Memory plugged now, MiB (boot memory included; with virtio-mem,
+    /// what the guest has plugged, which may trail the request).
+    pub memory_mib: u32,
+    /// The most vCPUs the VM can have (its `maxcpus`).
+    pub max_vcpus: u32,
+    /// The most memory the VM can have, MiB (its `maxmem`).
+    pub max_memory_mib: u32,
+    /// Whether memory can shrink (virtio-mem) or only grow (DIMMs).
+    pub virtio_mem: bool,
+}
+
+/// vCPUs and memory of a running VM, grown and shrunk (Kata's
+/// `ResizeVCPUs` / `ResizeMemory`).
+///
+/// Targets are totals, not deltas. A target beyond the VM's maxima (or
+/// below its boot size, which is never removed) is capped, and the call
+/// returns the size actually reached: the caller compares it with what it
+/// asked for and logs the difference; it is not an error. Every QMP
+/// command and wait is bounded by the VM's hot-plug timeout. On error the
+/// VM keeps what was plugged before the failing step, nothing half-added
+/// stays, and [`ResourceHotplug::current`] is exact.
+///
+/// What is plugged is not yet usable: the guest must online it (the
+/// agent's `OnlineCPUMem`, after each growth; CPUs may take a moment to
+/// appear in the guest after this returns).
+#[async_trait::async_trait]
+pub trait ResourceHotplug: Send {
+    /// Plugs or unplugs vCPUs until the VM has `vcpus` (capped to
+    /// [boot vCPUs, max]); returns the count reached. Removing asks the
+    /// guest to release each vCPU added last and waits for it; a guest
+    /// that does not release one in time fails the call, and the vCPU
+    /// stays counted.
+    async fn resize_vcpus(&mut self, vcpus: u32) -> Result<u32, Error>;
+    /// Grows or shrinks the memory towards `memory_mib` (capped to [boot
+    /// memory, max]); returns the MiB reached. Growth is rounded up to
+    /// whole [`MEMORY_BLOCK_MIB`] (within the maximum). With virtio-mem it
+    /// waits, bounded, until the guest has plugged or unplugged the
+    /// difference and returns what it reached then (a guest that cannot
+    /// free memory in use shrinks less). Without virtio-mem each growth
+    /// is one DIMM (at most `memory_slots` of them; with none left the
+    /// size stays) and memory never shrinks: a smaller target returns the
+    /// current size.
+    async fn resize_memory(&mut self, memory_mib: u32) -> Result<u32, Error>;
+    /// The size now and the maxima.
+    fn current(&self) -> VmResources;
 }
 
 #[cfg(test)]

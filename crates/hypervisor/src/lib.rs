@@ -9,8 +9,10 @@
 //!
 //! Devices attached to a running VM are capabilities of their own
 //! ([`device::BlockHotplug`] through [`Vm::block`],
-//! [`device::NetworkHotplug`] through [`Vm::network`]); a driver
-//! without one answers [`Error::NotSupported`].
+//! [`device::NetworkHotplug`] through [`Vm::network`]), and so is
+//! resizing it ([`device::ResourceHotplug`] through [`Vm::resources`]:
+//! vCPU and memory hot-plug); a driver without one answers
+//! [`Error::NotSupported`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +27,7 @@ pub mod virtiofsd;
 pub use accel::{Accelerator, AcceleratorChoice, HostVirt};
 pub use device::{
     AttachedBlock, AttachedNic, BlockDevice, BlockDriver, BlockHotplug, GuestAddress, MacAddr,
-    NetDevice, NetworkHotplug,
+    NetDevice, NetworkHotplug, ResourceHotplug, VmResources, MEMORY_BLOCK_MIB,
 };
 pub use error::Error;
 
@@ -91,8 +93,26 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// Extra kernel command line parameters, appended after the driver's own.
     pub kernel_params: Vec<String>,
+    /// vCPUs at boot; never hot-removed.
     pub vcpus: u32,
+    /// Guest RAM at boot, MiB; never hot-removed.
     pub memory_mib: u32,
+    /// The most vCPUs [`ResourceHotplug::resize_vcpus`] can reach
+    /// (`-smp vcpus,maxcpus=`). 0: the host's CPU count. The driver caps
+    /// it at what its machine type allows and raises it to `vcpus`
+    /// ([`ResourceHotplug::current`] shows the value in use).
+    pub max_vcpus: u32,
+    /// The most memory, MiB, [`ResourceHotplug::resize_memory`] can reach
+    /// (`-m memory_mib,maxmem=`). 0: the host's physical memory. Raised
+    /// to `memory_mib`; equal to it, memory cannot be hot-plugged.
+    pub max_memory_mib: u32,
+    /// DIMM slots for memory hot-plug without virtio-mem (`-m ...,slots=`):
+    /// each growth of the memory takes one.
+    pub memory_slots: u32,
+    /// Memory beyond `memory_mib` is one virtio-mem device (sized
+    /// `max_memory_mib - memory_mib`, nothing plugged at boot) that grows
+    /// and shrinks, instead of DIMMs that only grow.
+    pub virtio_mem: bool,
     pub shared_fs: Option<SharedFs>,
     /// Guest context id of the vsock device (3 or more).
     pub guest_cid: u32,
@@ -148,4 +168,8 @@ pub trait Vm: Send + Sync {
     /// NIC hot-plug, or [`Error::NotSupported`] if this driver (or its
     /// machine type) cannot do it.
     fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error>;
+    /// vCPU and memory hot-plug of a running VM, or
+    /// [`Error::NotSupported`] if this driver (or its machine type)
+    /// cannot do it.
+    fn resources(&mut self) -> Result<&mut dyn ResourceHotplug, Error>;
 }

@@ -141,6 +141,9 @@ pub struct SandboxRecord {
     /// the state directory, which is written before anything is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<crate::resource::network::attachment::CniAttachment>,
+    /// The VM's vCPUs and memory now and their maxima (elastic sizing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<capsa_hypervisor::VmResources>,
 }
 
 impl SandboxRecord {
@@ -162,6 +165,7 @@ impl SandboxRecord {
             netns: None,
             network: Vec::new(),
             cni: None,
+            resources: None,
         }
     }
 

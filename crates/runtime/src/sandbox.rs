@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::health::{self, Death};
 use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
 use crate::resource::network::{self, Endpoint, PodNetwork};
+use crate::resource::sizing::{Bounds, PodSizer};
 use crate::resource::{share, BlockPolicy, Rootfs};
 use crate::spec::{self, ProcessSpec};
 use crate::state::{self, StateDir};
@@ -52,6 +53,9 @@ pub struct Sandbox {
     model: network::Model,
     /// Whether NICs use vhost-net (where the host has it).
     vhost: bool,
+    /// Sizes the VM after its containers' limits; `None` with static
+    /// sizing or a driver that cannot resize.
+    pub(crate) sizer: Option<PodSizer>,
 }
 
 impl Sandbox {
@@ -114,6 +118,7 @@ impl Sandbox {
             network: net.clone(),
             model: vm::network_model(config),
             vhost: !config.hypervisor.qemu.disable_vhost_net,
+            sizer: None,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -158,6 +163,11 @@ impl Sandbox {
         if let Err(e) = self.record.save(self.dir.path()) {
             tracing::warn!(sandbox = %self.id, error = %e, "state record not written");
         }
+    }
+
+    /// The VM's driver.
+    pub(crate) fn vm_mut(&mut self) -> &mut dyn Vm {
+        self.vm.as_mut()
     }
 
     /// The connected agent.
@@ -244,6 +254,7 @@ impl Sandbox {
         self.agent = Some(agent);
         self.agent().create_sandbox(req).await?;
         self.configure_guest_network().await?;
+        self.start_sizing(config);
         let (pid, accel) = (self.vm.pid(), self.vm.accelerator());
         let debug_port = config
             .agent
@@ -257,6 +268,25 @@ impl Sandbox {
             r.debug_console_port = debug_port;
         });
         Ok(())
+    }
+
+    /// Elastic sizing unless the configuration asks for static sizing or
+    /// the driver cannot resize this VM.
+    fn start_sizing(&mut self, config: &Config) {
+        if config.runtime.static_sandbox_resource_mgmt {
+            tracing::debug!(sandbox = %self.id, "static sizing: the VM keeps its boot size");
+            return;
+        }
+        match self.vm.resources() {
+            Ok(hotplug) => {
+                let booted = hotplug.current();
+                self.sizer = Some(PodSizer::new(Bounds::of(booted)));
+                self.update_record(|r| r.resources = Some(booted));
+            }
+            Err(e) => {
+                tracing::info!(sandbox = %self.id, "the VM keeps its boot size: {e}");
+            }
+        }
     }
 
     /// Creates a container running `process` on the directory `rootfs`
@@ -321,6 +351,7 @@ impl Sandbox {
     pub async fn remove_container(&mut self, container_id: &str) -> Result<(), Error> {
         let removed = self.agent().remove_container(container_id).await;
         let detached = self.detach_container(container_id).await;
+        self.unsize(container_id).await;
         self.shared_roots.remove(container_id);
         self.update_record(|r| r.containers.retain(|c| c.id != container_id));
         removed?;

@@ -101,6 +101,12 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         kernel_params,
         vcpus: size.vcpus.unwrap_or(q.default_vcpus),
         memory_mib: size.memory_mib.unwrap_or(q.default_memory),
+        // 0 (the host's) is resolved by the driver, which also raises a
+        // maximum below a per-sandbox boot size to it.
+        max_vcpus: q.default_maxvcpus,
+        max_memory_mib: q.default_maxmemory,
+        memory_slots: q.memory_slots,
+        virtio_mem: q.enable_virtio_mem,
         shared_fs: (q.shared_fs == "virtio-fs").then(|| SharedFs {
             daemon: q.virtio_fs_daemon.clone(),
             shared_dir: dir.shared_dir(),

@@ -177,6 +177,19 @@ impl Pod {
         Ok(task)
     }
 
+    /// Changes the limits of task `id`'s container; the VM grows first
+    /// or shrinks after, with elastic sizing.
+    pub async fn update_task(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), Error> {
+        let mut guard = self.sandbox.lock().await;
+        let sandbox = guard.as_mut().ok_or_else(|| Error::NoPod(id.into()))?;
+        sandbox.update_container(id, resources).await?;
+        Ok(())
+    }
+
     /// Starts a process (init or exec) and watches it until it exits.
     pub async fn start_process(
         self: &Arc<Self>,

@@ -92,13 +92,24 @@ impl Service {
                     let (config, source) = capsa_config::load(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
                     let q = &config.hypervisor.qemu;
-                    let size = crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory);
+                    // Static sizing boots at what the pod asks for;
+                    // elastic sizing boots at the defaults and grows
+                    // with each container (`Sandbox::create_container_from`).
+                    let size = if config.runtime.static_sandbox_resource_mgmt {
+                        crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory)
+                    } else {
+                        capsa_runtime::VmSize::default()
+                    };
                     let net = crate::network::pod_network(&spec);
                     // With `sandbox_cgroup_only`, the shim moves into the
                     // pod's cgroup before the VM's processes are started,
                     // once the cgroup's limits are known to fit the VM.
                     let cgroup = if config.runtime.sandbox_cgroup_only {
-                        Some(join_pod_cgroup(&spec, &pod_id, &size, bundle)?)
+                        let boot = capsa_runtime::VmSize {
+                            vcpus: Some(size.vcpus.unwrap_or(q.default_vcpus)),
+                            memory_mib: Some(size.memory_mib.unwrap_or(q.default_memory)),
+                        };
+                        Some(join_pod_cgroup(&spec, &pod_id, &boot, bundle)?)
                     } else {
                         None
                     };
@@ -387,9 +398,7 @@ impl Service {
                 what: "resources",
                 reason: e.to_string(),
             })?;
-        let resources = capsa_protocols::convert::resources_to_grpc(&resources);
-        pod.agent().update_container(&req.id, resources).await?;
-        Ok(())
+        pod.update_task(&req.id, &resources).await
     }
 
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, Error> {
@@ -403,7 +412,8 @@ impl Service {
 }
 
 /// Checks that the pod cgroup named by `spec`'s `linux.cgroupsPath` fits
-/// a VM of `size`, then creates it where missing and moves the shim in.
+/// a VM of `size` (its boot size), then creates it where missing and
+/// moves the shim in.
 fn join_pod_cgroup(
     spec: &Spec,
     pod_id: &str,
@@ -418,7 +428,7 @@ fn join_pod_cgroup(
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let path = CgroupPath::parse(&raw, pod_id)?;
-    let guest_mib = u64::from(size.memory_mib.unwrap_or(0));
+    let guest_mib = u64::from(size.memory_mib.unwrap_or_default());
     check_fits(&path, guest_mib, size.vcpus.unwrap_or(1))?;
     Ok(PodCgroup::join(
         path,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::resize::Sizing;
 use crate::{Accelerator, BlockDriver, DriverConfig, VmConfig};
 
 /// Kernel parameters capsa always passes: the serial console, reboot on
@@ -20,6 +21,22 @@ pub const FIRST_ROOT_PORT_SLOT: u8 = 0x04;
 const LAST_ROOT_PORT_SLOT: u8 = 0x1e;
 /// The most root ports the fixed layout has room for.
 pub const MAX_ROOT_PORTS: u32 = (LAST_ROOT_PORT_SLOT - FIRST_ROOT_PORT_SLOT + 1) as u32;
+/// The virtio-mem device, when there is one, takes the last root-port
+/// slot (one root port fewer).
+const VIRTIO_MEM_SLOT: u8 = LAST_ROOT_PORT_SLOT;
+/// QEMU id of the virtio-mem device.
+pub const VIRTIO_MEM_ID: &str = "vmem0";
+/// QEMU id of the virtio-mem device's memory backend.
+const VIRTIO_MEM_BACKEND: &str = "vmem0-mem";
+
+/// The most root ports with or without a virtio-mem device.
+pub fn max_root_ports(virtio_mem: bool) -> u32 {
+    if virtio_mem {
+        MAX_ROOT_PORTS - 1
+    } else {
+        MAX_ROOT_PORTS
+    }
+}
 /// QEMU id of the virtio-scsi controller; its bus is `scsi0.0`.
 pub const SCSI_CONTROLLER: &str = "scsi0";
 
@@ -57,7 +74,12 @@ pub struct Sockets<'a> {
     pub vhost_user_vsock: Option<&'a Path>,
 }
 
-pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<String> {
+pub fn build(
+    cfg: &VmConfig,
+    accel: Accelerator,
+    sizing: &Sizing,
+    sockets: &Sockets<'_>,
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     // Guest RAM is a shared memfd (vhost-user helpers map it), given as the
@@ -79,7 +101,20 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
             "max"
         },
     ]);
-    push(&["-smp", &cfg.vcpus.to_string(), "-m", &mem]);
+    // Room for hot-plug: vCPUs up to maxcpus, memory up to maxmem (DIMM
+    // slots, or the virtio-mem device below); none on microvm.
+    let mut smp = cfg.vcpus.to_string();
+    if sizing.max_vcpus > cfg.vcpus {
+        smp += &format!(",maxcpus={}", sizing.max_vcpus);
+    }
+    let mut m = mem.clone();
+    if sizing.max_memory_mib > cfg.memory_mib {
+        if sizing.slots > 0 {
+            m += &format!(",slots={}", sizing.slots);
+        }
+        m += &format!(",maxmem={}M", sizing.max_memory_mib);
+    }
+    push(&["-smp", &smp, "-m", &m]);
     push(&[
         "-object",
         &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
@@ -157,7 +192,27 @@ pub fn build(cfg: &VmConfig, accel: Accelerator, sockets: &Sockets<'_>) -> Vec<S
                 &format!("virtio-scsi-pci,id={SCSI_CONTROLLER}{}", at(SCSI_SLOT)),
             ]);
         }
-        for i in 0..q.pcie_root_ports.min(MAX_ROOT_PORTS) {
+        if sizing.virtio_mem_mib > 0 {
+            // All of it unplugged at boot; shared like the boot memory
+            // (vhost-user helpers map it), and a memfd gives unplugged
+            // ranges back to the host.
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id={VIRTIO_MEM_BACKEND},size={}M,share=on",
+                    sizing.virtio_mem_mib
+                ),
+                "-device",
+                &format!(
+                    "virtio-mem-pci,id={VIRTIO_MEM_ID},memdev={VIRTIO_MEM_BACKEND},requested-size=0{}",
+                    at(VIRTIO_MEM_SLOT)
+                ),
+            ]);
+        }
+        for i in 0..q
+            .pcie_root_ports
+            .min(max_root_ports(sizing.virtio_mem_mib > 0))
+        {
             push(&[
                 "-device",
                 &format!(
@@ -193,6 +248,10 @@ pub(crate) mod tests {
             kernel_params: vec!["agent.log=debug".into()],
             vcpus: 2,
             memory_mib: 256,
+            max_vcpus: 2,
+            max_memory_mib: 256,
+            memory_slots: 10,
+            virtio_mem: false,
             shared_fs: Some(SharedFs {
                 daemon: "/v".into(),
                 shared_dir: "/s".into(),
@@ -239,11 +298,12 @@ pub(crate) mod tests {
             virtiofs: Some(Path::new("/fs.sock")),
             vhost_user_vsock: Some(Path::new("/vs.sock")),
         };
-        let args = build(&cfg(), Accelerator::Tcg, &s);
+        let args = build(&cfg(), Accelerator::Tcg, &Sizing::fixed(&cfg()), &s);
         assert_eq!(after(&args, "-machine"), ["q35,memory-backend=mem"]);
         assert_eq!(after(&args, "-accel"), ["tcg"]);
         assert_eq!(after(&args, "-cpu"), ["max"]);
         assert_eq!(after(&args, "-m"), ["256M"]);
+        assert_eq!(after(&args, "-smp"), ["2"]);
         assert_eq!(
             after(&args, "-object"),
             ["memory-backend-memfd,id=mem,size=256M,share=on"]
@@ -276,7 +336,7 @@ pub(crate) mod tests {
         c.block_driver = BlockDriver::VirtioScsi;
         let DriverConfig::Qemu(q) = &mut c.driver;
         q.pcie_root_ports = 2;
-        let args = build(&c, Accelerator::Tcg, &s);
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
         assert_eq!(
             after(&args, "-device")[1..],
             [
@@ -296,7 +356,7 @@ pub(crate) mod tests {
         q.machine_type = "microvm".into();
         q.pcie_root_ports = 4;
         c.block_driver = BlockDriver::VirtioScsi;
-        let args = build(&c, Accelerator::Kvm, &s);
+        let args = build(&c, Accelerator::Kvm, &Sizing::fixed(&c), &s);
         assert_eq!(after(&args, "-cpu"), ["host"]);
         assert_eq!(
             after(&args, "-machine"),
@@ -306,5 +366,44 @@ pub(crate) mod tests {
             after(&args, "-device"),
             ["vhost-vsock-pci,guest-cid=7,id=vsock0"]
         );
+    }
+
+    #[test]
+    fn headroom_for_hot_plug() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        c.vcpus = 1;
+        c.max_vcpus = 4;
+        c.max_memory_mib = 2048;
+        c.memory_slots = 3;
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.pcie_root_ports = MAX_ROOT_PORTS;
+        let sizing = Sizing::resolve(&c, 2, 24 << 10);
+        let args = build(&c, Accelerator::Tcg, &sizing, &s);
+        assert_eq!(after(&args, "-smp"), ["1,maxcpus=4"]);
+        assert_eq!(after(&args, "-m"), ["256M,slots=3,maxmem=2048M"]);
+        assert_eq!(after(&args, "-device").len(), 1 + MAX_ROOT_PORTS as usize);
+
+        c.virtio_mem = true;
+        let sizing = Sizing::resolve(&c, 2, 24 << 10);
+        let args = build(&c, Accelerator::Tcg, &sizing, &s);
+        assert_eq!(after(&args, "-m"), ["256M,maxmem=2048M"]);
+        assert_eq!(
+            after(&args, "-object")[1],
+            "memory-backend-memfd,id=vmem0-mem,size=1792M,share=on"
+        );
+        let devices = after(&args, "-device");
+        assert_eq!(
+            devices[1],
+            "virtio-mem-pci,id=vmem0,memdev=vmem0-mem,requested-size=0,bus=pcie.0,addr=0x1e"
+        );
+        assert_eq!(
+            devices.len(),
+            2 + MAX_ROOT_PORTS as usize - 1,
+            "one root port fewer"
+        );
+        assert!(!devices
+            .iter()
+            .any(|d| d.ends_with("addr=0x1e") && d.starts_with("pcie-root-port")));
     }
 }

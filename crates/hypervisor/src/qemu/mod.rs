@@ -4,6 +4,7 @@ pub mod block;
 mod cmdline;
 pub mod net;
 pub mod qmp;
+pub mod resize;
 pub mod session;
 
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +17,8 @@ use self::session::QmpSession;
 use crate::accel::{self, Accelerator};
 use crate::process::Helper;
 use crate::{
-    AgentEndpoint, BlockHotplug, DriverConfig, Error, NetworkHotplug, QemuSettings, Vm, VmConfig,
+    AgentEndpoint, BlockHotplug, DriverConfig, Error, NetworkHotplug, QemuSettings,
+    ResourceHotplug, Vm, VmConfig,
 };
 
 /// Longest wait for a helper's or QEMU's socket to appear.
@@ -45,6 +47,8 @@ pub struct QemuVm {
     next_node: u64,
     /// NICs attached, cold-plugged ones first ([`net`]).
     nics: Vec<net::Nic>,
+    /// The room for vCPU and memory hot-plug and what was added ([`resize`]).
+    plugged: resize::Plugged,
     /// Files this driver created in `run_dir`, removed on shutdown.
     created: Vec<PathBuf>,
     kernel_vsock: bool,
@@ -62,6 +66,7 @@ impl QemuVm {
             drives: Vec::new(),
             next_node: 0,
             nics: Vec::new(),
+            plugged: resize::Plugged::default(),
             created: Vec::new(),
             kernel_vsock: false,
         }
@@ -112,12 +117,26 @@ impl QemuVm {
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
         let ports = self.settings().pcie_root_ports;
-        if ports > cmdline::MAX_ROOT_PORTS {
+        let most = cmdline::max_root_ports(self.cfg.virtio_mem);
+        if ports > most {
+            let with = if self.cfg.virtio_mem {
+                " with the virtio-mem device"
+            } else {
+                ""
+            };
             return Err(Error::Config(format!(
-                "pcie_root_port = {ports}: at most {} fit the q35 root bus",
-                cmdline::MAX_ROOT_PORTS
+                "pcie_root_port = {ports}: at most {most} fit the q35 root bus{with}"
             )));
         }
+        if self.cfg.virtio_mem && !cmdline::has_root_ports(&self.settings().machine_type) {
+            return Err(Error::NotSupported {
+                hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                capability: "virtio-mem",
+            });
+        }
+        let sizing = resize::Sizing::for_host(&self.cfg);
+        tracing::debug!(vm = %self.cfg.id, ?sizing, "room for hot-plug");
+        self.plugged = resize::Plugged::new(sizing);
         if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(&self.settings().machine_type) {
             return Err(Error::NotSupported {
                 hypervisor: format!("QEMU ({})", self.settings().machine_type),
@@ -182,6 +201,7 @@ impl QemuVm {
         let mut args = cmdline::build(
             &self.cfg,
             accel,
+            &sizing,
             &cmdline::Sockets {
                 qmp: &qmp,
                 qmp_debug: qmp_debug.as_deref(),
@@ -270,6 +290,17 @@ impl Vm for QemuVm {
             return Err(Error::NotSupported {
                 hypervisor: format!("QEMU ({machine})"),
                 capability: "NIC hot-plug",
+            });
+        }
+        Ok(self)
+    }
+
+    fn resources(&mut self) -> Result<&mut dyn ResourceHotplug, Error> {
+        let machine = &self.settings().machine_type;
+        if !cmdline::has_root_ports(machine) {
+            return Err(Error::NotSupported {
+                hypervisor: format!("QEMU ({machine})"),
+                capability: "vCPU and memory hot-plug",
             });
         }
         Ok(self)
@@ -376,6 +407,7 @@ impl Vm for QemuVm {
         self.qmp = None;
         self.drives.clear();
         self.nics.clear();
+        self.plugged = resize::Plugged::default();
         for helper in [self.virtiofsd.take(), self.vsock.take()]
             .into_iter()
             .flatten()

@@ -97,6 +97,10 @@ impl TestDir {
             kernel_params: vec![],
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 1,
+            max_memory_mib: 256,
+            memory_slots: 10,
+            virtio_mem: false,
             shared_fs: Some(SharedFs {
                 daemon: tool("virtiofsd"),
                 shared_dir: self.shared(),

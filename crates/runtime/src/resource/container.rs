@@ -14,6 +14,7 @@ use oci_spec::runtime::{
     LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, Mount, MountBuilder, Spec,
 };
 
+use super::sizing::Limits;
 use super::{block, share, BlockKind, HostMount, Rootfs, BLOCK_FILESYSTEMS};
 use crate::record::DeviceRecord;
 use crate::spec::Volume;
@@ -37,6 +38,11 @@ impl Sandbox {
         rootfs: &Rootfs,
         mut spec: Spec,
     ) -> Result<(), Error> {
+        let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
+        if let Err(e) = self.size_for(cid, limits).await {
+            self.unsize(cid).await;
+            return Err(e);
+        }
         let mut attached = Attached::default();
         let made = self
             .attach_container(cid, rootfs, &mut spec, &mut attached)
@@ -51,6 +57,7 @@ impl Sandbox {
         };
         if let Err(e) = created {
             self.detach_container(cid).await;
+            self.unsize(cid).await;
             return Err(e);
         }
         Ok(())

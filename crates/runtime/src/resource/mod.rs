@@ -22,6 +22,7 @@ pub mod container;
 mod loopdev;
 pub mod network;
 pub mod share;
+pub mod sizing;
 
 pub use block_source::{BlockKind, BlockSource, BlockSourceError, Refusal};
 
