@@ -22,9 +22,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Host memory the VM's processes use besides the guest's RAM: QEMU's own
-/// (under TCG mostly the translation cache, ~97 MiB anonymous, plus ~13 MiB
-/// of its binary), virtiofsd, the vsock daemon and the shim, measured on
-/// an idle pod (docs/architecture.md, "Host cgroups and the pod's
+/// (under TCG mostly the translation cache, ~110 MiB anonymous, plus its
+/// binary), virtiofsd, the vsock daemon and the shim, measured on
+/// an idle pod, ~150 MiB (docs/architecture.md, "Host cgroups and the pod's
 /// overhead"), rounded up.
 pub const VM_OVERHEAD_MIB: u64 = 160;
 
