@@ -82,5 +82,13 @@ netns=$(grep -F ' - nsfs ' /proc/self/mountinfo | awk '{ print $5 }' | grep '^/r
 if [ -n "$netns" ]; then
     echo "check-leaks: network namespaces of capsa left bound:"; echo "$netns"; status=1
 fi
+# sandbox_cgroup_only: the pod cgroup parents of the tests
+# (capsa-test-cg-*, with whatever capsa made below them) and capsa's default
+# pod cgroups (capsa_<id>, for a sandbox spec without cgroupsPath), in
+# every cgroup v1 hierarchy or at the v2 root.
+cgroups=$(find /sys/fs/cgroup -maxdepth 2 -type d \( -name 'capsa-test-cg-*' -o -name 'capsa_*' \) 2>/dev/null || true)
+if [ -n "$cgroups" ]; then
+    echo "check-leaks: cgroups left behind:"; echo "$cgroups"; status=1
+fi
 [ $status -eq 0 ] && echo "check-leaks: nothing left behind"
 exit $status

@@ -170,6 +170,10 @@ pub struct RuntimeConfig {
     pub cni_conflist: PathBuf,
     /// capsa's key: where CNI plugins are looked for, in order.
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Kata's key: the shim and every process of the pod's VM (QEMU,
+    /// virtiofsd, the vsock daemon) run in the pod's cgroup (the sandbox
+    /// spec's `linux.cgroupsPath`), so the pod's limits cover the VM.
+    pub sandbox_cgroup_only: bool,
     /// Kata's key: the VM boots at the default size plus what the pod's
     /// annotations (or a standalone task's own limits) ask for and is
     /// never resized. Off: it boots at the default size and grows and
@@ -185,6 +189,7 @@ impl Default for RuntimeConfig {
             internetworking_model: "tcfilter".into(),
             cni_conflist: PathBuf::new(),
             cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            sandbox_cgroup_only: false,
             static_sandbox_resource_mgmt: false,
         }
     }

@@ -50,6 +50,8 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::Error),
+    #[error(transparent)]
     Config(#[from] capsa_config::Error),
     #[error(transparent)]
     Runtime(#[from] capsa_runtime::Error),
@@ -68,6 +70,8 @@ impl Error {
                 ttrpc::Code::FAILED_PRECONDITION
             }
             Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
+            Error::Cgroup(crate::cgroup::Error::TooSmall { .. }) => ttrpc::Code::RESOURCE_EXHAUSTED,
+            Error::Cgroup(crate::cgroup::Error::Path { .. }) => ttrpc::Code::INVALID_ARGUMENT,
             Error::Invalid { .. }
             | Error::Spec { .. }
             | Error::Runtime(

@@ -16,7 +16,7 @@ mod shim;
 mod stats;
 mod stdio;
 
-use capsa_shim::{annotations, network, sizing};
+use capsa_shim::{annotations, cgroup, network, sizing};
 
 /// The runtime's name for containerd.
 pub const RUNTIME_ID: &str = "io.containerd.capsa.v2";

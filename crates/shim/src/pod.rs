@@ -15,6 +15,7 @@ use containerd_shim::protos::types::task::Status;
 use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
 
+use crate::cgroup::PodCgroup;
 use crate::error::Error;
 use crate::events::Events;
 use crate::process::{Exit, Proc};
@@ -59,6 +60,9 @@ pub struct Pod {
     pub state_dir: PathBuf,
     pub tasks: StdMutex<HashMap<String, Arc<Task>>>,
     pub events: Arc<Events>,
+    /// The pod cgroup the shim joined (`sandbox_cgroup_only`), released
+    /// once the VM is gone.
+    cgroup: StdMutex<Option<PodCgroup>>,
 }
 
 impl Pod {
@@ -70,9 +74,18 @@ impl Pod {
         size: capsa_runtime::VmSize,
         net: &capsa_runtime::PodNetwork,
         events: Arc<Events>,
+        cgroup: Option<PodCgroup>,
     ) -> Result<Arc<Self>, Error> {
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, netns = ?net.netns, "VM size and network");
-        let mut sandbox = Sandbox::start_named(config, id, size, net).await?;
+        let mut sandbox = match Sandbox::start_named(config, id, size, net).await {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                if let Some(cgroup) = cgroup {
+                    cgroup.release();
+                }
+                return Err(e.into());
+            }
+        };
         // `capsa exec`, `exec --vm` and `agent-ctl` work on running pods.
         sandbox.update_record(|r| r.status = capsa_runtime::record::SandboxStatus::Running);
         let console = sandbox.record().console_log.clone();
@@ -86,6 +99,7 @@ impl Pod {
             sandbox: Mutex::new(Some(sandbox)),
             tasks: StdMutex::default(),
             events,
+            cgroup: StdMutex::new(cgroup),
         });
         if let Some(watch) = watch {
             tokio::spawn(watch_vm(pod.clone(), watch));
@@ -295,6 +309,10 @@ impl Pod {
                 tracing::error!(pod = %self.id, error = %e, "pod teardown");
             }
         }
+        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(cgroup) = cgroup {
+            cgroup.release();
+        }
         let tasks: Vec<Arc<Task>> = self
             .tasks
             .lock()
@@ -324,6 +342,10 @@ impl Pod {
             if let Err(e) = sandbox.destroy().await {
                 tracing::error!(pod = %self.id, error = %e, "pod teardown");
             }
+        }
+        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(cgroup) = cgroup {
+            cgroup.release();
         }
     }
 }

@@ -101,6 +101,18 @@ impl Service {
                         capsa_runtime::VmSize::default()
                     };
                     let net = crate::network::pod_network(&spec);
+                    // With `sandbox_cgroup_only`, the shim moves into the
+                    // pod's cgroup before the VM's processes are started,
+                    // once the cgroup's limits are known to fit the VM.
+                    let cgroup = if config.runtime.sandbox_cgroup_only {
+                        let boot = capsa_runtime::VmSize {
+                            vcpus: Some(size.vcpus.unwrap_or(q.default_vcpus)),
+                            memory_mib: Some(size.memory_mib.unwrap_or(q.default_memory)),
+                        };
+                        Some(join_pod_cgroup(&spec, &pod_id, &boot, bundle)?)
+                    } else {
+                        None
+                    };
                     // Where the pod's state will be, recorded before
                     // anything is made: a shim killed at any point of the
                     // boot leaves state that `delete` finds.
@@ -112,6 +124,7 @@ impl Service {
                         size,
                         &net,
                         self.events.clone(),
+                        cgroup,
                     )
                     .await;
                     let pod = match started {
@@ -396,6 +409,31 @@ impl Service {
             ..Default::default()
         })
     }
+}
+
+/// Checks that the pod cgroup named by `spec`'s `linux.cgroupsPath` fits
+/// a VM of `size` (its boot size), then creates it where missing and
+/// moves the shim in.
+fn join_pod_cgroup(
+    spec: &Spec,
+    pod_id: &str,
+    size: &capsa_runtime::VmSize,
+    bundle: &Path,
+) -> Result<crate::cgroup::PodCgroup, Error> {
+    use crate::cgroup::{check_fits, CgroupPath, PodCgroup, CGROUP_RECORD_FILE};
+    let raw = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let path = CgroupPath::parse(&raw, pod_id)?;
+    let guest_mib = u64::from(size.memory_mib.unwrap_or_default());
+    check_fits(&path, guest_mib, size.vcpus.unwrap_or(1))?;
+    Ok(PodCgroup::join(
+        path,
+        Some(bundle.join(CGROUP_RECORD_FILE)),
+    )?)
 }
 
 /// Records in `bundle` the pod state directory its task lives in, for

@@ -65,6 +65,8 @@ impl Shim for CapsaShim {
             Ok(dir) => cleanup(Path::new(dir.trim()), &self.id),
             Err(_) => tracing::info!(task = %self.id, "no pod state recorded: nothing to clean"),
         }
+        // The pod cgroup the dead shim made (`sandbox_cgroup_only`).
+        crate::cgroup::cleanup_record(Path::new(crate::cgroup::CGROUP_RECORD_FILE));
         Ok(DeleteResponse {
             exit_status: VM_DIED_STATUS,
             exited_at: Some(Timestamp::now()).into(),

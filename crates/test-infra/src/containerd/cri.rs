@@ -144,6 +144,27 @@ impl Cri {
             .pod_sandbox_id
     }
 
+    /// [`Self::run_pod_with`] that returns CRI's error instead of failing
+    /// the test (bounded all the same).
+    pub fn try_run_pod_with(
+        &self,
+        config: PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, tonic::Status> {
+        let mut c = self.runtime.clone();
+        let req = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: runtime_handler.into(),
+        };
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(CALL_LIMIT, c.run_pod_sandbox(req)).await });
+        match result {
+            Ok(r) => r.map(|r| r.into_inner().pod_sandbox_id),
+            Err(_) => panic!("CRI RunPodSandbox timed out after {CALL_LIMIT:?}"),
+        }
+    }
+
     /// Runs the pod [`Self::pod_config`]`(name)`; returns its id.
     pub fn run_pod(&self, name: &str, runtime_handler: &str) -> String {
         self.run_pod_with(self.pod_config(name), runtime_handler)
