@@ -196,7 +196,7 @@ impl Sandbox {
     /// Counts container `cid` with `limits` and brings the VM to the
     /// pod's new size (a no-op with static sizing). Before a container is
     /// created, so its cgroup limits find the CPUs and memory there.
-    pub(crate) async fn size_for(&mut self, cid: &str, limits: Limits) -> Result<(), Error> {
+    pub async fn size_for(&mut self, cid: &str, limits: Limits) -> Result<(), Error> {
         let Some(sizer) = self.sizer.as_mut() else {
             return Ok(());
         };
