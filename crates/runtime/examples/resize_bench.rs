@@ -52,7 +52,9 @@ async fn main() {
     println!("+1 vCPU: median {:.0} ms ({cpu:.0?})", median(&cpu));
     println!("+1 GiB:  median {:.0} ms ({mem:.0?})", median(&mem));
 
-    println!("== sandbox start: default size (1 vCPU, 512 MiB) vs full size (2 vCPUs, 1536 MiB) ==");
+    println!(
+        "== sandbox start: default size (1 vCPU, 512 MiB) vs full size (2 vCPUs, 1536 MiB) =="
+    );
     let full = VmSize {
         vcpus: Some(2),
         memory_mib: Some(1536),

@@ -277,7 +277,7 @@ impl Sandbox {
             Ok(hotplug) => {
                 let booted = hotplug.current();
                 if config.runtime.static_sandbox_resource_mgmt {
-                    tracing::debug!(sandbox = %self.id, "static sizing: the VM keeps its boot size");
+                    tracing::info!(sandbox = %self.id, "static sizing: the VM keeps its boot size");
                 } else {
                     self.sizer = Some(PodSizer::new(Bounds::of(booted)));
                 }

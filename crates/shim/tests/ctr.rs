@@ -254,9 +254,34 @@ fn three_containers_in_parallel() {
     s.assert_all_gone();
 }
 
+/// Elastic sizing (the default): the VM boots at 512 MiB and grows by
+/// the task's limit before its container is created. Static sizing
+/// (`static_sandbox_resource_mgmt`): it boots at that size.
 #[test]
 fn the_vm_is_sized_from_the_configuration_plus_the_task_limits() {
-    let s = Setup::new();
+    for static_sizing in [false, true] {
+        let s = Setup::new();
+        if static_sizing {
+            s.env.append_config("static_sandbox_resource_mgmt = true");
+        }
+        vm_sized_from_the_task_limits(&s);
+        let log = s.ctrd.log();
+        assert_eq!(
+            log.contains("static sizing: the VM keeps its boot size"),
+            static_sizing,
+            "{}",
+            s.ctrd.log_tail()
+        );
+        assert_eq!(
+            log.contains("VM resized"),
+            !static_sizing,
+            "{}",
+            s.ctrd.log_tail()
+        );
+    }
+}
+
+fn vm_sized_from_the_task_limits(s: &Setup) {
     // Default 512 MiB (configuration) + 512 MiB asked by the task.
     let out = s.run(
         &["--rm", "--memory-limit", "536870912"],
