@@ -1,0 +1,428 @@
+//! `make bench`, block rootfs part (issue 12): a container's rootfs as a
+//! hot-plugged block device against the same image over virtio-fs, through
+//! a private containerd 1.6, in one run, side by side:
+//! - `ctr run --rm <busybox> true`: on `capsa-snapshotter` (proxy plugin
+//!   `capsa`, ext4 image files) with `disable_block_device_use = false`,
+//!   against the default snapshotter (overlayfs) with block use off;
+//! - inside a container on each rootfs: a sequential read of a 256 MiB file
+//!   of the rootfs (`dd bs=1M`) and a walk of a small-file tree (`find`
+//!   over 100 directories of 30 files each), timed with the guest's clock.
+//!
+//! The file set is written once per rootfs by the container's first task;
+//! each measurement is a new task of that stopped container, that is a new
+//! VM: the guest's page cache is empty (no `drop_caches` in the guest,
+//! whose `/proc/sys` containers only see read-only), and the host's page
+//! cache is dropped before each task.
+//!
+//! Needs root, the release shim and `capsa-snapshotter` in `$SHIM_DIR`
+//! (the Makefile builds both; `$SNAPSHOTTER` overrides the latter) and the
+//! guest assets (`$CAPSA_TEST_ASSETS`, default /var/cache/capsa/assets).
+//! `RUNS` (default 5) samples of each measurement.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use capsa_test_infra::containerd::{Containerd, Opts, CTR, NAMESPACE, PROXY_SNAPSHOTTER};
+use capsa_test_infra::{run_bounded, Guarded, TestEnv};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use stats::median;
+
+#[path = "common/stats.rs"]
+mod stats;
+
+const CAPSA: &str = "io.containerd.capsa.v2";
+const FILE_MIB: u64 = 256;
+const DIRS: usize = 100;
+const FILES_PER_DIR: usize = 30;
+/// One `ctr` command (a TCG guest writing the file set takes a while).
+const CTR_LIMIT: Duration = Duration::from_secs(300);
+const DAEMON_LIMIT: Duration = Duration::from_secs(60);
+
+/// First task: writes `/big` (16 MiB of random data, 16 times) and
+/// `/tree`, then the marker. Later tasks: the rootfs's device and type,
+/// then guest uptimes around the read and the walk, and the walk's count.
+const SCRIPT: &str = "\
+if [ ! -e /bench-ready ]; then \
+  dd if=/dev/urandom of=/chunk bs=1M count=16 2>/dev/null; \
+  for i in $(seq 16); do cat /chunk; done > /big; rm /chunk; \
+  mkdir /tree; for d in $(seq DIRS); do mkdir /tree/d$d; \
+    for f in $(seq FILES); do echo $d.$f > /tree/d$d/f$f; done; done; \
+  sync; touch /bench-ready; sync; echo populated; \
+else \
+  grep ' / ' /proc/mounts | cut -d' ' -f1,3; \
+  t0=$(cut -d' ' -f1 /proc/uptime); dd if=/big of=/dev/null bs=1M 2>/dev/null; \
+  t1=$(cut -d' ' -f1 /proc/uptime); n=$(find /tree | wc -l); \
+  t2=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1 $t2 $n; \
+fi";
+
+/// One of the two rootfs paths compared.
+struct Rootfs {
+    name: &'static str,
+    snapshotter: String,
+    /// capsa configuration (`--runtime-config-path`).
+    config: PathBuf,
+    /// What `/proc/mounts` of the container must show for `/`.
+    expect: fn(&str) -> bool,
+}
+
+impl Rootfs {
+    /// `ctr run` arguments choosing the snapshotter and configuration.
+    fn run_args(&self) -> Vec<String> {
+        vec![
+            "--snapshotter".into(),
+            self.snapshotter.clone(),
+            "--runtime".into(),
+            CAPSA.into(),
+            "--runtime-config-path".into(),
+            self.config.display().to_string(),
+        ]
+    }
+}
+
+/// One measurement task's figures.
+struct Sample {
+    read_mib_s: f64,
+    walk_ms: f64,
+}
+
+fn main() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let shim_dir =
+        PathBuf::from(std::env::var("SHIM_DIR").expect("SHIM_DIR: the shim's directory"));
+    let snapshotter_bin = std::env::var_os("SNAPSHOTTER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shim_dir.join("capsa-snapshotter"));
+    println!("machine: {} CPU(s), load average {}", cpus(), loadavg());
+
+    // Dropped in reverse order: containerd (with its leftover tasks and
+    // containers), then the snapshotter, then the directory (unmounting
+    // and detaching whatever is left below it).
+    let env = TestEnv::short();
+    let text = std::fs::read_to_string(&env.config).expect("read the configuration");
+    let on = text.replacen(
+        "[hypervisor.qemu]\n",
+        "[hypervisor.qemu]\ndisable_block_device_use = false\n",
+        1,
+    );
+    assert_ne!(on, text, "no [hypervisor.qemu] table in {text}");
+    let block_config = env.write_config("block.toml", &on);
+    let daemon = Snapshotter::start(&snapshotter_bin, &env.dir.path().join("snap"));
+    let ctrd = Containerd::start(Opts {
+        shim_dir: Some(shim_dir),
+        capsa_config: Some(env.config.clone()),
+        proxy_snapshotter: Some(daemon.socket.clone()),
+        ..Default::default()
+    });
+    let image = ctrd.import_busybox();
+    ctrd.import_busybox_into(PROXY_SNAPSHOTTER);
+    let kinds = [
+        Rootfs {
+            name: "block",
+            snapshotter: PROXY_SNAPSHOTTER.into(),
+            config: block_config,
+            expect: |m| m.starts_with("/dev/vd") && m.ends_with(" ext4"),
+        },
+        Rootfs {
+            name: "virtio-fs",
+            snapshotter: ctrd.snapshotter().into(),
+            config: env.config.clone(),
+            expect: |m| m.ends_with(" virtiofs"),
+        },
+    ];
+    println!(
+        "block: snapshotter {PROXY_SNAPSHOTTER}, block use on; \
+         virtio-fs: snapshotter {}, block use off",
+        ctrd.snapshotter()
+    );
+
+    println!("== ctr run --rm true: {runs} runs each, alternating ==");
+    let mut start: [Vec<f64>; 2] = Default::default();
+    for i in 0..runs {
+        for k in order(i) {
+            start[k].push(ctr_run_true(&ctrd, &image, &kinds[k], i));
+        }
+        println!(
+            "run {i}: block {:.0} ms, virtio-fs {:.0} ms",
+            start[0][i], start[1][i]
+        );
+    }
+
+    println!("== snapshot prepare + remove (no VM): {runs} runs each, alternating ==");
+    let parents = kinds
+        .each_ref()
+        .map(|k| committed_layer(&ctrd, &k.snapshotter));
+    let mut snap: [Vec<f64>; 2] = Default::default();
+    for i in 0..runs {
+        for k in order(i) {
+            snap[k].push(prepare_remove(&ctrd, &kinds[k].snapshotter, &parents[k], i));
+        }
+        println!(
+            "run {i}: block {:.0} ms, virtio-fs {:.0} ms",
+            snap[0][i], snap[1][i]
+        );
+    }
+
+    println!(
+        "== in the container: read of a {FILE_MIB} MiB file, find over {} files \
+         ({runs} runs each, alternating, a new VM each) ==",
+        DIRS * FILES_PER_DIR
+    );
+    let script = SCRIPT
+        .replace("DIRS", &DIRS.to_string())
+        .replace("FILES", &FILES_PER_DIR.to_string());
+    for kind in &kinds {
+        let t = Instant::now();
+        let mut args: Vec<String> = vec!["run".into()];
+        args.extend(kind.run_args());
+        args.extend([
+            image.clone(),
+            id(kind),
+            "sh".into(),
+            "-c".into(),
+            script.clone(),
+        ]);
+        let out = stdout_ok(&ctrd, &args);
+        assert_eq!(out, "populated\n", "{}: {out}", kind.name);
+        println!(
+            "{}: file set written in {:.1} s",
+            kind.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let mut io: [Vec<Sample>; 2] = Default::default();
+    for i in 0..runs {
+        for k in order(i) {
+            io[k].push(measure(&ctrd, &kinds[k]));
+        }
+        println!(
+            "run {i}: read block {:.0} MiB/s, virtio-fs {:.0} MiB/s; \
+             find block {:.0} ms, virtio-fs {:.0} ms",
+            io[0][i].read_mib_s, io[1][i].read_mib_s, io[0][i].walk_ms, io[1][i].walk_ms
+        );
+    }
+    for kind in &kinds {
+        stdout_ok(&ctrd, &["containers".into(), "rm".into(), id(kind)]);
+    }
+
+    let (sb, sf) = (median(&start[0]), median(&start[1]));
+    let read = |k: usize| median(&io[k].iter().map(|s| s.read_mib_s).collect::<Vec<_>>());
+    let walk = |k: usize| median(&io[k].iter().map(|s| s.walk_ms).collect::<Vec<_>>());
+    let (rb, rf, wb, wf) = (read(0), read(1), walk(0), walk(1));
+    println!(
+        "== medians ({runs} runs; load average now {}) ==",
+        loadavg()
+    );
+    println!("ctr run --rm true, block:     {sb:.0} ms");
+    println!("ctr run --rm true, virtio-fs: {sf:.0} ms");
+    println!("ratio block/virtio-fs (time): {:.2}", sb / sf);
+    let (pb, pf) = (median(&snap[0]), median(&snap[1]));
+    println!("snapshot prepare+rm, block:   {pb:.0} ms");
+    println!("snapshot prepare+rm, virtio-fs: {pf:.0} ms");
+    println!("ratio block/virtio-fs (time): {:.2}", pb / pf);
+    println!("read {FILE_MIB} MiB, block:          {rb:.0} MiB/s");
+    println!("read {FILE_MIB} MiB, virtio-fs:      {rf:.0} MiB/s");
+    println!("ratio block/virtio-fs (rate): {:.2}", rb / rf);
+    println!("find, block:                  {wb:.0} ms");
+    println!("find, virtio-fs:              {wf:.0} ms");
+    println!("ratio block/virtio-fs (time): {:.2}", wb / wf);
+
+    drop(ctrd);
+    daemon.stop();
+}
+
+/// Who goes first alternates, so that the machine's load weighs on both.
+fn order(i: usize) -> [usize; 2] {
+    if i % 2 == 0 {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
+fn id(kind: &Rootfs) -> String {
+    format!("io-{}", kind.name)
+}
+
+/// One `ctr run --rm <image> <id> true` on `kind`, in milliseconds.
+fn ctr_run_true(ctrd: &Containerd, image: &str, kind: &Rootfs, i: usize) -> f64 {
+    let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+    args.extend(kind.run_args());
+    args.extend([
+        image.into(),
+        format!("lat-{}-{i}", kind.name),
+        "true".into(),
+    ]);
+    let t = Instant::now();
+    stdout_ok(ctrd, &args);
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The key of the one committed snapshot (busybox's one layer) of
+/// `snapshotter`.
+fn committed_layer(ctrd: &Containerd, snapshotter: &str) -> String {
+    let args = ["snapshots", "--snapshotter", snapshotter, "ls"].map(String::from);
+    let listing = stdout_ok(ctrd, &args);
+    let committed: Vec<&str> = listing
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().last() == Some("Committed"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let [layer] = committed.as_slice() else {
+        panic!("{snapshotter}: not one committed snapshot:\n{listing}");
+    };
+    layer.to_string()
+}
+
+/// `ctr snapshots prepare` of an active snapshot on `parent`, then its
+/// `rm`, in milliseconds: the snapshotter's share of a container's start
+/// and removal.
+fn prepare_remove(ctrd: &Containerd, snapshotter: &str, parent: &str, i: usize) -> f64 {
+    let key = format!("bench-snap-{i}");
+    let base = ["snapshots", "--snapshotter", snapshotter].map(String::from);
+    let t = Instant::now();
+    stdout_ok(
+        ctrd,
+        &[&base[..], &["prepare".into(), key.clone(), parent.into()]].concat(),
+    );
+    stdout_ok(ctrd, &[&base[..], &["rm".into(), key]].concat());
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A new task of the populated container: host page cache dropped first.
+fn measure(ctrd: &Containerd, kind: &Rootfs) -> Sample {
+    drop_host_caches();
+    let out = stdout_ok(ctrd, &["task".into(), "start".into(), id(kind)]);
+    let lines: Vec<&str> = out.lines().collect();
+    let [mount, times] = lines.as_slice() else {
+        panic!("{}: unexpected output {out:?}", kind.name);
+    };
+    assert!((kind.expect)(mount), "{}: rootfs is {mount:?}", kind.name);
+    let f: Vec<f64> = times
+        .split_whitespace()
+        .map(|w| {
+            w.parse()
+                .unwrap_or_else(|_| panic!("{}: {out:?}", kind.name))
+        })
+        .collect();
+    let [t0, t1, t2, n] = f.as_slice() else {
+        panic!("{}: unexpected output {out:?}", kind.name);
+    };
+    let entries = 1 + DIRS * (1 + FILES_PER_DIR);
+    assert_eq!(*n as usize, entries, "{}: find saw {n} entries", kind.name);
+    Sample {
+        // /proc/uptime counts in 10 ms steps.
+        read_mib_s: FILE_MIB as f64 / (t1 - t0).max(0.01),
+        walk_ms: (t2 - t1).max(0.01) * 1000.0,
+    }
+}
+
+/// `ctr --address <socket> --namespace k8s.io <args>`, bounded by
+/// [`CTR_LIMIT`]; must succeed; returns its standard output.
+fn stdout_ok(ctrd: &Containerd, args: &[String]) -> String {
+    let mut cmd = Command::new(CTR);
+    cmd.arg("--address")
+        .arg(ctrd.socket())
+        .args(["--namespace", NAMESPACE])
+        .args(args);
+    let out: Output = run_bounded(cmd, None, CTR_LIMIT);
+    assert!(
+        out.status.success(),
+        "ctr {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        ctrd.log_tail()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Written-back, then dropped: the next read comes from the disk (or
+/// what the machine's own virtual disk caches below it).
+fn drop_host_caches() {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the host's page cache");
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `capsa-snapshotter` serving a store in `dir`; killed when dropped,
+/// [`Snapshotter::stop`] ends it cleanly.
+struct Snapshotter {
+    child: Guarded,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Snapshotter {
+    fn start(bin: &Path, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("snapshotter directory");
+        let socket = dir.join("run/snapshotter.sock");
+        let log = dir.join("snapshotter.log");
+        let log_file = std::fs::File::create(&log).expect("snapshotter log");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--root")
+            .arg(dir.join("root"))
+            .arg("--address")
+            .arg(&socket)
+            .args(["--image-size", "1G"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let mut me = Self {
+            child: Guarded(Some(cmd.spawn().unwrap_or_else(|e| {
+                panic!("{}: {e} (run `make build`)", bin.display())
+            }))),
+            socket,
+            log,
+        };
+        let t = Instant::now();
+        while !me.socket.exists() {
+            if let Some(st) = me.child.child().try_wait().expect("wait") {
+                panic!("capsa-snapshotter exited ({st}):\n{}", me.log());
+            }
+            assert!(
+                t.elapsed() < DAEMON_LIMIT,
+                "capsa-snapshotter: no socket within {DAEMON_LIMIT:?}:\n{}",
+                me.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then a bounded wait for its exit.
+    fn stop(mut self) {
+        let child = self.child.child();
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let t = Instant::now();
+        while t.elapsed() < DAEMON_LIMIT {
+            if let Ok(Some(st)) = child.try_wait() {
+                if !st.success() {
+                    eprintln!("capsa-snapshotter: {st}\n{}", self.log());
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Dropping `self` kills it.
+    }
+}
