@@ -137,7 +137,7 @@ impl System {
         // attribute: a look while the disk is being added can find the
         // directory without it.
         let dev = name.join("dev");
-        if !node.exists() || !dev.exists() {
+        if !node.exists() || !dev.exists() || !openable(&node) {
             return Ok(None);
         }
         let (major, minor) = dev_number(&dev)?;
@@ -158,6 +158,21 @@ impl System {
         tracing::info!(%source, node = %block.node.display(), major = block.major, minor = block.minor, "block device found");
         Ok(block)
     }
+}
+
+/// Whether the disk's node opens yet. The kernel adds a disk's sysfs
+/// directory, `dev` attribute and devtmpfs node (`device_add`) before it
+/// makes the disk itself reachable (`bdev_add`), and announces it with its
+/// uevent only after both: in between, opening (and so mounting) the node
+/// fails with ENXIO. Seen under load: found in sysfs, then `mount` ENXIO.
+/// Any other error is left for the caller's use of the node to report.
+fn openable(node: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(node);
+    !matches!(opened, Err(e) if e.raw_os_error() == Some(libc::ENXIO))
 }
 
 /// The first entry (by name) of `dir` whose name `wanted`; `None` when
