@@ -217,19 +217,19 @@ fn main() {
         "== medians ({runs} runs; load average now {}) ==",
         loadavg()
     );
-    println!("ctr run --rm true, block:     {sb:.0} ms");
-    println!("ctr run --rm true, virtio-fs: {sf:.0} ms");
-    println!("ratio block/virtio-fs (time): {:.2}", sb / sf);
+    println!("ctr run --rm true, block:       {sb:.0} ms");
+    println!("ctr run --rm true, virtio-fs:   {sf:.0} ms");
+    println!("ratio block/virtio-fs (time):   {:.2}", sb / sf);
     let (pb, pf) = (median(&snap[0]), median(&snap[1]));
-    println!("snapshot prepare+rm, block:   {pb:.0} ms");
+    println!("snapshot prepare+rm, block:     {pb:.0} ms");
     println!("snapshot prepare+rm, virtio-fs: {pf:.0} ms");
-    println!("ratio block/virtio-fs (time): {:.2}", pb / pf);
-    println!("read {FILE_MIB} MiB, block:          {rb:.0} MiB/s");
-    println!("read {FILE_MIB} MiB, virtio-fs:      {rf:.0} MiB/s");
-    println!("ratio block/virtio-fs (rate): {:.2}", rb / rf);
-    println!("find, block:                  {wb:.0} ms");
-    println!("find, virtio-fs:              {wf:.0} ms");
-    println!("ratio block/virtio-fs (time): {:.2}", wb / wf);
+    println!("ratio block/virtio-fs (time):   {:.2}", pb / pf);
+    println!("read {FILE_MIB} MiB, block:            {rb:.0} MiB/s");
+    println!("read {FILE_MIB} MiB, virtio-fs:        {rf:.0} MiB/s");
+    println!("ratio block/virtio-fs (rate):   {:.2}", rb / rf);
+    println!("find, block:                    {wb:.0} ms");
+    println!("find, virtio-fs:                {wf:.0} ms");
+    println!("ratio block/virtio-fs (time):   {:.2}", wb / wf);
 
     drop(ctrd);
     daemon.stop();
@@ -237,7 +237,7 @@ fn main() {
 
 /// Who goes first alternates, so that the machine's load weighs on both.
 fn order(i: usize) -> [usize; 2] {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         [0, 1]
     } else {
         [1, 0]
