@@ -17,18 +17,26 @@
 //! Needs root, the release shim and `capsa-snapshotter` in `$SHIM_DIR`
 //! (the Makefile builds both; `$SNAPSHOTTER` overrides the latter) and the
 //! guest assets (`$CAPSA_TEST_ASSETS`, default /var/cache/capsa/assets).
-//! `RUNS` (default 5) samples of each measurement.
+//! `RUNS` (default 5) samples of each measurement. What it made
+//! (containers, snapshots, the snapshotter daemon, containerd, the
+//! directory) is removed also on a failure or a stop signal.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::containerd::{Containerd, Opts, CTR, NAMESPACE, PROXY_SNAPSHOTTER};
-use capsa_test_infra::{run_bounded, Guarded, TestEnv};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use capsa_test_infra::snapshotter::Snapshotter;
+use capsa_test_infra::{run_bounded, TestEnv};
+use machine::{cpus, loadavg};
 use stats::median;
 
+#[path = "common/interrupt.rs"]
+mod interrupt;
+#[path = "common/machine.rs"]
+mod machine;
+#[path = "common/params.rs"]
+mod params;
 #[path = "common/stats.rs"]
 mod stats;
 
@@ -38,7 +46,6 @@ const DIRS: usize = 100;
 const FILES_PER_DIR: usize = 30;
 /// One `ctr` command (a TCG guest writing the file set takes a while).
 const CTR_LIMIT: Duration = Duration::from_secs(300);
-const DAEMON_LIMIT: Duration = Duration::from_secs(60);
 
 /// First task: writes `/big` (16 MiB of random data, 16 times) and
 /// `/tree`, then the marker. Later tasks: the rootfs's device and type,
@@ -87,13 +94,17 @@ struct Sample {
     walk_ms: f64,
 }
 
-fn main() {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
-    let shim_dir =
-        PathBuf::from(std::env::var("SHIM_DIR").expect("SHIM_DIR: the shim's directory"));
+fn main() -> ExitCode {
+    if interrupt::run(bench) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn bench() {
+    let runs = params::runs(5);
+    let shim_dir = params::shim_dir();
     let snapshotter_bin = std::env::var_os("SNAPSHOTTER")
         .map(PathBuf::from)
         .unwrap_or_else(|| shim_dir.join("capsa-snapshotter"));
@@ -111,11 +122,11 @@ fn main() {
     );
     assert_ne!(on, text, "no [hypervisor.qemu] table in {text}");
     let block_config = env.write_config("block.toml", &on);
-    let daemon = Snapshotter::start(&snapshotter_bin, &env.dir.path().join("snap"));
+    let mut daemon = Snapshotter::start(&snapshotter_bin, &env.dir.path().join("snap"), "1G");
     let ctrd = Containerd::start(Opts {
         shim_dir: Some(shim_dir),
         capsa_config: Some(env.config.clone()),
-        proxy_snapshotter: Some(daemon.socket.clone()),
+        proxy_snapshotter: Some(daemon.socket().to_path_buf()),
         ..Default::default()
     });
     let image = ctrd.import_busybox();
@@ -232,7 +243,10 @@ fn main() {
     println!("ratio block/virtio-fs (time):   {:.2}", wb / wf);
 
     drop(ctrd);
-    daemon.stop();
+    let status = daemon.stop();
+    if !status.success() {
+        eprintln!("capsa-snapshotter: {status}\n{}", daemon.log());
+    }
 }
 
 /// Who goes first alternates, so that the machine's load weighs on both.
@@ -265,18 +279,11 @@ fn ctr_run_true(ctrd: &Containerd, image: &str, kind: &Rootfs, i: usize) -> f64 
 /// The key of the one committed snapshot (busybox's one layer) of
 /// `snapshotter`.
 fn committed_layer(ctrd: &Containerd, snapshotter: &str) -> String {
-    let args = ["snapshots", "--snapshotter", snapshotter, "ls"].map(String::from);
-    let listing = stdout_ok(ctrd, &args);
-    let committed: Vec<&str> = listing
-        .lines()
-        .skip(1)
-        .filter(|l| l.split_whitespace().last() == Some("Committed"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let committed = ctrd.committed_snapshots(snapshotter);
     let [layer] = committed.as_slice() else {
-        panic!("{snapshotter}: not one committed snapshot:\n{listing}");
+        panic!("{snapshotter}: not one committed snapshot: {committed:?}");
     };
-    layer.to_string()
+    layer.clone()
 }
 
 /// `ctr snapshots prepare` of an active snapshot on `parent`, then its
@@ -323,8 +330,10 @@ fn measure(ctrd: &Containerd, kind: &Rootfs) -> Sample {
 }
 
 /// `ctr --address <socket> --namespace k8s.io <args>`, bounded by
-/// [`CTR_LIMIT`]; must succeed; returns its standard output.
+/// [`CTR_LIMIT`]; must succeed; returns its standard output. Every step
+/// goes through here: a stop signal (Ctrl-C) ends the bench before it.
 fn stdout_ok(ctrd: &Containerd, args: &[String]) -> String {
+    interrupt::check();
     let mut cmd = Command::new(CTR);
     cmd.arg("--address")
         .arg(ctrd.socket())
@@ -346,83 +355,4 @@ fn stdout_ok(ctrd: &Containerd, args: &[String]) -> String {
 fn drop_host_caches() {
     nix::unistd::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the host's page cache");
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(0, |n| n.get())
-}
-
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `capsa-snapshotter` serving a store in `dir`; killed when dropped,
-/// [`Snapshotter::stop`] ends it cleanly.
-struct Snapshotter {
-    child: Guarded,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Snapshotter {
-    fn start(bin: &Path, dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("snapshotter directory");
-        let socket = dir.join("run/snapshotter.sock");
-        let log = dir.join("snapshotter.log");
-        let log_file = std::fs::File::create(&log).expect("snapshotter log");
-        let mut cmd = Command::new(bin);
-        cmd.arg("--root")
-            .arg(dir.join("root"))
-            .arg("--address")
-            .arg(&socket)
-            .args(["--image-size", "1G"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let mut me = Self {
-            child: Guarded(Some(cmd.spawn().unwrap_or_else(|e| {
-                panic!("{}: {e} (run `make build`)", bin.display())
-            }))),
-            socket,
-            log,
-        };
-        let t = Instant::now();
-        while !me.socket.exists() {
-            if let Some(st) = me.child.child().try_wait().expect("wait") {
-                panic!("capsa-snapshotter exited ({st}):\n{}", me.log());
-            }
-            assert!(
-                t.elapsed() < DAEMON_LIMIT,
-                "capsa-snapshotter: no socket within {DAEMON_LIMIT:?}:\n{}",
-                me.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then a bounded wait for its exit.
-    fn stop(mut self) {
-        let child = self.child.child();
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let t = Instant::now();
-        while t.elapsed() < DAEMON_LIMIT {
-            if let Ok(Some(st)) = child.try_wait() {
-                if !st.success() {
-                    eprintln!("capsa-snapshotter: {st}\n{}", self.log());
-                }
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Dropping `self` kills it.
-    }
 }

@@ -17,6 +17,7 @@ pub mod net;
 pub mod netns;
 pub mod rootfs;
 pub mod share_attack;
+pub mod snapshotter;
 
 pub use leaks::assert_no_leaks;
 

@@ -1,6 +1,7 @@
-//! Ctrl-C (SIGINT), SIGTERM and SIGHUP end the benchmark at its next step
-//! with a panic, so that what it made is removed as on any other error: by
-//! the guards' `Drop` (pods through CRI, containerd, the CNI network).
+//! Ctrl-C (SIGINT), SIGTERM and SIGHUP end a benchmark of the shim's
+//! examples at its next step with a panic, so that what it made is removed
+//! as on any other error: by the guards' `Drop` (pods through CRI,
+//! containerd, the CNI network, the snapshotter daemon).
 //! A second signal exits at once.
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -22,10 +23,10 @@ pub fn run(bench: impl FnOnce() + Send + 'static) -> bool {
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
             if RECEIVED.swap(sig as i32, Ordering::SeqCst) != 0 {
-                eprintln!("net_bench: {sig} again: exiting without cleaning up");
+                eprintln!("bench: {sig} again: exiting without cleaning up");
                 std::process::exit(128 + sig as i32);
             }
-            eprintln!("net_bench: {sig}: stopping after this step, then cleaning up");
+            eprintln!("bench: {sig}: stopping after this step, then cleaning up");
         }
     });
     std::thread::spawn(bench).join().is_ok()
