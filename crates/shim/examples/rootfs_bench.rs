@@ -243,9 +243,14 @@ fn bench() {
     println!("ratio block/virtio-fs (time):   {:.2}", wb / wf);
 
     drop(ctrd);
-    let status = daemon.stop();
-    if !status.success() {
-        eprintln!("capsa-snapshotter: {status}\n{}", daemon.log());
+    // Its clean exit is the snapshotter's business (its own test); here
+    // it is only reported, and a daemon that stays is killed by the guard.
+    match daemon.stop() {
+        Some(status) if status.success() => {}
+        status => eprintln!(
+            "capsa-snapshotter: {status:?} on SIGTERM (None: no exit within the limit)\n{}",
+            daemon.log()
+        ),
     }
 }
 

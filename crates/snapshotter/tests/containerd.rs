@@ -153,8 +153,8 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
     drop(c);
     let status = daemon.stop();
     assert!(
-        status.success(),
-        "capsa-snapshotter: {status}\n{}",
+        status.is_some_and(|s| s.success()),
+        "capsa-snapshotter: {status:?} (None: no exit on SIGTERM)\n{}",
         daemon.log()
     );
     assert!(!daemon.socket().exists(), "socket left behind");
