@@ -152,6 +152,8 @@ bench: install
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example net_bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example resize_bench
+	SHIM_DIR=$(dir $(SHIM_BIN)) SNAPSHOTTER=$(SNAPSHOTTER_BIN) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
+	  cargo run --release -p capsa-shim --example rootfs_bench
 
 clean:
 	cargo clean

@@ -17,6 +17,8 @@ use capsa_test_infra::leaks::processes_naming;
 use capsa_test_infra::TestEnv;
 use stats::median;
 
+#[path = "common/params.rs"]
+mod params;
 #[path = "common/stats.rs"]
 mod stats;
 
@@ -24,12 +26,8 @@ const CAPSA: &str = "io.containerd.capsa.v2";
 const RUNC: &str = "io.containerd.runc.v2";
 
 fn main() {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
-    let shim_dir =
-        PathBuf::from(std::env::var("SHIM_DIR").expect("SHIM_DIR: the shim's directory"));
+    let runs = params::runs(5);
+    let shim_dir = params::shim_dir();
     let env = TestEnv::short();
     let ctrd = Containerd::start(Opts {
         shim_dir: Some(shim_dir),

@@ -6,100 +6,22 @@
 //! Needs root (loop devices, mounts), like the other containerd tests.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::block::{loops_below, HostMount, LoopDevice};
 use capsa_test_infra::containerd::{Containerd, Opts, PROXY_SNAPSHOTTER};
-use capsa_test_infra::Guarded;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use capsa_test_infra::snapshotter::Snapshotter;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The snapshotter binary serving in `dir`; stopped (SIGTERM, then
-/// SIGKILL past the limit) when dropped.
-struct Daemon {
-    child: Guarded,
-    root: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Self {
-        let (root, socket, log) = (
-            dir.join("root"),
-            dir.join("run/snapshotter.sock"),
-            dir.join("snapshotter.log"),
-        );
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa-snapshotter"));
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("--address")
-            .arg(&socket)
-            .args(["--image-size", "256M"])
-            .env("RUST_LOG", "capsa_snapshotter=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let mut me = Self {
-            child: Guarded::spawn(&mut cmd),
-            root,
-            socket,
-            log,
-        };
-        let start = Instant::now();
-        while !me.socket.exists() {
-            if let Some(st) = me.child.child().try_wait().unwrap() {
-                panic!("capsa-snapshotter exited ({st}):\n{}", me.log());
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "no socket within {LIMIT:?}:\n{}",
-                me.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn images(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.root.join("snapshots"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// SIGTERM; waits for a clean exit, which removes the socket.
-    fn stop(mut self) {
-        let child = self.child.child();
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "no exit on SIGTERM within {LIMIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "capsa-snapshotter: {status}\n{}",
-            self.log()
-        );
-        assert!(!self.socket.exists(), "socket left behind");
-    }
+/// The store's snapshot images.
+fn images(daemon: &Snapshotter) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(daemon.root().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// `ctr snapshots --snapshotter capsa ARGS`.
@@ -128,24 +50,22 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
         .prefix("capsa-test-snap-")
         .tempdir_in("/tmp")
         .unwrap();
-    let daemon = Daemon::start(dir.path());
+    let mut daemon = Snapshotter::start_in(
+        Path::new(env!("CARGO_BIN_EXE_capsa-snapshotter")),
+        dir.path(),
+        "256M",
+    );
     let c = Containerd::start(Opts {
-        proxy_snapshotter: Some(daemon.socket.clone()),
+        proxy_snapshotter: Some(daemon.socket().to_path_buf()),
         ..Default::default()
     });
 
     // Unpack: one layer, one committed snapshot, one image file.
     let image = c.import_busybox_into(PROXY_SNAPSHOTTER);
-    let listing = snap(&c, &["ls"]);
-    let committed: Vec<&str> = listing
-        .lines()
-        .skip(1)
-        .filter(|l| l.split_whitespace().last() == Some("Committed"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(committed.len(), 1, "{listing}");
-    let layer = committed[0].to_string();
-    assert_eq!(daemon.images().len(), 1, "{:?}", daemon.images());
+    let committed = c.committed_snapshots(PROXY_SNAPSHOTTER);
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    let layer = committed[0].clone();
+    assert_eq!(images(&daemon).len(), 1, "{:?}", images(&daemon));
 
     // runc on the snapshot; it stays (no --rm), its task is deleted.
     let runc_root = c.runc_root();
@@ -169,7 +89,7 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
     );
     let (source, options) = mount_line(&c, "snap-t1");
     assert!(
-        source.starts_with(daemon.root.join("snapshots")),
+        source.starts_with(daemon.root().join("snapshots")),
         "{source:?}"
     );
     assert_eq!(options, "loop,rw");
@@ -192,7 +112,7 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
     let (vsource, voptions) = mount_line(&c, "snap-v1");
     assert_eq!(voptions, "loop,ro");
     assert!(
-        vsource.starts_with(daemon.root.join("snapshots")),
+        vsource.starts_with(daemon.root().join("snapshots")),
         "{vsource:?}"
     );
     snap(&c, &["rm", "snap-v1"]);
@@ -213,11 +133,11 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
     snap(&c, &["rm", &layer]);
     c.ctr_ok(&["images", "rm", "--sync", &image]);
     let start = Instant::now();
-    while !daemon.images().is_empty() {
+    while !images(&daemon).is_empty() {
         assert!(
             start.elapsed() < LIMIT,
             "images left in the store: {:?}\n{}\n{}",
-            daemon.images(),
+            images(&daemon),
             snap(&c, &["ls"]),
             daemon.log()
         );
@@ -231,5 +151,11 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 
     drop(c);
-    daemon.stop();
+    let status = daemon.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "capsa-snapshotter: {status:?} (None: no exit on SIGTERM)\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.socket().exists(), "socket left behind");
 }

@@ -13,12 +13,15 @@
 //! let image = c.import_busybox_into(PROXY_SNAPSHOTTER);
 //! ```
 //!
-//! Dropping it stops the daemon by pid (SIGTERM, then SIGKILL past a
-//! limit), detaches loop devices left over its images, and removes its
-//! directory. Drop the containerd that uses it first.
+//! Benches start it in a directory of their own with their own image size
+//! ([`Snapshotter::start_in`]). Dropping it stops the daemon by pid
+//! (SIGTERM, then SIGKILL past a limit), unmounts what is mounted below its
+//! directory, detaches loop devices left over its images, and removes a
+//! directory it made. Drop the containerd that uses it first;
+//! [`Snapshotter::stop`] ends it cleanly before that, to check its exit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -55,38 +58,54 @@ pub fn snapshotter_binary() -> PathBuf {
 /// A running `capsa-snapshotter --root <dir>/root --address <dir>/run/...`.
 pub struct Snapshotter {
     child: Guarded,
-    /// Declared after `child`: removed once the daemon is gone.
-    dir: tempfile::TempDir,
+    /// Its directory (store, socket, log).
+    base: PathBuf,
+    /// Declared after `child`: removed once the daemon is gone (`None`:
+    /// the caller's directory).
+    _dir: Option<tempfile::TempDir>,
     root: PathBuf,
     socket: PathBuf,
     log: PathBuf,
 }
 
 impl Snapshotter {
-    /// Starts the daemon in a new `/tmp/capsa-test-snap-*` directory and
-    /// waits (bounded) for its socket.
+    /// Starts this build's daemon in a new `/tmp/capsa-test-snap-*`
+    /// directory and waits (bounded) for its socket.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("capsa-test-snap-")
             .tempdir_in("/tmp")
             .expect("snapshotter temp dir");
-        let root = dir.path().join("root");
-        let socket = dir.path().join("run/snapshotter.sock");
-        let log = dir.path().join("snapshotter.log");
+        let path = dir.path().to_path_buf();
+        Self::launch(&snapshotter_binary(), &path, IMAGE_SIZE, Some(dir))
+    }
+
+    /// Starts `bin` in the caller's `dir` with snapshot images of
+    /// `image_size` (`256M`, `1G`) and waits (bounded) for its socket.
+    pub fn start_in(bin: &Path, dir: &Path, image_size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("snapshotter directory");
+        Self::launch(bin, dir, image_size, None)
+    }
+
+    fn launch(bin: &Path, base: &Path, image_size: &str, dir: Option<tempfile::TempDir>) -> Self {
+        let root = base.join("root");
+        let socket = base.join("run/snapshotter.sock");
+        let log = base.join("snapshotter.log");
         let log_file = std::fs::File::create(&log).expect("snapshotter log");
-        let mut cmd = Command::new(snapshotter_binary());
+        let mut cmd = Command::new(bin);
         cmd.arg("--root")
             .arg(&root)
             .arg("--address")
             .arg(&socket)
-            .args(["--image-size", IMAGE_SIZE])
+            .args(["--image-size", image_size])
             .env("RUST_LOG", "capsa_snapshotter=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
         let mut me = Self {
             child: Guarded::spawn(&mut cmd),
-            dir,
+            base: base.to_path_buf(),
+            _dir: dir,
             root,
             socket,
             log,
@@ -152,7 +171,10 @@ impl Snapshotter {
         }
     }
 
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+    /// SIGTERM, then waits (bounded) for its exit: `None` when it did
+    /// not exit in time or was stopped already (the guard kills it when
+    /// dropped). [`Self::log`] still reads.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
         let child = self.child.0.as_mut()?;
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let start = Instant::now();
@@ -172,14 +194,16 @@ impl Snapshotter {
 
 impl Drop for Snapshotter {
     fn drop(&mut self) {
-        match self.stop() {
-            Some(st) if st.success() => {}
-            other => eprintln!(
-                "capsa-test-infra: capsa-snapshotter stopped with {other:?}:\n{}",
-                self.log()
-            ),
+        if self.child.0.is_some() {
+            match self.stop() {
+                Some(st) if st.success() => {}
+                other => eprintln!(
+                    "capsa-test-infra: capsa-snapshotter stopped with {other:?}:\n{}",
+                    self.log()
+                ),
+            }
         }
-        crate::containerd::cleanup::unmount_below(self.dir.path());
-        crate::block::detach_loops_below(self.dir.path());
+        crate::containerd::cleanup::unmount_below(&self.base);
+        crate::block::detach_loops_below(&self.base);
     }
 }

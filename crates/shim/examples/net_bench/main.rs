@@ -19,7 +19,10 @@
 //! Needs the release shim in `$SHIM_DIR` (the Makefile builds it) and the
 //! guest assets (`$CAPSA_TEST_ASSETS`, default /var/cache/capsa/assets).
 
+#[path = "../common/interrupt.rs"]
 mod interrupt;
+#[path = "../common/machine.rs"]
+mod machine;
 mod pods;
 mod probe;
 #[path = "../common/stats.rs"]
@@ -32,6 +35,7 @@ use capsa_test_infra::containerd::{Containerd, Cri, Opts};
 use capsa_test_infra::TestEnv;
 
 use interrupt::check;
+use machine::loadavg;
 use pods::{ServerPod, CAPSA, RUNC};
 use stats::{median, percentile};
 
@@ -227,13 +231,4 @@ fn start_latency(p: &Params, cri: &Cri, image: &str) {
 fn list(v: &[f64], decimals: usize) -> String {
     let items: Vec<String> = v.iter().map(|x| format!("{x:.decimals$}")).collect();
     items.join(", ")
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -254,6 +254,19 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Keys of the committed snapshots of `snapshotter` (an image's
+    /// layers), from `ctr snapshots ls`.
+    pub fn committed_snapshots(&self, snapshotter: &str) -> Vec<String> {
+        let listing = self.ctr_ok(&["snapshots", "--snapshotter", snapshotter, "ls"]);
+        listing
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().last() == Some("Committed"))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect()
+    }
+
     /// Best effort, bounded: kills and deletes the tasks and containers
     /// left in every namespace, so that shims clean up after themselves.
     fn remove_leftover_tasks(&self) {
