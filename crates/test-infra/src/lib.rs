@@ -53,17 +53,23 @@ pub fn tool(name: &str) -> PathBuf {
 /// one of this build's profile (next to the test binary's `deps/`), which
 /// `cargo build -p capsa-shim` makes (`make test` builds it).
 pub fn shim_binary() -> PathBuf {
-    const NAME: &str = "containerd-shim-capsa-v2";
-    let path = std::env::var_os("CAPSA_TEST_SHIM")
+    workspace_binary("containerd-shim-capsa-v2", "CAPSA_TEST_SHIM", "capsa-shim")
+}
+
+/// The binary `name` of package `package`: `$env_var`, else the one of
+/// this build's profile (next to the test binary's `deps/`); fails the
+/// test, saying how to build it, when it is missing.
+pub fn workspace_binary(name: &str, env_var: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os(env_var)
         .map(PathBuf::from)
         .or_else(|| {
             let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join(NAME))
+            Some(exe.parent()?.parent()?.join(name))
         })
-        .unwrap_or_else(|| PathBuf::from(NAME));
+        .unwrap_or_else(|| PathBuf::from(name));
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo build -p capsa-shim` (or set CAPSA_TEST_SHIM)",
+        "{} is missing: run `cargo build -p {package}` (or set {env_var})",
         path.display()
     );
     path

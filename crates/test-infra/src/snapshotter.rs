@@ -39,20 +39,11 @@ const IMAGE_SIZE: &str = "256M";
 /// [`crate::shim_binary`]), which `cargo build -p capsa-snapshotter` (or a
 /// build of the workspace) makes.
 pub fn snapshotter_binary() -> PathBuf {
-    const NAME: &str = "capsa-snapshotter";
-    let path = std::env::var_os("CAPSA_TEST_SNAPSHOTTER")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join(NAME))
-        })
-        .unwrap_or_else(|| PathBuf::from(NAME));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p capsa-snapshotter` (or set CAPSA_TEST_SNAPSHOTTER)",
-        path.display()
-    );
-    path
+    crate::workspace_binary(
+        "capsa-snapshotter",
+        "CAPSA_TEST_SNAPSHOTTER",
+        "capsa-snapshotter",
+    )
 }
 
 /// A running `capsa-snapshotter --root <dir>/root --address <dir>/run/...`.
