@@ -226,6 +226,12 @@ impl Sandbox {
         cid: &str,
         resources: &LinuxResources,
     ) -> Result<(), Error> {
+        if !self.record().containers.iter().any(|c| c.id == cid) {
+            return Err(Error::BadSpec {
+                what: format!("update of container {cid:?}"),
+                reason: format!("sandbox {:?} has no such container", self.id()),
+            });
+        }
         let old = self
             .sizer
             .as_ref()
