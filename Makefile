@@ -91,7 +91,7 @@ lint: deps
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: assets lint fuzz-smoke
-	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo test --workspace -- --test-threads=2
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo test --workspace --no-fail-fast -- --test-threads=2
 	./scripts/check-leaks.sh
 
 ## Fuzz targets (fuzz/, a cargo-fuzz crate with a workspace of its own).

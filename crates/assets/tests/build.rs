@@ -31,6 +31,7 @@ const EXPECTED: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    "virtio_mem",
 ];
 
 /// Unpacks the gzip cpio `initrd` into `dir` with Debian's cpio and returns
