@@ -115,7 +115,7 @@ pub(crate) fn current(out_dir: &Path, inputs: &Inputs, kernel: &[u8]) -> Option<
         && std::fs::read(&m.kernel).is_ok_and(|k| k == kernel)
         && sha256_file(&m.initrd).as_ref() == Some(&m.outputs.initrd_sha256)
         && m.image.as_ref().and_then(|i| sha256_file(i)) == m.outputs.image_sha256
-        && m.image_initrd.as_ref().map_or(true, |i| i.is_file());
+        && m.image_initrd.as_ref().is_none_or(|i| i.is_file());
     intact.then_some(m)
 }
 

@@ -473,6 +473,22 @@ fn remove_file(file: &Path) {
     }
 }
 
+/// The size of root image `path` in MiB, for its NVDIMM: the guest maps it
+/// in 2 MiB sections, so it must be a whole number of them
+/// (`capsa assets build --image` makes 128 MiB multiples).
+fn image_mib(path: &Path) -> Result<u64, Error> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::Config(format!("root image {}: {e}", path.display())))?
+        .len();
+    if len == 0 || len % (2 << 20) != 0 {
+        return Err(Error::Config(format!(
+            "root image {}: {len} bytes is not a whole number of 2 MiB (build it with `capsa assets build --image`)",
+            path.display()
+        )));
+    }
+    Ok(len >> 20)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,20 +507,4 @@ mod tests {
             .to_string();
         assert!(err.contains("','"), "{err}");
     }
-}
-
-/// The size of root image `path` in MiB, for its NVDIMM: the guest maps it
-/// in 2 MiB sections, so it must be a whole number of them
-/// (`capsa assets build --image` makes 128 MiB multiples).
-fn image_mib(path: &Path) -> Result<u64, Error> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::Config(format!("root image {}: {e}", path.display())))?
-        .len();
-    if len == 0 || len % (2 << 20) != 0 {
-        return Err(Error::Config(format!(
-            "root image {}: {len} bytes is not a whole number of 2 MiB (build it with `capsa assets build --image`)",
-            path.display()
-        )));
-    }
-    Ok(len >> 20)
 }
