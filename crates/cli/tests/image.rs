@@ -186,3 +186,36 @@ fn two_pods_share_the_image_pages() {
     drop((a, b));
     assert_all_gone(&env);
 }
+
+/// `MemTotal` in the container of sandbox `id`, KiB.
+fn mem_total_kib(env: &TestEnv, id: &str) -> u64 {
+    let out = capsa(
+        env,
+        &["exec", id, "--", "grep", "MemTotal", "/proc/meminfo"],
+        None,
+    );
+    assert!(out.status.success(), "exec: {out:?}");
+    text(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {out:?}"))
+}
+
+/// The NVDIMM takes a memory slot and room beyond `maxmem` of its own:
+/// DIMM hot-plug (`capsa update --memory`) still reaches the guest.
+#[test]
+fn memory_hot_plug_works_next_to_the_nvdimm() {
+    let env = image_env("default_memory = 512\ndefault_maxmemory = 2048\nmemory_slots = 2");
+    let sb = Detached::start(&env, "grow");
+    let before = mem_total_kib(&env, "grow");
+    let out = capsa(&env, &["update", "grow", "--memory", "768"], None);
+    assert!(out.status.success(), "update: {out:?}");
+    let after = mem_total_kib(&env, "grow");
+    assert!(
+        after >= before + 768 * 1024,
+        "MemTotal {before} KiB -> {after} KiB, expected +768 MiB"
+    );
+    drop(sb);
+    assert_all_gone(&env);
+}
