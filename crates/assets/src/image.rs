@@ -111,17 +111,27 @@ pub fn build(
 
     let tmp = out.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.set_len(total).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_image(&root, &tmp, total, fs_size)
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The whole image of `total` bytes at `path`: the filesystem of `root`
+/// (`fs_size` bytes), both tables and the pfn info block.
+fn write_image(root: &Path, path: &Path, total: u64, fs_size: u64) -> Result<(), Error> {
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    file.set_len(total).map_err(|e| Error::io(path, e))?;
     drop(file);
-    mkfs(&root, &tmp, fs_size)?;
+    mkfs(root, path, fs_size)?;
     let mut header = vec![0u8; (DAX_HEADER + 512) as usize];
     header[..512].copy_from_slice(&mbr(FS_OFFSET, fs_size));
     header[PFN_INFO_OFFSET..PFN_INFO_OFFSET + PFN_INFO_SIZE]
         .copy_from_slice(&pfn_info(total - DAX_HEADER));
     header[DAX_HEADER as usize..].copy_from_slice(&mbr(PART_START, fs_size));
-    write_at(&tmp, 0, &header)?;
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    write_at(path, 0, &header)
 }
 
 /// Lays out the root tree in `root`; returns the bytes of its files.
