@@ -136,9 +136,20 @@ impl TestEnv {
         Self::build("cs-", "s", extra)
     }
 
+    /// The VMs boot the initrd, or the root image with
+    /// `CAPSA_TEST_BOOT=image` (the whole suite run on the image).
     fn build(prefix: &str, state: &str, extra: &str) -> Self {
-        let initrd = assets_dir().join("initrd.img");
-        Self::build_booting(prefix, state, Some(&initrd), extra)
+        match std::env::var("CAPSA_TEST_BOOT").as_deref() {
+            Ok("image") => {
+                let boot = format!("image = {:?}\n{extra}", image_path());
+                Self::build_booting(prefix, state, None, &boot)
+            }
+            Ok("initrd") | Err(_) => {
+                let initrd = assets_dir().join("initrd.img");
+                Self::build_booting(prefix, state, Some(&initrd), extra)
+            }
+            Ok(other) => panic!("CAPSA_TEST_BOOT={other:?}: use image or initrd"),
+        }
     }
 
     /// With `initrd` (else `initrd = ""`: `extra` names the image).
