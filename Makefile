@@ -62,9 +62,10 @@ agent:
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
 	  cargo build --release -p capsa-agent --target $(AGENT_TARGET)
 
-## Guest kernel and initrd (rebuilt only when an input changed).
+## Guest kernel, initrd, and the root image with its boot initrd
+## (rebuilt only when an input changed).
 assets: build
-	$(CAPSA_BIN) assets build --out $(ASSETS_DIR) --agent $(AGENT_BIN) > /dev/null
+	$(CAPSA_BIN) assets build --out $(ASSETS_DIR) --agent $(AGENT_BIN) --image > /dev/null
 	@echo "guest assets in $(ASSETS_DIR)"
 
 install: assets
@@ -75,6 +76,8 @@ install: assets
 	install -D -m 0644 $(CACHE)/capsa-snapshotter.service $(SYSTEMD_DIR)/capsa-snapshotter.service
 	install -D -m 0644 $(ASSETS_DIR)/vmlinuz $(SHARE_DIR)/vmlinuz
 	install -D -m 0644 $(ASSETS_DIR)/initrd.img $(SHARE_DIR)/initrd.img
+	install -D -m 0644 $(ASSETS_DIR)/capsa.img $(SHARE_DIR)/capsa.img
+	install -D -m 0644 $(ASSETS_DIR)/capsa.img.initrd $(SHARE_DIR)/capsa.img.initrd
 	install -D -m 0644 $(ASSETS_DIR)/manifest.json $(SHARE_DIR)/manifest.json
 	install -D -m 0644 config/configuration.toml $(DEFAULTS_DIR)/configuration.toml
 	install -D -m 0644 crates/runtime/src/resource/network/cni/capsa-bridge.conflist \

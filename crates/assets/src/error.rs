@@ -37,6 +37,8 @@ pub enum Error {
     },
     #[error("{tool} failed: {stderr}")]
     Tool { tool: String, stderr: String },
+    #[error("the root image's boot initrd runs busybox's shell: build with a shell package")]
+    ImageNeedsShell,
     #[error("{0} is too large for the initrd")]
     TooLarge(String),
     #[error("manifest {path}")]

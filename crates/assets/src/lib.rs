@@ -38,7 +38,15 @@ pub struct AssetsSpec {
     /// Module names the guest loads at boot, in this order; their
     /// dependencies are added before them.
     pub modules: Vec<String>,
+    /// Also build the root filesystem image (`capsa.img`, Kata's DAX
+    /// layout) and its boot initrd (`capsa.img.initrd`).
+    pub image: bool,
 }
+
+/// The image's file name in the output directory.
+pub const IMAGE_FILE: &str = "capsa.img";
+/// The boot initrd of an image: its path with this suffix.
+pub const IMAGE_INITRD_SUFFIX: &str = ".initrd";
 
 /// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock, the
 /// disks hot-plugged for block storages (virtio-blk, virtio-scsi and its
@@ -61,6 +69,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
 mod apt;
 mod error;
 mod files;
+mod image;
 mod initrd;
 mod kernel;
 mod manifest;
@@ -68,6 +77,7 @@ mod modules;
 mod shell;
 
 pub use error::Error;
+pub use image::{BOOT_MODULES, DAX_HEADER, FS_OFFSET};
 pub use initrd::MODULES_LOAD;
 pub use manifest::{load_manifest, Inputs, KernelInput, Manifest, Outputs, ShellInput};
 pub use modules::module_name;
@@ -123,6 +133,7 @@ pub fn build_with_cache(
         agent_sha256: sha256(&agent),
         modules: requested_modules(&spec.modules),
         shell: shell.as_ref().map(|s| s.input.clone()),
+        image: spec.image,
     };
     if let Some(existing) = manifest::current(&out_dir, &inputs, &kernel_bytes) {
         tracing::info!(out = %out_dir.display(), "guest assets are up to date");
@@ -140,19 +151,46 @@ pub fn build_with_cache(
     };
     let busybox = shell.as_ref().map(|s| s.busybox.as_slice());
     let initrd = initrd::build(&agent, &kernel.version, &modules, busybox)?;
-    let outputs = manifest::Outputs {
-        kernel_sha256: inputs.kernel_sha256.clone(),
-        initrd_sha256: sha256(&initrd),
-    };
     let vmlinuz = out_dir.join("vmlinuz");
     let initrd_path = out_dir.join("initrd.img");
     write_if_changed(&vmlinuz, &kernel_bytes)?;
     write_if_changed(&initrd_path, &initrd)?;
+    let (image, image_initrd) = if spec.image {
+        let image = out_dir.join(IMAGE_FILE);
+        image::build(&agent, &kernel.version, &modules, busybox, &image)?;
+        let boot_modules = match &kernel.modules_dir {
+            Some(dir) => {
+                let names: Vec<String> = BOOT_MODULES.iter().map(|m| m.to_string()).collect();
+                modules::collect(dir, &kernel.version, &names)?
+            }
+            None => Vec::new(),
+        };
+        // Its /init is busybox's shell: the initrd needs the shell.
+        let shell = shell.as_ref().ok_or(Error::ImageNeedsShell)?;
+        let boot = initrd::build(
+            image::BOOT_INIT.as_bytes(),
+            &kernel.version,
+            &boot_modules,
+            Some(&shell.busybox),
+        )?;
+        let boot_path = out_dir.join(format!("{IMAGE_FILE}{IMAGE_INITRD_SUFFIX}"));
+        write_if_changed(&boot_path, &boot)?;
+        (Some(image), Some(boot_path))
+    } else {
+        (None, None)
+    };
+    let outputs = manifest::Outputs {
+        kernel_sha256: inputs.kernel_sha256.clone(),
+        initrd_sha256: sha256(&initrd),
+        image_sha256: image.as_ref().and_then(|i| files::sha256_file(i)),
+    };
 
     let manifest = Manifest {
         kernel_version: kernel.version,
         kernel: vmlinuz,
         initrd: initrd_path,
+        image,
+        image_initrd,
         modules: modules.into_iter().map(|m| m.path).collect(),
         inputs,
         outputs,
@@ -221,6 +259,7 @@ mod tests {
             },
             agent_binary: agent,
             modules: vec!["anything".into()],
+            image: false,
         };
         let m = build_with_shell(&spec, None).unwrap();
         assert_eq!(m.kernel_version, "unknown");

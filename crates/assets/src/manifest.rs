@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::files::{sha256_file, write_atomic};
 use crate::Error;
 
-/// Version of the initrd layout; bump it when the builder's output changes
+/// Version of the initrd and image layouts; bump it when the builder's output changes
 /// for the same inputs, so existing assets get rebuilt.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 /// Where the kernel came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub struct Inputs {
     /// The shell of the VM's root environment (for the debug console),
     /// if the initrd has one.
     pub shell: Option<ShellInput>,
+    /// Whether the root filesystem image (and its boot initrd) is built.
+    #[serde(default)]
+    pub image: bool,
 }
 
 /// The package the initrd's `/bin/busybox` comes from.
@@ -57,6 +60,9 @@ pub struct ShellInput {
 pub struct Outputs {
     pub kernel_sha256: String,
     pub initrd_sha256: String,
+    /// Of the root filesystem image, when built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
 }
 
 /// The built assets.
@@ -70,6 +76,14 @@ pub struct Manifest {
     /// Module files in the initrd, relative to `/lib/modules/<version>/`,
     /// in load order.
     pub modules: Vec<String>,
+    /// `<out_dir>/capsa.img`: the root filesystem image in Kata's DAX
+    /// layout (`capsa assets build --image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    /// `<out_dir>/capsa.img.initrd`: what the guest kernel boots first to
+    /// reach the image (it loads the NVDIMM and virtio-blk modules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_initrd: Option<PathBuf>,
     pub inputs: Inputs,
     pub outputs: Outputs,
 }
@@ -99,7 +113,9 @@ pub(crate) fn current(out_dir: &Path, inputs: &Inputs, kernel: &[u8]) -> Option<
     let m = load_manifest(out_dir).ok()?;
     let intact = m.inputs == *inputs
         && std::fs::read(&m.kernel).is_ok_and(|k| k == kernel)
-        && sha256_file(&m.initrd).as_ref() == Some(&m.outputs.initrd_sha256);
+        && sha256_file(&m.initrd).as_ref() == Some(&m.outputs.initrd_sha256)
+        && m.image.as_ref().and_then(|i| sha256_file(i)) == m.outputs.image_sha256
+        && m.image_initrd.as_ref().is_none_or(|i| i.is_file());
     intact.then_some(m)
 }
 
@@ -124,6 +140,7 @@ mod tests {
                 version: "1:1.35.0-4+b3".into(),
                 sha256: sha256(b"busybox"),
             }),
+            image: false,
         }
     }
 
@@ -136,10 +153,13 @@ mod tests {
             kernel,
             initrd,
             modules: vec!["kernel/drivers/virtio/virtio_pci.ko".into()],
+            image: None,
+            image_initrd: None,
             inputs: inputs(),
             outputs: Outputs {
                 kernel_sha256: sha256(b"kernel"),
                 initrd_sha256: sha256(b"initrd"),
+                image_sha256: None,
             },
         };
         save(dir, &m).unwrap();

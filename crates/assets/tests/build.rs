@@ -134,6 +134,7 @@ fn builds_from_the_debian_package_and_only_once() {
         },
         agent_binary: agent.clone(),
         modules: Vec::new(),
+        image: false,
     };
 
     let first = build(&spec).expect("first build");

@@ -240,7 +240,8 @@ impl ProcessArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AssetsCommand {
-    /// Build the guest kernel and initrd (only what changed).
+    /// Build the guest kernel and initrd, and with --image the root
+    /// filesystem image (only what changed).
     Build(AssetsBuildArgs),
 }
 
@@ -268,6 +269,10 @@ pub struct AssetsBuildArgs {
     /// An extra module to put in the initrd and load at boot, repeatable.
     #[arg(long = "module", value_name = "NAME")]
     pub modules: Vec<String>,
+    /// Also build the root filesystem image `capsa.img` (Kata's DAX
+    /// layout, for `image = PATH`) and its boot initrd `capsa.img.initrd`.
+    #[arg(long)]
+    pub image: bool,
 }
 
 fn parse_env(s: &str) -> Result<String, String> {

@@ -215,6 +215,31 @@ internetworking_model = "none"
             "hypervisor.qemu.pcie_root_port",
             "more than 26",
         );
+        bad(
+            "[hypervisor.qemu]\nimage = \"/r.img\"\n",
+            "hypervisor.qemu.image",
+            "and hypervisor.qemu.initrd (\"/usr/share/capsa/initrd.img\") are exclusive",
+        );
+        bad(
+            "[hypervisor.qemu]\ninitrd = \"\"\n",
+            "hypervisor.qemu.initrd",
+            "must be set",
+        );
+        bad(
+            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\nmachine_type = \"microvm\"\n",
+            "hypervisor.qemu.image",
+            "disable_image_nvdimm",
+        );
+        bad(
+            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\ndisable_image_nvdimm = true\npcie_root_port = 26\n",
+            "hypervisor.qemu.pcie_root_port",
+            "more than 25",
+        );
+        parse(
+            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\n",
+            Path::new("/m.toml"),
+        )
+        .unwrap();
         let ok = "[hypervisor.qemu]\ndefault_maxvcpus = 0\ndefault_maxmemory = 512\nenable_virtio_mem = true\npcie_root_port = 26\n";
         parse(ok, Path::new("/m.toml")).unwrap();
     }

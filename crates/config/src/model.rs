@@ -27,8 +27,14 @@ pub struct QemuConfig {
     pub kernel: PathBuf,
     /// An initrd whose `/init` is the agent. Exclusive with `image`.
     pub initrd: PathBuf,
-    /// A rootfs image. Not supported yet: must stay empty.
+    /// A root filesystem image whose `/init` is the agent, in Kata's DAX
+    /// layout (`capsa assets build --image`). Exclusive with `initrd`; its
+    /// boot initrd, if the kernel needs one to reach the image, is the
+    /// file next to it named `<image>.initrd`.
     pub image: PathBuf,
+    /// With `true`, `image` is a read-only virtio-blk disk instead of a
+    /// read-only NVDIMM mapped with DAX.
+    pub disable_image_nvdimm: bool,
     /// `q35` or `microvm`.
     pub machine_type: String,
     /// capsa's own key: `auto` (KVM only where the host really offers
@@ -86,6 +92,7 @@ impl Default for QemuConfig {
             kernel: "/usr/share/capsa/vmlinuz".into(),
             initrd: "/usr/share/capsa/initrd.img".into(),
             image: PathBuf::new(),
+            disable_image_nvdimm: false,
             machine_type: "q35".into(),
             accelerator: "auto".into(),
             default_vcpus: 1,

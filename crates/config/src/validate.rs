@@ -48,10 +48,21 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     .map_err(|r| invalid("runtime.internetworking_model", r))?;
     // The root-bus slots left for root ports by the QEMU driver's fixed
     // q35 layout (capsa-hypervisor, `qemu/cmdline.rs`: MAX_ROOT_PORTS).
-    // One slot fewer with virtio-mem, whose device takes the last one.
-    let root_ports = if q.enable_virtio_mem { 26 } else { 27 };
+    // One slot fewer with virtio-mem, whose device takes the last one;
+    // two fewer with an image on virtio-blk, whose disk takes the one
+    // before.
+    let image_disk = !q.image.as_os_str().is_empty() && q.disable_image_nvdimm;
+    let root_ports = if image_disk {
+        25
+    } else if q.enable_virtio_mem {
+        26
+    } else {
+        27
+    };
     if q.pcie_root_port > root_ports {
-        let with = if q.enable_virtio_mem {
+        let with = if image_disk {
+            " (with an image on virtio-blk, whose disk takes a root-port slot)"
+        } else if q.enable_virtio_mem {
             " (with enable_virtio_mem, whose device takes a root-port slot)"
         } else {
             ""
@@ -111,14 +122,37 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
             format!("needs machine_type = \"q35\" (not {:?})", q.machine_type),
         ));
     }
-    if !q.image.as_os_str().is_empty() {
+    match (
+        q.image.as_os_str().is_empty(),
+        q.initrd.as_os_str().is_empty(),
+    ) {
+        (false, false) => {
+            return Err(invalid(
+                "hypervisor.qemu.image",
+                format!(
+                    "{:?} and hypervisor.qemu.initrd ({:?}) are exclusive: \
+                     set initrd = \"\" to boot the image",
+                    q.image, q.initrd
+                ),
+            ))
+        }
+        (true, true) => {
+            return Err(invalid(
+                "hypervisor.qemu.initrd",
+                "must be set (or hypervisor.qemu.image)".into(),
+            ))
+        }
+        _ => {}
+    }
+    if !q.image.as_os_str().is_empty() && !q.disable_image_nvdimm && q.machine_type != "q35" {
         return Err(invalid(
             "hypervisor.qemu.image",
-            "rootfs images are not supported yet: use initrd".into(),
+            format!(
+                "an NVDIMM image needs machine_type = \"q35\" (not {:?}); \
+                 or set disable_image_nvdimm = true",
+                q.machine_type
+            ),
         ));
-    }
-    if q.initrd.as_os_str().is_empty() {
-        return Err(invalid("hypervisor.qemu.initrd", "must be set".into()));
     }
     if !config.runtime.state_dir.is_absolute() {
         return Err(invalid(

@@ -77,6 +77,17 @@ pub enum DriverConfig {
     Qemu(QemuSettings),
 }
 
+/// A root filesystem image in Kata's DAX layout (`capsa assets build
+/// --image`): the root is partition 1, ext4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootImage {
+    pub path: PathBuf,
+    /// An NVDIMM on a shared, read-only mapping of the file, mounted with
+    /// DAX (the guest reads the host's page cache: every VM shares it);
+    /// `false`: a read-only virtio-blk disk.
+    pub nvdimm: bool,
+}
+
 /// Everything a driver needs to boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -90,7 +101,12 @@ pub struct VmConfig {
     /// Path of the hypervisor's binary (`qemu-system-*`).
     pub hypervisor_path: PathBuf,
     pub kernel: PathBuf,
+    /// With [`VmConfig::image`], the boot initrd that reaches the image
+    /// (if the kernel needs modules for it); else the initrd whose
+    /// `/init` is the agent.
     pub initrd: Option<PathBuf>,
+    /// The root filesystem image the guest boots from, read-only.
+    pub image: Option<RootImage>,
     /// Extra kernel command line parameters, appended after the driver's own.
     pub kernel_params: Vec<String>,
     /// vCPUs at boot; never hot-removed.

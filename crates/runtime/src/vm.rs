@@ -9,7 +9,8 @@ use capsa_config::Config;
 use std::time::Duration;
 
 use capsa_hypervisor::{
-    AcceleratorChoice, BlockDriver, DriverConfig, NetDevice, QemuSettings, SharedFs, Vm, VmConfig,
+    AcceleratorChoice, BlockDriver, DriverConfig, NetDevice, QemuSettings, RootImage, SharedFs, Vm,
+    VmConfig,
 };
 
 use crate::resource::network::{Endpoint, Model};
@@ -75,6 +76,20 @@ pub(crate) fn network_model(config: &Config) -> Model {
     Model::from_str(&config.runtime.internetworking_model).unwrap_or(Model::TcFilter)
 }
 
+/// The boot initrd of root image `image`: `<image>.initrd`, if there is
+/// one (a kernel with the NVDIMM and virtio-blk drivers built in boots the
+/// image without).
+fn image_initrd(image: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut name = image.as_os_str().to_owned();
+    name.push(IMAGE_INITRD_SUFFIX);
+    let path = std::path::PathBuf::from(name);
+    path.is_file().then_some(path)
+}
+
+/// As `capsa_assets::IMAGE_INITRD_SUFFIX` (the runtime does not depend on
+/// the assets builder).
+const IMAGE_INITRD_SUFFIX: &str = ".initrd";
+
 pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> VmConfig {
     let q = &config.hypervisor.qemu;
     let debug = q.enable_debug || config.agent.capsa.enable_debug || config.runtime.enable_debug;
@@ -91,13 +106,26 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
     if config.agent.capsa.enable_debug || config.runtime.enable_debug {
         kernel_params.push("agent.log=debug".into());
     }
+    // Validated when the configuration was loaded: exactly one of them.
+    let (initrd, image) = if q.image.as_os_str().is_empty() {
+        (Some(q.initrd.clone()), None)
+    } else {
+        (
+            image_initrd(&q.image),
+            Some(RootImage {
+                path: q.image.clone(),
+                nvdimm: !q.disable_image_nvdimm,
+            }),
+        )
+    };
     VmConfig {
         id: id.to_string(),
         run_dir: dir.path().to_path_buf(),
         console_log: dir.console_log(),
         hypervisor_path: q.path.clone(),
         kernel: q.kernel.clone(),
-        initrd: Some(q.initrd.clone()),
+        initrd,
+        image,
         kernel_params,
         vcpus: size.vcpus.unwrap_or(q.default_vcpus),
         memory_mib: size.memory_mib.unwrap_or(q.default_memory),

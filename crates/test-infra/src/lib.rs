@@ -36,6 +36,21 @@ pub fn assets_dir() -> PathBuf {
     dir
 }
 
+/// The root image of the test assets (`capsa.img`, Kata's DAX layout) and
+/// its boot initrd next to it, which `make assets` builds.
+pub fn image_path() -> PathBuf {
+    let dir = assets_dir();
+    let image = dir.join("capsa.img");
+    for f in [image.clone(), dir.join("capsa.img.initrd")] {
+        assert!(
+            f.is_file(),
+            "{} is missing: run `make assets` (it builds the image with `capsa assets build --image`)",
+            f.display()
+        );
+    }
+    image
+}
+
 /// Tool paths; the Makefile installs them here (Debian's system tools,
 /// `losetup`, `mkfs.ext4`, `debugfs`, are in the sbin directories).
 pub fn tool(name: &str) -> PathBuf {
@@ -102,6 +117,13 @@ impl TestEnv {
         Self::build("capsa-test-", "state", extra)
     }
 
+    /// VMs boot from the root image of the test assets ([`image_path`])
+    /// instead of the initrd; `extra` is appended to `[hypervisor.qemu]`.
+    pub fn with_image(extra: &str) -> Self {
+        let boot = format!("image = {:?}\n{extra}", image_path());
+        Self::build_booting("capsa-test-", "state", None, &boot)
+    }
+
     /// A state directory with a short path (`/tmp/cs-XXXXXX/s`): sandbox
     /// ids of 64 characters, as containerd's, still give socket paths that
     /// fit in `sun_path`.
@@ -114,7 +136,24 @@ impl TestEnv {
         Self::build("cs-", "s", extra)
     }
 
+    /// The VMs boot the initrd, or the root image with
+    /// `CAPSA_TEST_BOOT=image` (the whole suite run on the image).
     fn build(prefix: &str, state: &str, extra: &str) -> Self {
+        match std::env::var("CAPSA_TEST_BOOT").as_deref() {
+            Ok("image") => {
+                let boot = format!("image = {:?}\n{extra}", image_path());
+                Self::build_booting(prefix, state, None, &boot)
+            }
+            Ok("initrd") | Err(_) => {
+                let initrd = assets_dir().join("initrd.img");
+                Self::build_booting(prefix, state, Some(&initrd), extra)
+            }
+            Ok(other) => panic!("CAPSA_TEST_BOOT={other:?}: use image or initrd"),
+        }
+    }
+
+    /// With `initrd` (else `initrd = ""`: `extra` names the image).
+    fn build_booting(prefix: &str, state: &str, initrd: Option<&Path>, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in("/tmp")
@@ -131,7 +170,7 @@ impl TestEnv {
                  virtio_fs_daemon = {fsd:?}\nvhost_user_vsock_daemon = {vsock:?}\n{extra}\n\
                  [runtime]\nstate_dir = {state:?}\n",
                 kernel = assets.join("vmlinuz"),
-                initrd = assets.join("initrd.img"),
+                initrd = initrd.unwrap_or(Path::new("")),
                 fsd = tool("virtiofsd"),
                 vsock = tool("vhost-device-vsock"),
                 state = state_dir,

@@ -20,6 +20,7 @@ pub fn build(args: AssetsBuildArgs) -> anyhow::Result<u8> {
         kernel,
         agent_binary: args.agent,
         modules: args.modules,
+        image: args.image,
     };
     let manifest = capsa_assets::build(&spec).context("build guest assets")?;
     crate::output::line(serde_json::to_string_pretty(&manifest).context("print the manifest")?)?;

@@ -39,11 +39,13 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
         )
     };
     output::line(format_args!("vsock           {vsock}"))?;
-    let mut files = vec![
-        ("qemu", q.path.as_path()),
-        ("kernel", q.kernel.as_path()),
-        ("initrd", q.initrd.as_path()),
-    ];
+    let mut files = vec![("qemu", q.path.as_path()), ("kernel", q.kernel.as_path())];
+    // One of them (the configuration's validation says so).
+    if q.image.as_os_str().is_empty() {
+        files.push(("initrd", q.initrd.as_path()));
+    } else {
+        files.push(("image", q.image.as_path()));
+    }
     if q.shared_fs == "virtio-fs" {
         files.push(("virtiofsd", q.virtio_fs_daemon.as_path()));
     }

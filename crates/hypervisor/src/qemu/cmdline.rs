@@ -40,13 +40,44 @@ pub const VIRTIO_MEM_ID: &str = "vmem0";
 /// QEMU id of the virtio-mem device's memory backend.
 const VIRTIO_MEM_BACKEND: &str = "vmem0-mem";
 
-/// The most root ports with or without a virtio-mem device.
-pub fn max_root_ports(virtio_mem: bool) -> u32 {
-    if virtio_mem {
+/// The virtio-blk disk of a root image (`disable_image_nvdimm`) takes the
+/// slot before virtio-mem's (two root ports fewer).
+const IMAGE_DISK_SLOT: u8 = LAST_ROOT_PORT_SLOT - 1;
+/// QEMU ids of the root image's NVDIMM or disk, and of its backend.
+pub const IMAGE_ID: &str = "image0";
+const IMAGE_BACKEND: &str = "image0-mem";
+
+/// Kernel parameters that mount the root image (as Kata's): partition 1,
+/// ext4, read-only; on the NVDIMM with DAX (the guest reads the host's
+/// page cache instead of copying into its own).
+const IMAGE_NVDIMM_PARAMS: &[&str] = &[
+    "root=/dev/pmem0p1",
+    "rootflags=dax,data=ordered,errors=remount-ro",
+    "ro",
+    "rootfstype=ext4",
+];
+const IMAGE_DISK_PARAMS: &[&str] = &[
+    "root=/dev/vda1",
+    "rootflags=data=ordered,errors=remount-ro",
+    "ro",
+    "rootfstype=ext4",
+];
+
+/// The most root ports with or without a virtio-mem device and a root
+/// image disk.
+pub fn max_root_ports(virtio_mem: bool, image_disk: bool) -> u32 {
+    if image_disk {
+        MAX_ROOT_PORTS - 2
+    } else if virtio_mem {
         MAX_ROOT_PORTS - 1
     } else {
         MAX_ROOT_PORTS
     }
+}
+
+/// Whether `cfg` boots from a root image on a virtio-blk disk.
+pub fn has_image_disk(cfg: &VmConfig) -> bool {
+    cfg.image.as_ref().is_some_and(|i| !i.nvdimm)
 }
 /// QEMU id of the virtio-scsi controller; its bus is `scsi0.0`.
 pub const SCSI_CONTROLLER: &str = "scsi0";
@@ -97,10 +128,14 @@ pub fn build(
     // machine's memory backend: with `-numa` instead, microvm guests hang
     // calibrating the TSC.
     let DriverConfig::Qemu(q) = &cfg.driver;
-    let machine = match q.machine_type.as_str() {
+    let mut machine = match q.machine_type.as_str() {
         "microvm" => "microvm,pcie=on,rtc=on,pit=on,memory-backend=mem".to_string(),
         other => format!("{other},memory-backend=mem"),
     };
+    let nvdimm = cfg.image.as_ref().filter(|i| i.nvdimm);
+    if nvdimm.is_some() {
+        machine += ",nvdimm=on";
+    }
     let mem = format!("{}M", cfg.memory_mib);
     push(&["-name", &format!("capsa-{}", cfg.id)]);
     push(&["-machine", &machine, "-accel", &accel.to_string()]);
@@ -118,8 +153,16 @@ pub fn build(
     if sizing.max_vcpus > cfg.vcpus {
         smp += &format!(",maxcpus={}", sizing.max_vcpus);
     }
+    // The NVDIMM of a root image is a memory device: one more slot, and
+    // its size on top of the maximum.
     let mut m = mem.clone();
-    if sizing.max_memory_mib > cfg.memory_mib {
+    if nvdimm.is_some() {
+        m += &format!(
+            ",slots={},maxmem={}M",
+            sizing.slots + 1,
+            u64::from(sizing.max_memory_mib) + sizing.image_mib
+        );
+    } else if sizing.max_memory_mib > cfg.memory_mib {
         if sizing.slots > 0 {
             m += &format!(",slots={}", sizing.slots);
         }
@@ -137,6 +180,11 @@ pub fn build(
     let mut params: Vec<&str> = KERNEL_PARAMS.to_vec();
     if sizing.max_memory_mib > cfg.memory_mib {
         params.extend(MEMORY_HOTPLUG_PARAMS);
+    }
+    match &cfg.image {
+        Some(i) if i.nvdimm => params.extend(IMAGE_NVDIMM_PARAMS),
+        Some(_) => params.extend(IMAGE_DISK_PARAMS),
+        None => {}
     }
     params.extend(cfg.kernel_params.iter().map(String::as_str));
     push(&["-append", &params.join(" ")]);
@@ -168,6 +216,34 @@ pub fn build(
             String::new()
         }
     };
+    match &cfg.image {
+        // Read-only and shared: the guest's loads are served from the
+        // host's page cache of the file, the same pages for every VM
+        // (`unarmed`: QEMU refuses a read-only NVDIMM without it).
+        Some(i) if i.nvdimm => push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id={IMAGE_BACKEND},mem-path={},size={}M,share=on,readonly=on",
+                opt(&i.path),
+                sizing.image_mib
+            ),
+            "-device",
+            &format!("nvdimm,id={IMAGE_ID},memdev={IMAGE_BACKEND},unarmed=on"),
+        ]),
+        Some(i) => push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id={IMAGE_ID},format=raw,readonly=on",
+                opt(&i.path)
+            ),
+            "-device",
+            &format!(
+                "virtio-blk-pci,drive={IMAGE_ID},id={IMAGE_ID}-disk{}",
+                at(IMAGE_DISK_SLOT)
+            ),
+        ]),
+        None => {}
+    }
     match sockets.vhost_user_vsock {
         Some(sock) => push(&[
             "-chardev",
@@ -223,10 +299,10 @@ pub fn build(
                 ),
             ]);
         }
-        for i in 0..q
-            .pcie_root_ports
-            .min(max_root_ports(sizing.virtio_mem_mib > 0))
-        {
+        for i in 0..q.pcie_root_ports.min(max_root_ports(
+            sizing.virtio_mem_mib > 0,
+            has_image_disk(cfg),
+        )) {
             push(&[
                 "-device",
                 &format!(
@@ -259,6 +335,7 @@ pub(crate) mod tests {
             hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
             kernel: "/k".into(),
             initrd: Some("/i".into()),
+            image: None,
             kernel_params: vec!["agent.log=debug".into()],
             vcpus: 2,
             memory_mib: 256,
@@ -387,6 +464,72 @@ pub(crate) mod tests {
             after(&args, "-device"),
             ["vhost-vsock-pci,guest-cid=7,id=vsock0"]
         );
+    }
+
+    #[test]
+    fn root_image_on_an_nvdimm_or_a_disk() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        c.initrd = Some("/boot.initrd".into());
+        c.image = Some(crate::RootImage {
+            path: "/a,b.img".into(),
+            nvdimm: true,
+        });
+        let mut sizing = Sizing::fixed(&c);
+        sizing.image_mib = 128;
+        let args = build(&c, Accelerator::Tcg, &sizing, &s);
+        assert_eq!(
+            after(&args, "-machine"),
+            ["q35,memory-backend=mem,nvdimm=on"]
+        );
+        // One slot and the image's size beyond the RAM, even without
+        // memory hot-plug.
+        assert_eq!(after(&args, "-m"), ["256M,slots=1,maxmem=384M"]);
+        assert_eq!(
+            after(&args, "-object")[1],
+            "memory-backend-file,id=image0-mem,mem-path=/a,,b.img,size=128M,share=on,readonly=on"
+        );
+        assert_eq!(
+            after(&args, "-device")[0],
+            "nvdimm,id=image0,memdev=image0-mem,unarmed=on"
+        );
+        assert_eq!(after(&args, "-initrd"), ["/boot.initrd"]);
+        assert!(
+            after(&args, "-append")[0].ends_with(
+                " root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"
+            ),
+            "{args:?}"
+        );
+
+        // With DIMM hot-plug: the DIMM slots and the NVDIMM's.
+        c.max_memory_mib = 2048;
+        c.memory_slots = 3;
+        let mut sizing = Sizing::resolve(&c, 2, 24 << 10);
+        sizing.image_mib = 128;
+        let args = build(&c, Accelerator::Tcg, &sizing, &s);
+        assert_eq!(after(&args, "-m"), ["256M,slots=4,maxmem=2176M"]);
+
+        c.image = Some(crate::RootImage {
+            path: "/r.img".into(),
+            nvdimm: false,
+        });
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.pcie_root_ports = MAX_ROOT_PORTS;
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        assert_eq!(after(&args, "-machine"), ["q35,memory-backend=mem"]);
+        assert_eq!(after(&args, "-m"), ["256M"]);
+        assert_eq!(
+            after(&args, "-drive"),
+            ["file=/r.img,if=none,id=image0,format=raw,readonly=on"]
+        );
+        let devices = after(&args, "-device");
+        assert_eq!(
+            devices[0],
+            "virtio-blk-pci,drive=image0,id=image0-disk,bus=pcie.0,addr=0x1d"
+        );
+        assert_eq!(devices.len(), 2 + MAX_ROOT_PORTS as usize - 2);
+        assert!(after(&args, "-append")[0]
+            .contains(" root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro "));
     }
 
     #[test]

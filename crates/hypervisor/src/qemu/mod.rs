@@ -96,6 +96,9 @@ impl QemuVm {
         if let Some(initrd) = &self.cfg.initrd {
             files.push(("initrd", initrd));
         }
+        if let Some(image) = &self.cfg.image {
+            files.push(("root image", &image.path));
+        }
         if let Some(fs) = &self.cfg.shared_fs {
             files.push(("virtio-fs daemon", &fs.daemon));
         }
@@ -117,9 +120,12 @@ impl QemuVm {
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
         let ports = self.settings().pcie_root_ports;
-        let most = cmdline::max_root_ports(self.cfg.virtio_mem);
+        let image_disk = cmdline::has_image_disk(&self.cfg);
+        let most = cmdline::max_root_ports(self.cfg.virtio_mem, image_disk);
         if ports > most {
-            let with = if self.cfg.virtio_mem {
+            let with = if image_disk {
+                " with the root image's disk"
+            } else if self.cfg.virtio_mem {
                 " with the virtio-mem device"
             } else {
                 ""
@@ -134,7 +140,16 @@ impl QemuVm {
                 capability: "virtio-mem",
             });
         }
-        let sizing = resize::Sizing::for_host(&self.cfg);
+        let mut sizing = resize::Sizing::for_host(&self.cfg);
+        if let Some(image) = self.cfg.image.as_ref().filter(|i| i.nvdimm) {
+            if !cmdline::has_root_ports(&self.settings().machine_type) {
+                return Err(Error::NotSupported {
+                    hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                    capability: "a root image on an NVDIMM",
+                });
+            }
+            sizing.image_mib = image_mib(&image.path)?;
+        }
         tracing::debug!(vm = %self.cfg.id, ?sizing, "room for hot-plug");
         self.plugged = resize::Plugged::new(sizing);
         if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(&self.settings().machine_type) {
@@ -456,6 +471,22 @@ fn remove_file(file: &Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(file = %file.display(), error = %e, "not removed"),
     }
+}
+
+/// The size of root image `path` in MiB, for its NVDIMM: the guest maps it
+/// in 2 MiB sections, so it must be a whole number of them
+/// (`capsa assets build --image` makes 128 MiB multiples).
+fn image_mib(path: &Path) -> Result<u64, Error> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::Config(format!("root image {}: {e}", path.display())))?
+        .len();
+    if len == 0 || len % (2 << 20) != 0 {
+        return Err(Error::Config(format!(
+            "root image {}: {len} bytes is not a whole number of 2 MiB (build it with `capsa assets build --image`)",
+            path.display()
+        )));
+    }
+    Ok(len >> 20)
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ pub struct Sizing {
     pub slots: u32,
     /// Size of the virtio-mem device, MiB (0: none).
     pub virtio_mem_mib: u32,
+    /// Size of the root image's NVDIMM, MiB (0: none): it takes a slot
+    /// and room beyond `max_memory_mib` of its own.
+    pub image_mib: u64,
 }
 
 impl Sizing {
@@ -60,6 +63,7 @@ impl Sizing {
             max_memory_mib: cfg.memory_mib,
             slots: 0,
             virtio_mem_mib: 0,
+            image_mib: 0,
         }
     }
 
@@ -90,6 +94,7 @@ impl Sizing {
             max_memory_mib: cfg.memory_mib + headroom,
             slots,
             virtio_mem_mib,
+            image_mib: 0,
         }
     }
 

@@ -75,6 +75,7 @@ pub fn build_with_modules(dir: &Path, script: &str, extra: &[&str]) -> Guest {
         },
         agent_binary: init,
         modules: MODULES.iter().chain(extra).map(|m| m.to_string()).collect(),
+        image: false,
     };
     let cache = capsa_test_infra::assets_dir().join("cache");
     let manifest = capsa_assets::build_with_cache(&spec, Some(SHELL_PACKAGE), Some(&cache))

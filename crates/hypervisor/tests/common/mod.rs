@@ -94,6 +94,7 @@ impl TestDir {
             hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
             kernel: guest.vmlinuz,
             initrd: Some(guest.initrd),
+            image: None,
             kernel_params: vec![],
             vcpus: 1,
             memory_mib: 256,
