@@ -40,13 +40,23 @@ pub const VIRTIO_MEM_ID: &str = "vmem0";
 /// QEMU id of the virtio-mem device's memory backend.
 const VIRTIO_MEM_BACKEND: &str = "vmem0-mem";
 
-/// The most root ports with or without a virtio-mem device.
-pub fn max_root_ports(virtio_mem: bool) -> u32 {
+/// QEMU id of the balloon device (free page reporting).
+pub const BALLOON_ID: &str = "balloon0";
+
+/// The root-bus slot of the balloon device: the last root-port slot
+/// the virtio-mem device leaves (one root port fewer).
+fn balloon_slot(virtio_mem: bool) -> u8 {
     if virtio_mem {
-        MAX_ROOT_PORTS - 1
+        VIRTIO_MEM_SLOT - 1
     } else {
-        MAX_ROOT_PORTS
+        LAST_ROOT_PORT_SLOT
     }
+}
+
+/// The most root ports with or without the virtio-mem and balloon
+/// devices, each of which takes a root-port slot.
+pub fn max_root_ports(virtio_mem: bool, balloon: bool) -> u32 {
+    MAX_ROOT_PORTS - u32::from(virtio_mem) - u32::from(balloon)
 }
 /// QEMU id of the virtio-scsi controller; its bus is `scsi0.0`.
 pub const SCSI_CONTROLLER: &str = "scsi0";
@@ -103,7 +113,13 @@ pub fn build(
     };
     let mem = format!("{}M", cfg.memory_mib);
     push(&["-name", &format!("capsa-{}", cfg.id)]);
-    push(&["-machine", &machine, "-accel", &accel.to_string()]);
+    // TCG's translation cache is reserved at its full size and filled as
+    // the guest runs: bounded, it costs retranslation instead of memory.
+    let accel_opt = match accel {
+        Accelerator::Tcg if q.tcg_tb_size_mib > 0 => format!("tcg,tb-size={}", q.tcg_tb_size_mib),
+        other => other.to_string(),
+    };
+    push(&["-machine", &machine, "-accel", &accel_opt]);
     push(&[
         "-cpu",
         if accel == Accelerator::Kvm {
@@ -223,10 +239,10 @@ pub fn build(
                 ),
             ]);
         }
-        for i in 0..q
-            .pcie_root_ports
-            .min(max_root_ports(sizing.virtio_mem_mib > 0))
-        {
+        for i in 0..q.pcie_root_ports.min(max_root_ports(
+            sizing.virtio_mem_mib > 0,
+            cfg.free_page_reporting,
+        )) {
             push(&[
                 "-device",
                 &format!(
@@ -236,6 +252,18 @@ pub fn build(
                 ),
             ]);
         }
+    }
+    if cfg.free_page_reporting {
+        // Never inflated: only its free page reporting queue is used (the
+        // guest reports freed 2 MiB+ blocks, QEMU discards them from the
+        // memfd). deflate-on-oom in case a tool inflates it over QMP.
+        push(&[
+            "-device",
+            &format!(
+                "virtio-balloon-pci,id={BALLOON_ID},free-page-reporting=on,deflate-on-oom=on{}",
+                at(balloon_slot(sizing.virtio_mem_mib > 0))
+            ),
+        ]);
     }
     a
 }
@@ -266,6 +294,7 @@ pub(crate) mod tests {
             max_memory_mib: 256,
             memory_slots: 10,
             virtio_mem: false,
+            free_page_reporting: false,
             shared_fs: Some(SharedFs {
                 daemon: "/v".into(),
                 shared_dir: "/s".into(),
@@ -283,6 +312,7 @@ pub(crate) mod tests {
                 accelerator: AcceleratorChoice::Auto,
                 vhost_user_vsock_daemon: "/d".into(),
                 pcie_root_ports: 0,
+                tcg_tb_size_mib: 0,
             }),
         }
     }
@@ -431,5 +461,60 @@ pub(crate) mod tests {
         assert!(!devices
             .iter()
             .any(|d| d.ends_with("addr=0x1e") && d.starts_with("pcie-root-port")));
+    }
+
+    #[test]
+    fn balloon_takes_the_last_free_slot() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        c.free_page_reporting = true;
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.pcie_root_ports = MAX_ROOT_PORTS;
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        let devices = after(&args, "-device");
+        assert_eq!(
+            devices.last().copied(),
+            Some("virtio-balloon-pci,id=balloon0,free-page-reporting=on,deflate-on-oom=on,bus=pcie.0,addr=0x1e")
+        );
+        assert_eq!(devices.len(), 1 + MAX_ROOT_PORTS as usize - 1 + 1);
+
+        // Below the virtio-mem device, two root ports fewer.
+        c.virtio_mem = true;
+        c.max_memory_mib = 1024;
+        let args = build(&c, Accelerator::Tcg, &Sizing::resolve(&c, 2, 24 << 10), &s);
+        let devices = after(&args, "-device");
+        assert!(devices[1].ends_with("addr=0x1e"), "{devices:?}");
+        assert!(
+            devices.last().unwrap().ends_with(",bus=pcie.0,addr=0x1d"),
+            "{devices:?}"
+        );
+        assert_eq!(devices.len(), 2 + MAX_ROOT_PORTS as usize - 2 + 1);
+        assert_eq!(max_root_ports(true, true), MAX_ROOT_PORTS - 2);
+
+        // microvm: QEMU picks the slot.
+        let mut c = cfg();
+        c.free_page_reporting = true;
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.machine_type = "microvm".into();
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        assert_eq!(
+            after(&args, "-device").last().copied(),
+            Some("virtio-balloon-pci,id=balloon0,free-page-reporting=on,deflate-on-oom=on")
+        );
+    }
+
+    #[test]
+    fn translation_cache_size_only_with_tcg() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.tcg_tb_size_mib = 64;
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        assert_eq!(after(&args, "-accel"), ["tcg,tb-size=64"]);
+        let args = build(&c, Accelerator::Kvm, &Sizing::fixed(&c), &s);
+        assert_eq!(after(&args, "-accel"), ["kvm"]);
+        assert!(!after(&args, "-device")
+            .iter()
+            .any(|d| d.contains("balloon")));
     }
 }

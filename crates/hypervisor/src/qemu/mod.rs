@@ -117,12 +117,13 @@ impl QemuVm {
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
         let ports = self.settings().pcie_root_ports;
-        let most = cmdline::max_root_ports(self.cfg.virtio_mem);
+        let most = cmdline::max_root_ports(self.cfg.virtio_mem, self.cfg.free_page_reporting);
         if ports > most {
-            let with = if self.cfg.virtio_mem {
-                " with the virtio-mem device"
-            } else {
-                ""
+            let with = match (self.cfg.virtio_mem, self.cfg.free_page_reporting) {
+                (true, true) => " with the virtio-mem and balloon devices",
+                (true, false) => " with the virtio-mem device",
+                (false, true) => " with the balloon device",
+                (false, false) => "",
             };
             return Err(Error::Config(format!(
                 "pcie_root_port = {ports}: at most {most} fit the q35 root bus{with}"
