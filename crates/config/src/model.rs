@@ -89,7 +89,7 @@ pub struct QemuConfig {
 
 /// `tcg_tb_size` by default, MiB: see docs/performance.md (translation
 /// cache) for the measurement it comes from.
-pub const DEFAULT_TCG_TB_SIZE: u32 = 64;
+pub const DEFAULT_TCG_TB_SIZE: u32 = 128;
 
 impl Default for QemuConfig {
     fn default() -> Self {

@@ -7,17 +7,24 @@
 //! - the time of `capsa run --rootfs ... -- true` (the `capsa` binary on
 //!   `PATH`, or `$CAPSA`).
 //!
-//! Only meaningful under TCG (the key is ignored with KVM). Needs root and
-//! the guest assets (`$CAPSA_TEST_ASSETS`).
+//! Then free page reporting (`reclaim_guest_freed_memory`) off against
+//! on, alternating: an idle sandbox's QEMU PSS right after start and
+//! [`IDLE`] later (the guest reports what it freed while booting).
+//!
+//! The translation cache part is only meaningful under TCG (the key is
+//! ignored with KVM). Needs root and the guest assets
+//! (`$CAPSA_TEST_ASSETS`).
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use capsa_runtime::{Sandbox, VmSize};
 use capsa_test_infra::TestEnv;
 
 const SIZES: &[u32] = &[0, 32, 64, 128, 256];
+/// How long an idle sandbox is left before its memory is measured again.
+const IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Samples {
@@ -90,6 +97,42 @@ async fn main() {
             t / bt
         );
     }
+    reporting(runs).await;
+}
+
+async fn reporting(runs: usize) {
+    println!("== free page reporting: idle QEMU PSS at start and {IDLE:?} later, {runs} rounds ==");
+    let envs: Vec<(bool, TestEnv)> = [false, true]
+        .into_iter()
+        .map(|on| {
+            let extra = format!("reclaim_guest_freed_memory = {on}");
+            (on, TestEnv::with_qemu_extra(&extra))
+        })
+        .collect();
+    let mut later: BTreeMap<bool, Vec<f64>> = BTreeMap::new();
+    for round in 0..runs {
+        for (on, env) in &envs {
+            let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+            let sandbox = Sandbox::start(&config, VmSize::default())
+                .await
+                .expect("sandbox start");
+            let pid = sandbox.hypervisor_pid().expect("QEMU pid");
+            let (at_start, _) = rollup_mib(pid);
+            tokio::time::sleep(IDLE).await;
+            let (idle, _) = rollup_mib(pid);
+            sandbox.destroy().await.expect("destroy");
+            println!(
+                "round {}: reporting {on:>5}: QEMU PSS {at_start:.0} MiB at start, {idle:.0} MiB idle",
+                round + 1
+            );
+            later.entry(*on).or_default().push(idle);
+        }
+    }
+    let (off, on) = (median(&later[&false]), median(&later[&true]));
+    println!(
+        "idle QEMU PSS: off {off:.0} MiB, on {on:.0} MiB, ratio on/off {:.2}",
+        on / off
+    );
 }
 
 fn label(n: u32) -> String {
