@@ -51,8 +51,10 @@ pub const IMAGE_INITRD_SUFFIX: &str = ".initrd";
 /// The modules every capsa guest needs: virtio PCI, virtio-fs, vsock, the
 /// disks hot-plugged for block storages (virtio-blk, virtio-scsi and its
 /// SCSI disk driver; about 0.1 s of boot under TCG), virtio-net for
-/// the pod's NICs, and virtio-mem for VMs whose memory grows and shrinks
-/// (`enable_virtio_mem`; harmless without the device). ext4 is built
+/// the pod's NICs, virtio-mem for VMs whose memory grows and shrinks
+/// (`enable_virtio_mem`) and virtio-balloon for free page reporting
+/// (`reclaim_guest_freed_memory`), both harmless without their device
+/// (the kernel's `CONFIG_PAGE_REPORTING` is built in). ext4 is built
 /// into the kernel; `xfs` loads cleanly but is left out: it took 0.8 s of
 /// every boot under TCG (add it with `capsa assets build --module xfs`).
 pub const DEFAULT_MODULES: &[&str] = &[
@@ -64,6 +66,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sd_mod",
     "virtio_net",
     "virtio_mem",
+    "virtio_balloon",
 ];
 
 mod apt;

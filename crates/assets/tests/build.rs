@@ -32,6 +32,7 @@ const EXPECTED: &[&str] = &[
     "net_failover",
     "virtio_net",
     "virtio_mem",
+    "virtio_balloon",
 ];
 
 /// Unpacks the gzip cpio `initrd` into `dir` with Debian's cpio and returns

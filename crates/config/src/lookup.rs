@@ -137,6 +137,7 @@ default_maxvcpus = 4
 default_maxmemory = 4096
 memory_slots = 3
 enable_virtio_mem = false
+reclaim_guest_freed_memory = true
 kernel_params = "quiet"
 shared_fs = "virtio-fs"
 virtio_fs_daemon = "/v"
@@ -162,6 +163,7 @@ internetworking_model = "none"
         assert_eq!(c.hypervisor.qemu.default_maxvcpus, 4);
         assert_eq!(c.hypervisor.qemu.default_maxmemory, 4096);
         assert_eq!(c.hypervisor.qemu.memory_slots, 3);
+        assert!(c.hypervisor.qemu.reclaim_guest_freed_memory);
         assert_eq!(c.hypervisor.qemu.virtio_fs_extra_args.len(), 1);
         assert_eq!(c.agent.capsa.dial_timeout, 10);
         assert_eq!(c.agent.capsa.health_check_interval, 0);
@@ -179,6 +181,7 @@ internetworking_model = "none"
             "Kata's defaults"
         );
         assert!(!q.enable_virtio_mem);
+        assert!(!q.reclaim_guest_freed_memory, "Kata's default");
     }
 
     #[test]
@@ -231,9 +234,9 @@ internetworking_model = "none"
             "disable_image_nvdimm",
         );
         bad(
-            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\ndisable_image_nvdimm = true\npcie_root_port = 26\n",
+            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\ndisable_image_nvdimm = true\npcie_root_port = 27\n",
             "hypervisor.qemu.pcie_root_port",
-            "more than 25",
+            "27 is more than 26 (with an image on virtio-blk,",
         );
         parse(
             "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\n",
@@ -242,6 +245,20 @@ internetworking_model = "none"
         .unwrap();
         let ok = "[hypervisor.qemu]\ndefault_maxvcpus = 0\ndefault_maxmemory = 512\nenable_virtio_mem = true\npcie_root_port = 26\n";
         parse(ok, Path::new("/m.toml")).unwrap();
+        bad(
+            "[hypervisor.qemu]\nenable_virtio_mem = true\nreclaim_guest_freed_memory = true\npcie_root_port = 26\n",
+            "hypervisor.qemu.pcie_root_port",
+            "26 is more than 25 (with enable_virtio_mem and reclaim_guest_freed_memory",
+        );
+        bad(
+            "[hypervisor.qemu]\ntcg_tb_size = 4096\n",
+            "hypervisor.qemu.tcg_tb_size",
+            "4096 MiB is more than 2048 MiB",
+        );
+        let ok = "[hypervisor.qemu]\nreclaim_guest_freed_memory = true\npcie_root_port = 26\ntcg_tb_size = 0\n";
+        let q = parse(ok, Path::new("/m.toml")).unwrap().hypervisor.qemu;
+        assert!(q.reclaim_guest_freed_memory);
+        assert_eq!(q.tcg_tb_size, 0);
     }
 
     #[test]

@@ -56,6 +56,14 @@ pub struct QemuConfig {
     /// and shrinks (memory goes back to the host), instead of DIMMs that
     /// only grow.
     pub enable_virtio_mem: bool,
+    /// Kata's key: a virtio-balloon device with free page reporting, so
+    /// that memory the guest frees goes back to the host (and
+    /// `deflate-on-oom`). Off by default, as in Kata.
+    pub reclaim_guest_freed_memory: bool,
+    /// capsa's own key: MiB of TCG's translation cache (`-accel
+    /// tcg,tb-size=`); 0 keeps QEMU's default (1 GiB on 64-bit hosts,
+    /// touched as the guest runs). Ignored with KVM.
+    pub tcg_tb_size: u32,
     /// Extra kernel parameters, space separated.
     pub kernel_params: String,
     /// `virtio-fs` or `none`.
@@ -85,6 +93,10 @@ pub struct QemuConfig {
     pub enable_debug: bool,
 }
 
+/// `tcg_tb_size` by default, MiB: see docs/performance.md (translation
+/// cache) for the measurement it comes from.
+pub const DEFAULT_TCG_TB_SIZE: u32 = 128;
+
 impl Default for QemuConfig {
     fn default() -> Self {
         Self {
@@ -101,6 +113,8 @@ impl Default for QemuConfig {
             default_maxmemory: 0,
             memory_slots: 10,
             enable_virtio_mem: false,
+            reclaim_guest_freed_memory: false,
+            tcg_tb_size: DEFAULT_TCG_TB_SIZE,
             kernel_params: String::new(),
             shared_fs: "virtio-fs".into(),
             virtio_fs_daemon: "/usr/local/bin/virtiofsd".into(),

@@ -48,28 +48,40 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     .map_err(|r| invalid("runtime.internetworking_model", r))?;
     // The root-bus slots left for root ports by the QEMU driver's fixed
     // q35 layout (capsa-hypervisor, `qemu/cmdline.rs`: MAX_ROOT_PORTS).
-    // One slot fewer with virtio-mem, whose device takes the last one;
-    // two fewer with an image on virtio-blk, whose disk takes the one
-    // before.
+    // One slot fewer for each of the virtio-mem device, the balloon and
+    // an image on virtio-blk, which take the last ones.
     let image_disk = !q.image.as_os_str().is_empty() && q.disable_image_nvdimm;
-    let root_ports = if image_disk {
-        25
-    } else if q.enable_virtio_mem {
-        26
-    } else {
-        27
-    };
+    let takers: Vec<&str> = [
+        (q.enable_virtio_mem, "enable_virtio_mem"),
+        (q.reclaim_guest_freed_memory, "reclaim_guest_freed_memory"),
+        (image_disk, "an image on virtio-blk"),
+    ]
+    .into_iter()
+    .filter_map(|(on, key)| on.then_some(key))
+    .collect();
+    let root_ports = 27 - takers.len() as u32;
     if q.pcie_root_port > root_ports {
-        let with = if image_disk {
-            " (with an image on virtio-blk, whose disk takes a root-port slot)"
-        } else if q.enable_virtio_mem {
-            " (with enable_virtio_mem, whose device takes a root-port slot)"
+        let with = if takers.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(
+                " (with {}, whose devices take root-port slots)",
+                takers.join(" and ")
+            )
         };
         return Err(invalid(
             "hypervisor.qemu.pcie_root_port",
             format!("{} is more than {root_ports}{with}", q.pcie_root_port),
+        ));
+    }
+    // QEMU refuses a translation cache bigger than 2 GiB on x86_64 hosts.
+    if q.tcg_tb_size > 2048 {
+        return Err(invalid(
+            "hypervisor.qemu.tcg_tb_size",
+            format!(
+                "{} MiB is more than 2048 MiB (0 keeps QEMU's default)",
+                q.tcg_tb_size
+            ),
         ));
     }
     if !(1..=60).contains(&q.hotplug_timeout) {

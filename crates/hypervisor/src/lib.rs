@@ -69,6 +69,9 @@ pub struct QemuSettings {
     /// PCIe root ports created at boot on q35, one per PCI device that can
     /// be hot-plugged at a time (Kata's `pcie_root_port`).
     pub pcie_root_ports: u32,
+    /// MiB of TCG's translation cache (`-accel tcg,tb-size=`); 0 keeps
+    /// QEMU's default. Not used with KVM.
+    pub tcg_tb_size_mib: u32,
 }
 
 /// The driver of a VM and its own settings.
@@ -129,6 +132,10 @@ pub struct VmConfig {
     /// `max_memory_mib - memory_mib`, nothing plugged at boot) that grows
     /// and shrinks, instead of DIMMs that only grow.
     pub virtio_mem: bool,
+    /// A balloon device with free page reporting: pages the guest frees
+    /// go back to the host (Kata's `reclaim_guest_freed_memory`). The
+    /// balloon is never inflated; it deflates on OOM.
+    pub free_page_reporting: bool,
     pub shared_fs: Option<SharedFs>,
     /// Guest context id of the vsock device (3 or more).
     pub guest_cid: u32,

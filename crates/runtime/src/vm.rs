@@ -135,6 +135,7 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         max_memory_mib: q.default_maxmemory,
         memory_slots: q.memory_slots,
         virtio_mem: q.enable_virtio_mem,
+        free_page_reporting: q.reclaim_guest_freed_memory,
         shared_fs: (q.shared_fs == "virtio-fs").then(|| SharedFs {
             daemon: q.virtio_fs_daemon.clone(),
             shared_dir: dir.shared_dir(),
@@ -155,6 +156,7 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
                 .unwrap_or(AcceleratorChoice::Auto),
             vhost_user_vsock_daemon: q.vhost_user_vsock_daemon.clone(),
             pcie_root_ports: q.pcie_root_port,
+            tcg_tb_size_mib: q.tcg_tb_size,
         }),
     }
 }

@@ -40,9 +40,6 @@ pub const VIRTIO_MEM_ID: &str = "vmem0";
 /// QEMU id of the virtio-mem device's memory backend.
 const VIRTIO_MEM_BACKEND: &str = "vmem0-mem";
 
-/// The virtio-blk disk of a root image (`disable_image_nvdimm`) takes the
-/// slot before virtio-mem's (two root ports fewer).
-const IMAGE_DISK_SLOT: u8 = LAST_ROOT_PORT_SLOT - 1;
 /// QEMU ids of the root image's NVDIMM or disk, and of its backend.
 pub const IMAGE_ID: &str = "image0";
 const IMAGE_BACKEND: &str = "image0-mem";
@@ -63,22 +60,65 @@ const IMAGE_DISK_PARAMS: &[&str] = &[
     "rootfstype=ext4",
 ];
 
-/// The most root ports with or without a virtio-mem device and a root
-/// image disk.
-pub fn max_root_ports(virtio_mem: bool, image_disk: bool) -> u32 {
-    if image_disk {
-        MAX_ROOT_PORTS - 2
-    } else if virtio_mem {
-        MAX_ROOT_PORTS - 1
-    } else {
-        MAX_ROOT_PORTS
+/// QEMU id of the balloon device (free page reporting).
+pub const BALLOON_ID: &str = "balloon0";
+
+/// The fixed devices that take root-port slots from the top of the
+/// layout, each the next slot down of those present, in this order:
+/// virtio-mem (always the last slot, 0x1e), the balloon, a root image's
+/// virtio-blk disk. Each present one leaves one root port fewer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TailDevices {
+    pub virtio_mem: bool,
+    pub balloon: bool,
+    pub image_disk: bool,
+}
+
+impl TailDevices {
+    /// The tail devices of `cfg`, with or without virtio-mem.
+    pub fn of(cfg: &VmConfig, virtio_mem: bool) -> Self {
+        Self {
+            virtio_mem,
+            balloon: cfg.free_page_reporting,
+            image_disk: cfg.image.as_ref().is_some_and(|i| !i.nvdimm),
+        }
+    }
+
+    fn count(self) -> u8 {
+        u8::from(self.virtio_mem) + u8::from(self.balloon) + u8::from(self.image_disk)
+    }
+
+    fn balloon_slot(self) -> u8 {
+        VIRTIO_MEM_SLOT - u8::from(self.virtio_mem)
+    }
+
+    fn image_disk_slot(self) -> u8 {
+        self.balloon_slot() - u8::from(self.balloon)
+    }
+
+    /// The most root ports that fit next to these devices.
+    pub fn max_root_ports(self) -> u32 {
+        MAX_ROOT_PORTS - u32::from(self.count())
+    }
+
+    /// What takes root-port slots, for an error message ("" if nothing).
+    pub fn describe(self) -> String {
+        let names: Vec<&str> = [
+            (self.virtio_mem, "the virtio-mem device"),
+            (self.balloon, "the balloon device"),
+            (self.image_disk, "the root image's disk"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", names.join(" and "))
+        }
     }
 }
 
-/// Whether `cfg` boots from a root image on a virtio-blk disk.
-pub fn has_image_disk(cfg: &VmConfig) -> bool {
-    cfg.image.as_ref().is_some_and(|i| !i.nvdimm)
-}
 /// QEMU id of the virtio-scsi controller; its bus is `scsi0.0`.
 pub const SCSI_CONTROLLER: &str = "scsi0";
 
@@ -128,6 +168,7 @@ pub fn build(
     // machine's memory backend: with `-numa` instead, microvm guests hang
     // calibrating the TSC.
     let DriverConfig::Qemu(q) = &cfg.driver;
+    let tail = TailDevices::of(cfg, sizing.virtio_mem_mib > 0);
     let mut machine = match q.machine_type.as_str() {
         "microvm" => "microvm,pcie=on,rtc=on,pit=on,memory-backend=mem".to_string(),
         other => format!("{other},memory-backend=mem"),
@@ -138,7 +179,13 @@ pub fn build(
     }
     let mem = format!("{}M", cfg.memory_mib);
     push(&["-name", &format!("capsa-{}", cfg.id)]);
-    push(&["-machine", &machine, "-accel", &accel.to_string()]);
+    // TCG's translation cache is reserved at its full size and filled as
+    // the guest runs: bounded, it costs retranslation instead of memory.
+    let accel_opt = match accel {
+        Accelerator::Tcg if q.tcg_tb_size_mib > 0 => format!("tcg,tb-size={}", q.tcg_tb_size_mib),
+        other => other.to_string(),
+    };
+    push(&["-machine", &machine, "-accel", &accel_opt]);
     push(&[
         "-cpu",
         if accel == Accelerator::Kvm {
@@ -239,7 +286,7 @@ pub fn build(
             "-device",
             &format!(
                 "virtio-blk-pci,drive={IMAGE_ID},id={IMAGE_ID}-disk{}",
-                at(IMAGE_DISK_SLOT)
+                at(tail.image_disk_slot())
             ),
         ]),
         None => {}
@@ -299,10 +346,7 @@ pub fn build(
                 ),
             ]);
         }
-        for i in 0..q.pcie_root_ports.min(max_root_ports(
-            sizing.virtio_mem_mib > 0,
-            has_image_disk(cfg),
-        )) {
+        for i in 0..q.pcie_root_ports.min(tail.max_root_ports()) {
             push(&[
                 "-device",
                 &format!(
@@ -312,6 +356,18 @@ pub fn build(
                 ),
             ]);
         }
+    }
+    if cfg.free_page_reporting {
+        // Never inflated: only its free page reporting queue is used (the
+        // guest reports freed 2 MiB+ blocks, QEMU discards them from the
+        // memfd). deflate-on-oom in case a tool inflates it over QMP.
+        push(&[
+            "-device",
+            &format!(
+                "virtio-balloon-pci,id={BALLOON_ID},free-page-reporting=on,deflate-on-oom=on{}",
+                at(tail.balloon_slot())
+            ),
+        ]);
     }
     a
 }
@@ -343,6 +399,7 @@ pub(crate) mod tests {
             max_memory_mib: 256,
             memory_slots: 10,
             virtio_mem: false,
+            free_page_reporting: false,
             shared_fs: Some(SharedFs {
                 daemon: "/v".into(),
                 shared_dir: "/s".into(),
@@ -360,6 +417,7 @@ pub(crate) mod tests {
                 accelerator: AcceleratorChoice::Auto,
                 vhost_user_vsock_daemon: "/d".into(),
                 pcie_root_ports: 0,
+                tcg_tb_size_mib: 0,
             }),
         }
     }
@@ -525,9 +583,9 @@ pub(crate) mod tests {
         let devices = after(&args, "-device");
         assert_eq!(
             devices[0],
-            "virtio-blk-pci,drive=image0,id=image0-disk,bus=pcie.0,addr=0x1d"
+            "virtio-blk-pci,drive=image0,id=image0-disk,bus=pcie.0,addr=0x1e"
         );
-        assert_eq!(devices.len(), 2 + MAX_ROOT_PORTS as usize - 2);
+        assert_eq!(devices.len(), 2 + MAX_ROOT_PORTS as usize - 1);
         assert!(after(&args, "-append")[0]
             .contains(" root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro "));
     }
@@ -574,5 +632,79 @@ pub(crate) mod tests {
         assert!(!devices
             .iter()
             .any(|d| d.ends_with("addr=0x1e") && d.starts_with("pcie-root-port")));
+    }
+
+    #[test]
+    fn balloon_takes_the_last_free_slot() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        c.free_page_reporting = true;
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.pcie_root_ports = MAX_ROOT_PORTS;
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        let devices = after(&args, "-device");
+        assert_eq!(
+            devices.last().copied(),
+            Some("virtio-balloon-pci,id=balloon0,free-page-reporting=on,deflate-on-oom=on,bus=pcie.0,addr=0x1e")
+        );
+        assert_eq!(devices.len(), 1 + MAX_ROOT_PORTS as usize - 1 + 1);
+
+        // Below the virtio-mem device, two root ports fewer.
+        c.virtio_mem = true;
+        c.max_memory_mib = 1024;
+        let args = build(&c, Accelerator::Tcg, &Sizing::resolve(&c, 2, 24 << 10), &s);
+        let devices = after(&args, "-device");
+        assert!(devices[1].ends_with("addr=0x1e"), "{devices:?}");
+        assert!(
+            devices.last().unwrap().ends_with(",bus=pcie.0,addr=0x1d"),
+            "{devices:?}"
+        );
+        assert_eq!(devices.len(), 2 + MAX_ROOT_PORTS as usize - 2 + 1);
+        let tail = TailDevices::of(&c, true);
+        assert_eq!(tail.max_root_ports(), MAX_ROOT_PORTS - 2);
+        assert_eq!(
+            tail.describe(),
+            " with the virtio-mem device and the balloon device"
+        );
+
+        // All three tail devices: virtio-mem, balloon, the image's disk.
+        c.image = Some(crate::RootImage {
+            path: "/r.img".into(),
+            nvdimm: false,
+        });
+        let args = build(&c, Accelerator::Tcg, &Sizing::resolve(&c, 2, 24 << 10), &s);
+        let devices = after(&args, "-device");
+        assert!(devices[0].ends_with(",bus=pcie.0,addr=0x1c"), "{devices:?}");
+        assert_eq!(devices.len(), 3 + MAX_ROOT_PORTS as usize - 3 + 1);
+        assert_eq!(
+            TailDevices::of(&c, true).max_root_ports(),
+            MAX_ROOT_PORTS - 3
+        );
+
+        // microvm: QEMU picks the slot.
+        let mut c = cfg();
+        c.free_page_reporting = true;
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.machine_type = "microvm".into();
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        assert_eq!(
+            after(&args, "-device").last().copied(),
+            Some("virtio-balloon-pci,id=balloon0,free-page-reporting=on,deflate-on-oom=on")
+        );
+    }
+
+    #[test]
+    fn translation_cache_size_only_with_tcg() {
+        let s = kernel_vsock_sockets();
+        let mut c = cfg();
+        let DriverConfig::Qemu(q) = &mut c.driver;
+        q.tcg_tb_size_mib = 64;
+        let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
+        assert_eq!(after(&args, "-accel"), ["tcg,tb-size=64"]);
+        let args = build(&c, Accelerator::Kvm, &Sizing::fixed(&c), &s);
+        assert_eq!(after(&args, "-accel"), ["kvm"]);
+        assert!(!after(&args, "-device")
+            .iter()
+            .any(|d| d.contains("balloon")));
     }
 }

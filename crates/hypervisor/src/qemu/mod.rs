@@ -120,16 +120,10 @@ impl QemuVm {
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
         let ports = self.settings().pcie_root_ports;
-        let image_disk = cmdline::has_image_disk(&self.cfg);
-        let most = cmdline::max_root_ports(self.cfg.virtio_mem, image_disk);
+        let tail = cmdline::TailDevices::of(&self.cfg, self.cfg.virtio_mem);
+        let most = tail.max_root_ports();
         if ports > most {
-            let with = if image_disk {
-                " with the root image's disk"
-            } else if self.cfg.virtio_mem {
-                " with the virtio-mem device"
-            } else {
-                ""
-            };
+            let with = tail.describe();
             return Err(Error::Config(format!(
                 "pcie_root_port = {ports}: at most {most} fit the q35 root bus{with}"
             )));

@@ -102,6 +102,7 @@ impl TestDir {
             max_memory_mib: 256,
             memory_slots: 10,
             virtio_mem: false,
+            free_page_reporting: false,
             shared_fs: Some(SharedFs {
                 daemon: tool("virtiofsd"),
                 shared_dir: self.shared(),
@@ -119,6 +120,7 @@ impl TestDir {
                 accelerator: AcceleratorChoice::Tcg,
                 vhost_user_vsock_daemon: tool("vhost-device-vsock"),
                 pcie_root_ports: 2,
+                tcg_tb_size_mib: 0,
             }),
         }
     }
