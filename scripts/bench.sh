@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start latency of `capsa run true` against a bare QEMU boot of the same
 # kernel with an initrd whose init powers off at once. Runs alternate, RUNS
-# of each, in one go; prints every sample, the medians and their ratio.
+# of each, in one go; prints every sample, the medians and their ratio;
+# then draws one more start's timeline into $TIMELINE (docs/timeline.svg).
 set -euo pipefail
 rootfs=${1:?usage: bench.sh ROOTFS}
 runs=${RUNS:-5}
@@ -38,3 +39,8 @@ echo "accelerator: $accel, runs: $runs each"
 echo "median bare QEMU boot (same kernel, init powers off): ${mb} ms"
 echo "median capsa run true:                               ${mc} ms"
 awk -v c="$mc" -v b="$mb" 'BEGIN {printf "ratio capsa/bare: %.2f\n", c/b}'
+
+# One more start, drawn step by step: where the time of a start goes.
+timeline=${TIMELINE:-docs/timeline.svg}
+capsa run --rootfs "$rootfs" --timeline "$timeline" -- true
+echo "timeline of one capsa run true: $timeline"
