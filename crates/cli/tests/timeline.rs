@@ -26,6 +26,7 @@ const STEPS: &[&str] = &[
     "resize",
     "attach resources",
     "rootfs share",
+    "CreateContainer",
     "container start",
     "workload",
     "teardown",

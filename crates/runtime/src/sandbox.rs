@@ -543,7 +543,10 @@ impl Sandbox {
             devices,
             ..Default::default()
         };
-        self.agent().create_container(req).await?;
+        self.agent()
+            .create_container(req)
+            .instrument(crate::step!("CreateContainer"))
+            .await?;
         let rootfs = self
             .shared_roots
             .get(container_id)

@@ -389,6 +389,7 @@ fn the_shim_writes_the_pods_timeline() {
         "agent dial",
         "CreateSandbox",
         "container create",
+        "CreateContainer",
         "container start",
         "workload",
         "teardown",
