@@ -5,6 +5,7 @@
 # Runs alternate, RUNS of each, in one go; prints every sample, the medians
 # and their ratios. Then the memory of idle pods: PAIRS pods at once
 # booted from each, QEMU's PSS (the image's pages are shared by them all).
+# Then draws one more start's timeline into $TIMELINE (docs/timeline.svg).
 set -euo pipefail
 rootfs=${1:?usage: bench.sh ROOTFS}
 runs=${RUNS:-5}
@@ -69,3 +70,8 @@ idle_pss() {
 }
 idle_pss initrd
 idle_pss image
+
+# One more start, drawn step by step: where the time of a start goes.
+timeline=${TIMELINE:-docs/timeline.svg}
+capsa --config "$work/initrd.toml" run --rootfs "$rootfs" --timeline "$timeline" -- true
+echo "timeline of one capsa run true: $timeline"

@@ -148,6 +148,11 @@ pub struct RunArgs {
     /// VM vCPUs (default: hypervisor.qemu.default_vcpus).
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u32>,
+    /// Write the start-up timeline (every step of the sandbox's start and
+    /// teardown, with its duration) as an SVG picture to FILE once the
+    /// sandbox is down.
+    #[arg(long, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

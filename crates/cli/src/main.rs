@@ -9,6 +9,9 @@ mod terminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// Exit status of capsa's own failures (not the workload's).
 const EXIT_RUNTIME_ERROR: u8 = 125;
@@ -47,9 +50,18 @@ fn init_logging(cli: &args::Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // The filter is the log's only: the timeline sees its steps whatever
+    // the log level.
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(output::log_writer)
         .with_target(false)
+        .with_filter(filter);
+    let timeline = match &cli.command {
+        args::Command::Run(run) if run.timeline.is_some() => Some(cmd::timeline().layer()),
+        _ => None,
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(timeline)
         .init();
 }

@@ -302,6 +302,13 @@ internetworking_model = "none"
         .to_string();
         assert!(err.contains("runtime.state_dir"), "{err}");
         assert!(err.contains("not an absolute path"), "{err}");
+        let err = parse("[runtime]\ntimeline_dir = \"svg\"\n", Path::new("/z.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runtime.timeline_dir") && err.contains("not an absolute path"),
+            "{err}"
+        );
         let err = parse(
             "[runtime]\ncni_plugin_dirs = [\"/usr/lib/cni\", \"bin\"]\n",
             Path::new("/z.toml"),

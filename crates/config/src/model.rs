@@ -200,6 +200,10 @@ pub struct RuntimeConfig {
     /// never resized. Off: it boots at the default size and grows and
     /// shrinks with its containers' limits.
     pub static_sandbox_resource_mgmt: bool,
+    /// capsa's key: the shim writes each pod's start-up timeline (its
+    /// steps and their durations, an SVG picture) to `<dir>/<pod id>.svg`
+    /// once the pod is down. Empty: none.
+    pub timeline_dir: PathBuf,
 }
 
 impl Default for RuntimeConfig {
@@ -212,6 +216,7 @@ impl Default for RuntimeConfig {
             cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             sandbox_cgroup_only: false,
             static_sandbox_resource_mgmt: false,
+            timeline_dir: PathBuf::new(),
         }
     }
 }

@@ -174,6 +174,7 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     }
     let cni = &config.runtime;
     for (key, path) in std::iter::once(("runtime.cni_conflist", &cni.cni_conflist))
+        .chain(std::iter::once(("runtime.timeline_dir", &cni.timeline_dir)))
         .filter(|(_, p)| !p.as_os_str().is_empty())
         .chain(
             cni.cni_plugin_dirs

@@ -17,6 +17,7 @@ pub mod run;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
+pub mod timeline;
 pub mod vm;
 
 pub use attach::{Found, Liveness};
@@ -26,4 +27,5 @@ pub use resource::network::PodNetwork;
 pub use run::{run, run_detached, RunNetwork, RunSpec};
 pub use sandbox::Sandbox;
 pub use spec::{ProcessSpec, Volume};
+pub use timeline::Timeline;
 pub use vm::VmSize;

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use capsa_config::Config;
+use tracing::Instrument;
 
 use crate::control::Control;
 use crate::io::{GuestProcess, Stdio};
@@ -193,7 +194,9 @@ async fn attached(
     let pumps = process
         .pump(stdio, spec.interactive, spec.process.terminal)
         .await?;
-    let status = wait_watched(sandbox, spec, &process, pumps, stop).await;
+    let status = wait_watched(sandbox, spec, &process, pumps, stop)
+        .instrument(crate::step!("workload"))
+        .await;
     record_exit(sandbox, &process.container_id, &status);
     status
 }
@@ -282,7 +285,10 @@ async fn create_and_start(sandbox: &mut Sandbox, spec: &RunSpec) -> Result<Guest
         .create_container_from(&cid, &spec.rootfs, oci)
         .await?;
     let agent = sandbox.agent().clone();
-    agent.start_container(&cid).await?;
+    agent
+        .start_container(&cid)
+        .instrument(crate::step!("container start"))
+        .await?;
     sandbox.update_record(|r| r.status = SandboxStatus::Running);
     tracing::info!(container = %cid, "workload started");
     Ok(GuestProcess {
@@ -350,7 +356,9 @@ pub async fn run_detached(
         }
     };
     ready(Ok(&sandbox));
-    let status = wait_watched(&mut sandbox, &spec, &process, pumps, stop).await;
+    let status = wait_watched(&mut sandbox, &spec, &process, pumps, stop)
+        .instrument(crate::step!("workload"))
+        .await;
     record_exit(&mut sandbox, &cid, &status);
     let stopped = sandbox.stop().await;
     let status = status?;

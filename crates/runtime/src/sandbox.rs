@@ -9,6 +9,7 @@ use capsa_config::Config;
 use capsa_hypervisor::{BlockDevice, GuestAddress, Vm};
 use capsa_protocols::{agent, AGENT_READY_LINE, AGENT_VSOCK_PORT, GUEST_SHARED_DIR, SHARED_FS_TAG};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::health::{self, Death};
 use crate::record::{AgentAddress, ContainerRecord, SandboxRecord, SandboxStatus};
@@ -89,6 +90,17 @@ impl Sandbox {
         size: VmSize,
         net: &PodNetwork,
     ) -> Result<Self, Error> {
+        Self::start_steps(config, dir, size, net)
+            .instrument(crate::step!("sandbox start"))
+            .await
+    }
+
+    async fn start_steps(
+        config: &Config,
+        dir: StateDir,
+        size: VmSize,
+        net: &PodNetwork,
+    ) -> Result<Self, Error> {
         let id = dir.id();
         // Until the sandbox exists, a failure or a cancelled start (the
         // future dropped at this await) removes the state directory and
@@ -97,7 +109,9 @@ impl Sandbox {
             dir: Some(dir),
             netns: net.netns.clone(),
         };
-        let (endpoints, nics) = host_network(config, &id, net).await?;
+        let (endpoints, nics) = host_network(config, &id, net)
+            .instrument(crate::step!("pod network"))
+            .await?;
         let dir = early.disarm();
         let vm = vm::create(config, &id, &dir, size, nics);
         let mut record = SandboxRecord::new(&id, dir.path());
@@ -176,7 +190,11 @@ impl Sandbox {
     }
 
     async fn boot(&mut self, config: &Config) -> Result<(), Error> {
-        self.vm.start().await.map_err(Error::Vm)?;
+        self.vm
+            .start()
+            .instrument(crate::step!("vm start"))
+            .await
+            .map_err(Error::Vm)?;
         self.console = Some(console::Keeper::start(
             self.dir.console_log(),
             console::MAX_BYTES,
@@ -190,7 +208,12 @@ impl Sandbox {
         let console = |dir: &StateDir| state::tail(&dir.console_log(), CONSOLE_TAIL_LINES);
         // Dialing before the guest has set its vsock device up can wedge
         // the vsock backend: wait for the device first.
-        match self.vm.wait_guest_ready(dial_timeout).await {
+        let ready = self
+            .vm
+            .wait_guest_ready(dial_timeout)
+            .instrument(crate::step!("guest kernel (vsock ready)"))
+            .await;
+        match ready {
             Ok(true) => {}
             Ok(false) if self.vm.wait_exit(Duration::ZERO).await.unwrap_or(true) => {
                 return Err(Error::VmExited {
@@ -210,14 +233,18 @@ impl Sandbox {
         // again. capsa's agent says on the console when it listens; other
         // agents do not, so the wait is bounded.
         let console_log = self.dir.console_log();
-        if !state::wait_for_line(&console_log, AGENT_READY_LINE, READY_LINE_WAIT).await {
+        let listening = state::wait_for_line(&console_log, AGENT_READY_LINE, READY_LINE_WAIT)
+            .instrument(crate::step!("agent listening"))
+            .await;
+        if !listening {
             tracing::debug!(sandbox = %self.id, "no readiness line from the agent; dialing anyway");
         }
         let vm = &mut self.vm;
         let exited =
             async { while let Ok(false) = vm.wait_exit(Duration::from_millis(250)).await {} };
+        let dial = crate::step!("agent dial");
         let agent = tokio::select! {
-            r = AgentClient::connect(&endpoint, deadline) => r.map_err(|source| Error::AgentDial {
+            r = AgentClient::connect(&endpoint, deadline).instrument(dial) => r.map_err(|source| Error::AgentDial {
                 console: console(&self.dir),
                 source,
             })?,
@@ -252,8 +279,13 @@ impl Sandbox {
             ..Default::default()
         };
         self.agent = Some(agent);
-        self.agent().create_sandbox(req).await?;
-        self.configure_guest_network().await?;
+        self.agent()
+            .create_sandbox(req)
+            .instrument(crate::step!("CreateSandbox"))
+            .await?;
+        self.configure_guest_network()
+            .instrument(crate::step!("guest network"))
+            .await?;
         self.start_sizing(config);
         let (pid, accel) = (self.vm.pid(), self.vm.accelerator());
         let debug_port = config
@@ -511,7 +543,10 @@ impl Sandbox {
             devices,
             ..Default::default()
         };
-        self.agent().create_container(req).await?;
+        self.agent()
+            .create_container(req)
+            .instrument(crate::step!("CreateContainer"))
+            .await?;
         let rootfs = self
             .shared_roots
             .get(container_id)
@@ -537,9 +572,14 @@ impl Sandbox {
     /// Tears the sandbox down: asks the agent to destroy it (the guest powers
     /// off), stops the VM and its helpers, unmounts and removes the state.
     pub async fn destroy(mut self) -> Result<(), Error> {
-        self.finished = true;
-        self.teardown().await;
-        self.dir.remove()
+        async {
+            self.finished = true;
+            self.teardown().await;
+            let _step = crate::step!("state removal").entered();
+            self.dir.remove()
+        }
+        .instrument(crate::step!("teardown"))
+        .await
     }
 
     /// Tears the sandbox down like [`Sandbox::destroy`] but keeps the
@@ -547,7 +587,7 @@ impl Sandbox {
     /// for `capsa ps`/`inspect` until `capsa rm`.
     pub async fn stop(mut self) -> Result<(), Error> {
         self.finished = true;
-        self.teardown().await;
+        self.teardown().instrument(crate::step!("teardown")).await;
         self.update_record(|r| {
             r.status = SandboxStatus::Stopped;
             r.hypervisor_pid = None;
@@ -568,7 +608,11 @@ impl Sandbox {
         if self.dead.is_none() {
             if let Some(agent) = &self.agent {
                 self.dead = match self.vm.pid() {
-                    Some(pid) => health::probe(pid, agent).await,
+                    Some(pid) => {
+                        health::probe(pid, agent)
+                            .instrument(crate::step!("health probe"))
+                            .await
+                    }
                     None => Some(Death::Exited),
                 };
             }
@@ -577,7 +621,11 @@ impl Sandbox {
             (Some(_), Some(why)) => {
                 tracing::info!(sandbox = %self.id, "{why}: no DestroySandbox");
             }
-            (Some(agent), None) => match agent.destroy_sandbox().await {
+            (Some(agent), None) => match agent
+                .destroy_sandbox()
+                .instrument(crate::step!("DestroySandbox"))
+                .await
+            {
                 Ok(()) => tracing::debug!(sandbox = %self.id, "guest destroyed its sandbox"),
                 Err(e) => {
                     tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed");
@@ -590,11 +638,19 @@ impl Sandbox {
         } else {
             SHUTDOWN_GRACE
         };
-        if let Err(e) = self.vm.shutdown(grace).await {
+        let shutdown = self
+            .vm
+            .shutdown(grace)
+            .instrument(crate::step!("vm shutdown"))
+            .await;
+        if let Err(e) = shutdown {
             tracing::warn!(sandbox = %self.id, error = %e, "VM shutdown");
         }
         if let Some(netns) = self.network.netns.take() {
-            log_teardown(&self.id, &netns, network::teardown(&netns).await);
+            let down = network::teardown(&netns)
+                .instrument(crate::step!("pod network teardown"))
+                .await;
+            log_teardown(&self.id, &netns, down);
         }
     }
 }

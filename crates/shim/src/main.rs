@@ -15,6 +15,7 @@ mod service;
 mod shim;
 mod stats;
 mod stdio;
+mod timeline;
 
 use capsa_shim::{annotations, cgroup, network, sizing};
 

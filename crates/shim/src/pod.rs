@@ -14,12 +14,14 @@ use containerd_shim::protos::api::Mount as RootfsMount;
 use containerd_shim::protos::types::task::Status;
 use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
+use tracing::{Instrument, Span};
 
 use crate::cgroup::PodCgroup;
 use crate::error::Error;
 use crate::events::Events;
 use crate::process::{Exit, Proc};
 use crate::stdio;
+use crate::timeline::PodTimeline;
 
 /// Exit status of processes whose VM died under them (SIGKILL).
 pub const VM_DIED_STATUS: u32 = 128 + 9;
@@ -63,6 +65,11 @@ pub struct Pod {
     /// The pod cgroup the shim joined (`sandbox_cgroup_only`), released
     /// once the VM is gone.
     cgroup: StdMutex<Option<PodCgroup>>,
+    /// The pod's root step of the timeline (`Span::none()` without one):
+    /// the parent of its containers' steps.
+    pub span: Span,
+    /// Written once the pod is down (`runtime.timeline_dir`).
+    timeline: StdMutex<Option<PodTimeline>>,
 }
 
 impl Pod {
@@ -77,11 +84,22 @@ impl Pod {
         cgroup: Option<PodCgroup>,
     ) -> Result<Arc<Self>, Error> {
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, netns = ?net.netns, "VM size and network");
-        let mut sandbox = match Sandbox::start_named(config, id, size, net).await {
+        let timeline = PodTimeline::start(&config.runtime.timeline_dir, id);
+        let span = timeline
+            .as_ref()
+            .map_or_else(Span::none, |t| t.span().clone());
+        let started = Sandbox::start_named(config, id, size, net)
+            .instrument(span.clone())
+            .await;
+        let mut sandbox = match started {
             Ok(sandbox) => sandbox,
             Err(e) => {
                 if let Some(cgroup) = cgroup {
                     cgroup.release();
+                }
+                drop(span);
+                if let Some(timeline) = timeline {
+                    timeline.finish();
                 }
                 return Err(e.into());
             }
@@ -100,6 +118,8 @@ impl Pod {
             tasks: StdMutex::default(),
             events,
             cgroup: StdMutex::new(cgroup),
+            span,
+            timeline: StdMutex::new(timeline),
         });
         if let Some(watch) = watch {
             tokio::spawn(watch_vm(pod.clone(), watch));
@@ -197,9 +217,17 @@ impl Pod {
         proc: &Arc<Proc>,
     ) -> Result<(), Error> {
         let (stdio, interactive) = stdio::open(&task.id, &self.namespace, proc).await?;
-        if proc.exec_id.is_empty() {
-            self.agent.start_container(&task.id).await?;
+        let workload = if proc.exec_id.is_empty() {
+            let step = tracing::info_span!(target: "capsa::timeline", parent: &self.span, "container start");
+            self.agent
+                .start_container(&task.id)
+                .instrument(step)
+                .await?;
+            tracing::info_span!(target: "capsa::timeline", parent: &self.span, "workload")
         } else {
+            Span::none()
+        };
+        if !proc.exec_id.is_empty() {
             let process = proc.spec.as_ref().ok_or_else(|| Error::Invalid {
                 what: "exec",
                 reason: "no process spec".into(),
@@ -244,7 +272,7 @@ impl Pod {
                 }
             };
             pod.report_exit(&task, &proc, Exit::now(status)).await;
-        });
+        }.instrument(workload));
         Ok(())
     }
 
@@ -339,13 +367,22 @@ impl Pod {
     pub async fn destroy(&self) {
         if let Some(sandbox) = self.sandbox.lock().await.take() {
             tracing::info!(pod = %self.id, "destroying the pod VM");
-            if let Err(e) = sandbox.destroy().await {
+            let destroyed = sandbox.destroy().instrument(self.span.clone()).await;
+            if let Err(e) = destroyed {
                 tracing::error!(pod = %self.id, error = %e, "pod teardown");
             }
         }
         let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(cgroup) = cgroup {
             cgroup.release();
+        }
+        let timeline = self
+            .timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(timeline) = timeline {
+            timeline.finish();
         }
     }
 }

@@ -17,6 +17,7 @@ use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::annotations::{self, Role};
 use crate::error::Error;
@@ -154,6 +155,7 @@ impl Service {
         let init = Arc::new(Proc::new("", stdio, None));
         let created = pod
             .create_task(&req.id, &req.bundle, &rootfs, spec, init)
+            .instrument(pod.span.clone())
             .await;
         if let Err(e) = created {
             if pod

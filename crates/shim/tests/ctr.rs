@@ -348,3 +348,61 @@ fn file_and_binary_log_uris() {
     assert_eq!(read("err"), "b-err\n");
     s.assert_all_gone();
 }
+
+/// `runtime.timeline_dir`: once the pod is down, `<dir>/<pod id>.svg`
+/// draws its steps; the shim's log still reaches containerd.
+#[test]
+fn the_shim_writes_the_pods_timeline() {
+    let s = Setup::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    s.env
+        .append_config(&format!("timeline_dir = \"{}\"", dir.path().display()));
+    let out = s.run(&["--rm"], "tl1", &["true"]);
+    assert!(out.status.success(), "{out:?}");
+    s.assert_all_gone();
+    assert!(
+        s.ctrd.log().contains("pod VM started"),
+        "{}",
+        s.ctrd.log_tail()
+    );
+    let svg = std::fs::read_to_string(dir.path().join("tl1.svg")).expect("timeline written");
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    let steps: Vec<(&str, f64, f64)> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("step"))
+        .map(|n| {
+            let ms = |a| n.attribute(a).and_then(|v| v.parse().ok()).expect(a);
+            (
+                n.attribute("data-name").unwrap_or(""),
+                ms("data-start-ms"),
+                ms("data-end-ms"),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|s| s.0).collect();
+    for step in [
+        "pod",
+        "sandbox start",
+        "vm start",
+        "qemu (until QMP answers)",
+        "guest kernel (vsock ready)",
+        "agent dial",
+        "CreateSandbox",
+        "container create",
+        "CreateContainer",
+        "container start",
+        "workload",
+        "teardown",
+        "DestroySandbox",
+        "vm shutdown",
+    ] {
+        assert!(names.contains(&step), "{step} missing from {names:?}");
+    }
+    let (_, pod_start, pod_end) = steps[0];
+    for (name, start, end) in &steps {
+        assert!(
+            *start >= pod_start && end >= start && *end <= pod_end,
+            "{name} ({start}..{end}) not within the pod (..{pod_end})"
+        );
+    }
+}

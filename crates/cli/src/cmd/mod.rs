@@ -10,7 +10,7 @@ mod ps;
 mod run;
 mod update;
 
-pub use run::DETACHED_DIR_ENV;
+pub use run::{timeline, DETACHED_DIR_ENV};
 
 use crate::args::{AssetsCommand, Cli, Command};
 

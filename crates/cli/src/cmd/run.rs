@@ -9,12 +9,14 @@
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
 use capsa_runtime::resource::Rootfs;
 use capsa_runtime::state::StateDir;
-use capsa_runtime::{RunSpec, VmSize};
+use capsa_runtime::{RunSpec, Timeline, VmSize};
 use tokio::signal::unix::{signal, SignalKind};
+use tracing::Instrument;
 
 use crate::args::RunArgs;
 
@@ -26,8 +28,16 @@ const READY: &str = "ok";
 pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
     let (config, source) = capsa_config::load(config)?;
     tracing::info!(%source, "configuration");
+    if let Some(file) = &args.timeline {
+        check_timeline_path(file)?;
+    }
     if let Some(dir) = std::env::var_os(DETACHED_DIR_ENV) {
-        return own(config, args, PathBuf::from(dir)).await;
+        let timeline = args.timeline.clone();
+        let status = own(config, args, PathBuf::from(dir))
+            .instrument(capsa_runtime::step!("capsa run"))
+            .await;
+        write_timeline(timeline.as_deref());
+        return status;
     }
     if args.detach {
         return detach(&config, &args).await;
@@ -35,11 +45,50 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
     let name = args.name.clone();
     let stdio = args.process.stdio();
     let _raw = args.process.raw_terminal();
+    let timeline = args.timeline.clone();
     let spec = run_spec(config, args)?;
     let status = capsa_runtime::run(spec, name.as_deref(), stdio, stop_signal()?)
-        .await
-        .context("capsa run")?;
+        .instrument(capsa_runtime::step!("capsa run"))
+        .await;
+    write_timeline(timeline.as_deref());
+    let status = status.context("capsa run")?;
     Ok(u8::try_from(status).unwrap_or(255))
+}
+
+/// The timeline of this process's sandbox (`--timeline`).
+pub fn timeline() -> &'static Timeline {
+    static TIMELINE: OnceLock<Timeline> = OnceLock::new();
+    TIMELINE.get_or_init(Timeline::new)
+}
+
+/// Fails before a VM boots on a `--timeline` file that cannot be written
+/// where it is asked for.
+fn check_timeline_path(file: &Path) -> anyhow::Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--timeline {}: directory {} does not exist",
+            file.display(),
+            dir.display()
+        );
+    }
+    if file.is_dir() {
+        bail!("--timeline {}: is a directory", file.display());
+    }
+    Ok(())
+}
+
+/// Writes the timeline once the sandbox is down (a failure is logged: the
+/// workload's status matters more).
+fn write_timeline(file: Option<&Path>) {
+    let Some(file) = file else { return };
+    match timeline().write_svg(file) {
+        Ok(()) => tracing::info!(file = %file.display(), "timeline written"),
+        Err(e) => tracing::warn!(file = %file.display(), error = %e, "timeline not written"),
+    }
 }
 
 fn run_spec(config: capsa_config::Config, args: RunArgs) -> anyhow::Result<RunSpec> {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
+use tracing::Instrument;
 
 use self::session::QmpSession;
 use crate::accel::{self, Accelerator};
@@ -20,6 +21,14 @@ use crate::{
     AgentEndpoint, BlockHotplug, DriverConfig, Error, NetworkHotplug, QemuSettings,
     ResourceHotplug, Vm, VmConfig,
 };
+
+/// A step of the start-up timeline (capsa-runtime's `timeline` module
+/// records the spans of this target).
+macro_rules! step {
+    ($name:literal) => {
+        ::tracing::info_span!(target: "capsa::timeline", $name)
+    };
+}
 
 /// Longest wait for a helper's or QEMU's socket to appear.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,9 +178,14 @@ impl QemuVm {
                 uds.display()
             );
             let daemon = self.settings().vhost_user_vsock_daemon.clone();
-            let mut helper =
-                Helper::spawn("vhost-device-vsock", &daemon, &["--vm".into(), arg], log)?;
-            let ready = helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await;
+            let step = step!("vhost-device-vsock");
+            let mut helper = step.in_scope(|| {
+                Helper::spawn("vhost-device-vsock", &daemon, &["--vm".into(), arg], log)
+            })?;
+            let ready = helper
+                .wait_for_socket(&sock, SOCKET_TIMEOUT)
+                .instrument(step)
+                .await;
             self.vsock = Some(helper);
             ready?;
             Some(sock)
@@ -191,10 +205,15 @@ impl QemuVm {
                     crate::virtiofsd::MODCAPS.to_string(),
                 ];
                 args.extend(fs.extra_args.iter().cloned());
+                let step = step!("virtiofsd");
                 let filters = crate::virtiofsd::filters()?;
-                let mut helper =
-                    Helper::spawn_filtered("virtiofsd", &fs.daemon, &args, log, filters)?;
-                let ready = helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await;
+                let mut helper = step.in_scope(|| {
+                    Helper::spawn_filtered("virtiofsd", &fs.daemon, &args, log, filters)
+                })?;
+                let ready = helper
+                    .wait_for_socket(&sock, SOCKET_TIMEOUT)
+                    .instrument(step)
+                    .await;
                 self.virtiofsd = Some(helper);
                 ready?;
                 Some(sock)
@@ -220,11 +239,15 @@ impl QemuVm {
         );
         args.extend(nic_args);
         let program = self.cfg.hypervisor_path.clone();
-        let qemu = self.qemu.insert(Helper::spawn_with_fds(
-            "qemu", &program, &args, log, &nic_fds,
-        )?);
+        let step = step!("qemu (until QMP answers)");
+        let spawned =
+            step.in_scope(|| Helper::spawn_with_fds("qemu", &program, &args, log, &nic_fds))?;
+        let qemu = self.qemu.insert(spawned);
         drop(nic_fds);
-        self.qmp = Some(wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT).await?);
+        let session = wait_qemu_ready(qemu, &qmp, SOCKET_TIMEOUT)
+            .instrument(step)
+            .await?;
+        self.qmp = Some(session);
         // Root only, as the run directory: QEMU makes sockets with its umask.
         for sock in [Some(&qmp), qmp_debug.as_ref()].into_iter().flatten() {
             std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))?;
@@ -393,6 +416,7 @@ impl Vm for QemuVm {
             // `grace` (a frozen QEMU may accept a connection and never
             // answer), then killed.
             let session = self.qmp.take();
+            let step = step!("qemu stop");
             if matches!(qemu.child.try_wait(), Ok(None)) && !grace.is_zero() {
                 let id = &self.cfg.id;
                 let quit = async {
@@ -406,12 +430,12 @@ impl Vm for QemuVm {
                     }
                     qemu.child.wait().await
                 };
-                match timeout(grace, quit).await {
+                match timeout(grace, quit).instrument(step.clone()).await {
                     Ok(status) => tracing::debug!(vm = %id, ?status, "QEMU quit"),
                     Err(_) => tracing::debug!(vm = %id, ?grace, "QEMU did not quit"),
                 }
             }
-            qemu.kill().await;
+            qemu.kill().instrument(step).await;
         }
         self.qmp = None;
         self.drives.clear();
@@ -422,7 +446,10 @@ impl Vm for QemuVm {
             .flatten()
         {
             let mut helper = helper;
-            helper.stop(HELPER_GRACE).await;
+            helper
+                .stop(HELPER_GRACE)
+                .instrument(step!("helper stop"))
+                .await;
         }
         for file in self.created.drain(..) {
             remove_file(&file);

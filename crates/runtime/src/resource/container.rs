@@ -13,6 +13,7 @@ use capsa_protocols::{agent, guest_block_rootfs_path, guest_block_volume_path};
 use oci_spec::runtime::{
     LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, Mount, MountBuilder, Spec,
 };
+use tracing::Instrument;
 
 use super::sizing::Limits;
 use super::{block, share, BlockKind, HostMount, Rootfs, BLOCK_FILESYSTEMS};
@@ -36,16 +37,32 @@ impl Sandbox {
         &mut self,
         cid: &str,
         rootfs: &Rootfs,
+        spec: Spec,
+    ) -> Result<(), Error> {
+        self.create_container_steps(cid, rootfs, spec)
+            .instrument(crate::step!("container create"))
+            .await
+    }
+
+    async fn create_container_steps(
+        &mut self,
+        cid: &str,
+        rootfs: &Rootfs,
         mut spec: Spec,
     ) -> Result<(), Error> {
         let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
-        if let Err(e) = self.size_for(cid, limits).await {
+        let sized = self
+            .size_for(cid, limits)
+            .instrument(crate::step!("resize"))
+            .await;
+        if let Err(e) = sized {
             self.unsize(cid).await;
             return Err(e);
         }
         let mut attached = Attached::default();
         let made = self
             .attach_container(cid, rootfs, &mut spec, &mut attached)
+            .instrument(crate::step!("attach resources"))
             .await;
         let created = match made {
             Ok(()) => {
@@ -94,6 +111,7 @@ impl Sandbox {
         let (share, guest_root) = self.container_share(cid);
         match rootfs {
             Rootfs::Dir(dir) => {
+                let _step = crate::step!("rootfs share").entered();
                 share::attach_rootfs_dir(&share, dir)?;
                 self.note_rootfs(cid, dir);
                 Ok(guest_root)
@@ -109,7 +127,9 @@ impl Sandbox {
                         return Ok(root);
                     }
                 }
-                share::attach_rootfs_mounts(&share, mounts).await?;
+                share::attach_rootfs_mounts(&share, mounts)
+                    .instrument(crate::step!("rootfs share"))
+                    .await?;
                 self.note_rootfs(cid, &describe(rootfs));
                 Ok(guest_root)
             }
@@ -270,7 +290,11 @@ impl Sandbox {
         role: &str,
         device: &BlockDevice,
     ) -> Result<GuestAddress, Error> {
-        let address = self.attach_block(device).await.map_err(|e| match e {
+        let attached = self
+            .attach_block(device)
+            .instrument(crate::step!("drive hot-plug"))
+            .await;
+        let address = attached.map_err(|e| match e {
             Error::Vm(source) => Error::Hotplug {
                 what: role.into(),
                 source,
