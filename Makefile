@@ -29,7 +29,7 @@ DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
                     e2fsprogs mount containernetworking-plugins iptables
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
-.PHONY: all deps build agent assets install demo test lint bench clean \
+.PHONY: all deps build agent assets install demo test test-image lint bench clean \
         fuzz-deps fuzz-build fuzz fuzz-smoke
 
 all: build
@@ -93,8 +93,15 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# The suite's VMs boot the initrd; the container tests of `capsa run` and
+# of the shim under containerd run again booting the DAX root image
+# (`test-image` runs the whole suite on it: twice the time of `test`).
+IMAGE_TESTS := -p capsa --test run -p capsa-shim --test ctr
+
 test: assets lint fuzz-smoke
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo test --workspace --no-fail-fast -- --test-threads=2
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) CAPSA_TEST_BOOT=image \
+	  cargo test $(IMAGE_TESTS) --no-fail-fast -- --test-threads=2
 	./scripts/check-leaks.sh
 
 ## Fuzz targets (fuzz/, a cargo-fuzz crate with a workspace of its own).
@@ -145,6 +152,11 @@ fuzz-smoke: fuzz-build
 	  echo "fuzz target $$t: $$(grep -o 'Done [0-9]* runs.*' $$scratch/log || echo ok)"; \
 	  rm -rf $$scratch; \
 	done
+
+test-image: assets
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) CAPSA_TEST_BOOT=image \
+	  cargo test --workspace --no-fail-fast -- --test-threads=2
+	./scripts/check-leaks.sh
 
 bench: install
 	scripts/busybox-rootfs.sh $(DEMO_ROOTFS)

@@ -52,7 +52,8 @@ const FS_UUID: &str = "6361b7d8-6361-4170-8361-636170736131";
 pub const BOOT_MODULES: &[&str] = &["nfit", "nd_pmem", "virtio_pci", "virtio_blk"];
 
 /// `/init` of the boot initrd (busybox's shell): loads the modules, waits
-/// (bounded) for the root device of the kernel command line, mounts it
+/// (bounded: 60 s, as TCG guests on a loaded host probe slowly) for the
+/// root device of the kernel command line, mounts it
 /// read-only with its `rootflags`, and hands PID 1 to the image's `/init`
 /// (the agent). Any failure ends init, and the kernel panics (`panic=1`:
 /// the VM stops) with the reason on the console.
@@ -78,7 +79,7 @@ done
 i=0
 while [ ! -b "$root" ]; do
   i=$((i + 1))
-  [ $i -le 1000 ] || fail "$root did not appear within 10 s"
+  [ $i -le 6000 ] || fail "$root did not appear within 60 s"
   $b usleep 10000
 done
 $b mkdir -p /newroot

@@ -89,7 +89,9 @@ fn has_route(routes: &[types::Route], dest: &str, gateway: &str, device: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interfaces_routes_and_neighbours_reach_the_guest() {
-    let env = TestEnv::new();
+    // The guest needs the dummy module, added to a copy of the initrd:
+    // this test boots the initrd also when the suite runs on the image.
+    let env = TestEnv::with_initrd();
     let initrd = initrd_with_dummy(env.dir.path());
     let config = std::fs::read_to_string(&env.config).unwrap();
     let base = format!("{:?}", assets_dir().join("initrd.img"));

@@ -124,6 +124,13 @@ impl TestEnv {
         Self::build_booting("capsa-test-", "state", None, &boot)
     }
 
+    /// VMs boot the initrd of the test assets whatever `CAPSA_TEST_BOOT`
+    /// says: for tests that rebuild the initrd with modules of their own.
+    pub fn with_initrd() -> Self {
+        let initrd = assets_dir().join("initrd.img");
+        Self::build_booting("capsa-test-", "state", Some(&initrd), "")
+    }
+
     /// A state directory with a short path (`/tmp/cs-XXXXXX/s`): sandbox
     /// ids of 64 characters, as containerd's, still give socket paths that
     /// fit in `sun_path`.

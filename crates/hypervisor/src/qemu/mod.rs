@@ -38,6 +38,9 @@ const VSOCK_QOM_PATH: &str = "/machine/peripheral/vsock0/virtio-backend";
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// Bound of the driver's own QMP commands (hot-plug has its own timeout).
 const QMP_TIMEOUT: Duration = qmp::QMP_TIMEOUT;
+/// How long QEMU gets to be reaped once its QMP session closed under a
+/// query: the socket closes as the process exits.
+const EXIT_AFTER_QMP_LOSS: Duration = Duration::from_secs(5);
 /// The second QMP monitor, for tools and tests in other processes (QEMU
 /// serves one client per monitor, and the driver keeps the first).
 pub const QMP_DEBUG_SOCKET: &str = "qmp-debug.sock";
@@ -367,9 +370,17 @@ impl Vm for QemuVm {
             let Some(qmp) = &self.qmp else {
                 return Ok(false);
             };
-            let status = qmp
+            let status = match qmp
                 .execute("x-query-virtio-status", Some(args.clone()), QMP_TIMEOUT)
-                .await?;
+                .await
+            {
+                Ok(status) => status,
+                // QEMU exited between the check above and the query (a
+                // guest that panicked while booting): the caller tells an
+                // exited VM from one that is slow, with its console.
+                Err(_) if self.wait_exit(EXIT_AFTER_QMP_LOSS).await? => return Ok(false),
+                Err(e) => return Err(e),
+            };
             if qmp::virtio_driver_ok(&status) {
                 return Ok(true);
             }
