@@ -26,6 +26,21 @@ dirs=$(find /tmp -maxdepth 1 \( -name 'capsa-test-*' -o -name 'cs-*' -o -name 'c
 if [ -n "$dirs" ]; then
     echo "check-leaks: directories left behind:"; echo "$dirs"; status=1
 fi
+# Shims' socket files (/run/containerd/s/<hash>) that nothing listens on
+# any more: a shim that exited without removing its socket.
+stale=""
+if [ -d /run/containerd/s ]; then
+    listening=$(awk 'NR > 1 && $8 ~ "^/run/containerd/s/" { print $8 }' /proc/net/unix | sort -u)
+    for f in /run/containerd/s/*; do
+        [ -S "$f" ] || continue
+        echo "$listening" | grep -qxF "$f" || stale="$stale
+$f"
+    done
+fi
+stale=$(echo "$stale" | sed '/^$/d')
+if [ -n "$stale" ]; then
+    echo "check-leaks: shim sockets nothing listens on ($(echo "$stale" | wc -l)):"; echo "$stale" | head -20; status=1
+fi
 # Pod networking: capsa's taps (tap<N>_capsa) in any netns, the test CNI
 # bridges (capsa-tb<N>) and their networks' iptables rules (comments naming
 # capsa-test-<N>), CNI chains no rule jumps to any more, and network

@@ -360,3 +360,22 @@ fn the_guest_terminal_follows_the_local_size() {
     assert!(seen.contains("40 120"), "{seen}");
     assert_no_leaks(&env.state_dir);
 }
+
+/// A guest kernel that panics at boot (no init to run): QEMU exits
+/// (`panic=1`, `-no-reboot`) while capsa polls the vsock device over QMP.
+/// The error says the VM exited and shows the console, never that the QMP
+/// session closed under the poll (which it did, now and then).
+#[test]
+fn a_guest_that_panics_at_boot_is_reported_as_exited() {
+    let env =
+        TestEnv::with_qemu_extra("kernel_params = \"rdinit=/no/such/init init=/no/such/init\"");
+    let out = run(&env, &[], &["true"], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        stderr.contains("the VM exited before its agent answered"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Kernel panic"), "{stderr}");
+    assert!(!stderr.contains("QMP"), "{stderr}");
+}

@@ -27,6 +27,9 @@ const CONSOLE_TAIL_LINES: usize = 30;
 const READY_LINE_WAIT: Duration = Duration::from_secs(5);
 /// How long the hypervisor gets to stop after a power-off request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long a VM whose QMP session failed during the boot wait may take
+/// to be seen exited (its QEMU reaped).
+const VM_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// A running sandbox. Take it down with [`Sandbox::destroy`]; every error
 /// path of [`Sandbox::start`] has already taken it down.
@@ -225,6 +228,17 @@ impl Sandbox {
                     seconds: dial_timeout.as_secs(),
                     console: console(&self.dir),
                 })
+            }
+            // QEMU exiting while its vsock device is polled closes the QMP
+            // session under the poll (`make soak` met it: a guest that
+            // panicked at boot under load): say that the VM exited, with its
+            // console, not that QMP failed. Bounded: QEMU is reaped once its
+            // QMP socket closed.
+            Err(e) if self.vm.wait_exit(VM_EXIT_WAIT).await.unwrap_or(true) => {
+                tracing::debug!(sandbox = %self.id, error = %e, "QMP failed: the VM exited");
+                return Err(Error::VmExited {
+                    console: console(&self.dir),
+                });
             }
             Err(e) => return Err(Error::Vm(e)),
         }

@@ -1,6 +1,6 @@
 //! containerd's Task API over a pod.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,6 +35,8 @@ pub struct Service {
     pub events: Arc<Events>,
     pub exit: Arc<ExitSignal>,
     pod: Mutex<Option<Arc<Pod>>>,
+    /// The socket file the shim serves on, removed by `Shutdown`.
+    socket: Option<PathBuf>,
 }
 
 impl Service {
@@ -44,7 +46,21 @@ impl Service {
             events: Arc::new(events),
             exit,
             pod: Mutex::new(None),
+            socket: None,
         }
+    }
+
+    /// The shim serves on `address` (`unix:///run/containerd/s/<hash>`):
+    /// `Shutdown` removes its file. The `containerd-shim` crate removes it
+    /// only after the server stopped, at the path in the bundle's
+    /// `address` file, and containerd deletes the bundle as soon as the
+    /// shim's connection closes: that race left one socket file per pod
+    /// in `/run/containerd/s` (found by `make soak`). containerd's own
+    /// runc shim removes it in `Shutdown` too.
+    pub fn with_socket(mut self, address: &str) -> Self {
+        let path = address.strip_prefix("unix://").unwrap_or(address);
+        self.socket = (!path.is_empty()).then(|| PathBuf::from(path));
+        self
     }
 
     async fn pod(&self, id: &str) -> Result<Arc<Pod>, Error> {
@@ -559,6 +575,14 @@ impl Task for Service {
             pod.destroy().await;
         }
         tracing::info!("shutdown: no task left");
+        if let Some(socket) = &self.socket {
+            // Connections already made stay open: this reply still goes out.
+            if let Err(e) = std::fs::remove_file(socket) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(socket = %socket.display(), error = %e, "shim socket not removed");
+                }
+            }
+        }
         self.exit.signal();
         Ok(Empty::new())
     }

@@ -26,6 +26,8 @@ pub struct CapsaShim {
     exit: Arc<ExitSignal>,
     id: String,
     namespace: String,
+    /// The ttRPC socket this shim serves on (`-socket`, a `unix://` URL).
+    socket: String,
 }
 
 #[async_trait]
@@ -41,6 +43,7 @@ impl Shim for CapsaShim {
             exit: Arc::new(ExitSignal::default()),
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -84,6 +87,7 @@ impl Shim for CapsaShim {
             Events::new(publisher, &self.namespace),
             self.exit.clone(),
         )
+        .with_socket(&self.socket)
     }
 }
 

@@ -34,6 +34,13 @@ fn run_rm_prints_output_and_returns_the_exit_code() {
     );
     assert!(log.contains("pod VM started"), "{}", s.ctrd.log_tail());
     s.assert_all_gone();
+    // The shim removed its socket file before it answered Shutdown.
+    let socket = s.shim_socket("t1");
+    assert!(
+        !socket.exists(),
+        "shim socket left behind: {}",
+        socket.display()
+    );
 }
 
 #[test]

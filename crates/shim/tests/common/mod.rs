@@ -88,6 +88,20 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// The socket file the shim of pod (or lone task) `id` served on
+    /// (`/run/containerd/s/<hash>`, keyed by containerd's address, the
+    /// namespace and the id).
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        let address = containerd_shim::socket_address(
+            &self.ctrd.socket().display().to_string(),
+            capsa_test_infra::containerd::NAMESPACE,
+            id,
+        );
+        PathBuf::from(address.trim_start_matches("unix://"))
+    }
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

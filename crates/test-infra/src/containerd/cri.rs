@@ -18,6 +18,8 @@ pub struct Cri {
     pub runtime: RuntimeServiceClient<Channel>,
     pub image: ImageServiceClient<Channel>,
     log_dir: PathBuf,
+    /// How long one call may take ([`CALL_LIMIT`] unless changed).
+    limit: Duration,
 }
 
 impl Containerd {
@@ -47,18 +49,25 @@ impl Containerd {
             runtime: RuntimeServiceClient::new(channel.clone()),
             image: ImageServiceClient::new(channel),
             log_dir: self.dir().join("pods"),
+            limit: CALL_LIMIT,
         }
     }
 }
 
 impl Cri {
-    /// Runs `fut` bounded by [`CALL_LIMIT`]; panics with `what` on error
+    /// Bounds every later call by `limit` instead of [`CALL_LIMIT`] (many
+    /// pods starting at once under TCG, as in the soak, take longer).
+    pub fn set_call_limit(&mut self, limit: Duration) {
+        self.limit = limit;
+    }
+
+    /// Runs `fut` bounded by the call limit; panics with `what` on error
     /// or timeout.
     fn call<T, F>(&self, what: &str, fut: F) -> T
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_within(CALL_LIMIT, what, fut)
+        self.call_within(self.limit, what, fut)
     }
 
     fn call_within<T, F>(&self, limit: Duration, what: &str, fut: F) -> T
@@ -158,10 +167,10 @@ impl Cri {
         };
         let result = self
             .rt
-            .block_on(async { tokio::time::timeout(CALL_LIMIT, c.run_pod_sandbox(req)).await });
+            .block_on(async { tokio::time::timeout(self.limit, c.run_pod_sandbox(req)).await });
         match result {
             Ok(r) => r.map(|r| r.into_inner().pod_sandbox_id),
-            Err(_) => panic!("CRI RunPodSandbox timed out after {CALL_LIMIT:?}"),
+            Err(_) => panic!("CRI RunPodSandbox timed out after {:?}", self.limit),
         }
     }
 
@@ -236,7 +245,7 @@ impl Cri {
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: timeout.as_secs() as i64,
         };
-        let r = self.call_within(CALL_LIMIT + timeout, "ExecSync", c.exec_sync(req));
+        let r = self.call_within(self.limit + timeout, "ExecSync", c.exec_sync(req));
         let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
         (text(r.stdout), text(r.stderr), r.exit_code)
     }

@@ -23,6 +23,7 @@ mod cri;
 mod image;
 mod task;
 
+pub use cleanup::{kill_processes_naming, try_run};
 pub use cni::CniNetwork;
 pub use config::{PAUSE_IMAGE, PROXY_SNAPSHOTTER};
 pub use cri::{tcp_port_mapping, Cri};
