@@ -171,6 +171,8 @@ bench: install
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example tcg_bench
 	SHIM_DIR=$(dir $(SHIM_BIN)) SNAPSHOTTER=$(SNAPSHOTTER_BIN) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example rootfs_bench
+	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
+	  cargo run --release -p capsa-shim --example density
 
 ## SANDBOXES sandboxes created and removed at once, for ROUNDS rounds,
 ## through `capsa run` and through containerd's CRI (the release binaries
