@@ -46,6 +46,19 @@ fn initrd_with_dummy(out: &Path) -> PathBuf {
     let (version, ko) = dummy_module(&assets);
     let data = std::fs::read(&ko).unwrap();
     let mut cpio = Vec::new();
+    // The kernel makes no missing parent: the archive has them.
+    for dir in [
+        "lib".to_string(),
+        "lib/modules".into(),
+        format!("lib/modules/{version}"),
+    ] {
+        cpio::NewcBuilder::new(&dir)
+            .mode(0o40755)
+            .nlink(2)
+            .write(&mut cpio, 0)
+            .finish()
+            .unwrap();
+    }
     let path = format!("lib/modules/{version}/dummy.ko");
     let mut w = cpio::NewcBuilder::new(&path)
         .mode(0o100644)
