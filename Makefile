@@ -24,7 +24,7 @@ SYSTEMD_DIR      ?= /etc/systemd/system
 DEMO_ROOTFS      := $(CACHE)/demo-rootfs
 LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
-DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd \
+DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd lz4 \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
                     make libelf-dev zlib1g-dev libzstd-dev containerd runc g++ \
                     e2fsprogs mount containernetworking-plugins iptables
@@ -58,8 +58,9 @@ build: deps
 
 ## libseccomp (seccomp profiles of containers) is linked in statically, and
 ## so is libbpf (built by libbpf-sys; the eBPF device cgroup of containers).
+## Without its symbol table (4 of 17 MiB): every guest unpacks it at boot.
 agent:
-	RUSTFLAGS="-C target-feature=+crt-static" \
+	RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
 	  cargo build --release -p capsa-agent --target $(AGENT_TARGET)
 

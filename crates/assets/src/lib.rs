@@ -81,7 +81,7 @@ mod shell;
 
 pub use error::Error;
 pub use image::{BOOT_MODULES, DAX_HEADER, FS_OFFSET};
-pub use initrd::MODULES_LOAD;
+pub use initrd::{unpack_lz4, MODULES_LOAD};
 pub use manifest::{load_manifest, Inputs, KernelInput, Manifest, Outputs, ShellInput};
 pub use modules::module_name;
 pub use shell::SHELL_PACKAGE;

@@ -9,7 +9,7 @@ use crate::Error;
 
 /// Version of the initrd and image layouts; bump it when the builder's output changes
 /// for the same inputs, so existing assets get rebuilt.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 
 /// Where the kernel came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,6 @@
 //! rebuilds only what it affects.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
@@ -35,13 +34,10 @@ const EXPECTED: &[&str] = &[
     "virtio_balloon",
 ];
 
-/// Unpacks the gzip cpio `initrd` into `dir` with Debian's cpio and returns
+/// Unpacks the LZ4 cpio `initrd` into `dir` with Debian's cpio and returns
 /// its listing.
 fn unpack(initrd: &Path, dir: &Path) -> Vec<String> {
-    let mut cpio = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(initrd).unwrap())
-        .read_to_end(&mut cpio)
-        .unwrap();
+    let cpio = capsa_assets::unpack_lz4(&std::fs::read(initrd).unwrap()).unwrap();
     let mut child = Command::new("cpio")
         .args(["-i", "-d", "-v", "--quiet", "--no-absolute-filenames"])
         .current_dir(dir)

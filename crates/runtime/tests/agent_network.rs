@@ -38,13 +38,27 @@ fn dummy_module(assets: &Path) -> (String, PathBuf) {
     panic!("no dummy.ko under {}", cache.display());
 }
 
-/// The assets' initrd with `dummy.ko` appended as a second (gzip) cpio
-/// archive, which the kernel unpacks over the first.
+/// The assets' initrd with `dummy.ko` in an uncompressed cpio archive put
+/// in front of it (the kernel unpacks both; the assets' LZ4 archive has no
+/// end mark, so nothing can follow it).
 fn initrd_with_dummy(out: &Path) -> PathBuf {
     let assets = assets_dir();
     let (version, ko) = dummy_module(&assets);
     let data = std::fs::read(&ko).unwrap();
     let mut cpio = Vec::new();
+    // The kernel makes no missing parent: the archive has them.
+    for dir in [
+        "lib".to_string(),
+        "lib/modules".into(),
+        format!("lib/modules/{version}"),
+    ] {
+        cpio::NewcBuilder::new(&dir)
+            .mode(0o40755)
+            .nlink(2)
+            .write(&mut cpio, 0)
+            .finish()
+            .unwrap();
+    }
     let path = format!("lib/modules/{version}/dummy.ko");
     let mut w = cpio::NewcBuilder::new(&path)
         .mode(0o100644)
@@ -53,14 +67,10 @@ fn initrd_with_dummy(out: &Path) -> PathBuf {
     w.write_all(&data).unwrap();
     w.finish().unwrap();
     cpio::newc::trailer(&mut cpio).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(
-        std::fs::read(assets.join("initrd.img")).unwrap(),
-        flate2::Compression::fast(),
-    );
-    // The encoder appends to the base archive's bytes.
-    gz.write_all(&cpio).unwrap();
+    // The trailer is padded to 4 bytes, where the next archive may start.
+    cpio.extend(std::fs::read(assets.join("initrd.img")).unwrap());
     let initrd = out.join("initrd-dummy.img");
-    std::fs::write(&initrd, gz.finish().unwrap()).unwrap();
+    std::fs::write(&initrd, cpio).unwrap();
     initrd
 }
 

@@ -167,7 +167,7 @@ impl BareVm {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "chmod 0755 init && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+                "chmod 0755 init && find . | cpio -o -H newc --quiet | lz4 -l -9 -q -c > {}",
                 initrd.display()
             ))
             .current_dir(work.join("root"))
@@ -201,7 +201,13 @@ impl BareVm {
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&self.initrd)
-            .args(["-append", "console=ttyS0 panic=1 quiet"])
+            // Kata's fast-boot parameters, which capsa passes too: what
+            // speeds up the kernel speeds up the bare boot as well.
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=1 quiet {}",
+                capsa_hypervisor::qemu::FAST_BOOT_PARAMS.join(" ")
+            ))
             .status()
             .expect("qemu");
         assert!(status.success());

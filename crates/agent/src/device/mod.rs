@@ -149,6 +149,10 @@ impl System {
 
     /// Waits at most `timeout` for the block device at `source`.
     pub fn wait(&self, source: &Source, timeout: Duration) -> Result<Block, DeviceError> {
+        crate::modules::ensure(match source {
+            Source::Pci(_) => crate::modules::Class::Blk,
+            Source::Scsi(_) => crate::modules::Class::Scsi,
+        });
         let mut listener = uevent::Listener::open()?;
         if let Source::Scsi(addr) = source {
             addr.scan(&self.sys);

@@ -28,6 +28,11 @@ pub async fn update_interface(
         .into_option()
         .ok_or(NetworkError::NoInterface)?;
     detached(async move {
+        if !iface.devicePath.is_empty() {
+            // A hot-plugged NIC: its driver may not be loaded yet.
+            let load = || crate::modules::ensure(crate::modules::Class::Net);
+            let _ = tokio::task::spawn_blocking(load).await;
+        }
         let handle = network::connect().await?;
         Ok(link::update(&handle, &iface).await?)
     })

@@ -2,6 +2,7 @@
 
 pub mod block;
 mod cmdline;
+pub use cmdline::FAST_BOOT_PARAMS;
 pub mod net;
 pub mod qmp;
 pub mod resize;
