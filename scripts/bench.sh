@@ -13,7 +13,13 @@ share=${SHARE_DIR:-/usr/share/capsa}
 qemu=${QEMU:-/usr/bin/qemu-system-x86_64}
 accel=$(capsa check | awk '/^accelerator/ {print $2}')
 work=$(mktemp -d /tmp/capsa-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# Idle pods still up when the script ends (a failed start): removed.
+declare -a live=()
+cleanup() {
+  for entry in "${live[@]}"; do capsa --config "$work/${entry%%:*}.toml" rm -f "${entry#*:}" > /dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 # The resolved configuration (capsa config), booting the initrd and the image.
 capsa config | sed '/^# source/d' > "$work/resolved.toml"
@@ -62,6 +68,7 @@ idle_pss() {
   local kind=$1 ids=() total=0
   for n in $(seq "$pairs"); do
     ids+=("bench-$kind-$$-$n")
+    live+=("$kind:${ids[-1]}")
     capsa --config "$work/$kind.toml" run -d --name "${ids[-1]}" --rootfs "$rootfs" -- sleep 1000 > /dev/null
   done
   for id in "${ids[@]}"; do
@@ -69,6 +76,7 @@ idle_pss() {
     total=$(( total + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup") ))
   done
   for id in "${ids[@]}"; do capsa --config "$work/$kind.toml" rm -f "$id" > /dev/null; done
+  live=()
   echo "$kind: $pairs idle pods, QEMU PSS per pod: $(( total / pairs / 1024 )) MiB"
 }
 idle_pss initrd

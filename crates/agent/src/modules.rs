@@ -8,7 +8,9 @@
 //! them ([`ensure`]: a hot-plugged disk or NIC); under TCG they cost about
 //! 0.2 s of every boot otherwise. `CreateSandbox` may ask for more by
 //! name; they are searched under the same directory and their
-//! dependencies must already be loaded.
+//! dependencies must already be loaded, the held-back drivers aside: a
+//! module that fails on unknown symbols, at boot or by name, is tried
+//! again once those are all loaded.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -194,8 +196,15 @@ pub fn load_boot_modules() -> Result<(), ModuleError> {
     let dir = modules_dir()?;
     let list = parse_list(&text);
     let (now, deferred) = split_list(&list);
+    // A module that fails may depend on a held-back driver (an extra
+    // module of `capsa assets build --module`, such as `sg` on
+    // `scsi_mod`): it is tried again once they are all loaded.
+    let mut failed = Vec::new();
     for rel in now {
-        load_logged(&dir, rel);
+        match load_file(&dir.join(rel), "") {
+            Ok(loaded) => tracing::debug!(module = rel, ?loaded, "kernel module"),
+            Err(_) => failed.push(rel),
+        }
     }
     let present = present_classes(Path::new("/sys/bus/virtio/devices"));
     let state = Deferred {
@@ -207,10 +216,23 @@ pub fn load_boot_modules() -> Result<(), ModuleError> {
         loaded: HashSet::new(),
     };
     let state = DEFERRED.get_or_init(|| Mutex::new(state));
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     for class in Class::ALL.into_iter().filter(|c| present.contains(c)) {
-        load_class(&mut state.lock().unwrap_or_else(|e| e.into_inner()), class);
+        load_class(&mut state, class);
+    }
+    if !failed.is_empty() {
+        load_all_classes(&mut state);
+        for rel in failed {
+            load_logged(&state.dir, rel);
+        }
     }
     Ok(())
+}
+
+fn load_all_classes(state: &mut Deferred) {
+    for class in Class::ALL {
+        load_class(state, class);
+    }
 }
 
 fn load_class(state: &mut Deferred, class: Class) {
@@ -239,7 +261,17 @@ pub fn load_by_name(name: &str, params: &[String]) -> Result<Loaded, ModuleError
         name: name.to_string(),
         dir: dir.clone(),
     })?;
-    load_file(&path, &params.join(" "))
+    let params = params.join(" ");
+    let result = load_file(&path, &params);
+    // Unknown symbols: it may need a held-back driver (`net_failover`
+    // before `virtio_net`, `scsi_mod` before `sg`): load them, try again.
+    match (result, DEFERRED.get()) {
+        (Err(ModuleError::Load(_, Errno::ENOENT)), Some(state)) => {
+            load_all_classes(&mut state.lock().unwrap_or_else(|e| e.into_inner()));
+            load_file(&path, &params)
+        }
+        (result, _) => result,
+    }
 }
 
 /// Checks a module name from the host: not empty, no `/`, NUL or `..`.

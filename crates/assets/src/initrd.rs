@@ -95,18 +95,21 @@ pub fn lz4(data: &[u8]) -> Result<Vec<u8>, Error> {
         let out = child.wait_with_output();
         (writer.join(), out)
     });
-    let out = match out {
-        (Ok(Ok(())), Ok(out)) => out,
-        (Ok(Err(e)), _) | (_, Err(e)) => return Err(spawn(e)),
-        (Err(_), _) => return Err(spawn(std::io::Error::other("writer thread panicked"))),
-    };
+    let (written, out) = out;
+    let out = out.map_err(spawn)?;
+    // lz4's own failure first: a write that failed because lz4 exited
+    // early (EPIPE) says less than lz4's message.
     if !out.status.success() {
         return Err(Error::Tool {
             tool: "lz4".into(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(out.stdout)
+    match written {
+        Ok(Ok(())) => Ok(out.stdout),
+        Ok(Err(e)) => Err(spawn(e)),
+        Err(_) => Err(spawn(std::io::Error::other("writer thread panicked"))),
+    }
 }
 
 /// The cpio archive inside an initrd written by [`build`] (`lz4 -d`).

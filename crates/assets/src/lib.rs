@@ -159,6 +159,9 @@ pub fn build_with_cache(
     write_if_changed(&vmlinuz, &kernel_bytes)?;
     write_if_changed(&initrd_path, &initrd)?;
     let (image, image_initrd) = if spec.image {
+        // The boot initrd's /init is busybox's shell: checked before the
+        // image is written, so that a refused build leaves no image.
+        let shell = shell.as_ref().ok_or(Error::ImageNeedsShell)?;
         let image = out_dir.join(IMAGE_FILE);
         image::build(&agent, &kernel.version, &modules, busybox, &image)?;
         let boot_modules = match &kernel.modules_dir {
@@ -168,8 +171,6 @@ pub fn build_with_cache(
             }
             None => Vec::new(),
         };
-        // Its /init is busybox's shell: the initrd needs the shell.
-        let shell = shell.as_ref().ok_or(Error::ImageNeedsShell)?;
         let boot = initrd::build(
             image::BOOT_INIT.as_bytes(),
             &kernel.version,

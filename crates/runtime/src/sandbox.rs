@@ -234,7 +234,7 @@ impl Sandbox {
             // panicked at boot under load): say that the VM exited, with its
             // console, not that QMP failed. Bounded: QEMU is reaped once its
             // QMP socket closed.
-            Err(e) if self.vm.wait_exit(VM_EXIT_WAIT).await.unwrap_or(true) => {
+            Err(e) if self.vm.wait_exit(VM_EXIT_WAIT).await.unwrap_or(false) => {
                 tracing::debug!(sandbox = %self.id, error = %e, "QMP failed: the VM exited");
                 return Err(Error::VmExited {
                     console: console(&self.dir),

@@ -58,6 +58,11 @@ pub struct Timeline {
 /// The index of a span's step, kept in the span's extensions.
 struct StepIndex(usize);
 
+/// The most steps one timeline records: a long-lived pod whose containers
+/// come and go (a crash loop) adds steps for its whole life; beyond this
+/// the later ones are not recorded, so the recorder's memory is bounded.
+pub const MAX_STEPS: usize = 4096;
+
 impl Timeline {
     pub fn new() -> Self {
         Self::default()
@@ -85,6 +90,16 @@ impl Timeline {
     fn since_origin(inner: &mut Inner, at: Instant) -> f64 {
         let origin = *inner.origin.get_or_insert(at);
         at.saturating_duration_since(origin).as_secs_f64() * 1000.0
+    }
+
+    /// Ends every step still open now: for an owner that is done (its pod
+    /// is down) while handles of its root step are still alive.
+    pub fn end_open_steps(&self) {
+        let mut inner = self.lock();
+        let now = Self::since_origin(&mut inner, Instant::now());
+        for step in inner.steps.iter_mut().filter(|s| s.end_ms.is_none()) {
+            step.end_ms = Some(now);
+        }
     }
 
     /// Writes the picture to `path` (steps still open end at the time of
@@ -120,6 +135,9 @@ where
             .parent()
             .and_then(|p| p.extensions().get::<StepIndex>().map(|i| i.0));
         let mut inner = self.lock();
+        if inner.steps.len() >= MAX_STEPS {
+            return;
+        }
         let start_ms = Self::since_origin(&mut inner, at);
         let depth = parent.map_or(0, |p| inner.steps[p].depth + 1);
         inner.steps.push(Step {
@@ -142,7 +160,8 @@ where
         };
         let mut inner = self.lock();
         let end = Self::since_origin(&mut inner, at);
-        inner.steps[index].end_ms = Some(end);
+        // Not ended already by `end_open_steps`.
+        inner.steps[index].end_ms.get_or_insert(end);
     }
 }
 
@@ -275,6 +294,24 @@ mod tests {
             let (outer, inner) = (&steps[0], &steps[1]);
             assert!(inner.start_ms >= outer.start_ms);
             assert!(inner.end_ms.unwrap() <= outer.end_ms.unwrap());
+        });
+    }
+
+    #[test]
+    fn open_steps_end_on_request_and_the_count_is_bounded() {
+        let timeline = Timeline::new();
+        let subscriber = tracing_subscriber::registry().with(timeline.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let open = step!("pod").entered();
+            timeline.end_open_steps();
+            let ended = timeline.steps()[0].end_ms.expect("ended");
+            drop(open);
+            // Closing the span later keeps the end it was given.
+            assert_eq!(timeline.steps()[0].end_ms, Some(ended));
+            for _ in 0..MAX_STEPS + 10 {
+                let _step = step!("container create").entered();
+            }
+            assert_eq!(timeline.steps().len(), MAX_STEPS);
         });
     }
 

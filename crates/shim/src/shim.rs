@@ -28,6 +28,9 @@ pub struct CapsaShim {
     namespace: String,
     /// The ttRPC socket this shim serves on (`-socket`, a `unix://` URL).
     socket: String,
+    /// containerd's address (`-address`): with the namespace and the id,
+    /// it names the socket of the shim that served task `id`.
+    containerd_address: String,
 }
 
 #[async_trait]
@@ -44,6 +47,7 @@ impl Shim for CapsaShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
             socket: args.socket.clone(),
+            containerd_address: args.address.clone(),
         }
     }
 
@@ -70,6 +74,11 @@ impl Shim for CapsaShim {
         }
         // The pod cgroup the dead shim made (`sandbox_cgroup_only`).
         crate::cgroup::cleanup_record(Path::new(crate::cgroup::CGROUP_RECORD_FILE));
+        // A shim killed (SIGKILL) left its socket file: a pod's or lone
+        // task's shim served on the socket of this id.
+        let socket =
+            containerd_shim::socket_address(&self.containerd_address, &self.namespace, &self.id);
+        remove_stale_socket(Path::new(socket.trim_start_matches("unix://")));
         Ok(DeleteResponse {
             exit_status: VM_DIED_STATUS,
             exited_at: Some(Timestamp::now()).into(),
@@ -88,6 +97,24 @@ impl Shim for CapsaShim {
             self.exit.clone(),
         )
         .with_socket(&self.socket)
+    }
+}
+
+/// Removes the socket file `path` if nothing listens on it any more (a
+/// connection is refused): never the socket of a live shim.
+fn remove_stale_socket(path: &Path) {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => tracing::info!(socket = %path.display(), "a shim serves the socket: kept"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::info!(socket = %path.display(), "dead shim's socket removed"),
+                Err(e) => {
+                    tracing::warn!(socket = %path.display(), error = %e, "dead shim's socket not removed")
+                }
+            }
+        }
+        // Gone already, or not ours to judge.
+        Err(_) => {}
     }
 }
 

@@ -54,12 +54,15 @@ impl PodTimeline {
         &self.span
     }
 
-    /// Closes the root step and writes the picture.
+    /// Closes the root step and writes the picture. The pod's tasks may
+    /// still hold handles of the root step: the pod is down, so whatever
+    /// is still open ends now.
     pub fn finish(self) {
         drop(self.span);
         let Some(timeline) = TIMELINE.get() else {
             return;
         };
+        timeline.end_open_steps();
         match timeline.write_svg(&self.file) {
             Ok(()) => tracing::info!(file = %self.file.display(), "timeline written"),
             Err(e) => {

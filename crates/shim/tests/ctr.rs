@@ -405,6 +405,8 @@ fn the_shim_writes_the_pods_timeline() {
     ] {
         assert!(names.contains(&step), "{step} missing from {names:?}");
     }
+    // The pod is down when the picture is drawn: no step is left open.
+    assert!(!svg.contains("still open"), "{svg}");
     let (_, pod_start, pod_end) = steps[0];
     for (name, start, end) in &steps {
         assert!(

@@ -78,6 +78,13 @@ fn shim_killed_then_containerd_cleans_up() {
     let _ = s.ctrd.ctr(&["task", "delete", "shimdies"]);
     s.ctrd.ctr_ok(&["containers", "delete", "shimdies"]);
     s.assert_all_gone();
+    // The killed shim's socket file went with the `delete` action.
+    let socket = s.shim_socket("shimdies");
+    assert!(
+        !socket.exists(),
+        "dead shim's socket left behind: {}",
+        socket.display()
+    );
 }
 
 /// containerd's cleanup after a dead shim is the shim's `delete` action:

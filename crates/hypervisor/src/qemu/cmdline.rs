@@ -80,18 +80,22 @@ const IMAGE_BACKEND: &str = "image0-mem";
 
 /// Kernel parameters that mount the root image (as Kata's): partition 1,
 /// ext4, read-only; on the NVDIMM with DAX (the guest reads the host's
-/// page cache instead of copying into its own).
+/// page cache instead of copying into its own). `init=/init`: a kernel
+/// that reaches the root without a boot initrd runs the image's agent, not
+/// `/sbin/init` or a shell (the boot initrd's own `/init` ignores it).
 const IMAGE_NVDIMM_PARAMS: &[&str] = &[
     "root=/dev/pmem0p1",
     "rootflags=dax,data=ordered,errors=remount-ro",
     "ro",
     "rootfstype=ext4",
+    "init=/init",
 ];
 const IMAGE_DISK_PARAMS: &[&str] = &[
     "root=/dev/vda1",
     "rootflags=data=ordered,errors=remount-ro",
     "ro",
     "rootfstype=ext4",
+    "init=/init",
 ];
 
 /// QEMU id of the balloon device (free page reporting).
@@ -606,7 +610,7 @@ pub(crate) mod tests {
         assert_eq!(after(&args, "-initrd"), ["/boot.initrd"]);
         assert!(
             after(&args, "-append")[0].ends_with(
-                " root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"
+                " root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 init=/init agent.log=debug"
             ),
             "{args:?}"
         );

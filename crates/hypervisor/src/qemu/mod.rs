@@ -41,7 +41,7 @@ const HELPER_GRACE: Duration = Duration::from_secs(2);
 const QMP_TIMEOUT: Duration = qmp::QMP_TIMEOUT;
 /// How long QEMU gets to be reaped once its QMP session closed under a
 /// query: the socket closes as the process exits.
-const EXIT_AFTER_QMP_LOSS: Duration = Duration::from_secs(5);
+const EXIT_AFTER_QMP_LOSS: Duration = Duration::from_secs(2);
 /// The second QMP monitor, for tools and tests in other processes (QEMU
 /// serves one client per monitor, and the driver keeps the first).
 pub const QMP_DEBUG_SOCKET: &str = "qmp-debug.sock";
@@ -379,7 +379,10 @@ impl Vm for QemuVm {
                 // QEMU exited between the check above and the query (a
                 // guest that panicked while booting): the caller tells an
                 // exited VM from one that is slow, with its console.
-                Err(_) if self.wait_exit(EXIT_AFTER_QMP_LOSS).await? => return Ok(false),
+                // A failed wait is no exit: the QMP error is returned.
+                Err(_) if self.wait_exit(EXIT_AFTER_QMP_LOSS).await.unwrap_or(false) => {
+                    return Ok(false)
+                }
                 Err(e) => return Err(e),
             };
             if qmp::virtio_driver_ok(&status) {
@@ -506,16 +509,20 @@ fn remove_file(file: &Path) {
     }
 }
 
-/// The size of root image `path` in MiB, for its NVDIMM: the guest maps it
-/// in 2 MiB sections, so it must be a whole number of them
-/// (`capsa assets build --image` makes 128 MiB multiples).
+/// The size of root image `path` in MiB, for its NVDIMM. The NVDIMM is the
+/// first device of the hot-plug memory area, so DIMMs and virtio-mem's
+/// region come after it: a whole number of the guest's 128 MiB memory
+/// blocks keeps them aligned to blocks the guest can online (as Kata's
+/// image builder, which rounds images to 128 MiB; `capsa assets build
+/// --image` makes 128 MiB multiples).
 fn image_mib(path: &Path) -> Result<u64, Error> {
+    const BLOCK: u64 = 128 << 20;
     let len = std::fs::metadata(path)
         .map_err(|e| Error::Config(format!("root image {}: {e}", path.display())))?
         .len();
-    if len == 0 || len % (2 << 20) != 0 {
+    if len == 0 || len % BLOCK != 0 {
         return Err(Error::Config(format!(
-            "root image {}: {len} bytes is not a whole number of 2 MiB (build it with `capsa assets build --image`)",
+            "root image {}: {len} bytes is not a whole number of 128 MiB (build it with `capsa assets build --image`)",
             path.display()
         )));
     }
@@ -525,6 +532,21 @@ fn image_mib(path: &Path) -> Result<u64, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_images_are_whole_memory_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("r.img");
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(256 << 20).unwrap();
+        assert_eq!(image_mib(&image).unwrap(), 256);
+        file.set_len(130 << 20).unwrap();
+        let err = image_mib(&image).unwrap_err().to_string();
+        assert!(err.contains("r.img") && err.contains("128 MiB"), "{err}");
+        file.set_len(0).unwrap();
+        assert!(image_mib(&image).is_err());
+        assert!(image_mib(&dir.path().join("none")).is_err());
+    }
 
     #[test]
     fn run_dirs_must_fit_socket_paths() {
