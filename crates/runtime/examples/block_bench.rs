@@ -22,10 +22,7 @@ const FILE_MIB: u64 = 256;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let runs = capsa_test_infra::bench_runs(3);
     let env = TestEnv::new();
     let data = env.dir.path().join("data");
     std::fs::create_dir(&data).unwrap();

@@ -16,10 +16,7 @@ use capsa_test_infra::TestEnv;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let runs = capsa_test_infra::bench_runs(3);
     let env = TestEnv::with_qemu_extra(
         "default_vcpus = 1\ndefault_maxvcpus = 2\ndefault_memory = 512\ndefault_maxmemory = 2048",
     );

@@ -35,10 +35,7 @@ struct Samples {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let runs = capsa_test_infra::bench_runs(3);
     let capsa = std::env::var("CAPSA").unwrap_or_else(|_| "capsa".into());
     let envs: Vec<(u32, TestEnv)> = SIZES
         .iter()

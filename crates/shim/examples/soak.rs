@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::cni::TestNetwork;
+use capsa_test_infra::containerd::cni::ip;
 use capsa_test_infra::containerd::{kill_processes_naming, try_run, Containerd, Opts};
 use capsa_test_infra::leaks::processes_naming;
 use capsa_test_infra::{block, run_bounded, TestEnv};
@@ -719,13 +720,4 @@ fn taps_in(netns: &Path) -> Vec<String> {
         .filter(|n| n.starts_with("tap") && n.ends_with("_capsa"))
         .map(|n| format!("{} {n}", netns.display()))
         .collect()
-}
-
-/// `ip ARGS`'s standard output ("" on failure), bounded.
-fn ip(args: &[&str]) -> String {
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    try_run(cmd, Duration::from_secs(10))
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }

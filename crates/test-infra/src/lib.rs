@@ -19,6 +19,15 @@ pub mod rootfs;
 pub mod share_attack;
 pub mod snapshotter;
 
+/// `RUNS`, the samples of each measurement of a benchmark: `default` when
+/// unset or not a number.
+pub fn bench_runs(default: usize) -> usize {
+    std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
 pub use leaks::assert_no_leaks;
 
 /// Directory with `vmlinuz` and `initrd.img`.

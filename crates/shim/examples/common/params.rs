@@ -5,10 +5,7 @@ use std::path::PathBuf;
 /// `RUNS`: samples of each measurement, `default` when unset or not a
 /// number.
 pub fn runs(default: usize) -> usize {
-    std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(default)
+    capsa_test_infra::bench_runs(default)
 }
 
 /// `SHIM_DIR`: the directory of the release shim (the Makefile sets it).

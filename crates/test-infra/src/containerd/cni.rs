@@ -192,7 +192,7 @@ impl Drop for CniNetwork {
 }
 
 /// `ip ARGS`'s standard output ("" on failure), bounded.
-fn ip(args: &[&str]) -> String {
+pub fn ip(args: &[&str]) -> String {
     let mut cmd = Command::new("ip");
     cmd.args(args);
     try_run(cmd, Duration::from_secs(10))
