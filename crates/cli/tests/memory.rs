@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
+use capsa_test_infra::{assert_no_leaks, run_bounded, wait_until, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(300);
 /// What the guest allocates and frees, MiB.
@@ -59,18 +59,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Waits, bounded, until `cond` holds; whether it did.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    cond()
 }
 
 /// Starts a sandbox with reporting `on`; a process in its container

@@ -193,11 +193,5 @@ fn a_pods_containers_each_get_their_own_drive() {
 
 /// Waits (bounded) until `ready()`.
 fn wait_until(ready: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while std::time::Instant::now() < deadline {
-        if ready() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    capsa_test_infra::wait_until(std::time::Duration::from_secs(240), ready);
 }

@@ -174,13 +174,12 @@ fn delete_action_twice_is_harmless() {
     s.assert_all_gone();
 }
 
-/// Waits up to `limit` for `ready`, polling.
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what}: not after {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Waits up to `limit` for `ready`; fails the test naming `what`.
+fn wait_for(what: &str, limit: Duration, ready: impl FnMut() -> bool) {
+    assert!(
+        capsa_test_infra::wait_until(limit, ready),
+        "{what}: not after {limit:?}"
+    );
 }
 
 /// Whether process `pid` is gone (or a zombie: it runs nothing).

@@ -19,6 +19,19 @@ pub mod rootfs;
 pub mod share_attack;
 pub mod snapshotter;
 
+/// Polls `cond` until it holds or `limit` has passed; whether it held.
+/// For conditions nothing announces (a file, a process state, a counter).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
 /// `RUNS`, the samples of each measurement of a benchmark: `default` when
 /// unset or not a number.
 pub fn bench_runs(default: usize) -> usize {
