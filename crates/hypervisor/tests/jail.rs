@@ -75,6 +75,9 @@ fn busybox_profile() -> SeccompProfile {
         libc::SYS_geteuid,
         libc::SYS_getgid,
         libc::SYS_getegid,
+        // busybox drops set-id privileges it does not have at start.
+        libc::SYS_setuid,
+        libc::SYS_setgid,
         libc::SYS_uname,
         libc::SYS_umask,
         libc::SYS_prlimit64,
@@ -358,11 +361,23 @@ async fn a_failing_step_is_named_and_nothing_is_left() {
 }
 
 #[tokio::test]
-async fn a_killing_profile_kills_the_whole_jail() {
+async fn a_killing_profile_kills_the_process_that_steps_outside() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let out = File::create(dir.path().join("out")).unwrap();
-    let mut cfg = busybox_jail("kill", identity(6), &["mkdir", "/tmp/d"], &out);
+    let path = dir.path().join("out");
+    let out = File::create(&path).unwrap();
+    // A forked mkdir dies alone; the shell goes on. Then the shell
+    // itself (PID 1) becomes mkdir and dies, and the jail with it.
+    let mut cfg = busybox_jail(
+        "kill",
+        identity(6),
+        &[
+            "sh",
+            "-c",
+            "echo before; mkdir /tmp/d; echo status $?; exec mkdir /tmp/d; echo after",
+        ],
+        &out,
+    );
     cfg.seccomp.deny = Deny::KillProcess;
     let mut jailed = jail::spawn(cfg).expect("spawn");
     let status = tokio::time::timeout(WAIT, jailed.wait())
@@ -370,5 +385,12 @@ async fn a_killing_profile_kills_the_whole_jail() {
         .expect("not killed")
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(libc::SIGSYS));
+    let output = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{output}");
+    let sigsys = 128 + libc::SIGSYS;
+    assert_eq!(
+        output,
+        format!("before\nBad system call\nstatus {sigsys}\n"),
+        "the first mkdir dies of SIGSYS, the second takes PID 1 with it"
+    );
 }

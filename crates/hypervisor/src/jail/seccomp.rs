@@ -216,8 +216,10 @@ impl SeccompProfile {
         }
     }
 
-    /// Compiles the profile: the allow-list first, then one program per
-    /// answered errno (the newest filter decides between equal actions).
+    /// Compiles the profile: one program per answered errno, then the
+    /// allow-list, which must come last since installing a filter is a
+    /// syscall the allow-list may not allow. The answered calls pass the
+    /// allow-list, and an errno outranks an allow, so the answers decide.
     /// Built before the jail forks: building allocates.
     pub fn programs(&self) -> Result<Vec<BpfProgram>, JailError> {
         for &(nr, name) in FORBIDDEN {
@@ -237,11 +239,11 @@ impl SeccompProfile {
             };
             rules.insert(nr, list);
         }
-        let mut programs = vec![self.compile(rules, self.deny.action(), SeccompAction::Allow)?];
         let mut by_errno: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
         for (nr, errno) in answers {
             by_errno.entry(errno).or_default().insert(nr, Vec::new());
         }
+        let mut programs = Vec::new();
         for (errno, rules) in by_errno {
             programs.push(self.compile(
                 rules,
@@ -249,6 +251,7 @@ impl SeccompProfile {
                 SeccompAction::Errno(errno as u32),
             )?);
         }
+        programs.push(self.compile(rules, self.deny.action(), SeccompAction::Allow)?);
         Ok(programs)
     }
 
@@ -299,7 +302,7 @@ mod tests {
         assert_eq!(answers.get(&libc::SYS_clone3), Some(&libc::ENOSYS));
         assert_eq!(allowed.get(&libc::SYS_clone3), Some(&Allowed::Always));
         assert!(!p.allows(libc::SYS_clone));
-        // Allow-list, then the ENOSYS answers.
+        // The ENOSYS answers, then the allow-list.
         assert_eq!(p.programs().unwrap().len(), 2);
     }
 
@@ -351,7 +354,7 @@ mod tests {
             .answer(libc::SYS_openat2, libc::ENOSYS)
             .answer(libc::SYS_memfd_secret, libc::EPERM);
         assert!(p.allows(libc::SYS_openat2));
-        // Allow-list, EPERM answers, ENOSYS answers (clone3 and openat2).
+        // EPERM answers, ENOSYS answers (clone3 and openat2), allow-list.
         assert_eq!(p.programs().unwrap().len(), 3);
     }
 
