@@ -394,3 +394,103 @@ async fn a_killing_profile_kills_the_process_that_steps_outside() {
         "the first mkdir dies of SIGSYS, the second takes PID 1 with it"
     );
 }
+
+/// The UML kernel (`linux-uml` of the UML kernel issue) boots an initrd
+/// in its jail, under its own profile: its guest processes fork, exec and
+/// loop, all confined.
+#[tokio::test]
+#[ignore = "needs CAPSA_UML_KERNEL (a UML kernel, linux-uml) until the UML assets exist"]
+async fn a_uml_kernel_boots_in_its_jail() {
+    require_root();
+    let kernel = PathBuf::from(
+        std::env::var_os("CAPSA_UML_KERNEL").expect("CAPSA_UML_KERNEL: path of a UML kernel"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd");
+    write_initrd(&initrd);
+    let path = dir.path().join("out");
+    let out = File::create(&path).unwrap();
+    let mut cfg = JailConfig::new(
+        "uml",
+        "/uml/linux",
+        identity(7),
+        jail::profiles::uml_kernel(),
+    );
+    cfg.seccomp.deny = match std::env::var("CAPSA_JAIL_DENY").as_deref() {
+        Ok("log") => Deny::Log,
+        Ok("kill") => Deny::KillProcess,
+        _ => cfg.seccomp.deny,
+    };
+    cfg.args = [
+        "mem=64M",
+        "initrd=/uml/initrd",
+        "rdinit=/init",
+        "con0=fd:0,fd:1",
+        "con=null",
+    ]
+    .map(String::from)
+    .to_vec();
+    cfg.env = vec![("HOME".into(), "/tmp".into()), ("TMPDIR".into(), "/tmp".into())];
+    cfg.binds = vec![
+        BindMount::read_only(&kernel).at("/uml/linux"),
+        BindMount::read_only(&initrd).at("/uml/initrd"),
+        BindMount::read_only("/dev/null"),
+    ];
+    cfg.binds.extend(shared_libraries(&kernel).into_iter().map(BindMount::read_only));
+    // UML's RAM is a file in TMPDIR, mapped executable.
+    cfg.tmpfs = vec![Tmpfs {
+        target: "/tmp".into(),
+        size_bytes: 128 << 20,
+        noexec: false,
+    }];
+    cfg.new_network = true;
+    cfg.limits.processes = 256;
+    let fd = |f: &File| OwnedFd::from(f.try_clone().unwrap());
+    cfg.fds = vec![(fd(&out), 1), (fd(&out), 2)];
+    let mut jailed = jail::spawn(cfg).expect("spawn");
+    let status = tokio::time::timeout(Duration::from_secs(60), jailed.wait())
+        .await
+        .expect("UML did not power off")
+        .unwrap();
+    let output = std::fs::read_to_string(&path).unwrap();
+    for line in ["UML-INIT-OK", "loop-done 20"] {
+        assert!(output.lines().any(|l| l == line), "no {line} in:\n{output}");
+    }
+    assert_eq!(status.code(), Some(0), "{output}");
+}
+
+/// A gzip-less newc initramfs: busybox and an `/init` that forks, execs and
+/// powers off.
+fn write_initrd(path: &Path) {
+    let dir = path.with_extension("d");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(BUSYBOX, dir.join("bin/busybox")).unwrap();
+    let init = "#!/bin/busybox sh\n\
+        /bin/busybox echo UML-INIT-OK\n\
+        i=0; while [ $i -lt 20 ]; do /bin/busybox true; i=$((i+1)); done\n\
+        /bin/busybox echo loop-done $i\n\
+        /bin/busybox poweroff -f\n";
+    std::fs::write(dir.join("init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            dir.display(),
+            path.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio");
+}
+
+/// The shared libraries `binary` loads, with its interpreter (from `ldd`).
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    let out = std::process::Command::new("ldd").arg(binary).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}

@@ -113,6 +113,7 @@ const VHOST_USER: &[i64] = &[
 /// timers and signals (SIGALRM, SIGIO), its block and memory files, the
 /// vhost-user and vector transports, and its helper threads.
 const UML: &[i64] = &[
+    libc::SYS_epoll_create,
     libc::SYS_wait4,
     libc::SYS_waitid,
     libc::SYS_kill,

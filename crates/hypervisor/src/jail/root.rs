@@ -9,7 +9,8 @@
 //! mount at all, and every mount ends with the namespace (with the jail's
 //! last process).
 //!
-//! Each bind is non-recursive (mounts under a source stay out of the jail),
+//! Sources are resolved on the host before (links included); each bind
+//! is non-recursive (mounts under a source stay out of the jail),
 //! `nosuid`, `nodev` unless it is a device node, read-only unless asked;
 //! the flags the kernel locks on a mount made in a more privileged
 //! namespace (`nodev`, `noexec`, `nosuid`, read-only, atime) are carried
@@ -187,8 +188,13 @@ impl RootPlan {
             } else {
                 Op::File(point.clone())
             });
+            // Resolved here, in the host's root: an absolute link under
+            // the source would otherwise resolve in the jail's.
+            let real = std::fs::canonicalize(&bind.source).map_err(|e| {
+                err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            })?;
             let mut source = Path::new(HOST).as_os_str().to_owned();
-            source.push(bind.source.as_os_str());
+            source.push(real.as_os_str());
             ops.push(Op::Bind {
                 source: c_path(name, Path::new(&source))?,
                 target: point,
