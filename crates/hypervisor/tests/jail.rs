@@ -15,7 +15,9 @@ use capsa_hypervisor::jail::{
 use capsa_test_infra::wait_until;
 
 const BUSYBOX: &str = "/usr/bin/busybox";
-const APPLETS: &[&str] = &["sh", "cat", "ls", "id", "mkdir", "sleep", "hostname", "touch"];
+const APPLETS: &[&str] = &[
+    "sh", "cat", "ls", "id", "mkdir", "sleep", "hostname", "touch",
+];
 const WAIT: Duration = Duration::from_secs(10);
 
 fn require_root() {
@@ -119,10 +121,7 @@ impl TestCgroup {
 
     /// The line of `/proc/PID/cgroup` naming this cgroup ends with this.
     fn suffix(&self) -> String {
-        format!(
-            ":/{}",
-            self.0.file_name().unwrap().to_string_lossy()
-        )
+        format!(":/{}", self.0.file_name().unwrap().to_string_lossy())
     }
 }
 
@@ -352,7 +351,8 @@ async fn a_failing_step_is_named_and_nothing_is_left() {
     );
 
     let mut cfg = busybox_jail("bad-bind", identity(5), &[], &out);
-    cfg.binds.push(BindMount::read_only("/nonexistent/capsa-jail"));
+    cfg.binds
+        .push(BindMount::read_only("/nonexistent/capsa-jail"));
     let err = jail::spawn(cfg).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -430,13 +430,20 @@ async fn a_uml_kernel_boots_in_its_jail() {
     ]
     .map(String::from)
     .to_vec();
-    cfg.env = vec![("HOME".into(), "/tmp".into()), ("TMPDIR".into(), "/tmp".into())];
+    cfg.env = vec![
+        ("HOME".into(), "/tmp".into()),
+        ("TMPDIR".into(), "/tmp".into()),
+    ];
     cfg.binds = vec![
         BindMount::read_only(&kernel).at("/uml/linux"),
         BindMount::read_only(&initrd).at("/uml/initrd"),
         BindMount::read_only("/dev/null"),
     ];
-    cfg.binds.extend(shared_libraries(&kernel).into_iter().map(BindMount::read_only));
+    cfg.binds.extend(
+        shared_libraries(&kernel)
+            .into_iter()
+            .map(BindMount::read_only),
+    );
     // UML's RAM is a file in TMPDIR, mapped executable.
     cfg.tmpfs = vec![Tmpfs {
         target: "/tmp".into(),
@@ -487,10 +494,134 @@ fn write_initrd(path: &Path) {
 
 /// The shared libraries `binary` loads, with its interpreter (from `ldd`).
 fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
-    let out = std::process::Command::new("ldd").arg(binary).output().unwrap();
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter(|w| w.starts_with('/'))
         .map(PathBuf::from)
         .collect()
+}
+
+/// A directory the jail's uid owns, under a test directory it can cross.
+fn owned_dir(parent: &Path, name: &str, id: Identity) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(id.uid), Some(id.gid)).unwrap();
+    dir
+}
+
+/// A vhost-user helper in its jail: binary and libraries read-only, its
+/// socket directory (and `extra` binds) writable; returns once its socket
+/// is there.
+fn helper_jail(
+    name: &str,
+    program: &str,
+    profile: SeccompProfile,
+    id: Identity,
+    sockets: &Path,
+    extra: Vec<BindMount>,
+    args: &[&str],
+    out: &File,
+) -> JailedProcess {
+    let mut cfg = JailConfig::new(name, program, id, profile);
+    cfg.seccomp.deny = match std::env::var("CAPSA_JAIL_DENY").as_deref() {
+        Ok("log") => Deny::Log,
+        _ => Deny::KillProcess,
+    };
+    cfg.args = args.iter().map(|s| s.to_string()).collect();
+    cfg.binds = vec![
+        BindMount::read_only(program),
+        BindMount::read_only("/dev/null"),
+        BindMount::read_write(sockets).at("/run/sockets"),
+    ];
+    cfg.binds.extend(
+        shared_libraries(Path::new(program))
+            .into_iter()
+            .map(BindMount::read_only),
+    );
+    cfg.binds.extend(extra);
+    // virtiofsd reopens files through /proc/self/fd.
+    cfg.proc = true;
+    cfg.new_network = true;
+    let fd = |f: &File| OwnedFd::from(f.try_clone().unwrap());
+    cfg.fds = vec![(fd(out), 1), (fd(out), 2)];
+    jail::spawn(cfg).expect("spawn")
+}
+
+#[tokio::test]
+async fn the_vhost_user_helpers_start_in_their_jails() {
+    require_root();
+    for bin in [
+        "/usr/local/bin/virtiofsd",
+        "/usr/local/bin/vhost-device-vsock",
+    ] {
+        assert!(Path::new(bin).exists(), "{bin} missing (make installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity(8);
+    let sockets = owned_dir(dir.path(), "sockets", id);
+    let share = owned_dir(dir.path(), "share", id);
+    let log = dir.path().join("log");
+    let out = File::create(&log).unwrap();
+    let mut fs = helper_jail(
+        "virtiofsd",
+        "/usr/local/bin/virtiofsd",
+        jail::profiles::virtiofsd(),
+        id,
+        &sockets,
+        vec![BindMount::read_write(&share).at("/share")],
+        &[
+            "--socket-path=/run/sockets/fs.sock",
+            "--shared-dir=/share",
+            "--sandbox=none",
+            // The jail sets the limit; virtiofsd would read /proc for it.
+            "--rlimit-nofile=0",
+            "--tag=kataShared",
+        ],
+        &out,
+    );
+    let mut vsock = helper_jail(
+        "vsock",
+        "/usr/local/bin/vhost-device-vsock",
+        jail::profiles::vhost_device_vsock(),
+        id,
+        &sockets,
+        Vec::new(),
+        &[
+            "--vm",
+            "guest-cid=3,socket=/run/sockets/vsock.sock,uds-path=/run/sockets/vsock",
+        ],
+        &out,
+    );
+    let ready = wait_until(WAIT, || {
+        sockets.join("fs.sock").exists() && sockets.join("vsock.sock").exists()
+    });
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "sockets missing; log:\n{}", text());
+    for p in [&mut fs, &mut vsock] {
+        assert_eq!(
+            p.try_wait().unwrap(),
+            None,
+            "{} exited; log:\n{}",
+            p.name(),
+            text()
+        );
+        assert_eq!(status_field(p.pid(), "Seccomp"), "2");
+        assert_eq!(status_field(p.pid(), "CapEff"), "0000000000000000");
+        p.kill().unwrap();
+        let status = tokio::time::timeout(WAIT, p.wait()).await.unwrap().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{}: {}",
+            p.name(),
+            text()
+        );
+    }
 }

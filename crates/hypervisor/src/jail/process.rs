@@ -89,9 +89,9 @@ impl JailedProcess {
         if self.status.is_none() {
             self.status = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG))? {
                 WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
-                WaitStatus::Signaled(_, sig, core) => {
-                    Some(ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 }))
-                }
+                WaitStatus::Signaled(_, sig, core) => Some(ExitStatus::from_raw(
+                    sig as i32 | if core { 0x80 } else { 0 },
+                )),
                 _ => None,
             };
         }
@@ -105,7 +105,9 @@ impl JailedProcess {
         }
         // SAFETY: the AsyncFd owns this new descriptor (a duplicate of the
         // pidfd) for its whole life; nothing else closes or replaces it.
-        let fd = unsafe { AsyncFd::register_with_interest(self.pidfd.try_clone()?, Interest::READABLE) }?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(self.pidfd.try_clone()?, Interest::READABLE)
+        }?;
         loop {
             let mut ready = fd.readable().await?;
             if let Some(status) = self.try_wait()? {

@@ -294,7 +294,12 @@ mod tests {
     fn every_profile_compiles() {
         for p in [uml_kernel(), vhost_device_vsock(), virtiofsd()] {
             let programs = p.programs().unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(programs.len(), 2, "{}: ENOSYS answers and allow-list", p.name);
+            assert_eq!(
+                programs.len(),
+                2,
+                "{}: ENOSYS answers and allow-list",
+                p.name
+            );
         }
     }
 

@@ -190,9 +190,8 @@ impl RootPlan {
             });
             // Resolved here, in the host's root: an absolute link under
             // the source would otherwise resolve in the jail's.
-            let real = std::fs::canonicalize(&bind.source).map_err(|e| {
-                err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            })?;
+            let real = std::fs::canonicalize(&bind.source)
+                .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
             let mut source = Path::new(HOST).as_os_str().to_owned();
             source.push(real.as_os_str());
             ops.push(Op::Bind {

@@ -166,9 +166,9 @@ impl SeccompProfile {
 
     /// Allows `syscall` when argument `arg` is one of `values`.
     pub fn allow_values(self, syscall: i64, arg: u8, values: &[u64]) -> Self {
-        values.iter().fold(self, |p, &v| {
-            p.allow_when(syscall, &[ArgCheck::eq(arg, v)])
-        })
+        values
+            .iter()
+            .fold(self, |p, &v| p.allow_when(syscall, &[ArgCheck::eq(arg, v)]))
     }
 
     /// Answers `syscall` with `errno` without running it.
@@ -290,8 +290,11 @@ mod tests {
     use super::*;
 
     fn base() -> SeccompProfile {
-        SeccompProfile::new("test", Deny::Errno(libc::EPERM))
-            .allow(&[libc::SYS_read, libc::SYS_write, libc::SYS_exit_group])
+        SeccompProfile::new("test", Deny::Errno(libc::EPERM)).allow(&[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_exit_group,
+        ])
     }
 
     #[test]
@@ -344,7 +347,9 @@ mod tests {
             Allowed::When(alts) => assert_eq!(alts.len(), 3),
             other => panic!("{other:?}"),
         }
-        let p = p.allow(&[libc::SYS_ptrace]).allow_values(libc::SYS_ptrace, 0, &[4]);
+        let p = p
+            .allow(&[libc::SYS_ptrace])
+            .allow_values(libc::SYS_ptrace, 0, &[4]);
         assert_eq!(p.effective().0[&libc::SYS_ptrace], Allowed::Always);
     }
 
@@ -365,8 +370,10 @@ mod tests {
             .programs()
             .unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with(&format!("seccomp profile test: syscall {}", libc::SYS_ioctl)),
+            err.to_string().starts_with(&format!(
+                "seccomp profile test: syscall {}",
+                libc::SYS_ioctl
+            )),
             "{err}"
         );
     }

@@ -159,7 +159,11 @@ impl Prepared {
                     what: format!("environment name {k:?} (it has `=`)"),
                 });
             }
-            strings.push(cstring(name, &format!("variable {k}"), format!("{k}={v}").as_bytes())?);
+            strings.push(cstring(
+                name,
+                &format!("variable {k}"),
+                format!("{k}={v}").as_bytes(),
+            )?);
         }
         let ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
         let mut argv = ptrs[..argc].to_vec();
@@ -243,13 +247,14 @@ pub fn spawn(mut cfg: JailConfig) -> Result<JailedProcess, JailError> {
             source: e.into(),
         }
     };
-    let devnull = OwnedFd::from(
-        std::fs::File::open("/dev/null").map_err(|source| JailError::Os {
-            name: name.clone(),
-            what: "open /dev/null".into(),
-            source,
-        })?,
-    );
+    let devnull =
+        OwnedFd::from(
+            std::fs::File::open("/dev/null").map_err(|source| JailError::Os {
+                name: name.clone(),
+                what: "open /dev/null".into(),
+                source,
+            })?,
+        );
     let prepared = Prepared::new(&cfg, &devnull)?;
     let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
@@ -405,8 +410,12 @@ fn build_root(p: &Prepared) -> Result<(), Failure> {
     nix::unistd::sethostname(&p.hostname).map_err(Failure::at(Stage::Hostname, 0))?;
     let detach = Failure::at(Stage::DetachHost, 0);
     umount2(plan.host.as_c_str(), MntFlags::MNT_DETACH).map_err(detach)?;
-    nix::unistd::unlinkat(None, plan.host.as_c_str(), nix::unistd::UnlinkatFlags::RemoveDir)
-        .map_err(detach)?;
+    nix::unistd::unlinkat(
+        None,
+        plan.host.as_c_str(),
+        nix::unistd::UnlinkatFlags::RemoveDir,
+    )
+    .map_err(detach)?;
     mount(
         None::<&CStr>,
         c"/",
@@ -465,7 +474,10 @@ mod tests {
             errno: libc::EINVAL,
         };
         let back = Failure::decode(&f.encode()).unwrap();
-        assert_eq!((back.stage, back.index, back.errno), (Stage::Seccomp, 1, libc::EINVAL));
+        assert_eq!(
+            (back.stage, back.index, back.errno),
+            (Stage::Seccomp, 1, libc::EINVAL)
+        );
         assert!(Failure::decode(&[1, 2, 3]).is_none());
         assert!(Failure::decode(&[99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
     }
