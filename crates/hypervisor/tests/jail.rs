@@ -516,24 +516,13 @@ fn owned_dir(parent: &Path, name: &str, id: Identity) -> PathBuf {
 }
 
 /// A vhost-user helper in its jail: binary and libraries read-only, its
-/// socket directory (and `extra` binds) writable; returns once its socket
-/// is there.
-fn helper_jail(
-    name: &str,
-    program: &str,
-    profile: SeccompProfile,
-    id: Identity,
-    sockets: &Path,
-    extra: Vec<BindMount>,
-    args: &[&str],
-    out: &File,
-) -> JailedProcess {
-    let mut cfg = JailConfig::new(name, program, id, profile);
+/// socket directory writable at `/run/sockets`, its own `/proc`.
+fn helper_jail(program: &str, profile: SeccompProfile, id: Identity, sockets: &Path) -> JailConfig {
+    let mut cfg = JailConfig::new(profile.name.clone(), program, id, profile);
     cfg.seccomp.deny = match std::env::var("CAPSA_JAIL_DENY").as_deref() {
         Ok("log") => Deny::Log,
         _ => Deny::KillProcess,
     };
-    cfg.args = args.iter().map(|s| s.to_string()).collect();
     cfg.binds = vec![
         BindMount::read_only(program),
         BindMount::read_only("/dev/null"),
@@ -544,10 +533,14 @@ fn helper_jail(
             .into_iter()
             .map(BindMount::read_only),
     );
-    cfg.binds.extend(extra);
     // virtiofsd reopens files through /proc/self/fd.
     cfg.proc = true;
     cfg.new_network = true;
+    cfg
+}
+
+fn with_output(mut cfg: JailConfig, args: &[&str], out: &File) -> JailedProcess {
+    cfg.args = args.iter().map(|s| s.to_string()).collect();
     let fd = |f: &File| OwnedFd::from(f.try_clone().unwrap());
     cfg.fds = vec![(fd(out), 1), (fd(out), 2)];
     jail::spawn(cfg).expect("spawn")
@@ -568,30 +561,33 @@ async fn the_vhost_user_helpers_start_in_their_jails() {
     let share = owned_dir(dir.path(), "share", id);
     let log = dir.path().join("log");
     let out = File::create(&log).unwrap();
-    let mut fs = helper_jail(
-        "virtiofsd",
+    let mut cfg = helper_jail(
         "/usr/local/bin/virtiofsd",
         jail::profiles::virtiofsd(),
         id,
         &sockets,
-        vec![BindMount::read_write(&share).at("/share")],
+    );
+    cfg.binds.push(BindMount::read_write(&share).at("/share"));
+    let mut fs = with_output(
+        cfg,
         &[
             "--socket-path=/run/sockets/fs.sock",
             "--shared-dir=/share",
             "--sandbox=none",
-            // The jail sets the limit; virtiofsd would read /proc for it.
+            // The jail sets the limit.
             "--rlimit-nofile=0",
             "--tag=kataShared",
         ],
         &out,
     );
-    let mut vsock = helper_jail(
-        "vsock",
+    let cfg = helper_jail(
         "/usr/local/bin/vhost-device-vsock",
         jail::profiles::vhost_device_vsock(),
         id,
         &sockets,
-        Vec::new(),
+    );
+    let mut vsock = with_output(
+        cfg,
         &[
             "--vm",
             "guest-cid=3,socket=/run/sockets/vsock.sock,uds-path=/run/sockets/vsock",

@@ -36,7 +36,7 @@ mod tests {
     fn a_directory_that_is_not_a_cgroup_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = join("t", Pid::from_raw(1), &[missing.clone()]).unwrap_err();
+        let err = join("t", Pid::from_raw(1), std::slice::from_ref(&missing)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("jail t: join cgroup {}", missing.display())
