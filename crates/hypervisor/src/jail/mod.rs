@@ -54,7 +54,8 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindMount {
     /// Host path (a directory, a regular file or a device node). Symbolic
-    /// links are followed on the host.
+    /// links are resolved on the host. The bind is made as the jail's uid:
+    /// every directory above the source must be searchable by it.
     pub source: PathBuf,
     /// Absolute path inside the jail.
     pub target: PathBuf,
