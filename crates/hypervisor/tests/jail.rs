@@ -453,21 +453,48 @@ async fn a_uml_kernel_boots_in_its_jail() {
     cfg.new_network = true;
     cfg.limits.processes = 256;
     let fd = |f: &File| OwnedFd::from(f.try_clone().unwrap());
-    cfg.fds = vec![(fd(&out), 1), (fd(&out), 2)];
+    // The guest's console reads this pipe: init waits on it.
+    let (console, go) = nix::unistd::pipe().unwrap();
+    let mut go = File::from(go);
+    cfg.fds = vec![(console, 0), (fd(&out), 1), (fd(&out), 2)];
     let mut jailed = jail::spawn(cfg).expect("spawn");
+    let text = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(60), || text().contains("waiting")),
+        "init did not start:\n{}",
+        text()
+    );
+    // The kernel process, its guest processes (init and its shell's
+    // children), its helpers: all confined alike.
+    let pid_ns = ns(&jailed.pid().to_string(), "pid");
+    let all = processes_in("pid", &pid_ns);
+    assert!(all.len() >= 2, "{all:?}");
+    for p in &all {
+        assert_eq!(status_field(*p, "Seccomp"), "2", "pid {p}");
+        assert_eq!(status_field(*p, "NoNewPrivs"), "1", "pid {p}");
+        assert_eq!(status_field(*p, "CapEff"), "0000000000000000", "pid {p}");
+        assert_eq!(status_field(*p, "CapBnd"), "0000000000000000", "pid {p}");
+        assert_ne!(ns(&p.to_string(), "mnt"), ns("self", "mnt"), "pid {p}");
+    }
+    use std::io::Write;
+    go.write_all(b"go\n").unwrap();
     let status = tokio::time::timeout(Duration::from_secs(60), jailed.wait())
         .await
         .expect("UML did not power off")
         .unwrap();
-    let output = std::fs::read_to_string(&path).unwrap();
-    for line in ["UML-INIT-OK", "loop-done 20"] {
-        assert!(output.lines().any(|l| l == line), "no {line} in:\n{output}");
+    let output = text();
+    for line in ["UML-INIT-OK", "loop-done 20", "got go"] {
+        assert!(
+            output.lines().any(|l| l.trim_end() == line),
+            "no {line} in:\n{output}"
+        );
     }
     assert_eq!(status.code(), Some(0), "{output}");
+    assert!(processes_in("pid", &pid_ns).is_empty());
 }
 
-/// A gzip-less newc initramfs: busybox and an `/init` that forks, execs and
-/// powers off.
+/// A gzip-less newc initramfs: busybox and an `/init` that forks and execs,
+/// waits for a line on its console, and powers off.
 fn write_initrd(path: &Path) {
     let dir = path.with_extension("d");
     std::fs::create_dir_all(dir.join("bin")).unwrap();
@@ -476,6 +503,9 @@ fn write_initrd(path: &Path) {
         /bin/busybox echo UML-INIT-OK\n\
         i=0; while [ $i -lt 20 ]; do /bin/busybox true; i=$((i+1)); done\n\
         /bin/busybox echo loop-done $i\n\
+        /bin/busybox echo waiting\n\
+        read x\n\
+        /bin/busybox echo got $x\n\
         /bin/busybox poweroff -f\n";
     std::fs::write(dir.join("init"), init).unwrap();
     use std::os::unix::fs::PermissionsExt;
