@@ -114,7 +114,11 @@ fn build_initramfs(dir: &Path) -> PathBuf {
         .arg(&src)
         .output()
         .expect("cc (gcc) is needed to build the guest's vsock client");
-    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let init = root.join("init");
     std::fs::write(&init, init_script()).unwrap();
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -128,7 +132,11 @@ fn build_initramfs(dir: &Path) -> PathBuf {
         .stdout(std::fs::File::create(&image).unwrap())
         .spawn()
         .expect("cpio");
-    cpio.stdin.take().unwrap().write_all(list.as_bytes()).unwrap();
+    cpio.stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
     assert!(cpio.wait().unwrap().success(), "cpio failed");
     image
 }
@@ -289,7 +297,10 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
             .collect::<String>()
     };
     let Some(mut stream) = stream else {
-        panic!("the guest did not connect over vsock; console:\n{}", console_so_far());
+        panic!(
+            "the guest did not connect over vsock; console:\n{}",
+            console_so_far()
+        );
     };
     stream.set_nonblocking(false).unwrap();
     stream
@@ -300,14 +311,24 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
     while !report.ends_with("--- end\n") {
         let before = report.len();
         reader.read_line(&mut report).unwrap();
-        assert!(report.len() > before, "the guest's report ended early:\n{report}");
+        assert!(
+            report.len() > before,
+            "the guest's report ended early:\n{report}"
+        );
     }
 
     // Guest RAM: UML's unlinked file, mapped by both daemons through the
     // memory table's descriptor.
     let uml_mem = mapped_deleted_files(uml_pid, &mem_dir);
-    assert!(!uml_mem.is_empty(), "UML maps no memory file in {}", mem_dir.display());
-    for (name, pid) in [("virtiofsd", virtiofsd_pid), ("vhost-device-vsock", vsockd_pid)] {
+    assert!(
+        !uml_mem.is_empty(),
+        "UML maps no memory file in {}",
+        mem_dir.display()
+    );
+    for (name, pid) in [
+        ("virtiofsd", virtiofsd_pid),
+        ("vhost-device-vsock", vsockd_pid),
+    ] {
         let theirs = mapped_deleted_files(pid, &mem_dir);
         assert!(
             theirs.iter().any(|f| uml_mem.contains(f)),
@@ -326,7 +347,10 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
     let lines: Vec<(Duration, String)> = console.iter().collect();
     let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     assert!(exited, "UML did not power off; console:\n{text}");
-    assert!(status.success(), "UML exited with {status}; console:\n{text}");
+    assert!(
+        status.success(),
+        "UML exited with {status}; console:\n{text}"
+    );
     let init_at = lines
         .iter()
         .find(|(_, l)| l.contains("capsa-uml-init: started"))
@@ -338,9 +362,15 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
         total.as_millis()
     );
 
-    assert!(report.contains(&format!("share: {SHARED_TEXT}\n")), "report:\n{report}");
+    assert!(
+        report.contains(&format!("share: {SHARED_TEXT}\n")),
+        "report:\n{report}"
+    );
     assert!(report.contains("hostfs: refused\n"), "report:\n{report}");
-    assert!(report.contains("hostfs-registered: 0\n"), "report:\n{report}");
+    assert!(
+        report.contains("hostfs-registered: 0\n"),
+        "report:\n{report}"
+    );
     assert!(report.contains("--- end\n"), "report:\n{report}");
     let cpuinfo_version = report
         .split("--- cpuinfo\n")
@@ -349,7 +379,10 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
         .split("--- end\n")
         .next()
         .unwrap();
-    assert!(cpuinfo_version.contains("Linux version"), "report:\n{report}");
+    assert!(
+        cpuinfo_version.contains("Linux version"),
+        "report:\n{report}"
+    );
     for (what, secret) in [
         ("kernel release", host_kernel_value("osrelease")),
         ("host name", host_kernel_value("hostname")),
@@ -377,7 +410,8 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
     .unwrap();
     reaper.0[1].wait().unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || processes_with(&marker).is_empty()),
+        wait_until(Duration::from_secs(10), || processes_with(&marker)
+            .is_empty()),
         "processes the test started are still running: {:?}",
         processes_with(&marker)
     );
