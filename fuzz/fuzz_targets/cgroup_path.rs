@@ -1,12 +1,12 @@
 //! The sandbox spec's `linux.cgroupsPath` as the shim decodes it with
-//! `sandbox_cgroup_only` (`capsa_shim::cgroup::CgroupPath::parse`): whoever
-//! creates the pod writes it, and the shim creates, joins and removes
+//! `sandbox_cgroup_only` (`capsa_runtime::resource::cgroup::CgroupPath::parse`):
+//! whoever creates the pod writes it, and the runtime creates, joins and removes
 //! directories from it. Input: the path text.
 #![no_main]
 
 use std::path::Component;
 
-use capsa_shim::cgroup::CgroupPath;
+use capsa_runtime::resource::cgroup::CgroupPath;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

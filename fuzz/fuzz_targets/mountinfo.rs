@@ -1,4 +1,4 @@
-//! `/proc/self/mountinfo` parsing (`capsa_runtime::mount`), which decides
+//! `/proc/self/mountinfo` parsing (`capsa_runtime::resource::share::mount`), which decides
 //! what is unmounted below a sandbox's state directory. Input: three
 //! NUL-separated parts: mountinfo text, a directory, and a mount point put
 //! in a line escaped as the kernel does, which must come back whole.
@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use capsa_runtime::mount;
+use capsa_runtime::resource::share::mount;
 use libfuzzer_sys::fuzz_target;
 
 /// The kernel's escaping of a mount point (`show_mountinfo`: space, tab,

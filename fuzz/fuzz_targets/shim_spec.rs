@@ -1,14 +1,16 @@
-//! What the shim reads from a task's OCI spec (written by whoever creates
-//! the pod): its role in the pod from the CRI annotations
-//! (`annotations::role`) and the VM's size from the sandbox annotations or
-//! the spec's resources (`sizing::vm_size`). Input: first byte even, a
-//! `config.json`; odd, annotations and limits built from the rest.
+//! What the runtime's request parser reads from a task's OCI spec (written
+//! by whoever creates the pod): its role in the pod from the CRI
+//! annotations (`request::annotations`) and the VM's static size from the
+//! sandbox annotations or the spec's resources (`request::pod_limits`,
+//! `cpu_mem::static_size`). Input: first byte even, a `config.json`; odd,
+//! annotations and limits built from the rest.
 #![no_main]
 
 use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Unstructured};
-use capsa_shim::{annotations, sizing};
+use capsa_runtime::request;
+use capsa_runtime::resource::cpu_mem;
 use libfuzzer_sys::fuzz_target;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec,
@@ -75,10 +77,10 @@ fuzz_target!(|data: &[u8]| {
             (spec, default_vcpus, default_memory_mib)
         }
     };
-    let role = annotations::role(spec.annotations().as_ref());
+    let role = request::annotations(&spec).role;
     let pod = role.pod_id("task");
     assert!(!pod.is_empty(), "{role:?} has an empty pod id");
-    let size = sizing::vm_size(&spec, vcpus, memory);
+    let size = cpu_mem::static_size(request::pod_limits(&spec), vcpus, memory);
     let got_vcpus = size.vcpus.expect("vcpus always set");
     assert!(got_vcpus <= 256, "{got_vcpus} vCPUs");
     assert!(

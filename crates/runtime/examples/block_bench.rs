@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use capsa_hypervisor::{BlockDevice, BlockDriver};
-use capsa_runtime::resource::{container, Rootfs};
+use capsa_runtime::resource::{volume, Rootfs};
 use capsa_runtime::{ProcessSpec, Sandbox, VmSize, Volume};
 use capsa_test_infra::block::ImageFile;
 use capsa_test_infra::TestEnv;
@@ -159,7 +159,7 @@ async fn start(
     };
     let mut spec = capsa_runtime::spec::build(&process, "", "bench").expect("spec");
     if let Some(v) = volume {
-        container::add_volume(&mut spec, v).expect("volume");
+        volume::add_volume(&mut spec, v).expect("volume");
     }
     let rootfs = Rootfs::Dir(env.rootfs.clone());
     sandbox

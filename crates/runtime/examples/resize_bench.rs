@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use capsa_runtime::resource::sizing::Limits;
+use capsa_runtime::resource::cpu_mem::Limits;
 use capsa_runtime::{Sandbox, VmSize};
 use capsa_test_infra::TestEnv;
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::resource::sizing::DEFAULT_CFS_PERIOD;
+use crate::resource::cpu_mem::DEFAULT_CFS_PERIOD;
 use crate::{Error, Sandbox};
 
 /// The socket's name in the sandbox's state directory.

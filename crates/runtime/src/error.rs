@@ -25,7 +25,7 @@ pub enum Error {
         mount: String,
         path: PathBuf,
         #[source]
-        source: Box<crate::mount::SourceError>,
+        source: Box<crate::resource::share::mount::SourceError>,
     },
     #[error("mount the rootfs ({typ} {device}): {reason}")]
     RootfsMount {
@@ -55,6 +55,9 @@ pub enum Error {
     /// The pod network (host side: netns, taps, filters).
     #[error("pod network")]
     Network(#[source] Box<crate::resource::network::NetworkError>),
+    /// The pod's host cgroup (`sandbox_cgroup_only`).
+    #[error(transparent)]
+    Cgroup(#[from] crate::resource::cgroup::Error),
     #[error("hot-plug for {what}")]
     Hotplug {
         what: String,

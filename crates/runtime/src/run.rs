@@ -15,11 +15,11 @@ use crate::record::SandboxStatus;
 use crate::resource::network::attachment::{self, CniAttachment, CniRequest};
 use crate::resource::network::cni::PortMapping;
 use crate::resource::network::{NetworkError, PodNetwork};
-use crate::resource::{container, Rootfs};
+use crate::resource::{volume, Rootfs};
 use crate::spec::{self, ProcessSpec, Volume};
 use crate::state::StateDir;
 use crate::vm::VmSize;
-use crate::{Error, Sandbox};
+use crate::{Error, Sandbox, SandboxRequest};
 
 /// Exit status of a workload whose VM was declared dead and killed
 /// (SIGKILL's).
@@ -130,10 +130,30 @@ async fn network_in(
     made
 }
 
-/// Starts the sandbox in `dir` on `network`; on an error, `dir` (and the
-/// network in it) is gone.
-async fn start_on(spec: &RunSpec, dir: StateDir, network: Network) -> Result<Sandbox, Error> {
-    let mut sandbox = Sandbox::start_in(&spec.config, dir, spec.size, &network.pod).await?;
+/// What the sandbox is to be: the configuration and the container's
+/// spec read by the one parser ([`SandboxRequest::parse`]: static sizing,
+/// `sandbox_cgroup_only`), with the VM size given on the command line.
+fn request(spec: &RunSpec, id: &str) -> Result<SandboxRequest, Error> {
+    let mut request = SandboxRequest::parse(&spec.config, id, &host_spec(spec, "")?)?;
+    if spec.size.vcpus.is_some() {
+        request.size.vcpus = spec.size.vcpus;
+    }
+    if spec.size.memory_mib.is_some() {
+        request.size.memory_mib = spec.size.memory_mib;
+    }
+    Ok(request)
+}
+
+/// Starts the sandbox in `dir` as `request` says, on `network`; on an
+/// error, `dir` (and the network in it) is gone.
+async fn start_on(
+    spec: &RunSpec,
+    dir: StateDir,
+    mut request: SandboxRequest,
+    network: Network,
+) -> Result<Sandbox, Error> {
+    request.network = network.pod;
+    let mut sandbox = Sandbox::start_request_in(&spec.config, dir, &request).await?;
     if let Some(made) = network.attachment {
         sandbox.update_record(|r| r.cni = Some(made));
     }
@@ -152,9 +172,10 @@ pub async fn run(
     stop: impl Future<Output = i32> + Send,
 ) -> Result<i32, Error> {
     check_sources(&spec)?;
-    let request = cni_request(&spec)?;
+    let cni = cni_request(&spec)?;
     tokio::pin!(stop);
     let id = name.map_or_else(crate::vm::new_id, String::from);
+    let request = request(&spec, &id)?;
     let root = &spec.config.runtime.state_dir;
     for stale in StateDir::collect_stale(root) {
         tracing::info!(sandbox = %stale, "removed the state of a sandbox whose capsa died");
@@ -162,8 +183,8 @@ pub async fn run(
     let dir = StateDir::create(root, &id)?;
     // Not interrupted by `stop`: a CNI ADD is short, and is either
     // finished or undone when this returns.
-    let network = network_in(&spec, request, &dir).await?;
-    let started = start_on(&spec, dir, network);
+    let network = network_in(&spec, cni, &dir).await?;
+    let started = start_on(&spec, dir, request, network);
     // Biased: a start that fails at once (a name in use) reports that,
     // rather than a pending stop.
     let mut sandbox = tokio::select! {
@@ -266,14 +287,14 @@ async fn accept(control: Option<&Control>) -> std::io::Result<tokio::net::UnixSt
 /// given to the guest (a host system path, a disk the host uses). Each is
 /// checked again when it is attached.
 fn check_sources(spec: &RunSpec) -> Result<(), Error> {
-    container::check_sources(&spec.rootfs, &host_spec(spec, "")?)
+    volume::check_sources(&spec.rootfs, &host_spec(spec, "")?)
 }
 
 /// The container's spec with host paths: the process, and the volumes.
 fn host_spec(spec: &RunSpec, hostname: &str) -> Result<oci_spec::runtime::Spec, Error> {
     let mut oci = spec::build(&spec.process, "", hostname)?;
     for volume in &spec.volumes {
-        container::add_volume(&mut oci, volume)?;
+        volume::add_volume(&mut oci, volume)?;
     }
     Ok(oci)
 }
@@ -367,15 +388,17 @@ pub async fn run_detached(
 }
 
 async fn prepare_detached(spec: &RunSpec, dir: StateDir) -> Result<Sandbox, Error> {
-    let request = match check_sources(spec).and_then(|()| cni_request(spec)) {
+    let checked =
+        check_sources(spec).and_then(|()| Ok((cni_request(spec)?, request(spec, &dir.id())?)));
+    let (cni, request) = match checked {
         Ok(r) => r,
         Err(e) => {
             let _ = dir.remove();
             return Err(e);
         }
     };
-    let network = network_in(spec, request, &dir).await?;
-    start_on(spec, dir, network).await
+    let network = network_in(spec, cni, &dir).await?;
+    start_on(spec, dir, request, network).await
 }
 
 async fn start_detached(

@@ -4,7 +4,8 @@
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::{mount, Error};
+use crate::resource::share::mount;
+use crate::Error;
 
 /// The state directory of one sandbox. Created empty, removed with
 /// [`StateDir::remove`], which first detaches every mount below it.

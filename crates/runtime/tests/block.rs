@@ -8,7 +8,7 @@ use std::process::Command;
 
 mod common;
 
-use capsa_runtime::resource::{container, HostMount, Rootfs};
+use capsa_runtime::resource::{volume, HostMount, Rootfs};
 use capsa_runtime::{ProcessSpec, Sandbox, Volume};
 use capsa_test_infra::block::{ImageFile, LoopDevice};
 use capsa_test_infra::{assert_no_leaks, TestEnv};
@@ -151,7 +151,7 @@ async fn a_raw_block_device_is_usable_in_the_container() {
         &Rootfs::Dir(env.rootfs.clone()),
         script,
         |spec| {
-            container::add_volume(spec, &volume).expect("a raw device volume");
+            volume::add_volume(spec, &volume).expect("a raw device volume");
             add_sys_admin(spec);
         },
     )
@@ -284,7 +284,7 @@ async fn virtio_scsi_drives_carry_rootfs_and_read_only_volumes() {
         "scsi",
         &Rootfs::Image(image.path().to_path_buf()),
         script,
-        |spec| container::add_volume(spec, &volume).expect("volume"),
+        |spec| volume::add_volume(spec, &volume).expect("volume"),
     )
     .await;
     assert_eq!(code, 0, "{out}");

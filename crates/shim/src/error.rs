@@ -1,5 +1,6 @@
 //! The shim's errors and their ttRPC status codes.
 
+use capsa_runtime::resource::cgroup::Error as Cgroup;
 use containerd_shim::protos::protobuf::Enum;
 use containerd_shim::protos::ttrpc;
 
@@ -50,8 +51,6 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::Error),
-    #[error(transparent)]
     Config(#[from] capsa_config::Error),
     #[error(transparent)]
     Runtime(#[from] capsa_runtime::Error),
@@ -70,8 +69,12 @@ impl Error {
                 ttrpc::Code::FAILED_PRECONDITION
             }
             Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
-            Error::Cgroup(crate::cgroup::Error::TooSmall { .. }) => ttrpc::Code::RESOURCE_EXHAUSTED,
-            Error::Cgroup(crate::cgroup::Error::Path { .. }) => ttrpc::Code::INVALID_ARGUMENT,
+            Error::Runtime(capsa_runtime::Error::Cgroup(Cgroup::TooSmall { .. })) => {
+                ttrpc::Code::RESOURCE_EXHAUSTED
+            }
+            Error::Runtime(capsa_runtime::Error::Cgroup(Cgroup::Path { .. })) => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
             Error::Invalid { .. }
             | Error::Spec { .. }
             | Error::Runtime(

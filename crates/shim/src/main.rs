@@ -17,8 +17,6 @@ mod stats;
 mod stdio;
 mod timeline;
 
-use capsa_shim::{annotations, cgroup, network, sizing};
-
 /// The runtime's name for containerd.
 pub const RUNTIME_ID: &str = "io.containerd.capsa.v2";
 

@@ -9,14 +9,13 @@ use capsa_agent_client::AgentClient;
 use capsa_protocols::convert;
 use capsa_runtime::health::{Death, VmState, Watch};
 use capsa_runtime::resource::{HostMount, Rootfs};
-use capsa_runtime::{GuestProcess, Sandbox};
+use capsa_runtime::{GuestProcess, Sandbox, SandboxRequest};
 use containerd_shim::protos::api::Mount as RootfsMount;
 use containerd_shim::protos::types::task::Status;
 use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
 use tracing::{Instrument, Span};
 
-use crate::cgroup::PodCgroup;
 use crate::error::Error;
 use crate::events::Events;
 use crate::process::{Exit, Proc};
@@ -62,9 +61,6 @@ pub struct Pod {
     pub state_dir: PathBuf,
     pub tasks: StdMutex<HashMap<String, Arc<Task>>>,
     pub events: Arc<Events>,
-    /// The pod cgroup the shim joined (`sandbox_cgroup_only`), released
-    /// once the VM is gone.
-    cgroup: StdMutex<Option<PodCgroup>>,
     /// The pod's root step of the timeline (`Span::none()` without one):
     /// the parent of its containers' steps.
     pub span: Span,
@@ -78,25 +74,21 @@ impl Pod {
         id: &str,
         namespace: &str,
         config: &capsa_config::Config,
-        size: capsa_runtime::VmSize,
-        net: &capsa_runtime::PodNetwork,
+        request: &SandboxRequest,
         events: Arc<Events>,
-        cgroup: Option<PodCgroup>,
     ) -> Result<Arc<Self>, Error> {
+        let (size, net) = (&request.size, &request.network);
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, netns = ?net.netns, "VM size and network");
         let timeline = PodTimeline::start(&config.runtime.timeline_dir, id);
         let span = timeline
             .as_ref()
             .map_or_else(Span::none, |t| t.span().clone());
-        let started = Sandbox::start_named(config, id, size, net)
+        let started = Sandbox::start_request(config, id, request)
             .instrument(span.clone())
             .await;
         let mut sandbox = match started {
             Ok(sandbox) => sandbox,
             Err(e) => {
-                if let Some(cgroup) = cgroup {
-                    cgroup.release();
-                }
                 drop(span);
                 if let Some(timeline) = timeline {
                     timeline.finish();
@@ -117,7 +109,6 @@ impl Pod {
             sandbox: Mutex::new(Some(sandbox)),
             tasks: StdMutex::default(),
             events,
-            cgroup: StdMutex::new(cgroup),
             span,
             timeline: StdMutex::new(timeline),
         });
@@ -337,10 +328,6 @@ impl Pod {
                 tracing::error!(pod = %self.id, error = %e, "pod teardown");
             }
         }
-        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(cgroup) = cgroup {
-            cgroup.release();
-        }
         let tasks: Vec<Arc<Task>> = self
             .tasks
             .lock()
@@ -371,10 +358,6 @@ impl Pod {
             if let Err(e) = destroyed {
                 tracing::error!(pod = %self.id, error = %e, "pod teardown");
             }
-        }
-        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(cgroup) = cgroup {
-            cgroup.release();
         }
         let timeline = self
             .timeline

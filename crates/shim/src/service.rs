@@ -19,7 +19,9 @@ use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-use crate::annotations::{self, Role};
+use capsa_runtime::request::{self, Role, SandboxRequest};
+use capsa_runtime::resource::cgroup::CGROUP_RECORD_FILE;
+
 use crate::error::Error;
 use crate::events::Events;
 use crate::pod::{Pod, Task as PodTask};
@@ -84,8 +86,8 @@ impl Service {
             source,
         })?;
         let rootfs = crate::pod::rootfs(&req.bundle, &req.rootfs, &spec);
-        capsa_runtime::resource::container::check_sources(&rootfs, &spec)?;
-        let role = annotations::role(spec.annotations().as_ref());
+        capsa_runtime::resource::volume::check_sources(&rootfs, &spec)?;
+        let role = request::annotations(&spec).role;
         let pod_id = role.pod_id(&req.id).to_string();
         tracing::info!(container = %req.id, pod = %pod_id, ?role, "create");
         let pod = {
@@ -108,28 +110,10 @@ impl Service {
                     let explicit = crate::options::config_path(req.options.as_ref());
                     let (config, source) = capsa_config::load(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
-                    let q = &config.hypervisor.qemu;
-                    // Static sizing boots at what the pod asks for;
-                    // elastic sizing boots at the defaults and grows
-                    // with each container (`Sandbox::create_container_from`).
-                    let size = if config.runtime.static_sandbox_resource_mgmt {
-                        crate::sizing::vm_size(&spec, q.default_vcpus, q.default_memory)
-                    } else {
-                        capsa_runtime::VmSize::default()
-                    };
-                    let net = crate::network::pod_network(&spec);
-                    // With `sandbox_cgroup_only`, the shim moves into the
-                    // pod's cgroup before the VM's processes are started,
-                    // once the cgroup's limits are known to fit the VM.
-                    let cgroup = if config.runtime.sandbox_cgroup_only {
-                        let boot = capsa_runtime::VmSize {
-                            vcpus: Some(size.vcpus.unwrap_or(q.default_vcpus)),
-                            memory_mib: Some(size.memory_mib.unwrap_or(q.default_memory)),
-                        };
-                        Some(join_pod_cgroup(&spec, &pod_id, &boot, bundle)?)
-                    } else {
-                        None
-                    };
+                    let mut request = SandboxRequest::parse(&config, &pod_id, &spec)?;
+                    if let Some(cgroup) = request.cgroup.as_mut() {
+                        cgroup.record = Some(bundle.join(CGROUP_RECORD_FILE));
+                    }
                     // Where the pod's state will be, recorded before
                     // anything is made: a shim killed at any point of the
                     // boot leaves state that `delete` finds.
@@ -138,10 +122,8 @@ impl Service {
                         &pod_id,
                         &self.namespace,
                         &config,
-                        size,
-                        &net,
+                        &request,
                         self.events.clone(),
-                        cgroup,
                     )
                     .await;
                     let pod = match started {
@@ -427,31 +409,6 @@ impl Service {
             ..Default::default()
         })
     }
-}
-
-/// Checks that the pod cgroup named by `spec`'s `linux.cgroupsPath` fits
-/// a VM of `size` (its boot size), then creates it where missing and
-/// moves the shim in.
-fn join_pod_cgroup(
-    spec: &Spec,
-    pod_id: &str,
-    size: &capsa_runtime::VmSize,
-    bundle: &Path,
-) -> Result<crate::cgroup::PodCgroup, Error> {
-    use crate::cgroup::{check_fits, CgroupPath, PodCgroup, CGROUP_RECORD_FILE};
-    let raw = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().as_ref())
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let path = CgroupPath::parse(&raw, pod_id)?;
-    let guest_mib = u64::from(size.memory_mib.unwrap_or_default());
-    check_fits(&path, guest_mib, size.vcpus.unwrap_or(1))?;
-    Ok(PodCgroup::join(
-        path,
-        Some(bundle.join(CGROUP_RECORD_FILE)),
-    )?)
 }
 
 /// Records in `bundle` the pod state directory its task lives in, for

@@ -12,8 +12,9 @@ use containerd_shim::{Config, DeleteResponse, Error as ShimError, Flags, StartOp
 use oci_spec::runtime::Spec;
 
 use capsa_runtime::health::VmState;
+use capsa_runtime::request::{self, Role};
+use capsa_runtime::resource::cgroup;
 
-use crate::annotations;
 use crate::events::Events;
 use crate::pod::VM_DIED_STATUS;
 use crate::service::Service;
@@ -56,7 +57,9 @@ impl Shim for CapsaShim {
     /// the shim that owns the pod's VM.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimError> {
         let spec = Spec::load("config.json").ok();
-        let role = annotations::role(spec.as_ref().and_then(|s| s.annotations().as_ref()));
+        let role = spec
+            .as_ref()
+            .map_or(Role::Standalone, |s| request::annotations(s).role);
         let grouping = role.pod_id(&opts.id).to_string();
         // `spawn` starts a shim on the group's socket; when the pod's
         // shim already serves it, the new one exits and its address is
@@ -73,7 +76,7 @@ impl Shim for CapsaShim {
             Err(_) => tracing::info!(task = %self.id, "no pod state recorded: nothing to clean"),
         }
         // The pod cgroup the dead shim made (`sandbox_cgroup_only`).
-        crate::cgroup::cleanup_record(Path::new(crate::cgroup::CGROUP_RECORD_FILE));
+        cgroup::cleanup_record(Path::new(cgroup::CGROUP_RECORD_FILE));
         // A shim killed (SIGKILL) left its socket file: a pod's or lone
         // task's shim served on the socket of this id.
         let socket =

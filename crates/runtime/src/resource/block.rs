@@ -6,11 +6,117 @@
 
 use std::path::{Path, PathBuf};
 
-use capsa_hypervisor::{BlockDevice, BlockDriver, GuestAddress};
+use capsa_hypervisor::{BlockDevice, BlockDriver, BlockHotplug, GuestAddress};
 use capsa_protocols::{agent, DRIVER_BLK, DRIVER_SCSI};
+use tracing::Instrument;
 
-use super::BlockSource;
+use super::manager::ContainerAttach;
+use super::{BlockPolicy, BlockSource};
+use crate::record::DeviceRecord;
 use crate::Error;
+
+/// The drives of one VM: how they are used, and their names.
+#[derive(Debug)]
+pub struct Drives {
+    policy: BlockPolicy,
+    /// Drives attached so far (names the next one).
+    count: u32,
+}
+
+impl Drives {
+    pub fn new(policy: BlockPolicy) -> Self {
+        Self { policy, count: 0 }
+    }
+
+    pub fn policy(&self) -> BlockPolicy {
+        self.policy
+    }
+
+    /// A new drive id, unique in this VM.
+    fn next_id(&mut self) -> String {
+        self.count += 1;
+        format!("drive{}", self.count)
+    }
+
+    /// [`prepare`]s `source` as the next drive of this VM.
+    pub fn prepare(
+        &mut self,
+        what: &str,
+        source: &Path,
+        read_only: bool,
+    ) -> Result<BlockDevice, Error> {
+        let id = self.next_id();
+        prepare(what, source, read_only, id, self.policy.driver)
+    }
+}
+
+/// Hot-plugs `device` for the container of `ctx` (`role` says what for)
+/// and records it.
+pub async fn attach(
+    ctx: &mut ContainerAttach<'_>,
+    role: &str,
+    device: &BlockDevice,
+) -> Result<GuestAddress, Error> {
+    let hotplug_error = |source| Error::Hotplug {
+        what: role.into(),
+        source,
+    };
+    let hotplug = ctx.block.get("block hot-plug").map_err(hotplug_error)?;
+    let address = hotplug
+        .attach_block(device)
+        .instrument(crate::step!("drive hot-plug"))
+        .await
+        .map_err(hotplug_error)?;
+    let cid = ctx.cid;
+    tracing::info!(container = cid, drive = %device.id, source = %device.path.display(), %address, role, "drive hot-plugged");
+    ctx.records.push(DeviceRecord {
+        id: device.id.clone(),
+        container: cid.into(),
+        role: role.into(),
+        source: device.path.clone(),
+        driver: device.driver.to_string(),
+        guest_address: address.to_string(),
+        read_only: device.read_only,
+    });
+    Ok(address)
+}
+
+/// Unplugs container `cid`'s drives among `records` (once the guest let
+/// go of them), removing each unplugged one; failures are logged and the
+/// first returned.
+pub async fn detach_container(
+    hotplug: Result<&mut dyn BlockHotplug, capsa_hypervisor::Error>,
+    records: &mut Vec<DeviceRecord>,
+    cid: &str,
+) -> Option<Error> {
+    let ids: Vec<String> = records
+        .iter()
+        .filter(|d| d.container == cid)
+        .map(|d| d.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let hotplug = match hotplug {
+        Ok(h) => h,
+        Err(e) => return Some(Error::Vm(e)),
+    };
+    let mut first = None;
+    for id in ids {
+        match hotplug.detach_block(&id).await {
+            Ok(()) => {
+                tracing::info!(container = cid, drive = %id, "drive unplugged");
+                records.retain(|d| d.id != id);
+            }
+            Err(e) => {
+                let e = Error::Vm(e);
+                tracing::warn!(container = cid, drive = %id, error = %crate::error_chain(&e), "drive not unplugged");
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first
+}
 
 /// Inspects `path` for `what` (named in errors) and makes it a drive,
 /// refusing a host disk or a device in use on the host.
@@ -34,6 +140,19 @@ pub fn prepare(
         path: source.path().to_path_buf(),
         read_only,
         driver,
+    })
+}
+
+/// Refuses, before a VM boots for it, a drive for `what` that is not
+/// one or would hand the guest a disk the host uses.
+pub fn check_drive(what: &str, source: &Path) -> Result<(), Error> {
+    let found = inspect(what, source)?.ok_or_else(|| Error::NotBlock {
+        what: what.into(),
+        path: source.into(),
+    })?;
+    found.check_hotplug().map_err(|refusal| Error::Refused {
+        what: what.into(),
+        refusal,
     })
 }
 

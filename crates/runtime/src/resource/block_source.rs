@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use superblock::filesystem_of;
 
-use crate::mount::{Source, SourceError};
+use crate::resource::share::mount::{Source, SourceError};
 
 /// A block device or a regular image file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,22 @@
 //! Host-side resources of a sandbox: what the runtime prepares on the
-//! host and attaches to the VM for a container. Each kind has the same
-//! shape — prepare (check the host side), attach, detach, clean up:
+//! host and attaches to the VM, one module per kind (as Kata runtime-rs's
+//! `resource` crate), all held by one [`Resources`] value the sandbox owns
+//! ([`manager`]). A resource is given the driver capability it needs
+//! (`BlockHotplug`, `NetworkHotplug`, `ResourceHotplug`) and the agent
+//! client; nothing here knows the sandbox.
 //!
 //! | kind | prepare | attach | detach / clean up |
 //! |---|---|---|---|
-//! | [`share`]: a directory or file over virtio-fs | open and check the source ([`crate::mount::Source`]) | bind it into the sandbox's share | unmount, remove the share's directory |
+//! | [`share`]: a directory or file over virtio-fs | open and check the source ([`share::mount::Source`]) | bind it into the sandbox's share | unmount, remove the share's directory |
 //! | [`block`]: a drive (block device or image file) | inspect it, refuse a host disk ([`BlockSource::check_hotplug`]) | hot-plug it into the VM; the agent gets a `blk`/`scsi` storage or device | after the guest let go of it: hot-unplug |
+//! | [`rootfs`]: a container's root | check the directory or image | share it, or hot-plug it | with the share and the drives |
+//! | [`volume`]: a container's mounts and devices | check each source ([`volume::check_sources`]) | share a bind, hot-plug a volume or device | with the share and the drives |
+//! | [`network`]: the pod's netns | a tap per veth ([`network::setup`]) | a NIC per tap, configured by the agent | remove the taps and filters |
+//! | [`cpu_mem`]: vCPUs and memory | the boot size (static sizing) | grow with each container's limits (elastic) | shrink as they go |
+//! | [`cgroup`]: the pod's host cgroup (`sandbox_cgroup_only`) | check that the VM fits its limits | join it before the VM starts | leave it, remove what capsa made |
 //!
-//! [`container`] puts them together for one container, from a spec with
-//! host paths to the agent's `CreateContainer`: the same code for
-//! `capsa run` and for the shim. [`network`] turns the links of a pod's
-//! network namespace into endpoints (a tap per veth) for the VM's NICs.
+//! What a sandbox is to be (its size, network, cgroup) is decided once,
+//! from the configuration and an OCI spec, by [`crate::request`].
 
 use std::path::PathBuf;
 
@@ -18,13 +24,16 @@ use capsa_hypervisor::BlockDriver;
 
 pub mod block;
 pub mod block_source;
-pub mod container;
-mod loopdev;
+pub mod cgroup;
+pub mod cpu_mem;
+pub mod manager;
 pub mod network;
+pub mod rootfs;
 pub mod share;
-pub mod sizing;
+pub mod volume;
 
 pub use block_source::{BlockKind, BlockSource, BlockSourceError, Refusal};
+pub use manager::Resources;
 
 /// A filesystem mount as containerd gives it for a snapshot (its
 /// `rootfs` mounts): made on the host, or handed to the guest whole when

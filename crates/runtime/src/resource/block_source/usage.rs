@@ -303,12 +303,17 @@ pub fn parse_mounts(info: &[u8]) -> Result<Vec<Mount>, String> {
         .into_iter()
         .map(|m| {
             let mut devs: Vec<Dev> = parse_dev(&m.majmin).into_iter().collect();
-            let source = m.mount_source.as_deref().map(crate::mount::unescape);
+            let source = m
+                .mount_source
+                .as_deref()
+                .map(crate::resource::share::mount::unescape);
             if let Some(dev) = source.as_deref().and_then(device_node) {
                 devs.push(dev);
             }
             Mount {
-                point: PathBuf::from(crate::mount::unescape(&m.mount_point.to_string_lossy())),
+                point: PathBuf::from(crate::resource::share::mount::unescape(
+                    &m.mount_point.to_string_lossy(),
+                )),
                 fstype: m.fs_type,
                 devs,
             }
@@ -333,7 +338,7 @@ fn swap_paths(text: &str) -> impl Iterator<Item = PathBuf> + '_ {
     text.lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
-        .map(|p| PathBuf::from(crate::mount::unescape(p)))
+        .map(|p| PathBuf::from(crate::resource::share::mount::unescape(p)))
 }
 
 fn swap_of(path: &Path) -> Option<Swap> {

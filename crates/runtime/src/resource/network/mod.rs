@@ -20,6 +20,7 @@ pub mod attachment;
 pub mod cni;
 pub mod guest;
 mod netns;
+mod nics;
 mod tap;
 mod tcfilter;
 
@@ -29,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub use nics::{log_teardown, NetworkResource};
 
 /// The network a sandbox joins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

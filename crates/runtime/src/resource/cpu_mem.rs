@@ -1,9 +1,15 @@
-//! The size a pod's VM should have: the configured default plus the sum
-//! of the limits of the pod's containers, as Kata computes it
-//! (`calculateSandboxCPUs` / `calculateSandboxMemory`), capped at the
-//! configured maxima. Pure arithmetic: the sandbox applies the result with
-//! the driver's vCPU and memory hot-plug and the
-//! agent's `OnlineCPUMem`.
+//! The VM's CPUs and memory.
+//!
+//! Static sizing (`static_sandbox_resource_mgmt`): the VM boots at the
+//! configured defaults plus what the pod asks for ([`static_size`]) and
+//! keeps that size.
+//!
+//! Elastic sizing (the default): the VM boots at the defaults; the size
+//! it should have is the configured default plus the sum of the limits of
+//! the pod's containers, as Kata computes it (`calculateSandboxCPUs` /
+//! `calculateSandboxMemory`), capped at the configured maxima
+//! ([`PodSizer`], pure arithmetic), applied with the driver's
+//! [`ResourceHotplug`] and the agent's `OnlineCPUMem` ([`CpuMem::resize`]).
 //!
 //! A container counts with its CPU quota (`quota / period` CPUs, summed in
 //! milli-CPUs and rounded up once for the pod) and its memory limit;
@@ -13,10 +19,13 @@
 
 use std::collections::BTreeMap;
 
-use capsa_hypervisor::VmResources;
+use capsa_agent_client::AgentClient;
+use capsa_config::Config;
+use capsa_hypervisor::{ResourceHotplug, VmResources};
 use oci_spec::runtime::LinuxResources;
 
-use crate::{Error, Sandbox};
+use crate::vm::VmSize;
+use crate::Error;
 
 /// What one container asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -192,75 +201,72 @@ impl Bounds {
     }
 }
 
-impl Sandbox {
-    /// Counts container `cid` with `limits` and brings the VM to the
-    /// pod's new size (a no-op with static sizing). Before a container is
-    /// created, so its cgroup limits find the CPUs and memory there.
-    pub async fn size_for(&mut self, cid: &str, limits: Limits) -> Result<(), Error> {
-        let Some(sizer) = self.sizer.as_mut() else {
-            return Ok(());
-        };
-        sizer.set(cid, limits);
-        self.resize().await
-    }
+/// The VM's vCPUs and memory: elastic (sized after the containers'
+/// limits) unless the configuration asks for static sizing or the driver
+/// cannot resize.
+#[derive(Debug, Default)]
+pub struct CpuMem {
+    sizer: Option<PodSizer>,
+}
 
-    /// Stops counting container `cid` and gives back its share (best
-    /// effort: a VM that cannot shrink keeps its size, which is logged).
-    pub(crate) async fn unsize(&mut self, cid: &str) {
-        let Some(sizer) = self.sizer.as_mut() else {
-            return;
-        };
-        if sizer.remove(cid).is_none_or(|l| l == Limits::default()) {
-            return;
-        }
-        if let Err(e) = self.resize().await {
-            tracing::warn!(sandbox = %self.id(), container = cid, error = %e, "VM not shrunk after the container went");
+impl CpuMem {
+    /// Elastic sizing from `booted` on, unless `static_sizing`.
+    pub fn start(&mut self, booted: VmResources, static_sizing: bool) {
+        if !static_sizing {
+            self.sizer = Some(PodSizer::new(Bounds::of(booted)));
         }
     }
 
-    /// Changes the limits of running container `cid` (`UpdateContainer`):
-    /// the VM grows before the container's cgroup is changed, and shrinks
-    /// after, so the guest never has less than its containers' limits.
-    pub async fn update_container(
-        &mut self,
-        cid: &str,
-        resources: &LinuxResources,
-    ) -> Result<(), Error> {
-        if !self.record().containers.iter().any(|c| c.id == cid) {
-            return Err(Error::BadSpec {
-                what: format!("update of container {cid:?}"),
-                reason: format!("sandbox {:?} has no such container", self.id()),
-            });
+    pub fn is_elastic(&self) -> bool {
+        self.sizer.is_some()
+    }
+
+    /// Counts container `cid` with `limits`; returns whether the VM is to
+    /// be resized (elastic sizing).
+    pub fn set(&mut self, cid: &str, limits: Limits) -> bool {
+        match self.sizer.as_mut() {
+            Some(sizer) => {
+                sizer.set(cid, limits);
+                true
+            }
+            None => false,
         }
-        let old = self
-            .sizer
+    }
+
+    /// Stops counting container `cid`; returns whether its share is to
+    /// be given back (it had limits).
+    pub fn remove(&mut self, cid: &str) -> bool {
+        let Some(sizer) = self.sizer.as_mut() else {
+            return false;
+        };
+        !sizer.remove(cid).is_none_or(|l| l == Limits::default())
+    }
+
+    /// The limits container `cid` was counted with (none without elastic
+    /// sizing).
+    pub fn limits(&self, cid: &str) -> Limits {
+        self.sizer
             .as_ref()
             .and_then(|s| s.get(cid))
-            .unwrap_or_default();
-        let new = old.updated(resources);
-        let grows = new.milli_cpus > old.milli_cpus || new.memory_bytes > old.memory_bytes;
-        if grows {
-            self.size_for(cid, new).await?;
-        }
-        let grpc = capsa_protocols::convert::resources_to_grpc(resources);
-        self.agent().update_container(cid, grpc).await?;
-        if !grows {
-            self.size_for(cid, new).await?;
-        }
-        Ok(())
+            .unwrap_or_default()
     }
 
     /// Brings the VM to the sizer's plan: vCPUs, then memory; what was
-    /// added is onlined in the guest. The record shows the size reached.
-    async fn resize(&mut self) -> Result<(), Error> {
+    /// added is onlined in the guest. Returns the size reached (`None`
+    /// without elastic sizing).
+    pub async fn resize(
+        &self,
+        hotplug: Result<&mut dyn ResourceHotplug, capsa_hypervisor::Error>,
+        agent: &AgentClient,
+        sandbox: &str,
+    ) -> Result<Option<VmResources>, Error> {
         let Some(plan) = self.sizer.as_ref().map(PodSizer::plan) else {
-            return Ok(());
+            return Ok(None);
         };
         for line in &plan.capped {
-            tracing::warn!(sandbox = %self.id(), "{line}");
+            tracing::warn!(sandbox, "{line}");
         }
-        let id = self.id().to_string();
-        let hotplug = self.vm_mut().resources().map_err(Error::Resize)?;
+        let hotplug = hotplug.map_err(Error::Resize)?;
         let before = hotplug.current();
         let vcpus = hotplug
             .resize_vcpus(plan.vcpus)
@@ -272,26 +278,52 @@ impl Sandbox {
             .map_err(Error::Resize)?;
         let now = hotplug.current();
         if vcpus > before.vcpus {
-            self.agent()
-                .online_cpu_mem(vcpus - before.vcpus, true)
-                .await?;
+            agent.online_cpu_mem(vcpus - before.vcpus, true).await?;
         }
         if memory_mib > before.memory_mib {
-            self.agent().online_cpu_mem(0, false).await?;
+            agent.online_cpu_mem(0, false).await?;
         }
         if (vcpus, memory_mib) != (before.vcpus, before.memory_mib) {
             tracing::info!(
-                sandbox = %id,
+                sandbox,
                 vcpus = format!("{} -> {vcpus}", before.vcpus),
                 memory_mib = format!("{} -> {memory_mib}", before.memory_mib),
                 "VM resized"
             );
         }
         if (vcpus, memory_mib) != (plan.vcpus, plan.memory_mib) {
-            tracing::debug!(sandbox = %id, want_vcpus = plan.vcpus, want_mib = plan.memory_mib, vcpus, memory_mib, "VM size differs from the plan");
+            tracing::debug!(
+                sandbox,
+                want_vcpus = plan.vcpus,
+                want_mib = plan.memory_mib,
+                vcpus,
+                memory_mib,
+                "VM size differs from the plan"
+            );
         }
-        self.update_record(|r| r.resources = Some(now));
-        Ok(())
+        Ok(Some(now))
+    }
+}
+
+/// The boot size of a VM: the per-sandbox size where given, else the
+/// configured defaults (`default_vcpus`, `default_memory`).
+pub fn boot_size(config: &Config, size: VmSize) -> (u32, u32) {
+    let q = &config.hypervisor.qemu;
+    (
+        size.vcpus.unwrap_or(q.default_vcpus),
+        size.memory_mib.unwrap_or(q.default_memory),
+    )
+}
+
+/// Static sizing (`static_sandbox_resource_mgmt`, as Kata's): the VM
+/// boots at the configured defaults plus what the pod asks for, so the
+/// workload gets its limits on top of the guest's own needs.
+pub fn static_size(pod: Limits, default_vcpus: u32, default_memory_mib: u32) -> VmSize {
+    let extra_mib = u32::try_from(pod.memory_bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+    let extra_cpus = u32::try_from(pod.milli_cpus.div_ceil(1000)).unwrap_or(0);
+    VmSize {
+        vcpus: Some(default_vcpus.saturating_add(extra_cpus).min(256)),
+        memory_mib: Some(default_memory_mib.saturating_add(extra_mib)),
     }
 }
 

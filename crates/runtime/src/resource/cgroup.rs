@@ -1,8 +1,9 @@
 //! The pod's host cgroup (`[runtime] sandbox_cgroup_only`, Kata's key):
-//! the shim moves itself into the cgroup named by the sandbox spec's
-//! `linux.cgroupsPath` before it starts the VM, so QEMU, virtiofsd and
-//! the vsock daemon (its children) are born there and the pod's limits
-//! cover the whole VM. The cgroup (and any ancestor) capsa had to create
+//! the process that starts the sandbox (the shim, or `capsa run`'s
+//! owner) moves itself into the cgroup named by the sandbox spec's
+//! `linux.cgroupsPath` (see [`crate::request`]) before it starts the VM,
+//! so QEMU, virtiofsd and the vsock daemon (its children) are born there
+//! and the pod's limits cover the whole VM. The cgroup (and any ancestor) capsa had to create
 //! is removed when the pod goes, once empty; one that existed is left.
 //!
 //! Both drivers of containerd and the kubelet are understood:

@@ -3,10 +3,65 @@
 //! the guest at `<GUEST_SHARED_DIR>/<container-id>/`, with the rootfs at
 //! `rootfs/` and the bind mounts' sources at `mounts/<n>`.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use super::HostMount;
-use crate::{mount, Error};
+use crate::Error;
+
+mod loopdev;
+pub mod mount;
+
+/// The share of one sandbox: its containers' directories below the
+/// sandbox's shared `mounts/` directory.
+#[derive(Debug)]
+pub struct Share {
+    /// `<state>/<id>/mounts`, the host side of the guest's
+    /// `GUEST_SHARED_DIR`.
+    dir: PathBuf,
+    /// What each container's rootfs is on the host (for the record).
+    roots: HashMap<String, PathBuf>,
+}
+
+impl Share {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            roots: HashMap::new(),
+        }
+    }
+
+    /// The host directory shared with the guest for container
+    /// `container_id` (`<mounts>/<container-id>`), and the guest's path of
+    /// its `rootfs` subdirectory. The caller mounts what it needs below it.
+    pub fn container(&self, container_id: &str) -> (PathBuf, String) {
+        (
+            self.dir.join(container_id),
+            capsa_protocols::guest_rootfs_path(container_id),
+        )
+    }
+
+    /// Remembers what the record shows as a container's rootfs.
+    pub fn note_rootfs(&mut self, container_id: &str, rootfs: &Path) {
+        self.roots
+            .insert(container_id.to_string(), rootfs.to_path_buf());
+    }
+
+    /// What container `container_id`'s rootfs is on the host.
+    pub fn rootfs(&self, container_id: &str) -> Option<&Path> {
+        self.roots.get(container_id).map(PathBuf::as_path)
+    }
+
+    /// Forgets container `container_id`.
+    pub fn forget(&mut self, container_id: &str) {
+        self.roots.remove(container_id);
+    }
+
+    /// Detaches everything shared for container `container_id`.
+    pub fn detach_container(&self, container_id: &str) -> Result<(), Error> {
+        detach(&self.container(container_id).0)
+    }
+}
 
 /// Attaches the directory `rootfs` at `<share>/rootfs` (checked: a host
 /// system path is refused).
@@ -36,7 +91,7 @@ pub async fn attach_rootfs_mounts(share: &Path, mounts: &[HostMount]) -> Result<
         let made = tokio::task::spawn_blocking(move || {
             let read_only = options.iter().any(|o| o == "ro");
             let device = looped
-                .then(|| super::loopdev::Loop::attach(Path::new(&source), read_only))
+                .then(|| loopdev::Loop::attach(Path::new(&source), read_only))
                 .transpose()
                 .map_err(|e| format!("attach a loop device: {e}"))?;
             let source = device
