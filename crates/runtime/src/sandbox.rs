@@ -27,8 +27,8 @@ const CONSOLE_TAIL_LINES: usize = 30;
 const READY_LINE_WAIT: Duration = Duration::from_secs(5);
 /// How long the hypervisor gets to stop after a power-off request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// How long a VM whose QMP session failed during the boot wait may take
-/// to be seen exited (its QEMU reaped).
+/// How long a VM whose driver failed to answer during the boot wait may
+/// take to be seen exited (its hypervisor reaped).
 const VM_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// A running sandbox. Take it down with [`Sandbox::destroy`]; every error
@@ -134,7 +134,7 @@ impl Sandbox {
             drives: 0,
             network: net.clone(),
             model: vm::network_model(config),
-            vhost: !config.hypervisor.qemu.disable_vhost_net,
+            vhost: !config.hypervisor.vm.disable_vhost_net,
             sizer: None,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
@@ -198,6 +198,9 @@ impl Sandbox {
             .instrument(crate::step!("vm start"))
             .await
             .map_err(Error::Vm)?;
+        // Every process the VM owns, for `capsa rm --force`.
+        let processes = self.vm.processes();
+        self.update_record(|r| r.processes = processes);
         self.console = Some(console::Keeper::start(
             self.dir.console_log(),
             console::MAX_BYTES,
@@ -229,13 +232,13 @@ impl Sandbox {
                     console: console(&self.dir),
                 })
             }
-            // QEMU exiting while its vsock device is polled closes the QMP
-            // session under the poll (`make soak` met it: a guest that
-            // panicked at boot under load): say that the VM exited, with its
-            // console, not that QMP failed. Bounded: QEMU is reaped once its
-            // QMP socket closed.
+            // The hypervisor exiting while its vsock device is polled fails
+            // the driver's poll (`make soak` met it: a guest that panicked
+            // at boot under load): say that the VM exited, with its
+            // console, not that the driver failed. Bounded: the hypervisor
+            // is reaped once its control socket closed.
             Err(e) if self.vm.wait_exit(VM_EXIT_WAIT).await.unwrap_or(false) => {
-                tracing::debug!(sandbox = %self.id, error = %e, "QMP failed: the VM exited");
+                tracing::debug!(sandbox = %self.id, error = %e, "driver failed: the VM exited");
                 return Err(Error::VmExited {
                     console: console(&self.dir),
                 });
@@ -605,6 +608,7 @@ impl Sandbox {
         self.update_record(|r| {
             r.status = SandboxStatus::Stopped;
             r.hypervisor_pid = None;
+            r.processes.clear();
         });
         self.dir.release()
     }
@@ -615,7 +619,7 @@ impl Sandbox {
     async fn teardown(&mut self) {
         // The agent answers DestroySandbox once every container is gone and
         // the guest's page cache is synced (what containers wrote through
-        // virtio-fs is on the host): then QEMU is told to quit at once,
+        // virtio-fs is on the host): then the hypervisor is told to quit at once,
         // rather than waiting for the guest kernel to power itself off.
         // A VM that is gone, stopped or whose agent does not answer a
         // health check is killed without waiting for anything.
@@ -699,7 +703,7 @@ async fn host_network(
         return Ok((Vec::new(), Vec::new()));
     };
     let endpoints = network::setup(netns, vm::network_model(config)).await?;
-    let vhost = !config.hypervisor.qemu.disable_vhost_net;
+    let vhost = !config.hypervisor.vm.disable_vhost_net;
     let nics = endpoints
         .iter()
         .enumerate()

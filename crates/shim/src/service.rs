@@ -106,9 +106,9 @@ impl Service {
                 }
                 (None, _) => {
                     let explicit = crate::options::config_path(req.options.as_ref());
-                    let (config, source) = capsa_config::load(explicit.as_deref())?;
+                    let (config, source) = capsa_runtime::load_config(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
-                    let q = &config.hypervisor.qemu;
+                    let q = &config.hypervisor.vm;
                     // Static sizing boots at what the pod asks for;
                     // elastic sizing boots at the defaults and grows
                     // with each container (`Sandbox::create_container_from`).
