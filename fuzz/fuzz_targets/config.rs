@@ -1,5 +1,5 @@
 //! The configuration file: TOML parsed into capsa's configuration and
-//! validated (`capsa_config::parse`). A file that passes must give values
+//! validated, the driver's checks included (`capsa_hypervisor::parse_config`). A file that passes must give values
 //! the checks allow.
 #![no_main]
 
@@ -12,9 +12,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = Path::new("/fuzz/configuration.toml");
-    match capsa_config::parse(text, path) {
+    match capsa_hypervisor::parse_config(text, path) {
         Ok(config) => {
-            let q = &config.hypervisor.qemu;
+            let q = &config.hypervisor.vm;
             assert!((1..=256).contains(&q.default_vcpus));
             assert!(q.default_memory >= 128);
             assert!(config.runtime.state_dir.is_absolute());

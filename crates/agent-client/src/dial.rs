@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use capsa_hypervisor::AgentEndpoint;
+use crate::AgentEndpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::time::{sleep, timeout, Instant};

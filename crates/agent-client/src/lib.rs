@@ -6,17 +6,18 @@
 //! for everything else ([`AgentClient::raw`]).
 
 mod dial;
+mod endpoint;
 mod error;
 mod json;
 
 use std::time::Duration;
 
-use capsa_hypervisor::AgentEndpoint;
 use capsa_protocols::{agent, agent_ttrpc::AgentServiceClient, health, health_ttrpc::HealthClient};
 use tokio::time::Instant;
 use ttrpc::context::{self, Context};
 
 pub use dial::{check_connect_reply, describe, dial, dial_hybrid_stream};
+pub use endpoint::AgentEndpoint;
 pub use error::Error;
 pub use json::{methods, reply_to_json, request_from_json};
 

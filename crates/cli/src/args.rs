@@ -142,10 +142,10 @@ pub struct RunArgs {
     /// The sandbox's id (default: a random one).
     #[arg(long, value_name = "ID")]
     pub name: Option<String>,
-    /// VM memory in MiB (default: hypervisor.qemu.default_memory).
+    /// VM memory in MiB (default: the hypervisor table's default_memory).
     #[arg(long, value_name = "MiB")]
     pub memory: Option<u32>,
-    /// VM vCPUs (default: hypervisor.qemu.default_vcpus).
+    /// VM vCPUs (default: the hypervisor table's default_vcpus).
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u32>,
     /// Write the start-up timeline (every step of the sandbox's start and

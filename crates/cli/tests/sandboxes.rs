@@ -403,7 +403,7 @@ fn with_fast_health_checks(env: &TestEnv) {
 
 /// The pid of the sandbox's vhost-device-vsock.
 fn vsock_helper(env: &TestEnv, id: &str) -> i32 {
-    capsa_test_infra::leaks::helper_pid(&env.state_dir, id, "vhost-device-vsock")
+    capsa_test_infra::leaks::vm_process_pid(&env.state_dir, id, "vsock")
 }
 
 /// A VM whose agent does not answer (its vsock backend frozen) fails its

@@ -22,3 +22,31 @@ pub enum Error {
         reason: String,
     },
 }
+
+/// A value out of range: the key (its full name, `hypervisor.qemu.x`)
+/// and why. A driver's checks of its own keys return it; the loader adds
+/// the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for `{key}`: {reason}")]
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The error of the file at `path`.
+    pub fn at(self, path: &std::path::Path) -> Error {
+        Error::Invalid {
+            path: path.into(),
+            key: self.key,
+            reason: self.reason,
+        }
+    }
+}

@@ -3,15 +3,26 @@
 //! One TOML file whose keys follow Kata Containers' `configuration.toml` where
 //! the concept is the same (`[hypervisor.qemu]`, `[agent.capsa]`, `[runtime]`).
 //! Unknown keys and bad values are errors that name the key and the file.
+//!
+//! A `[hypervisor.<driver>]` table is read into one driver-neutral
+//! [`VmSettings`] (the keys every driver shares) and the driver's own
+//! settings ([`DriverSettings`], e.g. [`QemuSettings`]). This crate checks
+//! the shared keys; each driver checks its own (`capsa-hypervisor`'s
+//! `load_config` runs both, through [`load_checked`]).
 
+mod driver;
 mod error;
 mod lookup;
 mod model;
+mod qemu;
 mod validate;
 
-pub use error::Error;
-pub use lookup::{find, load, parse, Source, DEFAULT_PATHS, ENV_CONF_FILE};
+pub use error::{Error, Invalid};
+pub use lookup::{
+    find, load, load_checked, parse, parse_checked, Source, DEFAULT_PATHS, ENV_CONF_FILE,
+};
 pub use model::{
-    AgentConfig, AgentSection, Config, HypervisorConfig, QemuConfig, RuntimeConfig,
-    HEALTH_CHECK_FAILURES,
+    AcceleratorChoice, AgentConfig, AgentSection, BlockDriver, Config, DriverSettings,
+    HypervisorConfig, MachineType, QemuSettings, RuntimeConfig, SharedFs, VirtioFsCache,
+    VmSettings, DEFAULT_TCG_TB_SIZE, HEALTH_CHECK_FAILURES,
 };

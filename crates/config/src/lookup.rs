@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use crate::{validate, Config, Error};
+use crate::{validate, Config, Error, Invalid};
 
 /// Environment variable naming the configuration file.
 pub const ENV_CONF_FILE: &str = "CAPSA_CONF_FILE";
@@ -53,8 +53,18 @@ fn find_in(
         .map_or(Source::Defaults, Source::File))
 }
 
-/// Finds, reads, parses and validates the configuration.
+/// Finds, reads, parses and validates the configuration (the shared keys
+/// only: [`load_checked`] adds the driver's checks).
 pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), Error> {
+    load_checked(explicit, |_| Ok(()))
+}
+
+/// [`load`], then `check` (a driver's checks of its own keys), whose
+/// error gets the file's path.
+pub fn load_checked(
+    explicit: Option<&Path>,
+    check: impl Fn(&Config) -> Result<(), Invalid>,
+) -> Result<(Config, Source), Error> {
     let source = find(explicit)?;
     let config = match &source {
         Source::File(path) => {
@@ -62,21 +72,35 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), Error> {
                 path: path.clone(),
                 source,
             })?;
-            parse(&text, path)?
+            parse_checked(&text, path, check)?
         }
-        Source::Defaults => Config::default(),
+        Source::Defaults => {
+            let config = Config::default();
+            check(&config).map_err(|e| e.at(Path::new("built-in defaults")))?;
+            config
+        }
     };
     tracing::debug!(%source, "configuration loaded");
     Ok((config, source))
 }
 
-/// Parses and validates `text`, read from `path`.
+/// Parses and validates `text`, read from `path` (the shared keys only).
 pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+    parse_checked(text, path, |_| Ok(()))
+}
+
+/// [`parse`], then `check`.
+pub fn parse_checked(
+    text: &str,
+    path: &Path,
+    check: impl Fn(&Config) -> Result<(), Invalid>,
+) -> Result<Config, Error> {
     let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
         path: path.into(),
         message: e.to_string().trim_end().replace('\n', " "),
     })?;
     validate::check(&config, path)?;
+    check(&config).map_err(|e| e.at(path))?;
     Ok(config)
 }
 
@@ -123,6 +147,10 @@ mod tests {
         assert_eq!(find_in(None, None, &[]).unwrap(), Source::Defaults);
     }
 
+    fn qemu(c: &Config) -> &crate::QemuSettings {
+        c.hypervisor.driver.qemu().expect("the QEMU driver")
+    }
+
     #[test]
     fn kata_keys_parse() {
         let text = r#"
@@ -144,6 +172,7 @@ virtio_fs_daemon = "/v"
 virtio_fs_cache = "never"
 virtio_fs_extra_args = ["--thread-pool-size=1"]
 disable_block_device_use = true
+block_device_driver = "virtio-scsi"
 disable_vhost_net = true
 enable_debug = true
 
@@ -158,25 +187,36 @@ enable_debug = true
 internetworking_model = "none"
 "#;
         let c = parse(text, Path::new("/x.toml")).unwrap();
-        assert_eq!(c.hypervisor.qemu.machine_type, "microvm");
-        assert_eq!(c.hypervisor.qemu.default_memory, 1024);
-        assert_eq!(c.hypervisor.qemu.default_maxvcpus, 4);
-        assert_eq!(c.hypervisor.qemu.default_maxmemory, 4096);
-        assert_eq!(c.hypervisor.qemu.memory_slots, 3);
-        assert!(c.hypervisor.qemu.reclaim_guest_freed_memory);
-        assert_eq!(c.hypervisor.qemu.virtio_fs_extra_args.len(), 1);
+        let v = &c.hypervisor.vm;
+        let q = qemu(&c);
+        // Shared keys in the neutral value, typed.
+        assert_eq!(v.kernel, Path::new("/k"));
+        assert_eq!(v.default_memory, 1024);
+        assert_eq!(v.default_maxvcpus, 4);
+        assert_eq!(v.default_maxmemory, 4096);
+        assert_eq!(v.virtio_fs_extra_args.len(), 1);
+        assert_eq!(v.virtio_fs_cache, crate::VirtioFsCache::Never);
+        assert_eq!(v.shared_fs, crate::SharedFs::VirtioFs);
+        assert_eq!(v.block_device_driver, crate::BlockDriver::VirtioScsi);
+        assert!(v.disable_vhost_net && v.enable_debug);
+        // QEMU's own keys in its settings.
+        assert_eq!(q.path, Path::new("/opt/qemu"));
+        assert_eq!(q.machine_type, crate::MachineType::Microvm);
+        assert_eq!(q.memory_slots, 3);
+        assert!(q.reclaim_guest_freed_memory);
         assert_eq!(c.agent.capsa.dial_timeout, 10);
         assert_eq!(c.agent.capsa.health_check_interval, 0);
         assert_eq!(c.agent.capsa.kernel_modules, vec!["dummy".to_string()]);
         assert!(c.runtime.enable_debug);
-        assert!(c.hypervisor.qemu.disable_vhost_net);
         assert_eq!(c.runtime.internetworking_model, "none");
         let d = parse("", Path::new("/x.toml")).unwrap();
+        assert_eq!(d, Config::default());
+        assert_eq!(d.hypervisor.driver.name(), "qemu");
         assert_eq!(d.runtime.internetworking_model, "tcfilter");
-        assert!(!d.hypervisor.qemu.disable_vhost_net);
-        let q = &d.hypervisor.qemu;
+        assert!(!d.hypervisor.vm.disable_vhost_net);
+        let (v, q) = (&d.hypervisor.vm, qemu(&d));
         assert_eq!(
-            (q.default_maxvcpus, q.default_maxmemory, q.memory_slots),
+            (v.default_maxvcpus, v.default_maxmemory, q.memory_slots),
             (0, 0, 10),
             "Kata's defaults"
         );
@@ -185,10 +225,41 @@ internetworking_model = "none"
             q.reclaim_guest_freed_memory,
             "capsa's default (Kata's is false): docs/performance.md, Density"
         );
+        // An empty table is the defaults too.
+        assert_eq!(
+            parse("[hypervisor.qemu]\n", Path::new("/x.toml")).unwrap(),
+            d
+        );
     }
 
     #[test]
-    fn hot_plug_maxima_are_checked() {
+    fn printed_configuration_reads_back_the_same() {
+        let text = "[hypervisor.qemu]\nmachine_type = \"microvm\"\ndefault_vcpus = 2\nshared_fs = \"none\"\n";
+        let c = parse(text, Path::new("/p.toml")).unwrap();
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("[hypervisor.qemu]"), "{printed}");
+        // One table: the shared keys first, then QEMU's.
+        let kernel = printed.find("kernel =").unwrap();
+        let path = printed.find("path =").unwrap();
+        assert!(kernel < path, "{printed}");
+        assert_eq!(parse(&printed, Path::new("/p.toml")).unwrap(), c);
+    }
+
+    #[test]
+    fn shared_keys_are_split_from_the_drivers() {
+        let shared = crate::driver::shared_keys();
+        for key in ["kernel", "default_vcpus", "shared_fs", "hotplug_timeout"] {
+            assert!(shared.iter().any(|k| k == key), "{key}: {shared:?}");
+        }
+        let own = toml::Table::try_from(crate::QemuSettings::default()).unwrap();
+        for key in own.keys() {
+            assert!(!shared.contains(key), "{key} is both shared and QEMU's");
+        }
+        assert!(own.contains_key("pcie_root_port") && own.contains_key("machine_type"));
+    }
+
+    #[test]
+    fn shared_limits_are_checked() {
         let bad = |text: &str, key: &str, reason: &str| {
             let err = parse(text, Path::new("/m.toml")).unwrap_err().to_string();
             assert!(
@@ -207,21 +278,6 @@ internetworking_model = "none"
             "256 MiB is less than default_memory (512 MiB)",
         );
         bad(
-            "[hypervisor.qemu]\nmemory_slots = 300\n",
-            "hypervisor.qemu.memory_slots",
-            "more than 256",
-        );
-        bad(
-            "[hypervisor.qemu]\nenable_virtio_mem = true\nmachine_type = \"microvm\"\n",
-            "hypervisor.qemu.enable_virtio_mem",
-            "q35",
-        );
-        bad(
-            "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\nenable_virtio_mem = true\npcie_root_port = 27\n",
-            "hypervisor.qemu.pcie_root_port",
-            "more than 26",
-        );
-        bad(
             "[hypervisor.qemu]\nimage = \"/r.img\"\n",
             "hypervisor.qemu.image",
             "and hypervisor.qemu.initrd (\"/usr/share/capsa/initrd.img\") are exclusive",
@@ -232,36 +288,91 @@ internetworking_model = "none"
             "must be set",
         );
         bad(
-            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\nmachine_type = \"microvm\"\n",
-            "hypervisor.qemu.image",
-            "disable_image_nvdimm",
-        );
-        bad(
-            "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\ninitrd = \"\"\nimage = \"/r.img\"\ndisable_image_nvdimm = true\npcie_root_port = 27\n",
-            "hypervisor.qemu.pcie_root_port",
-            "27 is more than 26 (with an image on virtio-blk,",
+            "[hypervisor.qemu]\nhotplug_timeout = 0\n",
+            "hypervisor.qemu.hotplug_timeout",
+            "not between 1 and 60",
         );
         parse(
             "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\n",
             Path::new("/m.toml"),
         )
         .unwrap();
-        let ok = "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\ndefault_maxvcpus = 0\ndefault_maxmemory = 512\nenable_virtio_mem = true\npcie_root_port = 26\n";
-        parse(ok, Path::new("/m.toml")).unwrap();
-        bad(
-            "[hypervisor.qemu]\nenable_virtio_mem = true\nreclaim_guest_freed_memory = true\npcie_root_port = 26\n",
-            "hypervisor.qemu.pcie_root_port",
-            "26 is more than 25 (with enable_virtio_mem and reclaim_guest_freed_memory",
+    }
+
+    #[test]
+    fn enums_name_the_key_and_the_values() {
+        for (text, key, value) in [
+            (
+                "machine_type = \"pc\"",
+                "hypervisor.qemu.machine_type",
+                "microvm",
+            ),
+            (
+                "accelerator = \"hvf\"",
+                "hypervisor.qemu.accelerator",
+                "tcg",
+            ),
+            (
+                "shared_fs = \"9p\"",
+                "hypervisor.qemu.shared_fs",
+                "virtio-fs",
+            ),
+            (
+                "virtio_fs_cache = \"x\"",
+                "hypervisor.qemu.virtio_fs_cache",
+                "metadata",
+            ),
+            (
+                "block_device_driver = \"nvme\"",
+                "hypervisor.qemu.block_device_driver",
+                "virtio-scsi",
+            ),
+        ] {
+            let err = parse(
+                &format!("[hypervisor.qemu]\n{text}\n"),
+                Path::new("/e.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(key) && err.contains(value) && err.contains("/e.toml"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_hypervisor_table() {
+        let err = parse(
+            "[hypervisor.qemu]\n[hypervisor.firecracker]\n",
+            Path::new("/t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("one hypervisor table"), "{err}");
+    }
+
+    #[test]
+    fn driver_checks_run_with_the_path() {
+        let check = |c: &Config| {
+            if c.hypervisor.vm.default_vcpus > 4 {
+                Err(Invalid::new(c.hypervisor.key("default_vcpus"), "too many"))
+            } else {
+                Ok(())
+            }
+        };
+        let err = parse_checked(
+            "[hypervisor.qemu]\ndefault_vcpus = 5\n",
+            Path::new("/c.toml"),
+            check,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "configuration file /c.toml: invalid value for `hypervisor.qemu.default_vcpus`: too many"
         );
-        bad(
-            "[hypervisor.qemu]\ntcg_tb_size = 4096\n",
-            "hypervisor.qemu.tcg_tb_size",
-            "4096 MiB is more than 2048 MiB",
-        );
-        let ok = "[hypervisor.qemu]\nreclaim_guest_freed_memory = true\npcie_root_port = 26\ntcg_tb_size = 0\n";
-        let q = parse(ok, Path::new("/m.toml")).unwrap().hypervisor.qemu;
-        assert!(q.reclaim_guest_freed_memory);
-        assert_eq!(q.tcg_tb_size, 0);
+        parse_checked("", Path::new("/c.toml"), check).unwrap();
     }
 
     #[test]

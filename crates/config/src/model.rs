@@ -2,6 +2,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::driver::{DriverSettings, HypervisorConfig};
+pub use crate::qemu::{AcceleratorChoice, MachineType, QemuSettings, DEFAULT_TCG_TB_SIZE};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -11,19 +14,12 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 }
 
-/// `[hypervisor.<name>]`: only QEMU for now.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HypervisorConfig {
-    pub qemu: QemuConfig,
-}
-
-/// `[hypervisor.qemu]`, with Kata's key names.
+/// The keys of a `[hypervisor.<driver>]` table that every driver shares,
+/// with Kata's names: read once into this driver-neutral value. The
+/// driver's own keys are in its settings ([`DriverSettings`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QemuConfig {
-    /// The `qemu-system-*` binary.
-    pub path: PathBuf,
+pub struct VmSettings {
     pub kernel: PathBuf,
     /// An initrd whose `/init` is the agent. Exclusive with `image`.
     pub initrd: PathBuf,
@@ -32,103 +28,146 @@ pub struct QemuConfig {
     /// boot initrd, if the kernel needs one to reach the image, is the
     /// file next to it named `<image>.initrd`.
     pub image: PathBuf,
-    /// With `true`, `image` is a read-only virtio-blk disk instead of a
-    /// read-only NVDIMM mapped with DAX.
-    pub disable_image_nvdimm: bool,
-    /// `q35` or `microvm`.
-    pub machine_type: String,
-    /// capsa's own key: `auto` (KVM only where the host really offers
-    /// hardware virtualization, else TCG), `kvm` or `tcg`.
-    pub accelerator: String,
     pub default_vcpus: u32,
     /// MiB.
     pub default_memory: u32,
     /// The most vCPUs the VM can be grown to by hot-plug; 0: the host's
-    /// CPU count (capped at what the machine type allows).
+    /// CPU count (capped at what the driver allows).
     pub default_maxvcpus: u32,
     /// The most memory, MiB, the VM can be grown to by hot-plug; 0: the
     /// host's physical memory.
     pub default_maxmemory: u32,
-    /// DIMM slots for memory hot-plug without virtio-mem: each growth of
-    /// the memory takes one.
-    pub memory_slots: u32,
-    /// Memory beyond `default_memory` is one virtio-mem device that grows
-    /// and shrinks (memory goes back to the host), instead of DIMMs that
-    /// only grow.
-    pub enable_virtio_mem: bool,
-    /// Kata's key: a virtio-balloon device with free page reporting, so
-    /// that memory the guest frees goes back to the host (and
-    /// `deflate-on-oom`). On by default, unlike Kata: the density bench
-    /// (docs/performance.md, "Density") measured 16–30 MiB less per idle
-    /// pod at no cost in start time.
-    pub reclaim_guest_freed_memory: bool,
-    /// capsa's own key: MiB of TCG's translation cache (`-accel
-    /// tcg,tb-size=`); 0 keeps QEMU's default (1 GiB on 64-bit hosts,
-    /// touched as the guest runs). Ignored with KVM.
-    pub tcg_tb_size: u32,
     /// Extra kernel parameters, space separated.
     pub kernel_params: String,
-    /// `virtio-fs` or `none`.
-    pub shared_fs: String,
+    pub shared_fs: SharedFs,
     pub virtio_fs_daemon: PathBuf,
-    /// `auto`, `always` or `never`.
-    pub virtio_fs_cache: String,
+    pub virtio_fs_cache: VirtioFsCache,
     pub virtio_fs_extra_args: Vec<String>,
-    /// capsa's own key: the vhost-user vsock backend, used when the host has
-    /// no `/dev/vhost-vsock`.
-    pub vhost_user_vsock_daemon: PathBuf,
     /// With `false`, a container rootfs that is a filesystem on a block
     /// device or an image file is hot-plugged into the VM instead of being
     /// mounted on the host and shared over virtio-fs.
     pub disable_block_device_use: bool,
-    /// How drives are attached: `virtio-blk` or `virtio-scsi`.
-    pub block_device_driver: String,
-    /// PCIe root ports created at boot (q35): one per PCI device that can
-    /// be hot-plugged at a time.
-    pub pcie_root_port: u32,
+    /// How drives are attached.
+    pub block_device_driver: BlockDriver,
     /// capsa's own key: seconds that bound every wait of a hot-plug or
     /// hot-unplug, on the host and in the guest.
     pub hotplug_timeout: u32,
-    /// With `true`, virtio-net is served by QEMU in user space even where
-    /// the host has `/dev/vhost-net`.
+    /// With `true`, virtio-net is served by the hypervisor in user space
+    /// even where the host has `/dev/vhost-net`.
     pub disable_vhost_net: bool,
     pub enable_debug: bool,
 }
 
-/// `tcg_tb_size` by default, MiB: see docs/performance.md (translation
-/// cache) for the measurement it comes from.
-pub const DEFAULT_TCG_TB_SIZE: u32 = 128;
-
-impl Default for QemuConfig {
+impl Default for VmSettings {
     fn default() -> Self {
         Self {
-            path: "/usr/bin/qemu-system-x86_64".into(),
             kernel: "/usr/share/capsa/vmlinuz".into(),
             initrd: "/usr/share/capsa/initrd.img".into(),
             image: PathBuf::new(),
-            disable_image_nvdimm: false,
-            machine_type: "q35".into(),
-            accelerator: "auto".into(),
             default_vcpus: 1,
             default_memory: 512,
             default_maxvcpus: 0,
             default_maxmemory: 0,
-            memory_slots: 10,
-            enable_virtio_mem: false,
-            reclaim_guest_freed_memory: true,
-            tcg_tb_size: DEFAULT_TCG_TB_SIZE,
             kernel_params: String::new(),
-            shared_fs: "virtio-fs".into(),
+            shared_fs: SharedFs::VirtioFs,
             virtio_fs_daemon: "/usr/local/bin/virtiofsd".into(),
-            virtio_fs_cache: "auto".into(),
+            virtio_fs_cache: VirtioFsCache::Auto,
             virtio_fs_extra_args: Vec::new(),
-            vhost_user_vsock_daemon: "/usr/local/bin/vhost-device-vsock".into(),
             disable_block_device_use: true,
-            block_device_driver: "virtio-blk".into(),
-            pcie_root_port: 8,
+            block_device_driver: BlockDriver::VirtioBlk,
             hotplug_timeout: 15,
             disable_vhost_net: false,
             enable_debug: false,
+        }
+    }
+}
+
+impl VmSettings {
+    /// The root image, if the VM boots one instead of an initrd (the
+    /// validation makes them exclusive).
+    pub fn root_image(&self) -> Option<&std::path::Path> {
+        (!self.image.as_os_str().is_empty()).then_some(self.image.as_path())
+    }
+}
+
+/// `shared_fs`: how the host's files reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SharedFs {
+    /// One virtiofsd per VM.
+    #[default]
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    #[serde(rename = "none")]
+    None,
+}
+
+/// `virtio_fs_cache`: virtiofsd's `--cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioFsCache {
+    #[default]
+    Auto,
+    Always,
+    Never,
+    Metadata,
+}
+
+impl VirtioFsCache {
+    /// The value of virtiofsd's `--cache`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+            Self::Metadata => "metadata",
+        }
+    }
+}
+
+impl std::fmt::Display for VirtioFsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a block device is presented to the guest (Kata's
+/// `block_device_driver` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BlockDriver {
+    /// One virtio-blk PCI device per drive.
+    #[default]
+    #[serde(rename = "virtio-blk")]
+    VirtioBlk,
+    /// One virtio-scsi controller, created at boot; each drive is a SCSI
+    /// disk on it.
+    #[serde(rename = "virtio-scsi")]
+    VirtioScsi,
+}
+
+impl BlockDriver {
+    pub const NAMES: &'static [&'static str] = &["virtio-blk", "virtio-scsi"];
+}
+
+impl std::fmt::Display for BlockDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::VirtioBlk => "virtio-blk",
+            Self::VirtioScsi => "virtio-scsi",
+        })
+    }
+}
+
+impl std::str::FromStr for BlockDriver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "virtio-blk" => Ok(Self::VirtioBlk),
+            "virtio-scsi" => Ok(Self::VirtioScsi),
+            other => Err(format!(
+                "unknown block device driver {other:?} (expected one of {})",
+                Self::NAMES.join(", ")
+            )),
         }
     }
 }
@@ -139,7 +178,6 @@ impl Default for QemuConfig {
 pub struct AgentSection {
     pub capsa: AgentConfig,
 }
-
 /// `[agent.capsa]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -156,7 +194,7 @@ pub struct AgentConfig {
     /// (`grpc.Health/Check`) by the sandbox's owner (the shim, or the
     /// owner of a `capsa run -d`); 0 disables them. An agent that fails
     /// [`HEALTH_CHECK_FAILURES`] checks in a row is declared dead and its
-    /// VM killed. A stopped QEMU is declared dead at once, whatever this is.
+    /// VM killed. A stopped hypervisor is declared dead at once, whatever this is.
     pub health_check_interval: u32,
 }
 
@@ -193,7 +231,7 @@ pub struct RuntimeConfig {
     pub cni_conflist: PathBuf,
     /// capsa's key: where CNI plugins are looked for, in order.
     pub cni_plugin_dirs: Vec<PathBuf>,
-    /// Kata's key: the shim and every process of the pod's VM (QEMU,
+    /// Kata's key: the shim and every process of the pod's VM (the hypervisor,
     /// virtiofsd, the vsock daemon) run in the pod's cgroup (the sandbox
     /// spec's `linux.cgroupsPath`), so the pod's limits cover the VM.
     pub sandbox_cgroup_only: bool,
@@ -220,5 +258,22 @@ impl Default for RuntimeConfig {
             static_sandbox_resource_mgmt: false,
             timeline_dir: PathBuf::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_driver_names() {
+        assert_eq!(
+            "virtio-scsi".parse::<BlockDriver>(),
+            Ok(BlockDriver::VirtioScsi)
+        );
+        let err = "nvdimm".parse::<BlockDriver>().unwrap_err();
+        assert!(err.contains("virtio-blk, virtio-scsi"), "{err}");
+        assert_eq!(BlockDriver::VirtioScsi.to_string(), "virtio-scsi");
+        assert_eq!(VirtioFsCache::Metadata.as_str(), "metadata");
     }
 }

@@ -8,33 +8,10 @@
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
-
-/// What the configuration asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AcceleratorChoice {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl FromStr for AcceleratorChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "kvm" => Ok(Self::Kvm),
-            "tcg" => Ok(Self::Tcg),
-            other => Err(format!("unknown accelerator {other:?} (auto, kvm, tcg)")),
-        }
-    }
-}
+use crate::{AcceleratorChoice, Error};
 
 /// What a VM runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

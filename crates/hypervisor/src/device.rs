@@ -10,49 +10,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use capsa_config::BlockDriver;
+
 use crate::Error;
-
-/// How a block device is presented to the guest (Kata's
-/// `block_device_driver` names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum BlockDriver {
-    /// One virtio-blk PCI device per drive, each behind a PCIe root port.
-    #[default]
-    #[serde(rename = "virtio-blk")]
-    VirtioBlk,
-    /// One virtio-scsi controller, created at boot; each drive is a SCSI
-    /// disk on it.
-    #[serde(rename = "virtio-scsi")]
-    VirtioScsi,
-}
-
-impl BlockDriver {
-    pub const NAMES: &'static [&'static str] = &["virtio-blk", "virtio-scsi"];
-}
-
-impl fmt::Display for BlockDriver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::VirtioBlk => "virtio-blk",
-            Self::VirtioScsi => "virtio-scsi",
-        })
-    }
-}
-
-impl FromStr for BlockDriver {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "virtio-blk" => Ok(Self::VirtioBlk),
-            "virtio-scsi" => Ok(Self::VirtioScsi),
-            other => Err(format!(
-                "unknown block device driver {other:?} (expected one of {})",
-                Self::NAMES.join(", ")
-            )),
-        }
-    }
-}
 
 /// A drive to attach: a host block device or a regular image file, given
 /// to the guest as it is (raw).
@@ -300,15 +260,5 @@ mod tests {
             let err = bad.parse::<MacAddr>().unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
-    }
-
-    #[test]
-    fn block_driver_names() {
-        assert_eq!(
-            "virtio-scsi".parse::<BlockDriver>(),
-            Ok(BlockDriver::VirtioScsi)
-        );
-        let err = "nvdimm".parse::<BlockDriver>().unwrap_err();
-        assert!(err.contains("virtio-blk, virtio-scsi"), "{err}");
     }
 }

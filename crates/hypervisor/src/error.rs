@@ -34,8 +34,13 @@ pub enum Error {
         seconds: u64,
         log: String,
     },
-    #[error("QEMU exited at start ({status}): {stderr}")]
-    QemuExited { status: String, stderr: String },
+    /// The hypervisor process exited before the VM was up.
+    #[error("{hypervisor} exited at start ({status}): {stderr}")]
+    VmExited {
+        hypervisor: &'static str,
+        status: String,
+        stderr: String,
+    },
     #[error("build virtiofsd's seccomp filter: {0}")]
     Seccomp(String),
     #[error("{capability} is not supported by {hypervisor}")]
@@ -47,8 +52,9 @@ pub enum Error {
     Hotplug { device: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
-    #[error("QMP: {0}")]
-    Qmp(String),
+    /// An error of the driver's own machinery (QEMU: its QMP monitor).
+    #[error(transparent)]
+    Driver(Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

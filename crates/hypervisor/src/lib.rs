@@ -3,45 +3,51 @@
 //! A driver turns a [`VmConfig`] into a running virtual machine and gives the
 //! rest of capsa a [`Vm`]: something that can be started, asked where its agent
 //! listens, and shut down. [`create`] is the one factory: callers hold a
-//! `Box<dyn Vm>` and never name a driver. QEMU is the first driver
-//! ([`qemu::QemuVm`]); what only QEMU has (machine type, accelerator, the
-//! vhost-user vsock daemon) is in [`DriverConfig::Qemu`].
+//! `Box<dyn Vm>` and never name a driver. The configuration's
+//! `[hypervisor.<driver>]` table is read into the driver-neutral
+//! [`capsa_config::VmSettings`] and the driver's own settings
+//! ([`DriverSettings`]); each driver checks its own keys ([`Driver::validate`],
+//! run by [`load_config`]) and reports what the host offers it
+//! ([`check_host`], for `capsa check`). QEMU is the first driver.
 //!
 //! Devices attached to a running VM are capabilities of their own
 //! ([`device::BlockHotplug`] through [`Vm::block`],
 //! [`device::NetworkHotplug`] through [`Vm::network`]), and so is
 //! resizing it ([`device::ResourceHotplug`] through [`Vm::resources`]:
 //! vCPU and memory hot-plug); a driver without one answers
-//! [`Error::NotSupported`].
+//! [`Error::NotSupported`]. What a running VM holds can be read from
+//! outside its owner, for tools and tests, in driver-neutral terms
+//! ([`debug`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod accel;
+pub mod debug;
 pub mod device;
 pub mod error;
 pub mod jail;
 mod process;
+#[cfg(feature = "internals")]
 pub mod qemu;
+#[cfg(not(feature = "internals"))]
+mod qemu;
 pub mod virtiofsd;
 
-pub use accel::{Accelerator, AcceleratorChoice, HostVirt};
+pub use accel::{Accelerator, HostVirt};
+pub use capsa_agent_client::AgentEndpoint;
+pub use capsa_config::AcceleratorChoice;
+pub use capsa_config::{BlockDriver, DriverSettings};
 pub use device::{
-    AttachedBlock, AttachedNic, BlockDevice, BlockDriver, BlockHotplug, GuestAddress, MacAddr,
-    NetDevice, NetworkHotplug, ResourceHotplug, VmResources, MEMORY_BLOCK_MIB,
+    AttachedBlock, AttachedNic, BlockDevice, BlockHotplug, GuestAddress, MacAddr, NetDevice,
+    NetworkHotplug, ResourceHotplug, VmResources, MEMORY_BLOCK_MIB,
 };
 pub use error::Error;
+pub use process::{VmProcess, VmProcessRole};
+/// Kata's kernel parameters for a fast boot (the benches print them).
+pub use qemu::FAST_BOOT_PARAMS;
 
-/// Where the guest agent can be reached from the host.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum AgentEndpoint {
-    /// Kernel vsock (`/dev/vhost-vsock` on the host): connect to `cid:port`.
-    Vsock { cid: u32, port: u32 },
-    /// Hybrid vsock: connect to the Unix socket `path`, write `CONNECT <port>\n`,
-    /// read `OK <n>\n`, then the stream is raw.
-    HybridVsock { path: PathBuf, port: u32 },
-}
+use capsa_config::{Config, HypervisorConfig, Invalid, Source, VmSettings};
 
 /// A virtio-fs share served by one `virtiofsd` for this VM.
 #[derive(Debug, Clone)]
@@ -52,44 +58,10 @@ pub struct SharedFs {
     pub shared_dir: PathBuf,
     /// Mount tag seen by the guest (`kataShared`).
     pub tag: String,
-    /// `--cache` value: `auto`, `always` or `never`.
-    pub cache: String,
+    /// `--cache` value.
+    pub cache: capsa_config::VirtioFsCache,
     /// Extra arguments passed to `virtiofsd` as they are.
     pub extra_args: Vec<String>,
-}
-
-/// Settings only the QEMU driver has.
-#[derive(Debug, Clone)]
-pub struct QemuSettings {
-    /// `q35` (default) or `microvm`.
-    pub machine_type: String,
-    pub accelerator: AcceleratorChoice,
-    /// Path of the `vhost-device-vsock` binary, used when the host has no
-    /// `/dev/vhost-vsock`.
-    pub vhost_user_vsock_daemon: PathBuf,
-    /// PCIe root ports created at boot on q35, one per PCI device that can
-    /// be hot-plugged at a time (Kata's `pcie_root_port`).
-    pub pcie_root_ports: u32,
-    /// MiB of TCG's translation cache (`-accel tcg,tb-size=`); 0 keeps
-    /// QEMU's default. Not used with KVM.
-    pub tcg_tb_size_mib: u32,
-}
-
-/// The driver of a VM and its own settings.
-#[derive(Debug, Clone)]
-pub enum DriverConfig {
-    Qemu(QemuSettings),
-}
-
-/// A root filesystem image in Kata's DAX layout (`capsa assets build
-/// --image`): the root is partition 1, ext4.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootImage {
-    pub path: PathBuf,
-    /// An NVDIMM on a shared, read-only mapping of the file, mounted with
-    /// DAX (the guest reads the host's page cache: every VM shares it);
-    /// `false`: a read-only virtio-blk disk.
-    pub nvdimm: bool,
 }
 
 /// Everything a driver needs to boot one VM.
@@ -100,17 +72,21 @@ pub struct VmConfig {
     /// Directory owned by this VM for sockets (QMP, vsock, virtiofsd). It must
     /// exist; the driver removes what it creates there on shutdown.
     pub run_dir: PathBuf,
-    /// File the guest serial console is written to.
+    /// File the guest serial console is written to. The driver opens it
+    /// for appending (`O_APPEND`) and keeps it so: the owner rotates it by
+    /// copying and truncating it in place (capsa-runtime's console
+    /// keeper), and the driver's next line must land at the new end.
     pub console_log: PathBuf,
-    /// Path of the hypervisor's binary (`qemu-system-*`).
-    pub hypervisor_path: PathBuf,
     pub kernel: PathBuf,
     /// With [`VmConfig::image`], the boot initrd that reaches the image
     /// (if the kernel needs modules for it); else the initrd whose
     /// `/init` is the agent.
     pub initrd: Option<PathBuf>,
-    /// The root filesystem image the guest boots from, read-only.
-    pub image: Option<RootImage>,
+    /// The root filesystem image the guest boots from, read-only, in
+    /// Kata's DAX layout (the root is partition 1, ext4); how it is
+    /// attached is the driver's choice (QEMU: an NVDIMM unless
+    /// `disable_image_nvdimm`).
+    pub image: Option<PathBuf>,
     /// Extra kernel command line parameters, appended after the driver's own.
     pub kernel_params: Vec<String>,
     /// vCPUs at boot; never hot-removed.
@@ -126,37 +102,104 @@ pub struct VmConfig {
     /// (`-m memory_mib,maxmem=`). 0: the host's physical memory. Raised
     /// to `memory_mib`; equal to it, memory cannot be hot-plugged.
     pub max_memory_mib: u32,
-    /// DIMM slots for memory hot-plug without virtio-mem (`-m ...,slots=`):
-    /// each growth of the memory takes one.
-    pub memory_slots: u32,
-    /// Memory beyond `memory_mib` is one virtio-mem device (sized
-    /// `max_memory_mib - memory_mib`, nothing plugged at boot) that grows
-    /// and shrinks, instead of DIMMs that only grow.
-    pub virtio_mem: bool,
-    /// A balloon device with free page reporting: pages the guest frees
-    /// go back to the host (Kata's `reclaim_guest_freed_memory`). The
-    /// balloon is never inflated; it deflates on OOM.
-    pub free_page_reporting: bool,
     pub shared_fs: Option<SharedFs>,
     /// Guest context id of the vsock device (3 or more).
     pub guest_cid: u32,
     /// Bounds every wait of a hot-plug or hot-unplug.
     pub hotplug_timeout: Duration,
-    /// How drives are attached ([`device::BlockDriver`]); with
+    /// How drives are attached ([`BlockDriver`]); with
     /// `virtio-scsi` the controller is created at boot.
     pub block_driver: BlockDriver,
     /// NICs present at boot (cold-plugged), each behind a PCIe root port
     /// of its own on q35; [`Vm::network`] adds more later.
     pub nics: Vec<NetDevice>,
     pub debug: bool,
-    pub driver: DriverConfig,
+    /// The driver and its own settings (`[hypervisor.<driver>]`).
+    pub driver: DriverSettings,
 }
 
-/// The driver `cfg` names, not started yet.
-pub fn create(cfg: VmConfig) -> Box<dyn Vm> {
-    match cfg.driver {
-        DriverConfig::Qemu(_) => Box::new(qemu::QemuVm::new(cfg)),
+/// What a driver module offers besides its VMs, implemented by a unit
+/// type per driver (`qemu::Qemu`); [`create`], [`validate`] and
+/// [`check_host`] pick the implementation from [`DriverSettings`].
+pub trait Driver {
+    /// The driver's own keys (`capsa_config::QemuSettings`).
+    type Settings;
+    /// Checks the driver's constraints on its own keys and on the shared
+    /// ones (`config.driver` holds `own`); the error names the key with
+    /// [`HypervisorConfig::key`].
+    fn validate(config: &HypervisorConfig, own: &Self::Settings) -> Result<(), Invalid>;
+    /// What the host offers this driver and what it would use, one line
+    /// each (`capsa check`).
+    fn check_host(vm: &VmSettings, own: &Self::Settings) -> Vec<HostCheck>;
+    /// A VM of this driver, not started yet.
+    fn create(cfg: VmConfig) -> Box<dyn Vm>;
+}
+
+/// One line of [`check_host`]: what was looked at and what was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCheck {
+    /// `accelerator`, `kernel`, `virtiofsd`, ...
+    pub what: String,
+    /// What was found (`ok: /usr/bin/qemu-system-x86_64`), or what is
+    /// missing.
+    pub detail: String,
+    /// Something the driver needs is missing: the VM would not start.
+    pub missing: bool,
+}
+
+impl HostCheck {
+    pub fn info(what: &str, detail: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            detail: detail.into(),
+            missing: false,
+        }
     }
+
+    /// A file the VM needs: `ok: PATH`, or missing.
+    pub fn file(what: &str, path: &Path) -> Self {
+        let missing = !path.is_file();
+        let ok = if missing { "" } else { "ok: " };
+        Self {
+            what: what.into(),
+            detail: format!("{ok}{}", path.display()),
+            missing,
+        }
+    }
+}
+
+/// The driver the configuration names: a VM of it, not started yet.
+pub fn create(cfg: VmConfig) -> Box<dyn Vm> {
+    match &cfg.driver {
+        DriverSettings::Qemu(_) => qemu::Qemu::create(cfg),
+    }
+}
+
+/// The driver's checks of the configuration ([`Driver::validate`]).
+pub fn validate(config: &Config) -> Result<(), Invalid> {
+    let h = &config.hypervisor;
+    match &h.driver {
+        DriverSettings::Qemu(q) => qemu::Qemu::validate(h, q),
+    }
+}
+
+/// What the host offers the configured driver ([`Driver::check_host`]).
+pub fn check_host(config: &HypervisorConfig) -> Vec<HostCheck> {
+    match &config.driver {
+        DriverSettings::Qemu(q) => qemu::Qemu::check_host(&config.vm, q),
+    }
+}
+
+/// Finds, reads and checks the configuration: the shared keys
+/// ([`capsa_config::load`]) and the driver's ([`validate`]). What every
+/// command and the shim load the configuration with.
+pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Source), capsa_config::Error> {
+    capsa_config::load_checked(explicit, validate)
+}
+
+/// [`load_config`] of `text`, read from `path`.
+pub fn parse_config(text: &str, path: &Path) -> Result<Config, capsa_config::Error> {
+    capsa_config::parse_checked(text, path, validate)
 }
 
 /// A virtual machine controlled by a driver.
@@ -170,6 +213,10 @@ pub trait Vm: Send + Sync {
     fn accelerator(&self) -> Option<Accelerator>;
     /// Pid of the hypervisor process, once started.
     fn pid(&self) -> Option<u32>;
+    /// Every host process the VM owns now (the hypervisor and its
+    /// helpers), with its role: what the owner records so that a
+    /// forced removal ends exactly them.
+    fn processes(&self) -> Vec<VmProcess>;
     /// Waits up to `limit` until a connection to the guest's agent may be
     /// attempted; returns false if that did not happen, or the VM exited.
     /// What it waits for is the driver's business (QEMU with the

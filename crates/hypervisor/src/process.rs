@@ -14,6 +14,53 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::Error;
 
+/// What a process of a VM is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmProcessRole {
+    /// The hypervisor itself (the VMM).
+    Hypervisor,
+    /// The shared file system's daemon (virtiofsd).
+    SharedFs,
+    /// The vsock backend (vhost-device-vsock).
+    Vsock,
+}
+
+/// A host process a VM owns: its pid, its role, and its start time, which
+/// tells it from a later process that got the same pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmProcess {
+    pub pid: u32,
+    pub role: VmProcessRole,
+    /// Clock ticks after boot when it started (`/proc/PID/stat`, field 22).
+    pub start_time: u64,
+}
+
+impl VmProcess {
+    /// `pid` with `role`, if it runs now.
+    pub fn of(pid: u32, role: VmProcessRole) -> Option<Self> {
+        Some(Self {
+            pid,
+            role,
+            start_time: start_time(pid)?,
+        })
+    }
+
+    /// Whether this very process still exists (a zombie counts): its pid
+    /// is there with the same start time.
+    pub fn is_running(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Longest wait for a child to be reaped after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
@@ -198,5 +245,22 @@ impl Helper {
         if timeout(KILL_WAIT, self.child.wait()).await.is_err() {
             tracing::warn!(name = %self.name, pid = ?self.child.id(), "not reaped after SIGKILL");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_are_known_by_pid_and_start_time() {
+        let me = VmProcess::of(std::process::id(), VmProcessRole::Hypervisor).unwrap();
+        assert!(me.is_running());
+        let other = VmProcess {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.is_running(), "a reused pid is another process");
+        assert_eq!(VmProcess::of(u32::MAX, VmProcessRole::Vsock), None);
     }
 }

@@ -331,8 +331,7 @@ async fn virtio_scsi_drives_are_attached_seen_and_detached() {
 async fn microvm_has_no_block_hotplug() {
     let t = TestDir::new();
     let mut cfg = t.config("q35", &common::initrd::hang());
-    let capsa_hypervisor::DriverConfig::Qemu(q) = &mut cfg.driver;
-    q.machine_type = "microvm".into();
+    common::qemu(&mut cfg).machine_type = capsa_config::MachineType::Microvm;
     let mut vm = capsa_hypervisor::create(cfg);
     let err = vm
         .block()

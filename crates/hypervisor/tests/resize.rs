@@ -160,8 +160,8 @@ fn config(t: &TestDir, vcpus: u32, max_vcpus: u32, virtio_mem: bool) -> VmConfig
     cfg.max_vcpus = max_vcpus;
     cfg.memory_mib = BOOT_MIB;
     cfg.max_memory_mib = MAX_MIB;
-    cfg.memory_slots = 2;
-    cfg.virtio_mem = virtio_mem;
+    common::qemu(&mut cfg).memory_slots = 2;
+    common::qemu(&mut cfg).enable_virtio_mem = virtio_mem;
     cfg.hotplug_timeout = Duration::from_secs(60);
     cfg
 }
@@ -346,8 +346,7 @@ async fn virtio_mem_grows_and_shrinks() {
 async fn microvm_has_no_resource_hotplug() {
     let t = TestDir::new();
     let mut cfg = t.config("q35", &common::initrd::hang());
-    let capsa_hypervisor::DriverConfig::Qemu(q) = &mut cfg.driver;
-    q.machine_type = "microvm".into();
+    common::qemu(&mut cfg).machine_type = capsa_config::MachineType::Microvm;
     let mut vm = capsa_hypervisor::create(cfg);
     let err = vm.resources().err().expect("microvm must not resize");
     assert_eq!(

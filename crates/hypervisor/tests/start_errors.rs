@@ -60,7 +60,7 @@ async fn qemu_exiting_at_start_reports_its_stderr() {
         .start()
         .await
         .expect_err("start with a bogus kernel");
-    assert!(matches!(err, Error::QemuExited { .. }), "{err:?}");
+    assert!(matches!(err, Error::VmExited { .. }), "{err:?}");
     // QEMU's own words, from its stderr.
     let msg = err.to_string();
     assert!(msg.contains("qemu: ") && msg.contains("kernel"), "{msg}");

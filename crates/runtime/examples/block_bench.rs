@@ -31,7 +31,7 @@ async fn main() {
     }
     let image_mib = FILE_MIB * runs as u64 + 64;
     let image = ImageFile::ext4(env.dir.path(), image_mib, Some(&data));
-    let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+    let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
     let mut sandbox = Sandbox::start(&config, VmSize::default())
         .await
         .expect("sandbox start");

@@ -20,7 +20,7 @@ async fn main() {
     let env = TestEnv::with_qemu_extra(
         "default_vcpus = 1\ndefault_maxvcpus = 2\ndefault_memory = 512\ndefault_maxmemory = 2048",
     );
-    let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+    let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
 
     println!("== hot-add, request to usable in the guest ({runs} runs) ==");
     let (mut cpu, mut mem) = (Vec::new(), Vec::new());

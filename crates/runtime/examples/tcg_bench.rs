@@ -45,7 +45,7 @@ async fn main() {
     println!("== TCG translation cache: tb-size (MiB) vs QEMU's default, {runs} rounds ==");
     for round in 0..runs {
         for (n, env) in &envs {
-            let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+            let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
             let sandbox = Sandbox::start(&config, VmSize::default())
                 .await
                 .expect("sandbox start");
@@ -109,7 +109,7 @@ async fn reporting(runs: usize) {
     let mut later: BTreeMap<bool, Vec<f64>> = BTreeMap::new();
     for round in 0..runs {
         for (on, env) in &envs {
-            let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+            let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
             let sandbox = Sandbox::start(&config, VmSize::default())
                 .await
                 .expect("sandbox start");

@@ -189,13 +189,19 @@ impl Found {
         }
     }
 
-    /// SIGKILL to the VM's processes (QEMU and its helpers: the processes
-    /// whose command line names the state directory), then to the owner;
+    /// SIGKILL to the VM's processes (the hypervisor and its helpers, as
+    /// the record lists them, each still the same process), then to the owner;
     /// waits (bounded) for all of them to be gone. The VM's processes are
     /// killed first: children of the live owner, their pids cannot be
     /// reused meanwhile.
     async fn kill_owner(&self, owner: i32) -> Result<(), Error> {
-        let vm = processes_naming(self.dir.path());
+        let vm: Vec<i32> = self
+            .record
+            .processes
+            .iter()
+            .filter(|p| p.is_running())
+            .filter_map(|p| i32::try_from(p.pid).ok())
+            .collect();
         for &pid in &vm {
             tracing::debug!(sandbox = %self.record.id, pid, "SIGKILL to a VM process");
             let _ = nix::sys::signal::kill(
@@ -263,23 +269,6 @@ fn signal_owner(
             source: e,
         }),
     }
-}
-
-/// The processes whose command line names a path below `dir`.
-fn processes_naming(dir: &Path) -> Vec<i32> {
-    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
-    needle.push(b'/');
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
-        })
-        .collect()
 }
 
 /// Whether `pid` exists and is not a zombie.

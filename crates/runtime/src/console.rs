@@ -1,11 +1,13 @@
 //! The guest's serial console log.
 //!
-//! QEMU appends the guest console (kernel and agent lines) to `console.log`
-//! in the sandbox's state directory, which lives on `/run`: memory. A pod
-//! that runs for weeks must not fill it, so a [`Keeper`] rotates the log
-//! once it passes [`MAX_BYTES`]: the log is copied to `console.log.1`
-//! (replacing the previous copy) and emptied. QEMU opens it with O_APPEND
-//! (`append=on`), so its next line lands at the new end. A line written
+//! The hypervisor driver appends the guest console (kernel and agent lines)
+//! to `console.log` in the sandbox's state directory, which lives on
+//! `/run`: memory. A pod that runs for weeks must not fill it, so a
+//! [`Keeper`] rotates the log once it passes [`MAX_BYTES`]: the log is
+//! copied to `console.log.1` (replacing the previous copy) and emptied.
+//! Every driver keeps the log open for appending (the contract of
+//! `capsa_hypervisor::VmConfig::console_log`), so its next line lands at
+//! the new end. A line written
 //! between the copy and the truncation is lost; the window is a few
 //! microseconds every few megabytes of console output.
 //!

@@ -1,6 +1,6 @@
 //! The control socket of a `capsa run` sandbox's owner
 //! (`<state>/<id>/control.sock`, mode 0600): the process that holds the
-//! VM's QMP session is the only one that may hot-plug into it, so
+//! VM's driver session is the only one that may hot-plug into it, so
 //! `capsa update` asks it there. One JSON request per connection, one
 //! JSON reply. A sandbox of containerd's shim has no such socket: its
 //! containers are updated through containerd (`ctr task update`, CRI's

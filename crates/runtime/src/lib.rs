@@ -21,6 +21,8 @@ pub mod timeline;
 pub mod vm;
 
 pub use attach::{Found, Liveness};
+/// The configuration, its shared keys and the driver's checked.
+pub use capsa_hypervisor::{load_config, parse_config};
 pub use error::{chain as error_chain, Error};
 pub use io::{GuestProcess, Stdio};
 pub use request::SandboxRequest;

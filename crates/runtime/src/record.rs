@@ -118,6 +118,11 @@ pub struct SandboxRecord {
     /// The process that owns the sandbox (the VM dies with it).
     pub owner_pid: i32,
     pub hypervisor_pid: Option<u32>,
+    /// Every host process the VM owns (the hypervisor, virtiofsd, the
+    /// vsock backend), as its driver reports them: what `capsa rm
+    /// --force` ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<capsa_hypervisor::VmProcess>,
     pub accelerator: Option<String>,
     pub agent: Option<AgentAddress>,
     /// Vsock port of the guest's debug console, when enabled.
@@ -155,6 +160,7 @@ impl SandboxRecord {
             created: now(),
             owner_pid: std::process::id() as i32,
             hypervisor_pid: None,
+            processes: Vec::new(),
             accelerator: None,
             agent: None,
             debug_console_port: None,

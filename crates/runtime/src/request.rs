@@ -63,7 +63,7 @@ impl SandboxRequest {
     /// the `/etc/resolv.conf` mount's lines are the pod network; with
     /// `sandbox_cgroup_only`, `linux.cgroupsPath` is the cgroup to join.
     pub fn parse(config: &Config, id: &str, spec: &Spec) -> Result<Self, Error> {
-        let q = &config.hypervisor.qemu;
+        let q = &config.hypervisor.vm;
         let size = if config.runtime.static_sandbox_resource_mgmt {
             cpu_mem::static_size(pod_limits(spec), q.default_vcpus, q.default_memory)
         } else {
@@ -346,7 +346,7 @@ mod tests {
         config.runtime.static_sandbox_resource_mgmt = true;
         config.runtime.sandbox_cgroup_only = true;
         let fixed = SandboxRequest::parse(&config, "p", &s).unwrap();
-        let default = config.hypervisor.qemu.default_memory;
+        let default = config.hypervisor.vm.default_memory;
         assert_eq!(fixed.size.memory_mib, Some(default + 256));
         assert_eq!(
             fixed.cgroup.map(|c| c.path),

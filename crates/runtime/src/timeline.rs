@@ -1,4 +1,4 @@
-//! The start-up timeline: every step of a sandbox's life (helpers, QEMU,
+//! The start-up timeline: every step of a sandbox's life (helpers, hypervisor,
 //! guest kernel, agent, containers, teardown) is a `tracing` span with
 //! target [`TARGET`]; the [`Timeline`] layer records when each opens and
 //! closes, and [`Timeline::write_svg`] draws them: one bar per step, nested

@@ -1,17 +1,14 @@
 //! From capsa's configuration to a hypervisor driver's [`VmConfig`]: the
-//! one place that reads a `[hypervisor.<name>]` section to build a VM
-//! (a `[hypervisor.clh]` would add an arm here, callers hold a
-//! `Box<dyn Vm>`).
+//! one place that reads the driver-neutral `[hypervisor.<driver>]` keys
+//! to build a VM (the driver's own keys go to it as they are; callers
+//! hold a `Box<dyn Vm>`).
 
 use std::str::FromStr;
 
 use capsa_config::Config;
 use std::time::Duration;
 
-use capsa_hypervisor::{
-    AcceleratorChoice, BlockDriver, DriverConfig, NetDevice, QemuSettings, RootImage, SharedFs, Vm,
-    VmConfig,
-};
+use capsa_hypervisor::{NetDevice, SharedFs, Vm, VmConfig};
 
 use crate::resource::network::{Endpoint, Model};
 use crate::state::StateDir;
@@ -29,11 +26,10 @@ pub struct VmSize {
 
 /// How containers' block devices are used.
 pub(crate) fn block_policy(config: &Config) -> crate::resource::BlockPolicy {
-    let q = &config.hypervisor.qemu;
+    let v = &config.hypervisor.vm;
     crate::resource::BlockPolicy {
-        rootfs: !q.disable_block_device_use,
-        // Validated when the configuration was loaded.
-        driver: BlockDriver::from_str(&q.block_device_driver).unwrap_or_default(),
+        rootfs: !v.disable_block_device_use,
+        driver: v.block_device_driver,
     }
 }
 
@@ -91,7 +87,7 @@ fn image_initrd(image: &std::path::Path) -> Option<std::path::PathBuf> {
 const IMAGE_INITRD_SUFFIX: &str = ".initrd";
 
 pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize) -> VmConfig {
-    let q = &config.hypervisor.qemu;
+    let q = &config.hypervisor.vm;
     let debug = q.enable_debug || config.agent.capsa.enable_debug || config.runtime.enable_debug;
     let mut kernel_params: Vec<String> = q
         .kernel_params
@@ -107,22 +103,14 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         kernel_params.push("agent.log=debug".into());
     }
     // Validated when the configuration was loaded: exactly one of them.
-    let (initrd, image) = if q.image.as_os_str().is_empty() {
-        (Some(q.initrd.clone()), None)
-    } else {
-        (
-            image_initrd(&q.image),
-            Some(RootImage {
-                path: q.image.clone(),
-                nvdimm: !q.disable_image_nvdimm,
-            }),
-        )
+    let (initrd, image) = match q.root_image() {
+        None => (Some(q.initrd.clone()), None),
+        Some(image) => (image_initrd(image), Some(image.to_path_buf())),
     };
     VmConfig {
         id: id.to_string(),
         run_dir: dir.path().to_path_buf(),
         console_log: dir.console_log(),
-        hypervisor_path: q.path.clone(),
         kernel: q.kernel.clone(),
         initrd,
         image,
@@ -133,31 +121,19 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         // maximum below a per-sandbox boot size to it.
         max_vcpus: q.default_maxvcpus,
         max_memory_mib: q.default_maxmemory,
-        memory_slots: q.memory_slots,
-        virtio_mem: q.enable_virtio_mem,
-        free_page_reporting: q.reclaim_guest_freed_memory,
-        shared_fs: (q.shared_fs == "virtio-fs").then(|| SharedFs {
+        shared_fs: (q.shared_fs == capsa_config::SharedFs::VirtioFs).then(|| SharedFs {
             daemon: q.virtio_fs_daemon.clone(),
             shared_dir: dir.shared_dir(),
             tag: capsa_protocols::SHARED_FS_TAG.to_string(),
-            cache: q.virtio_fs_cache.clone(),
+            cache: q.virtio_fs_cache,
             extra_args: q.virtio_fs_extra_args.clone(),
         }),
         guest_cid: guest_cid(),
         hotplug_timeout: Duration::from_secs(q.hotplug_timeout.into()),
-        // Validated when the configuration was loaded.
-        block_driver: BlockDriver::from_str(&q.block_device_driver).unwrap_or_default(),
+        block_driver: q.block_device_driver,
         nics: Vec::new(),
         debug,
-        driver: DriverConfig::Qemu(QemuSettings {
-            machine_type: q.machine_type.clone(),
-            // Validated when the configuration was loaded.
-            accelerator: AcceleratorChoice::from_str(&q.accelerator)
-                .unwrap_or(AcceleratorChoice::Auto),
-            vhost_user_vsock_daemon: q.vhost_user_vsock_daemon.clone(),
-            pcie_root_ports: q.pcie_root_port,
-            tcg_tb_size_mib: q.tcg_tb_size,
-        }),
+        driver: config.hypervisor.driver.clone(),
     }
 }
 

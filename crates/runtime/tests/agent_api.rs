@@ -11,7 +11,7 @@ use ttrpc::context;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unimplemented_methods_are_named() {
     let env = TestEnv::new();
-    let (config, _) = capsa_config::load(Some(&env.config)).unwrap();
+    let (config, _) = capsa_runtime::load_config(Some(&env.config)).unwrap();
     let sandbox = tokio::time::timeout(
         Duration::from_secs(120),
         Sandbox::start(&config, VmSize::default()),

@@ -351,28 +351,19 @@ async fn no_debug_console_unless_asked() {
     );
 }
 
-/// A vCPU hot-added behind the agent's back (QMP on the VM's debug
-/// monitor, as the driver's `resize_vcpus` does) appears offline in the
+/// A vCPU hot-added behind the agent's back (over the VM's debug
+/// channel, as the driver's `resize_vcpus` does) appears offline in the
 /// guest; `OnlineCPUMem` brings it online. The VM boots with 1 vCPU and
 /// room for 2 (`default_maxvcpus`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_cpu_mem_onlines_a_hot_added_vcpu() {
-    use capsa_hypervisor::qemu::{qmp, resize, QMP_DEBUG_SOCKET};
-
     let env = TestEnv::with_qemu_extra(&format!(
         "{CONSOLE_PARAMS}\ndefault_vcpus = 1\ndefault_maxvcpus = 2"
     ));
     let sandbox = boot(&env).await;
-    let monitor = env.state_dir.join(sandbox.id()).join(QMP_DEBUG_SOCKET);
-    let slots = qmp::execute(&monitor, "query-hotpluggable-cpus", None)
+    capsa_hypervisor::debug::add_vcpu(&env.state_dir.join(sandbox.id()))
         .await
-        .expect("query-hotpluggable-cpus");
-    let (driver, mut props) = resize::free_cpu_slot(&slots).expect("room for a vCPU");
-    props.insert("driver".into(), driver.into());
-    props.insert("id".into(), "vcpu-test".into());
-    qmp::execute(&monitor, "device_add", Some(props.into()))
-        .await
-        .expect("device_add of a vCPU");
+        .expect("a vCPU hot-added");
 
     // The guest has it once its sysfs entry exists; offline until onlined.
     let before = console_run(

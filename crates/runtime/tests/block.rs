@@ -8,12 +8,12 @@ use std::process::Command;
 
 mod common;
 
+use capsa_hypervisor::debug::Inventory;
 use capsa_runtime::resource::{volume, HostMount, Rootfs};
 use capsa_runtime::{ProcessSpec, Sandbox, Volume};
 use capsa_test_infra::block::{ImageFile, LoopDevice};
 use capsa_test_infra::{assert_no_leaks, TestEnv};
 use common::{boot, read_all};
-use serde_json::Value;
 
 /// Creates container `cid` running `script` on `rootfs`, starts it, and
 /// returns its output and exit code (the container stays until removed).
@@ -44,25 +44,13 @@ fn spec(sandbox: &Sandbox, script: &str) -> oci_spec::runtime::Spec {
     capsa_runtime::spec::build(&process, "", &sandbox.hostname()).expect("spec")
 }
 
-/// QEMU's own view, over the debug monitor: the qdev ids of `query-block`
-/// and the node names of `query-named-block-nodes`.
-async fn qemu_drives(env: &TestEnv, sandbox: &Sandbox) -> Vec<String> {
-    let sock = env.state_dir.join(sandbox.id()).join("qmp-debug.sock");
-    let mut names = Vec::new();
-    for (cmd, key) in [
-        ("query-block", "qdev"),
-        ("query-named-block-nodes", "node-name"),
-    ] {
-        let answer = capsa_hypervisor::qemu::qmp::execute(&sock, cmd, None)
-            .await
-            .expect("QMP answers");
-        for entry in answer.as_array().cloned().unwrap_or_default() {
-            if let Some(Value::String(name)) = entry.get(key) {
-                names.push(name.clone());
-            }
-        }
-    }
-    names
+/// The hypervisor's own view, over the VM's debug channel: its drives
+/// and block backends.
+async fn hypervisor_drives(env: &TestEnv, sandbox: &Sandbox) -> Inventory {
+    let run_dir = env.state_dir.join(sandbox.id());
+    capsa_hypervisor::debug::inventory(&run_dir)
+        .await
+        .expect("the debug channel answers")
 }
 
 fn config_env(extra: &str) -> TestEnv {
@@ -102,18 +90,22 @@ async fn each_container_gets_its_own_drive_and_loses_it_on_removal() {
     assert_ne!(devices[0].guest_address, devices[1].guest_address);
     assert_eq!(devices[1].container, "c2");
     assert_eq!(out.matches("vd").count(), 3, "/ and two disks: {out}");
-    // QEMU's device of a drive is `blk-<id>`; each has a raw node over a
-    // file node.
-    let qdev = format!("/blk-{}/", devices[1].id);
-    let drives = qemu_drives(&env, &sandbox).await;
-    assert!(drives.iter().any(|d| d.contains(&qdev)), "{drives:?}");
-    assert_eq!(drives.len(), 6, "{drives:?}");
+    // Each drive has two backends (QEMU: a raw node over a file node).
+    let id = Some(devices[1].id.clone());
+    let drives = hypervisor_drives(&env, &sandbox).await;
+    assert!(drives.drives.iter().any(|d| d.id == id), "{drives:?}");
+    assert_eq!(
+        (drives.drives.len(), drives.block_backends.len()),
+        (2, 4),
+        "{drives:?}"
+    );
 
     sandbox.remove_container("c2").await.expect("remove c2");
-    let drives = qemu_drives(&env, &sandbox).await;
+    let drives = hypervisor_drives(&env, &sandbox).await;
     assert!(
-        !drives.iter().any(|d| d.contains(&qdev)) && drives.len() == 3,
-        "unplugged from QEMU, device and nodes: {drives:?}"
+        !drives.drives.iter().any(|d| d.id == id)
+            && (drives.drives.len(), drives.block_backends.len()) == (1, 2),
+        "unplugged from the hypervisor, device and backends: {drives:?}"
     );
     assert_eq!(sandbox.record().devices.len(), 1);
     let (out, code) = run(
@@ -200,8 +192,8 @@ async fn the_hosts_own_disk_is_never_hot_plugged() {
         .await;
     assert!(sandbox.record().devices.is_empty(), "nothing hot-plugged");
     assert!(
-        qemu_drives(&env, &sandbox).await.is_empty(),
-        "QEMU has no drive"
+        hypervisor_drives(&env, &sandbox).await == Inventory::default(),
+        "the hypervisor has no drive"
     );
     if created.is_ok() {
         sandbox.remove_container("hostdisk").await.expect("remove");
@@ -247,7 +239,11 @@ async fn a_drive_that_never_appears_is_an_error_and_is_unplugged() {
     assert!(text.contains("/00"), "names the PCI path: {text}");
     assert!(text.contains('4'), "names the wait: {text}");
     assert!(sandbox.record().devices.is_empty());
-    assert!(qemu_drives(&env, &sandbox).await.is_empty(), "unplugged");
+    assert_eq!(
+        hypervisor_drives(&env, &sandbox).await,
+        Inventory::default(),
+        "unplugged"
+    );
     // The sandbox goes on.
     let (out, code) = run(
         &mut sandbox,

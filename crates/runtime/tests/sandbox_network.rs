@@ -80,7 +80,7 @@ async fn a_sandbox_gets_the_pods_links_and_leaves_the_netns_as_it_was() {
         "stale",
     ]);
     let before = f.snapshot();
-    let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+    let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
     let net = PodNetwork {
         netns: Some(f.netns()),
         dns: vec!["nameserver 192.0.2.53".into(), "search capsa.test".into()],

@@ -206,7 +206,7 @@ impl BareVm {
             .arg("-append")
             .arg(format!(
                 "console=ttyS0 panic=1 quiet {}",
-                capsa_hypervisor::qemu::FAST_BOOT_PARAMS.join(" ")
+                capsa_hypervisor::FAST_BOOT_PARAMS.join(" ")
             ))
             .status()
             .expect("qemu");

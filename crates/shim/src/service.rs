@@ -108,7 +108,7 @@ impl Service {
                 }
                 (None, _) => {
                     let explicit = crate::options::config_path(req.options.as_ref());
-                    let (config, source) = capsa_config::load(explicit.as_deref())?;
+                    let (config, source) = capsa_runtime::load_config(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
                     let mut request = SandboxRequest::parse(&config, &pod_id, &spec)?;
                     if let Some(cgroup) = request.cgroup.as_mut() {

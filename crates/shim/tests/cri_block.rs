@@ -20,8 +20,8 @@ use common::Setup;
 const EXEC_LIMIT: Duration = Duration::from_secs(60);
 
 /// The files of the drives QEMU has open in pod `pod`'s VM.
-fn qemu_drive_files(s: &Setup, pod: &str) -> Vec<String> {
-    common::qemu_drive_files(&s.env.state_dir, pod)
+fn hypervisor_drive_files(s: &Setup, pod: &str) -> Vec<String> {
+    common::hypervisor_drive_files(&s.env.state_dir, pod)
 }
 
 fn with_security(mut config: ContainerConfig, capabilities: &[&str]) -> ContainerConfig {
@@ -61,7 +61,7 @@ fn a_raw_block_device_and_a_read_only_block_volume_reach_the_containers() {
 
     let config = cri.pod_config("blockpod");
     let pod = cri.run_pod_with(config.clone(), "capsa");
-    assert!(qemu_drive_files(&s, &pod).is_empty(), "no drive yet");
+    assert!(hypervisor_drive_files(&s, &pod).is_empty(), "no drive yet");
 
     // volumeDevices: the loop device as /dev/xvdb, formatted and mounted
     // by the container (mounting needs CAP_SYS_ADMIN, not privileged).
@@ -105,7 +105,7 @@ fn a_raw_block_device_and_a_read_only_block_volume_reach_the_containers() {
     );
 
     // Each is a drive of QEMU's; deleting a container detaches its own.
-    let drives = qemu_drive_files(&s, &pod);
+    let drives = hypervisor_drive_files(&s, &pod);
     let raw_path = raw_dev.path().display().to_string();
     let fs_path = fs_dev.path().display().to_string();
     assert!(
@@ -115,7 +115,7 @@ fn a_raw_block_device_and_a_read_only_block_volume_reach_the_containers() {
     assert_eq!(drives.len(), 2, "only the two volumes: {drives:?}");
     cri.stop_container(&raw_id, Duration::from_secs(10));
     cri.remove_container(&raw_id);
-    assert_eq!(qemu_drive_files(&s, &pod), vec![fs_path]);
+    assert_eq!(hypervisor_drive_files(&s, &pod), vec![fs_path]);
     cri.stop_pod(&pod);
     cri.remove_pod(&pod);
     assert!(cri.list_pods().is_empty());
@@ -173,7 +173,7 @@ fn an_empty_image_runs_with_block_use_on_without_attaching_a_host_disk() {
     assert_eq!(code, 0, "{err}\n{}", s.ctrd.log_tail());
     assert!(out.contains(" virtiofs "), "rootfs over virtio-fs: {out}");
     assert!(!out.contains("vd"), "no disk in the guest: {out}");
-    let drives = qemu_drive_files(&s, &pod);
+    let drives = hypervisor_drive_files(&s, &pod);
     assert!(drives.is_empty(), "no host device attached: {drives:?}");
     assert!(
         !s.ctrd.log().contains("drive hot-plugged"),

@@ -317,7 +317,7 @@ fn unanswering_agent_is_declared_dead_by_the_shim() {
     assert!(out.status.success(), "{out:?}");
     let (qemu, status) = task(&s, "mute").expect("task listed");
     assert_eq!(status, "RUNNING");
-    let vsock = capsa_test_infra::leaks::helper_pid(&s.env.state_dir, "mute", "vhost-device-vsock");
+    let vsock = capsa_test_infra::leaks::vm_process_pid(&s.env.state_dir, "mute", "vsock");
     kill(Pid::from_raw(vsock), Signal::SIGSTOP).unwrap();
 
     wait_stopped(&s, "mute");

@@ -18,7 +18,7 @@ use capsa_test_infra::containerd::cri_v1::{ContainerConfig, Mount};
 use capsa_test_infra::containerd::{Containerd, Cri, Opts, PROXY_SNAPSHOTTER};
 use capsa_test_infra::snapshotter::Snapshotter;
 use capsa_test_infra::TestEnv;
-use common::{qemu_drive_files, RUNTIME};
+use common::{hypervisor_drive_files, RUNTIME};
 
 const EXEC_LIMIT: Duration = Duration::from_secs(60);
 /// How long containerd's garbage collection may take to empty the store.
@@ -221,7 +221,7 @@ fn cri_gives_each_container_of_a_pod_its_own_drive_from_the_snapshotter() {
     let cri = w.ctrd.cri();
     let config = cri.pod_config("snappod");
     let pod = cri.run_pod_with(config.clone(), "capsa");
-    let drives = || qemu_drive_files(&w.env.state_dir, &pod);
+    let drives = || hypervisor_drive_files(&w.env.state_dir, &pod);
     let in_store = |files: &[String]| {
         files
             .iter()
@@ -347,7 +347,7 @@ fn the_empty_image_on_the_snapshotter_attaches_no_host_device() {
     let image = w.image_of(&id).display().to_string();
 
     // QEMU's drives: only image files of the store, never a host device.
-    let drives = qemu_drive_files(&w.env.state_dir, &pod);
+    let drives = hypervisor_drive_files(&w.env.state_dir, &pod);
     assert!(drives.contains(&image), "{image} not in {drives:?}");
     for drive in &drives {
         assert!(

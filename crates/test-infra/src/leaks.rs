@@ -21,17 +21,26 @@ pub fn processes_naming(needle: &str) -> Vec<String> {
     procs
 }
 
-/// The pid of sandbox `id`'s one `helper` process (`vhost-device-vsock`,
-/// `virtiofsd`): its command line names the sandbox's state directory.
-pub fn helper_pid(state_dir: &Path, id: &str, helper: &str) -> i32 {
-    let dir = state_dir.join(id).display().to_string();
-    let pids: Vec<i32> = processes_naming(&dir)
-        .iter()
-        .filter(|p| p.contains(helper))
-        .filter_map(|p| p.split(':').next()?.parse().ok())
+/// The pid of sandbox `id`'s one process with `role` (`hypervisor`,
+/// `shared_fs`, `vsock`), as its record lists the processes its VM owns.
+pub fn vm_process_pid(state_dir: &Path, id: &str, role: &str) -> i32 {
+    let path = state_dir.join(id).join("state.json");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("the sandbox's record"))
+            .expect("a JSON record");
+    let pids: Vec<i64> = record["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["role"] == role)
+        .filter_map(|p| p["pid"].as_i64())
         .collect();
-    assert_eq!(pids.len(), 1, "one {helper} of {id} expected: {pids:?}");
-    pids[0]
+    assert_eq!(
+        pids.len(),
+        1,
+        "one {role} process of {id} expected: {record}"
+    );
+    pids[0] as i32
 }
 
 /// Fails if a loop device is still attached to an image file below `dir`

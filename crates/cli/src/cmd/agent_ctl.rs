@@ -25,7 +25,7 @@ pub async fn agent_ctl(
         return Ok(0);
     }
     let method = method.context("a method name is needed")?;
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let found = Found::open(&config.runtime.state_dir, id)?;
     let agent = found.agent().await?;
     let reply = agent.call_json(method, request, CALL_TIMEOUT).await?;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::output;
 
 pub fn show(explicit: Option<&Path>) -> anyhow::Result<u8> {
-    let (config, source) = capsa_config::load(explicit)?;
+    let (config, source) = capsa_runtime::load_config(explicit)?;
     output::line(format_args!("# source: {source}"))?;
     output::text(toml::to_string(&config).context("print the configuration")?)?;
     Ok(0)

@@ -12,7 +12,7 @@ use crate::cmd::run::stop_signal;
 use crate::terminal::RawMode;
 
 pub async fn exec(config: Option<&Path>, args: ExecArgs) -> anyhow::Result<u8> {
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let found = Found::open(&config.runtime.state_dir, &args.id)?;
     if args.vm {
         return debug_console(&found).await;

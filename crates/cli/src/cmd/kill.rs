@@ -8,7 +8,7 @@ use capsa_runtime::Found;
 use crate::output;
 
 pub async fn kill(config: Option<&Path>, id: &str, signal: i32) -> anyhow::Result<u8> {
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let found = Found::open(&config.runtime.state_dir, id)?;
     found
         .kill(None, signal)
@@ -18,7 +18,7 @@ pub async fn kill(config: Option<&Path>, id: &str, signal: i32) -> anyhow::Resul
 }
 
 pub async fn rm(config: Option<&Path>, ids: &[String], force: bool) -> anyhow::Result<u8> {
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let mut failed = false;
     for id in ids {
         let removed = match Found::open(&config.runtime.state_dir, id) {

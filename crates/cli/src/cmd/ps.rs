@@ -9,7 +9,7 @@ use capsa_runtime::record::human_age;
 use capsa_runtime::Found;
 
 pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let found = Found::all(&config.runtime.state_dir);
     output::line(format_args!(
         "{:<20} {:<9} {:>8} {:>5}  COMMAND",
@@ -46,7 +46,7 @@ pub fn ps(config: Option<&Path>) -> anyhow::Result<u8> {
 }
 
 pub fn inspect(config: Option<&Path>, id: &str) -> anyhow::Result<u8> {
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let found = Found::open(&config.runtime.state_dir, id)?;
     let mut value = serde_json::to_value(&found.record).context("encode the record")?;
     if let Some(obj) = value.as_object_mut() {

@@ -26,7 +26,7 @@ pub const DETACHED_DIR_ENV: &str = "CAPSA_DETACHED_DIR";
 const READY: &str = "ok";
 
 pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
-    let (config, source) = capsa_config::load(config)?;
+    let (config, source) = capsa_runtime::load_config(config)?;
     tracing::info!(%source, "configuration");
     if let Some(file) = &args.timeline {
         check_timeline_path(file)?;

@@ -1,6 +1,6 @@
 //! `capsa update`: new limits for a running sandbox's container, asked of
 //! the sandbox's owner over its control socket (only the owner holds the
-//! VM's QMP session, so only it resizes the VM).
+//! VM's driver session, so only it resizes the VM).
 
 use std::path::Path;
 
@@ -19,7 +19,7 @@ pub async fn update(
     if cpus.is_none() && memory_mib.is_none() {
         bail!("nothing to update: give --cpus and/or --memory");
     }
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let found = Found::open(&config.runtime.state_dir, id)?;
     // `capsa run`'s container has the sandbox's id.
     let req = Request::Update {

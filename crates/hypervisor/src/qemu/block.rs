@@ -59,9 +59,12 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// What QEMU's id of a drive's device starts with.
+pub const QDEV_PREFIX: &str = "blk-";
+
 /// QEMU's id of the device for drive `id` (QEMU ids start with a letter).
 pub fn qdev_id(id: &str) -> String {
-    format!("blk-{id}")
+    format!("{QDEV_PREFIX}{id}")
 }
 
 /// The `blockdev-add` arguments: a raw node named `node` over the host
@@ -214,6 +217,30 @@ impl QemuVm {
     /// Undoes a failed attach: the device if it may have been added, then
     /// the node. Failures are logged: the attach error is what the caller
     /// needs.
+    /// Detaches the device `qdev` of the `kind` (`drive`, `NIC`) `id`
+    /// ([`Self::remove_device`]: the guest releases it, bounded by the
+    /// hot-plug timeout), then deletes its backend with QMP `command`
+    /// (`blockdev-del` of a drive's node, `netdev_del` of a NIC's netdev).
+    pub(super) async fn detach_device(
+        &self,
+        id: &str,
+        kind: &str,
+        qdev: &str,
+        command: &str,
+        backend: Value,
+    ) -> Result<(), Error> {
+        let limit = self.cfg.hotplug_timeout;
+        if !self.remove_device(id, qdev, limit).await? {
+            tracing::warn!(device = %id, qdev, "QEMU had no such device: removing the backend");
+        }
+        self.session(id)?
+            .execute(command, Some(backend), limit)
+            .await
+            .map_err(|e| hotplug_error(id, e))?;
+        tracing::info!(vm = %self.cfg.id, device = %id, "{kind} detached");
+        Ok(())
+    }
+
     async fn roll_back(&self, id: &str, qdev: &str, node: &str, device_added: bool) {
         let limit = self.cfg.hotplug_timeout;
         if device_added {
@@ -274,23 +301,13 @@ impl BlockHotplug for QemuVm {
     }
 
     async fn detach_block(&mut self, id: &str) -> Result<(), Error> {
-        let Some(index) = self.drives.iter().position(|d| d.block.device.id == id) else {
+        let Some(drive) = self.drives.iter().find(|d| d.block.device.id == id) else {
             return Err(hotplug_error(id, "no drive with this id is attached"));
         };
-        let limit = self.cfg.hotplug_timeout;
-        let (qdev, node) = (
-            self.drives[index].qdev.clone(),
-            self.drives[index].node.clone(),
-        );
-        if !self.remove_device(id, &qdev, limit).await? {
-            tracing::warn!(device = %id, qdev, "QEMU had no such device: removing the backend");
-        }
-        self.session(id)?
-            .execute("blockdev-del", Some(json!({ "node-name": node })), limit)
-            .await
-            .map_err(|e| hotplug_error(id, e))?;
-        self.drives.remove(index);
-        tracing::info!(vm = %self.cfg.id, device = %id, "drive detached");
+        let node = json!({ "node-name": drive.node });
+        self.detach_device(id, "drive", &drive.qdev, "blockdev-del", node)
+            .await?;
+        self.drives.retain(|d| d.block.device.id != id);
         Ok(())
     }
 
@@ -302,7 +319,7 @@ impl BlockHotplug for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DriverConfig;
+    use crate::qemu::qemu_mut;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
@@ -358,8 +375,8 @@ mod tests {
         };
         let err = vm.attach_block(&dev).await.unwrap_err().to_string();
         assert!(err.contains("no free PCIe root port"), "{err}");
-        let DriverConfig::Qemu(q) = &mut vm.cfg.driver;
-        q.pcie_root_ports = 1;
+        let q = qemu_mut(&mut vm.cfg);
+        q.pcie_root_port = 1;
         let address = vm.attach_block(&dev).await.unwrap();
         assert_eq!(address.to_string(), "04/00");
 

@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use super::resize::Sizing;
-use crate::{Accelerator, BlockDriver, DriverConfig, VmConfig};
+use capsa_config::MachineType;
+
+use super::{disk_image, nvdimm_image, settings};
+use crate::{Accelerator, BlockDriver, VmConfig};
 
 /// Kernel parameters capsa always passes: the serial console, reboot on
 /// panic (and `-no-reboot` turns that into QEMU exiting), quiet boot, then
@@ -117,8 +120,8 @@ impl TailDevices {
     pub fn of(cfg: &VmConfig, virtio_mem: bool) -> Self {
         Self {
             virtio_mem,
-            balloon: cfg.free_page_reporting,
-            image_disk: cfg.image.as_ref().is_some_and(|i| !i.nvdimm),
+            balloon: settings(cfg).reclaim_guest_freed_memory,
+            image_disk: disk_image(cfg).is_some(),
         }
     }
 
@@ -137,6 +140,19 @@ impl TailDevices {
     /// The most root ports that fit next to these devices.
     pub fn max_root_ports(self) -> u32 {
         MAX_ROOT_PORTS - u32::from(self.count())
+    }
+
+    /// The configuration keys that take root-port slots, for the
+    /// configuration's error message.
+    pub fn keys(self) -> Vec<&'static str> {
+        [
+            (self.virtio_mem, "enable_virtio_mem"),
+            (self.balloon, "reclaim_guest_freed_memory"),
+            (self.image_disk, "an image on virtio-blk"),
+        ]
+        .into_iter()
+        .filter_map(|(on, key)| on.then_some(key))
+        .collect()
     }
 
     /// What takes root-port slots, for an error message ("" if nothing).
@@ -161,16 +177,16 @@ impl TailDevices {
 pub const SCSI_CONTROLLER: &str = "scsi0";
 
 /// Whether `machine` has the PCIe root ports block hot-plug needs.
-pub fn has_root_ports(machine: &str) -> bool {
-    machine == "q35" || machine.starts_with("pc-q35")
+pub fn has_root_ports(machine: MachineType) -> bool {
+    machine == MachineType::Q35
 }
 
 /// Whether `machine` gets the debug monitor: not microvm, whose guest
 /// (QEMU 7.2, Debian's kernel, TCG) never printed a console line with a
 /// second `-qmp` monitor in 3 of 3 boots, and booted at once without it
 /// (observed, cause not found).
-pub fn has_debug_monitor(machine: &str) -> bool {
-    machine != "microvm"
+pub fn has_debug_monitor(machine: MachineType) -> bool {
+    machine != MachineType::Microvm
 }
 
 /// QEMU id of root port `index`.
@@ -205,13 +221,13 @@ pub fn build(
     // Guest RAM is a shared memfd (vhost-user helpers map it), given as the
     // machine's memory backend: with `-numa` instead, microvm guests hang
     // calibrating the TSC.
-    let DriverConfig::Qemu(q) = &cfg.driver;
+    let q = settings(cfg);
     let tail = TailDevices::of(cfg, sizing.virtio_mem_mib > 0);
-    let mut machine = match q.machine_type.as_str() {
-        "microvm" => "microvm,pcie=on,rtc=on,pit=on,memory-backend=mem".to_string(),
+    let mut machine = match q.machine_type {
+        MachineType::Microvm => "microvm,pcie=on,rtc=on,pit=on,memory-backend=mem".to_string(),
         other => format!("{other},memory-backend=mem"),
     };
-    let nvdimm = cfg.image.as_ref().filter(|i| i.nvdimm);
+    let nvdimm = nvdimm_image(cfg);
     if nvdimm.is_some() {
         machine += ",nvdimm=on";
     }
@@ -220,7 +236,7 @@ pub fn build(
     // TCG's translation cache is reserved at its full size and filled as
     // the guest runs: bounded, it costs retranslation instead of memory.
     let accel_opt = match accel {
-        Accelerator::Tcg if q.tcg_tb_size_mib > 0 => format!("tcg,tb-size={}", q.tcg_tb_size_mib),
+        Accelerator::Tcg if q.tcg_tb_size > 0 => format!("tcg,tb-size={}", q.tcg_tb_size),
         other => other.to_string(),
     };
     push(&["-machine", &machine, "-accel", &accel_opt]);
@@ -270,10 +286,10 @@ pub fn build(
     if sizing.max_memory_mib > cfg.memory_mib {
         params.extend(MEMORY_HOTPLUG_PARAMS);
     }
-    match &cfg.image {
-        Some(i) if i.nvdimm => params.extend(IMAGE_NVDIMM_PARAMS),
-        Some(_) => params.extend(IMAGE_DISK_PARAMS),
-        None => {}
+    match (nvdimm, disk_image(cfg)) {
+        (Some(_), _) => params.extend(IMAGE_NVDIMM_PARAMS),
+        (_, Some(_)) => params.extend(IMAGE_DISK_PARAMS),
+        _ => {}
     }
     params.extend(cfg.kernel_params.iter().map(String::as_str));
     push(&["-append", &params.join(" ")]);
@@ -297,7 +313,7 @@ pub fn build(
     }
     // On q35 every device of the root bus has a fixed slot; microvm has
     // no hot-plug and keeps QEMU's choice.
-    let q35 = has_root_ports(&q.machine_type);
+    let q35 = has_root_ports(q.machine_type);
     let at = |slot: u8| {
         if q35 {
             format!(",bus=pcie.0,addr={slot:#04x}")
@@ -305,25 +321,25 @@ pub fn build(
             String::new()
         }
     };
-    match &cfg.image {
+    match (nvdimm, disk_image(cfg)) {
         // Read-only and shared: the guest's loads are served from the
         // host's page cache of the file, the same pages for every VM
         // (`unarmed`: QEMU refuses a read-only NVDIMM without it).
-        Some(i) if i.nvdimm => push(&[
+        (Some(i), _) => push(&[
             "-object",
             &format!(
                 "memory-backend-file,id={IMAGE_BACKEND},mem-path={},size={}M,share=on,readonly=on",
-                opt(&i.path),
+                opt(i),
                 sizing.image_mib
             ),
             "-device",
             &format!("nvdimm,id={IMAGE_ID},memdev={IMAGE_BACKEND},unarmed=on"),
         ]),
-        Some(i) => push(&[
+        (_, Some(i)) => push(&[
             "-drive",
             &format!(
                 "file={},if=none,id={IMAGE_ID},format=raw,readonly=on",
-                opt(&i.path)
+                opt(i)
             ),
             "-device",
             &format!(
@@ -331,7 +347,7 @@ pub fn build(
                 at(tail.image_disk_slot())
             ),
         ]),
-        None => {}
+        _ => {}
     }
     match sockets.vhost_user_vsock {
         Some(sock) => push(&[
@@ -388,7 +404,7 @@ pub fn build(
                 ),
             ]);
         }
-        for i in 0..q.pcie_root_ports.min(tail.max_root_ports()) {
+        for i in 0..q.pcie_root_port.min(tail.max_root_ports()) {
             push(&[
                 "-device",
                 &format!(
@@ -399,7 +415,7 @@ pub fn build(
             ]);
         }
     }
-    if cfg.free_page_reporting {
+    if q.reclaim_guest_freed_memory {
         // Never inflated: only its free page reporting queue is used (the
         // guest reports freed 2 MiB+ blocks, QEMU discards them from the
         // memfd). deflate-on-oom in case a tool inflates it over QMP.
@@ -422,7 +438,9 @@ fn opt(path: &std::path::Path) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{AcceleratorChoice, BlockDriver, QemuSettings, SharedFs};
+    use crate::qemu::qemu_mut;
+    use crate::{BlockDriver, DriverSettings, SharedFs};
+    use capsa_config::{QemuSettings, VirtioFsCache};
     use std::time::Duration;
 
     pub(crate) fn cfg() -> VmConfig {
@@ -430,7 +448,6 @@ pub(crate) mod tests {
             id: "sb".into(),
             run_dir: "/run/capsa/sb".into(),
             console_log: "/run/capsa/sb/console.log".into(),
-            hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
             kernel: "/k".into(),
             initrd: Some("/i".into()),
             image: None,
@@ -439,14 +456,11 @@ pub(crate) mod tests {
             memory_mib: 256,
             max_vcpus: 2,
             max_memory_mib: 256,
-            memory_slots: 10,
-            virtio_mem: false,
-            free_page_reporting: false,
             shared_fs: Some(SharedFs {
                 daemon: "/v".into(),
                 shared_dir: "/s".into(),
                 tag: "kataShared".into(),
-                cache: "auto".into(),
+                cache: VirtioFsCache::Auto,
                 extra_args: vec![],
             }),
             guest_cid: 7,
@@ -454,12 +468,12 @@ pub(crate) mod tests {
             block_driver: BlockDriver::VirtioBlk,
             nics: vec![],
             debug: false,
-            driver: DriverConfig::Qemu(QemuSettings {
-                machine_type: "q35".into(),
-                accelerator: AcceleratorChoice::Auto,
+            driver: DriverSettings::Qemu(QemuSettings {
                 vhost_user_vsock_daemon: "/d".into(),
-                pcie_root_ports: 0,
-                tcg_tb_size_mib: 0,
+                pcie_root_port: 0,
+                tcg_tb_size: 0,
+                reclaim_guest_freed_memory: false,
+                ..QemuSettings::default()
             }),
         }
     }
@@ -540,8 +554,8 @@ pub(crate) mod tests {
         let s = kernel_vsock_sockets();
         let mut c = cfg();
         c.block_driver = BlockDriver::VirtioScsi;
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.pcie_root_ports = 2;
+        let q = qemu_mut(&mut c);
+        q.pcie_root_port = 2;
         let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
         assert_eq!(
             after(&args, "-device")[1..],
@@ -558,9 +572,9 @@ pub(crate) mod tests {
     fn kernel_vsock_and_kvm() {
         let s = kernel_vsock_sockets();
         let mut c = cfg();
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.machine_type = "microvm".into();
-        q.pcie_root_ports = 4;
+        let q = qemu_mut(&mut c);
+        q.machine_type = capsa_config::MachineType::Microvm;
+        q.pcie_root_port = 4;
         c.block_driver = BlockDriver::VirtioScsi;
         // No room for hot-plug on microvm, whatever the maxima say.
         c.max_vcpus = 4;
@@ -585,10 +599,8 @@ pub(crate) mod tests {
         let s = kernel_vsock_sockets();
         let mut c = cfg();
         c.initrd = Some("/boot.initrd".into());
-        c.image = Some(crate::RootImage {
-            path: "/a,b.img".into(),
-            nvdimm: true,
-        });
+        c.image = Some("/a,b.img".into());
+        qemu_mut(&mut c).disable_image_nvdimm = false;
         let mut sizing = Sizing::fixed(&c);
         sizing.image_mib = 128;
         let args = build(&c, Accelerator::Tcg, &sizing, &s);
@@ -617,18 +629,16 @@ pub(crate) mod tests {
 
         // With DIMM hot-plug: the DIMM slots and the NVDIMM's.
         c.max_memory_mib = 2048;
-        c.memory_slots = 3;
+        qemu_mut(&mut c).memory_slots = 3;
         let mut sizing = Sizing::resolve(&c, 2, 24 << 10);
         sizing.image_mib = 128;
         let args = build(&c, Accelerator::Tcg, &sizing, &s);
         assert_eq!(after(&args, "-m"), ["256M,slots=4,maxmem=2176M"]);
 
-        c.image = Some(crate::RootImage {
-            path: "/r.img".into(),
-            nvdimm: false,
-        });
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.pcie_root_ports = MAX_ROOT_PORTS;
+        c.image = Some("/r.img".into());
+        qemu_mut(&mut c).disable_image_nvdimm = true;
+        let q = qemu_mut(&mut c);
+        q.pcie_root_port = MAX_ROOT_PORTS;
         let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
         assert_eq!(after(&args, "-machine"), ["q35,memory-backend=mem"]);
         assert_eq!(after(&args, "-m"), ["256M"]);
@@ -653,9 +663,9 @@ pub(crate) mod tests {
         c.vcpus = 1;
         c.max_vcpus = 4;
         c.max_memory_mib = 2048;
-        c.memory_slots = 3;
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.pcie_root_ports = MAX_ROOT_PORTS;
+        qemu_mut(&mut c).memory_slots = 3;
+        let q = qemu_mut(&mut c);
+        q.pcie_root_port = MAX_ROOT_PORTS;
         let sizing = Sizing::resolve(&c, 2, 24 << 10);
         let args = build(&c, Accelerator::Tcg, &sizing, &s);
         assert_eq!(after(&args, "-smp"), ["1,maxcpus=4"]);
@@ -667,7 +677,7 @@ pub(crate) mod tests {
         );
         assert_eq!(after(&args, "-device").len(), 1 + MAX_ROOT_PORTS as usize);
 
-        c.virtio_mem = true;
+        qemu_mut(&mut c).enable_virtio_mem = true;
         let sizing = Sizing::resolve(&c, 2, 24 << 10);
         let args = build(&c, Accelerator::Tcg, &sizing, &s);
         assert_eq!(after(&args, "-m"), ["256M,maxmem=2048M"]);
@@ -694,9 +704,9 @@ pub(crate) mod tests {
     fn balloon_takes_the_last_free_slot() {
         let s = kernel_vsock_sockets();
         let mut c = cfg();
-        c.free_page_reporting = true;
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.pcie_root_ports = MAX_ROOT_PORTS;
+        qemu_mut(&mut c).reclaim_guest_freed_memory = true;
+        let q = qemu_mut(&mut c);
+        q.pcie_root_port = MAX_ROOT_PORTS;
         let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
         let devices = after(&args, "-device");
         assert_eq!(
@@ -706,7 +716,7 @@ pub(crate) mod tests {
         assert_eq!(devices.len(), 1 + MAX_ROOT_PORTS as usize - 1 + 1);
 
         // Below the virtio-mem device, two root ports fewer.
-        c.virtio_mem = true;
+        qemu_mut(&mut c).enable_virtio_mem = true;
         c.max_memory_mib = 1024;
         let args = build(&c, Accelerator::Tcg, &Sizing::resolve(&c, 2, 24 << 10), &s);
         let devices = after(&args, "-device");
@@ -724,10 +734,8 @@ pub(crate) mod tests {
         );
 
         // All three tail devices: virtio-mem, balloon, the image's disk.
-        c.image = Some(crate::RootImage {
-            path: "/r.img".into(),
-            nvdimm: false,
-        });
+        c.image = Some("/r.img".into());
+        qemu_mut(&mut c).disable_image_nvdimm = true;
         let args = build(&c, Accelerator::Tcg, &Sizing::resolve(&c, 2, 24 << 10), &s);
         let devices = after(&args, "-device");
         assert!(devices[0].ends_with(",bus=pcie.0,addr=0x1c"), "{devices:?}");
@@ -739,9 +747,9 @@ pub(crate) mod tests {
 
         // microvm: QEMU picks the slot.
         let mut c = cfg();
-        c.free_page_reporting = true;
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.machine_type = "microvm".into();
+        qemu_mut(&mut c).reclaim_guest_freed_memory = true;
+        let q = qemu_mut(&mut c);
+        q.machine_type = capsa_config::MachineType::Microvm;
         let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
         assert_eq!(
             after(&args, "-device").last().copied(),
@@ -753,8 +761,8 @@ pub(crate) mod tests {
     fn translation_cache_size_only_with_tcg() {
         let s = kernel_vsock_sockets();
         let mut c = cfg();
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.tcg_tb_size_mib = 64;
+        let q = qemu_mut(&mut c);
+        q.tcg_tb_size = 64;
         let args = build(&c, Accelerator::Tcg, &Sizing::fixed(&c), &s);
         assert_eq!(after(&args, "-accel"), ["tcg,tb-size=64"]);
         let args = build(&c, Accelerator::Kvm, &Sizing::fixed(&c), &s);

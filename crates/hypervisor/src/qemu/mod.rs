@@ -2,6 +2,7 @@
 
 pub mod block;
 mod cmdline;
+pub mod debug;
 pub use cmdline::FAST_BOOT_PARAMS;
 pub mod net;
 pub mod qmp;
@@ -15,12 +16,14 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tracing::Instrument;
 
+use capsa_config::{HypervisorConfig, Invalid, MachineType, QemuSettings, SharedFs, VmSettings};
+
 use self::session::QmpSession;
 use crate::accel::{self, Accelerator};
 use crate::process::Helper;
 use crate::{
-    AgentEndpoint, BlockHotplug, DriverConfig, Error, NetworkHotplug, QemuSettings,
-    ResourceHotplug, Vm, VmConfig,
+    AgentEndpoint, BlockHotplug, Driver, DriverSettings, Error, HostCheck, NetworkHotplug,
+    ResourceHotplug, Vm, VmConfig, VmProcess, VmProcessRole,
 };
 
 /// A step of the start-up timeline (capsa-runtime's `timeline` module
@@ -45,6 +48,158 @@ const EXIT_AFTER_QMP_LOSS: Duration = Duration::from_secs(2);
 /// The second QMP monitor, for tools and tests in other processes (QEMU
 /// serves one client per monitor, and the driver keeps the first).
 pub const QMP_DEBUG_SOCKET: &str = "qmp-debug.sock";
+
+/// The QEMU driver.
+pub struct Qemu;
+
+impl Driver for Qemu {
+    type Settings = QemuSettings;
+
+    fn validate(config: &HypervisorConfig, q: &QemuSettings) -> Result<(), Invalid> {
+        let bad = |key: &str, reason: String| Err(Invalid::new(config.key(key), reason));
+        let image = config.vm.root_image().is_some();
+        // The root-bus slots left for root ports by the fixed q35 layout.
+        let tail = cmdline::TailDevices {
+            virtio_mem: q.enable_virtio_mem,
+            balloon: q.reclaim_guest_freed_memory,
+            image_disk: image && q.disable_image_nvdimm,
+        };
+        let most = tail.max_root_ports();
+        if q.pcie_root_port > most {
+            let takers = tail.keys();
+            let with = if takers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (with {}, whose devices take root-port slots)",
+                    takers.join(" and ")
+                )
+            };
+            return bad(
+                "pcie_root_port",
+                format!("{} is more than {most}{with}", q.pcie_root_port),
+            );
+        }
+        // QEMU refuses a translation cache bigger than 2 GiB on x86_64 hosts.
+        if q.tcg_tb_size > 2048 {
+            return bad(
+                "tcg_tb_size",
+                format!(
+                    "{} MiB is more than 2048 MiB (0 keeps QEMU's default)",
+                    q.tcg_tb_size
+                ),
+            );
+        }
+        // QEMU's ACPI memory hot-plug has 256 slots.
+        if q.memory_slots > 256 {
+            return bad(
+                "memory_slots",
+                format!("{} is more than 256", q.memory_slots),
+            );
+        }
+        let q35 = cmdline::has_root_ports(q.machine_type);
+        if q.enable_virtio_mem && !q35 {
+            return bad(
+                "enable_virtio_mem",
+                format!("needs machine_type = \"q35\" (not \"{}\")", q.machine_type),
+            );
+        }
+        if image && !q.disable_image_nvdimm && !q35 {
+            return bad(
+                "image",
+                format!(
+                    "an NVDIMM image needs machine_type = \"q35\" (not \"{}\"); \
+                     or set disable_image_nvdimm = true",
+                    q.machine_type
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_host(vm: &VmSettings, q: &QemuSettings) -> Vec<HostCheck> {
+        let host = accel::detect();
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let mut lines = vec![match accel::resolve(q.accelerator, &host) {
+            Ok((a, why)) => HostCheck::info("accelerator", format!("{a} ({why})")),
+            Err(e) => HostCheck {
+                what: "accelerator".into(),
+                detail: e.to_string(),
+                missing: true,
+            },
+        }];
+        lines.push(HostCheck::info(
+            "/dev/kvm",
+            format!(
+                "present: {}, usable: {}",
+                yes_no(host.kvm_device),
+                yes_no(host.kvm_usable)
+            ),
+        ));
+        lines.push(HostCheck::info(
+            "vmx/svm",
+            yes_no(host.hardware_virtualization),
+        ));
+        lines.push(HostCheck::info(
+            "vsock",
+            if host.vhost_vsock {
+                "kernel vhost-vsock (/dev/vhost-vsock)".to_string()
+            } else {
+                format!(
+                    "vhost-user-vsock via {}",
+                    q.vhost_user_vsock_daemon.display()
+                )
+            },
+        ));
+        lines.push(HostCheck::file("qemu", &q.path));
+        lines.push(HostCheck::file("kernel", &vm.kernel));
+        // One of them (the configuration's validation says so).
+        match vm.root_image() {
+            None => lines.push(HostCheck::file("initrd", &vm.initrd)),
+            Some(image) => lines.push(HostCheck::file("image", image)),
+        }
+        if vm.shared_fs == SharedFs::VirtioFs {
+            lines.push(HostCheck::file("virtiofsd", &vm.virtio_fs_daemon));
+        }
+        if !host.vhost_vsock {
+            lines.push(HostCheck::file("vsock daemon", &q.vhost_user_vsock_daemon));
+        }
+        lines
+    }
+
+    fn create(cfg: VmConfig) -> Box<dyn Vm> {
+        Box::new(QemuVm::new(cfg))
+    }
+}
+
+/// QEMU's settings of `cfg` (the factory gives this driver only VMs
+/// whose settings are QEMU's).
+pub(crate) fn settings(cfg: &VmConfig) -> &QemuSettings {
+    match &cfg.driver {
+        DriverSettings::Qemu(q) => q,
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn qemu_mut(cfg: &mut VmConfig) -> &mut QemuSettings {
+    match &mut cfg.driver {
+        DriverSettings::Qemu(q) => q,
+    }
+}
+
+/// The root image of `cfg`, when it is an NVDIMM (the default).
+pub(crate) fn nvdimm_image(cfg: &VmConfig) -> Option<&Path> {
+    cfg.image
+        .as_deref()
+        .filter(|_| !settings(cfg).disable_image_nvdimm)
+}
+
+/// The root image of `cfg`, when it is a virtio-blk disk.
+pub(crate) fn disk_image(cfg: &VmConfig) -> Option<&Path> {
+    cfg.image
+        .as_deref()
+        .filter(|_| settings(cfg).disable_image_nvdimm)
+}
 
 /// A QEMU VM with its helpers.
 pub struct QemuVm {
@@ -96,21 +251,23 @@ impl QemuVm {
     }
 
     fn settings(&self) -> &QemuSettings {
-        match &self.cfg.driver {
-            DriverConfig::Qemu(q) => q,
-        }
+        settings(&self.cfg)
+    }
+
+    fn machine(&self) -> MachineType {
+        self.settings().machine_type
     }
 
     fn check_files(&self) -> Result<(), Error> {
         let mut files = vec![
-            ("hypervisor", &self.cfg.hypervisor_path),
+            ("hypervisor", &self.settings().path),
             ("kernel", &self.cfg.kernel),
         ];
         if let Some(initrd) = &self.cfg.initrd {
             files.push(("initrd", initrd));
         }
         if let Some(image) = &self.cfg.image {
-            files.push(("root image", &image.path));
+            files.push(("root image", image));
         }
         if let Some(fs) = &self.cfg.shared_fs {
             files.push(("virtio-fs daemon", &fs.daemon));
@@ -132,8 +289,9 @@ impl QemuVm {
         self.kernel_vsock = host.vhost_vsock;
         check_run_dir(&self.cfg.run_dir)?;
         self.check_files()?;
-        let ports = self.settings().pcie_root_ports;
-        let tail = cmdline::TailDevices::of(&self.cfg, self.cfg.virtio_mem);
+        let ports = self.settings().pcie_root_port;
+        let virtio_mem = self.settings().enable_virtio_mem;
+        let tail = cmdline::TailDevices::of(&self.cfg, virtio_mem);
         let most = tail.max_root_ports();
         if ports > most {
             let with = tail.describe();
@@ -141,27 +299,27 @@ impl QemuVm {
                 "pcie_root_port = {ports}: at most {most} fit the q35 root bus{with}"
             )));
         }
-        if self.cfg.virtio_mem && !cmdline::has_root_ports(&self.settings().machine_type) {
+        if virtio_mem && !cmdline::has_root_ports(self.machine()) {
             return Err(Error::NotSupported {
-                hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                hypervisor: format!("QEMU ({})", self.machine()),
                 capability: "virtio-mem",
             });
         }
         let mut sizing = resize::Sizing::for_host(&self.cfg);
-        if let Some(image) = self.cfg.image.as_ref().filter(|i| i.nvdimm) {
-            if !cmdline::has_root_ports(&self.settings().machine_type) {
+        if let Some(image) = nvdimm_image(&self.cfg) {
+            if !cmdline::has_root_ports(self.machine()) {
                 return Err(Error::NotSupported {
-                    hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                    hypervisor: format!("QEMU ({})", self.machine()),
                     capability: "a root image on an NVDIMM",
                 });
             }
-            sizing.image_mib = image_mib(&image.path)?;
+            sizing.image_mib = image_mib(image)?;
         }
         tracing::debug!(vm = %self.cfg.id, ?sizing, "room for hot-plug");
         self.plugged = resize::Plugged::new(sizing);
-        if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(&self.settings().machine_type) {
+        if !self.cfg.nics.is_empty() && !cmdline::has_root_ports(self.machine()) {
             return Err(Error::NotSupported {
-                hypervisor: format!("QEMU ({})", self.settings().machine_type),
+                hypervisor: format!("QEMU ({})", self.machine()),
                 capability: "NICs",
             });
         }
@@ -205,7 +363,7 @@ impl QemuVm {
                 let mut args = vec![
                     format!("--socket-path={}", sock.display()),
                     format!("--shared-dir={}", fs.shared_dir.display()),
-                    format!("--cache={}", fs.cache),
+                    format!("--cache={}", fs.cache.as_str()),
                     crate::virtiofsd::MODCAPS.to_string(),
                 ];
                 args.extend(fs.extra_args.iter().cloned());
@@ -225,8 +383,8 @@ impl QemuVm {
         };
 
         let qmp = self.path("qmp.sock");
-        let qmp_debug = cmdline::has_debug_monitor(&self.settings().machine_type)
-            .then(|| self.path(QMP_DEBUG_SOCKET));
+        let qmp_debug =
+            cmdline::has_debug_monitor(self.machine()).then(|| self.path(QMP_DEBUG_SOCKET));
         let log = self.path("qemu.log");
         // Open until QEMU has inherited them, then closed here.
         let (nic_args, nic_fds) = self.cold_nics()?;
@@ -242,7 +400,7 @@ impl QemuVm {
             },
         );
         args.extend(nic_args);
-        let program = self.cfg.hypervisor_path.clone();
+        let program = self.settings().path.clone();
         let step = step!("qemu (until QMP answers)");
         let spawned =
             step.in_scope(|| Helper::spawn_with_fds("qemu", &program, &args, log, &nic_fds))?;
@@ -270,7 +428,8 @@ async fn wait_qemu_ready(
     qmp: &Path,
     limit: Duration,
 ) -> Result<QmpSession, Error> {
-    let exited = |qemu: &Helper, status: String| Error::QemuExited {
+    let exited = |qemu: &Helper, status: String| Error::VmExited {
+        hypervisor: "QEMU",
         status,
         stderr: qemu.log_tail(),
     };
@@ -310,7 +469,7 @@ impl Vm for QemuVm {
     }
 
     fn block(&mut self) -> Result<&mut dyn BlockHotplug, Error> {
-        let machine = &self.settings().machine_type;
+        let machine = self.machine();
         if !cmdline::has_root_ports(machine) {
             return Err(Error::NotSupported {
                 hypervisor: format!("QEMU ({machine})"),
@@ -321,7 +480,7 @@ impl Vm for QemuVm {
     }
 
     fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error> {
-        let machine = &self.settings().machine_type;
+        let machine = self.machine();
         if !cmdline::has_root_ports(machine) {
             return Err(Error::NotSupported {
                 hypervisor: format!("QEMU ({machine})"),
@@ -332,7 +491,7 @@ impl Vm for QemuVm {
     }
 
     fn resources(&mut self) -> Result<&mut dyn ResourceHotplug, Error> {
-        let machine = &self.settings().machine_type;
+        let machine = self.machine();
         if !cmdline::has_root_ports(machine) {
             return Err(Error::NotSupported {
                 hypervisor: format!("QEMU ({machine})"),
@@ -359,6 +518,17 @@ impl Vm for QemuVm {
 
     fn pid(&self) -> Option<u32> {
         self.qemu.as_ref().and_then(Helper::pid)
+    }
+
+    fn processes(&self) -> Vec<VmProcess> {
+        [
+            (&self.qemu, VmProcessRole::Hypervisor),
+            (&self.virtiofsd, VmProcessRole::SharedFs),
+            (&self.vsock, VmProcessRole::Vsock),
+        ]
+        .into_iter()
+        .filter_map(|(helper, role)| VmProcess::of(helper.as_ref()?.pid()?, role))
+        .collect()
     }
 
     async fn wait_guest_ready(&mut self, limit: Duration) -> Result<bool, Error> {
@@ -437,7 +607,7 @@ impl Vm for QemuVm {
                 let quit = async {
                     let asked = match &session {
                         Some(qmp) => qmp.execute("quit", None, grace).await,
-                        None => Err(Error::Qmp("no session".into())),
+                        None => Err(qmp::qmp_error("no session")),
                     };
                     if let Err(e) = asked {
                         tracing::debug!(vm = %id, error = %e, "QMP quit failed: SIGTERM");
@@ -532,6 +702,92 @@ fn image_mib(path: &Path) -> Result<u64, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The configuration errors of QEMU's own keys name the key, the file
+    /// and the reason.
+    #[test]
+    fn qemu_keys_are_checked() {
+        let bad = |text: &str, key: &str, reason: &str| {
+            let err = crate::parse_config(text, Path::new("/m.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`{key}`"))
+                    && err.contains(reason)
+                    && err.contains("/m.toml"),
+                "{text}: {err}"
+            );
+            // The neutral checks alone accept it: this is the driver's.
+            capsa_config::parse(text, Path::new("/m.toml")).unwrap();
+        };
+        bad(
+            "[hypervisor.qemu]\nmemory_slots = 300\n",
+            "hypervisor.qemu.memory_slots",
+            "more than 256",
+        );
+        bad(
+            "[hypervisor.qemu]\nenable_virtio_mem = true\nmachine_type = \"microvm\"\n",
+            "hypervisor.qemu.enable_virtio_mem",
+            "needs machine_type = \"q35\" (not \"microvm\")",
+        );
+        bad(
+            "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\nenable_virtio_mem = true\npcie_root_port = 27\n",
+            "hypervisor.qemu.pcie_root_port",
+            "27 is more than 26 (with enable_virtio_mem, whose devices take root-port slots)",
+        );
+        bad(
+            "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\npcie_root_port = 28\n",
+            "hypervisor.qemu.pcie_root_port",
+            "28 is more than 27",
+        );
+        bad(
+            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\nmachine_type = \"microvm\"\n",
+            "hypervisor.qemu.image",
+            "disable_image_nvdimm",
+        );
+        bad(
+            "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\ninitrd = \"\"\nimage = \"/r.img\"\ndisable_image_nvdimm = true\npcie_root_port = 27\n",
+            "hypervisor.qemu.pcie_root_port",
+            "27 is more than 26 (with an image on virtio-blk,",
+        );
+        bad(
+            "[hypervisor.qemu]\nenable_virtio_mem = true\nreclaim_guest_freed_memory = true\npcie_root_port = 26\n",
+            "hypervisor.qemu.pcie_root_port",
+            "26 is more than 25 (with enable_virtio_mem and reclaim_guest_freed_memory",
+        );
+        bad(
+            "[hypervisor.qemu]\ntcg_tb_size = 4096\n",
+            "hypervisor.qemu.tcg_tb_size",
+            "4096 MiB is more than 2048 MiB",
+        );
+        for ok in [
+            "[hypervisor.qemu]\ninitrd = \"\"\nimage = \"/r.img\"\n",
+            "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\ndefault_maxvcpus = 0\ndefault_maxmemory = 512\nenable_virtio_mem = true\npcie_root_port = 26\n",
+            "[hypervisor.qemu]\nreclaim_guest_freed_memory = true\npcie_root_port = 26\ntcg_tb_size = 0\n",
+            "[hypervisor.qemu]\nmachine_type = \"microvm\"\ninitrd = \"\"\nimage = \"/r.img\"\ndisable_image_nvdimm = true\n",
+            "",
+        ] {
+            crate::parse_config(ok, Path::new("/m.toml")).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_host_report_names_what_qemu_needs() {
+        let config = capsa_config::parse(
+            "[hypervisor.qemu]\npath = \"/nonexistent/qemu\"\nshared_fs = \"none\"\n",
+            Path::new("/h.toml"),
+        )
+        .unwrap();
+        let lines = crate::check_host(&config.hypervisor);
+        let line = |what: &str| lines.iter().find(|l| l.what == what).cloned();
+        let qemu = line("qemu").expect("a qemu line");
+        assert!(
+            qemu.missing && qemu.detail == "/nonexistent/qemu",
+            "{qemu:?}"
+        );
+        assert!(line("accelerator").is_some() && line("kernel").is_some());
+        assert!(line("virtiofsd").is_none(), "no shared fs: {lines:?}");
+    }
 
     #[test]
     fn root_images_are_whole_memory_blocks() {

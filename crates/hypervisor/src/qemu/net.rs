@@ -200,7 +200,7 @@ pub(super) fn check(device: &NetDevice) -> Result<(), Error> {
 impl QemuVm {
     /// The first root port no drive nor NIC uses.
     pub(super) fn free_root_port(&self, device: &str) -> Result<u32, Error> {
-        let ports = self.settings().pcie_root_ports.min(cmdline::MAX_ROOT_PORTS);
+        let ports = self.settings().pcie_root_port.min(cmdline::MAX_ROOT_PORTS);
         let used: Vec<&GuestAddress> = self
             .drives
             .iter()
@@ -359,36 +359,25 @@ impl NetworkHotplug for QemuVm {
         Ok(address)
     }
 
-    async fn detach_nic(&mut self, id: &str) -> Result<(), Error> {
-        let Some(index) = self.nics.iter().position(|n| n.nic.device.id == id) else {
-            return Err(hotplug_error(id, "no NIC with this id is attached"));
-        };
-        let limit = self.cfg.hotplug_timeout;
-        let (qdev, netdev) = (
-            self.nics[index].qdev.clone(),
-            self.nics[index].netdev.clone(),
-        );
-        if !self.remove_device(id, &qdev, limit).await? {
-            tracing::warn!(device = %id, qdev, "QEMU had no such device: removing the backend");
-        }
-        self.session(id)?
-            .execute("netdev_del", Some(json!({ "id": netdev })), limit)
-            .await
-            .map_err(|e| hotplug_error(id, e))?;
-        self.nics.remove(index);
-        tracing::info!(vm = %self.cfg.id, device = %id, "NIC detached");
-        Ok(())
-    }
-
     fn attached_nics(&self) -> Vec<AttachedNic> {
         self.nics.iter().map(|n| n.nic.clone()).collect()
+    }
+
+    async fn detach_nic(&mut self, id: &str) -> Result<(), Error> {
+        let nic = (self.nics.iter().find(|n| n.nic.device.id == id))
+            .ok_or_else(|| hotplug_error(id, "no NIC with this id is attached"))?;
+        let netdev = json!({ "id": nic.netdev });
+        self.detach_device(id, "NIC", &nic.qdev, "netdev_del", netdev)
+            .await?;
+        self.nics.retain(|n| n.nic.device.id != id);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MacAddr;
+    use crate::{qemu::qemu_mut, MacAddr};
 
     fn nic(mtu: u32) -> NetDevice {
         NetDevice {
@@ -421,8 +410,8 @@ mod tests {
     #[test]
     fn drives_and_nics_share_the_root_ports() {
         let mut cfg = cmdline::tests::cfg();
-        let crate::DriverConfig::Qemu(q) = &mut cfg.driver;
-        q.pcie_root_ports = 2;
+        let q = qemu_mut(&mut cfg);
+        q.pcie_root_port = 2;
         let mut vm = QemuVm::new(cfg);
         let at = |port| GuestAddress::Pci {
             slots: vec![cmdline::root_port_slot(port), 0],

@@ -21,6 +21,17 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use super::session::QmpSession;
 use crate::Error;
 
+/// An error of QEMU's monitor, wrapped in the driver-neutral
+/// [`Error::Driver`].
+#[derive(Debug, thiserror::Error)]
+#[error("QMP: {0}")]
+pub struct QmpError(pub String);
+
+/// [`QmpError`] as the crate's error.
+pub fn qmp_error(message: impl Into<String>) -> Error {
+    Error::Driver(Box::new(QmpError(message.into())))
+}
+
 /// Bound of each one-shot command (greeting and negotiation included).
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest line QEMU may send: its replies to capsa's commands are a
@@ -59,7 +70,7 @@ pub async fn execute(path: &Path, command: &str, arguments: Option<Value>) -> Re
     };
     tokio::time::timeout(QMP_TIMEOUT, run)
         .await
-        .map_err(|_| Error::Qmp(format!("{command}: no answer in {QMP_TIMEOUT:?}")))?
+        .map_err(|_| qmp_error(format!("{command}: no answer in {QMP_TIMEOUT:?}")))?
 }
 
 /// The next line from `reader`, without its newline: at most [`MAX_LINE`]
@@ -71,9 +82,9 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<String
         .take(MAX_LINE)
         .read_line(&mut line)
         .await
-        .map_err(|e| Error::Qmp(e.to_string()))?;
+        .map_err(|e| qmp_error(e.to_string()))?;
     if n == 0 || !line.ends_with('\n') {
-        return Err(Error::Qmp(format!(
+        return Err(qmp_error(format!(
             "connection closed (or a line over {MAX_LINE} bytes)"
         )));
     }
@@ -92,7 +103,7 @@ pub fn excerpt(line: &str) -> &str {
 
 /// Decodes one line QEMU sent.
 pub fn decode_message(line: &str) -> Result<Message, Error> {
-    let bad = |why: &str| Error::Qmp(format!("{why}: {}", excerpt(line)));
+    let bad = |why: &str| qmp_error(format!("{why}: {}", excerpt(line)));
     let value: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
     let Value::Object(mut map) = value else {
         return Err(bad("not an object"));

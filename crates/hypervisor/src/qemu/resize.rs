@@ -23,9 +23,7 @@ use super::cmdline::{self, VIRTIO_MEM_ID};
 use super::qmp::Event;
 use super::session::QmpSession;
 use super::QemuVm;
-use crate::{
-    Accelerator, DriverConfig, Error, ResourceHotplug, VmConfig, VmResources, MEMORY_BLOCK_MIB,
-};
+use crate::{Accelerator, Error, ResourceHotplug, VmConfig, VmResources, MEMORY_BLOCK_MIB};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 /// The most vCPUs capsa gives a q35 VM: what x86 APIC ids allow without
@@ -72,8 +70,8 @@ impl Sizing {
     /// at what the machine type allows, never below the boot size, the
     /// memory headroom a whole number of [`MEMORY_BLOCK_MIB`].
     pub fn resolve(cfg: &VmConfig, host_cpus: u32, host_memory_mib: u32) -> Self {
-        let DriverConfig::Qemu(q) = &cfg.driver;
-        if !cmdline::has_root_ports(&q.machine_type) {
+        let q = super::settings(cfg);
+        if !cmdline::has_root_ports(q.machine_type) {
             return Self::fixed(cfg);
         }
         let pick = |asked: u32, host: u32| if asked == 0 { host } else { asked };
@@ -82,8 +80,8 @@ impl Sizing {
             .max(cfg.vcpus);
         let max_memory = pick(cfg.max_memory_mib, host_memory_mib).max(cfg.memory_mib);
         let headroom = round_down(max_memory - cfg.memory_mib);
-        let slots = cfg.memory_slots.min(MAX_MEMORY_SLOTS);
-        let (slots, virtio_mem_mib, headroom) = match (cfg.virtio_mem, headroom) {
+        let slots = q.memory_slots.min(MAX_MEMORY_SLOTS);
+        let (slots, virtio_mem_mib, headroom) = match (q.enable_virtio_mem, headroom) {
             (_, 0) => (0, 0, 0),
             (true, h) => (0, h, h),
             (false, _) if slots == 0 => (0, 0, 0),
@@ -481,6 +479,7 @@ impl ResourceHotplug for QemuVm {
 mod tests {
     use super::*;
     use crate::qemu::cmdline::tests::cfg;
+    use crate::qemu::qemu_mut;
 
     #[test]
     fn sizing_resolves_zero_caps_and_aligns() {
@@ -516,21 +515,21 @@ mod tests {
         let s = Sizing::resolve(&c, 2, 24_000);
         assert_eq!((s.max_memory_mib, s.slots), (512, 0), "less than a block");
         c.max_memory_mib = 2048;
-        c.memory_slots = 0;
+        qemu_mut(&mut c).memory_slots = 0;
         assert_eq!(
             Sizing::resolve(&c, 2, 24_000).max_memory_mib,
             512,
             "no slot"
         );
-        c.virtio_mem = true;
+        qemu_mut(&mut c).enable_virtio_mem = true;
         let s = Sizing::resolve(&c, 2, 24_000);
         assert_eq!(
             (s.max_memory_mib, s.slots, s.virtio_mem_mib),
             (2048, 0, 1536)
         );
 
-        let DriverConfig::Qemu(q) = &mut c.driver;
-        q.machine_type = "microvm".into();
+        let q = qemu_mut(&mut c);
+        q.machine_type = capsa_config::MachineType::Microvm;
         assert_eq!(Sizing::resolve(&c, 2, 24_000), Sizing::fixed(&c));
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::qmp::{self, Event, Message};
+use super::qmp::{self, qmp_error, Event, Message};
 use crate::Error;
 
 /// Events kept for a subscriber that has not read them yet; one that falls
@@ -51,16 +51,16 @@ impl QmpSession {
     pub async fn open(path: &Path, limit: Duration) -> Result<Self, Error> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|e| Error::Qmp(format!("connect {}: {e}", path.display())))?;
+            .map_err(|e| qmp_error(format!("connect {}: {e}", path.display())))?;
         let (read, write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let greeting = timeout(limit, qmp::read_line(&mut reader))
             .await
-            .map_err(|_| Error::Qmp(format!("no greeting in {limit:?}")))??;
+            .map_err(|_| qmp_error(format!("no greeting in {limit:?}")))??;
         match qmp::decode_message(&greeting)? {
             Message::Greeting => {}
             _ => {
-                return Err(Error::Qmp(format!(
+                return Err(qmp_error(format!(
                     "unexpected greeting {}",
                     qmp::excerpt(&greeting)
                 )))
@@ -113,7 +113,7 @@ impl QmpSession {
                     msg["arguments"] = args;
                 }
                 if !self.is_open() {
-                    return Err(Error::Qmp(format!("{command}: session closed")));
+                    return Err(qmp_error(format!("{command}: session closed")));
                 }
                 self.pending.lock().expect("pending").insert(id, tx);
                 let line = msg.to_string() + "\n";
@@ -123,18 +123,18 @@ impl QmpSession {
                 };
                 if let Err(e) = written {
                     self.pending.lock().expect("pending").remove(&id);
-                    return Err(Error::Qmp(format!("{command}: {e}")));
+                    return Err(qmp_error(format!("{command}: {e}")));
                 }
             }
             match rx.await {
                 Ok(Ok(value)) => Ok(value),
-                Ok(Err(error)) => Err(Error::Qmp(format!("{command}: {error}"))),
-                Err(_) => Err(Error::Qmp(format!("{command}: session closed"))),
+                Ok(Err(error)) => Err(qmp_error(format!("{command}: {error}"))),
+                Err(_) => Err(qmp_error(format!("{command}: session closed"))),
             }
         };
         timeout(limit, run)
             .await
-            .map_err(|_| Error::Qmp(format!("{command}: no answer in {limit:?}")))?
+            .map_err(|_| qmp_error(format!("{command}: no answer in {limit:?}")))?
     }
 
     /// [`QmpSession::execute`], with `fd` sent along the command (SCM_RIGHTS

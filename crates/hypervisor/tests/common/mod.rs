@@ -10,9 +10,8 @@ pub mod initrd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capsa_hypervisor::{
-    AcceleratorChoice, BlockDriver, DriverConfig, QemuSettings, SharedFs, VmConfig,
-};
+use capsa_config::{MachineType, QemuSettings};
+use capsa_hypervisor::{AcceleratorChoice, BlockDriver, DriverSettings, SharedFs, VmConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -91,7 +90,6 @@ impl TestDir {
             id: format!("test-{}", std::process::id()),
             run_dir: self.run_dir(),
             console_log: self.path().join("console.log"),
-            hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
             kernel: guest.vmlinuz,
             initrd: Some(guest.initrd),
             image: None,
@@ -100,14 +98,11 @@ impl TestDir {
             memory_mib: 256,
             max_vcpus: 1,
             max_memory_mib: 256,
-            memory_slots: 10,
-            virtio_mem: false,
-            free_page_reporting: false,
             shared_fs: Some(SharedFs {
                 daemon: tool("virtiofsd"),
                 shared_dir: self.shared(),
                 tag: TAG.into(),
-                cache: "auto".into(),
+                cache: capsa_config::VirtioFsCache::Auto,
                 extra_args: vec![],
             }),
             guest_cid: 3,
@@ -115,14 +110,26 @@ impl TestDir {
             block_driver: BlockDriver::VirtioBlk,
             nics: vec![],
             debug: false,
-            driver: DriverConfig::Qemu(QemuSettings {
-                machine_type: machine.into(),
+            driver: DriverSettings::Qemu(QemuSettings {
+                machine_type: match machine {
+                    "microvm" => MachineType::Microvm,
+                    _ => MachineType::Q35,
+                },
                 accelerator: AcceleratorChoice::Tcg,
                 vhost_user_vsock_daemon: tool("vhost-device-vsock"),
-                pcie_root_ports: 2,
-                tcg_tb_size_mib: 0,
+                pcie_root_port: 2,
+                tcg_tb_size: 0,
+                reclaim_guest_freed_memory: false,
+                ..QemuSettings::default()
             }),
         }
+    }
+}
+
+/// QEMU's settings of `cfg`.
+pub fn qemu(cfg: &mut VmConfig) -> &mut QemuSettings {
+    match &mut cfg.driver {
+        DriverSettings::Qemu(q) => q,
     }
 }
 

@@ -2,7 +2,7 @@
 //! the process that starts the sandbox (the shim, or `capsa run`'s
 //! owner) moves itself into the cgroup named by the sandbox spec's
 //! `linux.cgroupsPath` (see [`crate::request`]) before it starts the VM,
-//! so QEMU, virtiofsd and the vsock daemon (its children) are born there
+//! so the hypervisor, virtiofsd and the vsock daemon (its children) are born there
 //! and the pod's limits cover the whole VM. The cgroup (and any ancestor) capsa had to create
 //! is removed when the pod goes, once empty; one that existed is left.
 //!
@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Host memory the VM's processes use besides the guest's RAM: QEMU's own
+/// Host memory the VM's processes use besides the guest's RAM: the hypervisor's own
 /// (under TCG mostly the translation cache, ~110 MiB anonymous, plus its
 /// binary), virtiofsd, the vsock daemon and the shim, measured on
 /// an idle pod, ~150 MiB (docs/architecture.md, "Host cgroups and the pod's

@@ -308,7 +308,7 @@ impl CpuMem {
 /// The boot size of a VM: the per-sandbox size where given, else the
 /// configured defaults (`default_vcpus`, `default_memory`).
 pub fn boot_size(config: &Config, size: VmSize) -> (u32, u32) {
-    let q = &config.hypervisor.qemu;
+    let q = &config.hypervisor.vm;
     (
         size.vcpus.unwrap_or(q.default_vcpus),
         size.memory_mib.unwrap_or(q.default_memory),

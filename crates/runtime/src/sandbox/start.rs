@@ -27,8 +27,8 @@ use crate::{console, Error};
 const CONSOLE_TAIL_LINES: usize = 30;
 /// Longest wait for the agent's readiness line on the console.
 const READY_LINE_WAIT: Duration = Duration::from_secs(5);
-/// How long a VM whose QMP session failed during the boot wait may take
-/// to be seen exited (its QEMU reaped).
+/// How long a VM whose driver failed to answer during the boot wait may
+/// take to be seen exited (its hypervisor reaped).
 const VM_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Sandbox {
@@ -169,6 +169,9 @@ impl Sandbox {
             .instrument(crate::step!("vm start"))
             .await
             .map_err(Error::Vm)?;
+        // Every process the VM owns, for `capsa rm --force`.
+        let processes = self.vm.processes();
+        self.update_record(|r| r.processes = processes);
         self.console = Some(console::Keeper::start(
             self.dir.console_log(),
             console::MAX_BYTES,
@@ -200,13 +203,13 @@ impl Sandbox {
                     console: console(&self.dir),
                 })
             }
-            // QEMU exiting while its vsock device is polled closes the QMP
-            // session under the poll (`make soak` met it: a guest that
-            // panicked at boot under load): say that the VM exited, with its
-            // console, not that QMP failed. Bounded: QEMU is reaped once its
-            // QMP socket closed.
+            // The hypervisor exiting while its vsock device is polled fails
+            // the driver's poll (`make soak` met it: a guest that panicked
+            // at boot under load): say that the VM exited, with its
+            // console, not that the driver failed. Bounded: the hypervisor
+            // is reaped once its control socket closed.
             Err(e) if self.vm.wait_exit(VM_EXIT_WAIT).await.unwrap_or(false) => {
-                tracing::debug!(sandbox = %self.id, error = %e, "QMP failed: the VM exited");
+                tracing::debug!(sandbox = %self.id, error = %e, "driver failed: the VM exited");
                 return Err(Error::VmExited {
                     console: console(&self.dir),
                 });

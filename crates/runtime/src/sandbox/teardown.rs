@@ -36,6 +36,7 @@ impl Sandbox {
         self.update_record(|r| {
             r.status = SandboxStatus::Stopped;
             r.hypervisor_pid = None;
+            r.processes.clear();
         });
         self.dir.release()
     }
@@ -46,7 +47,7 @@ impl Sandbox {
     pub(super) async fn teardown(&mut self) {
         // The agent answers DestroySandbox once every container is gone and
         // the guest's page cache is synced (what containers wrote through
-        // virtio-fs is on the host): then QEMU is told to quit at once,
+        // virtio-fs is on the host): then the hypervisor is told to quit at once,
         // rather than waiting for the guest kernel to power itself off.
         // A VM that is gone, stopped or whose agent does not answer a
         // health check is killed without waiting for anything.

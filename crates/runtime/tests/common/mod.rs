@@ -6,7 +6,7 @@ use capsa_test_infra::TestEnv;
 
 /// Boots a sandbox with the test's configuration.
 pub async fn boot(env: &TestEnv) -> Sandbox {
-    let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+    let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
     Sandbox::start(&config, VmSize::default())
         .await
         .expect("sandbox start")

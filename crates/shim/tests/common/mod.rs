@@ -124,28 +124,20 @@ pub fn capsa(s: &Setup, args: &[&str], input: Option<&[u8]>) -> Output {
     run_bounded(cmd, input, Duration::from_secs(120))
 }
 
-/// The files of the drives QEMU has open in pod `pod`'s VM (`query-block`
-/// entries with a medium inserted, on the debug monitor of the pod's
-/// state directory below `state_dir`).
-pub fn qemu_drive_files(state_dir: &Path, pod: &str) -> Vec<String> {
-    let sock = state_dir.join(pod).join("qmp-debug.sock");
-    assert!(sock.exists(), "no debug monitor at {}", sock.display());
+/// The files of the drives the hypervisor has open in pod `pod`'s VM
+/// (drives with a medium, over the debug channel of the pod's state
+/// directory below `state_dir`).
+pub fn hypervisor_drive_files(state_dir: &Path, pod: &str) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let answer = rt
-        .block_on(capsa_hypervisor::qemu::qmp::execute(
-            &sock,
-            "query-block",
-            None,
-        ))
-        .expect("QEMU answers query-block");
-    answer
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|b| b.get("inserted")?.get("file")?.as_str().map(String::from))
+    let inventory = rt
+        .block_on(capsa_hypervisor::debug::inventory(&state_dir.join(pod)))
+        .expect("the VM's debug channel answers");
+    inventory
+        .drives
+        .into_iter()
+        .filter_map(|d| Some(d.file?.display().to_string()))
         .collect()
 }

@@ -206,8 +206,8 @@ pub fn teardown_blocking(netns: &Path) -> Result<Vec<String>, NetworkError> {
 }
 
 /// Opens one queue of the endpoint's tap (`IFF_TAP | IFF_NO_PI |
-/// IFF_VNET_HDR`), from inside its netns: a fd to hand to the hypervisor
-/// (QEMU's `-netdev tap,fd=`), which then needs no access to the netns.
+/// IFF_VNET_HDR`), from inside its netns: a fd to hand to the hypervisor,
+/// which then needs no access to the netns.
 pub async fn open_tap(endpoint: &Endpoint) -> Result<OwnedFd, NetworkError> {
     let name = endpoint.tap.clone();
     let netns = endpoint.netns.clone();

@@ -28,7 +28,7 @@ impl NetworkResource {
         Self {
             pod,
             model: vm::network_model(config),
-            vhost: !config.hypervisor.qemu.disable_vhost_net,
+            vhost: !config.hypervisor.vm.disable_vhost_net,
         }
     }
 

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// Flags of capsa's taps: QEMU must open them with the same ones.
+/// Flags of capsa's taps: the hypervisor must open them with the same ones.
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 fn ifreq(name: &str, flags: libc::c_int) -> io::Result<libc::ifreq> {
