@@ -268,13 +268,17 @@ impl Sandbox {
         let req = agent::CreateSandboxRequest {
             hostname: self.hostname(),
             sandbox_id: self.id.clone(),
-            storages: vec![agent::Storage {
+            // `shared_fs = "none"`: nothing to mount.
+            storages: [agent::Storage {
                 driver: "virtio-fs".into(),
                 source: SHARED_FS_TAG.into(),
                 fstype: "virtiofs".into(),
                 mount_point: GUEST_SHARED_DIR.into(),
                 ..Default::default()
-            }],
+            }]
+            .into_iter()
+            .filter(|_| self.policy.shared_fs)
+            .collect(),
             kernel_modules: config
                 .agent
                 .capsa

@@ -34,7 +34,14 @@ pub(crate) fn block_policy(config: &Config) -> crate::resource::BlockPolicy {
         rootfs: !q.disable_block_device_use,
         // Validated when the configuration was loaded.
         driver: BlockDriver::from_str(&q.block_device_driver).unwrap_or_default(),
+        shared_fs: has_shared_fs(config),
     }
+}
+
+/// Whether the configuration gives the VM a shared filesystem
+/// (`shared_fs = "virtio-fs"`; `"none"`: containers need block rootfs).
+pub fn has_shared_fs(config: &Config) -> bool {
+    config.hypervisor.qemu.shared_fs == "virtio-fs"
 }
 
 /// The VM driver the configuration names, not started yet.
@@ -136,7 +143,7 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         memory_slots: q.memory_slots,
         virtio_mem: q.enable_virtio_mem,
         free_page_reporting: q.reclaim_guest_freed_memory,
-        shared_fs: (q.shared_fs == "virtio-fs").then(|| SharedFs {
+        shared_fs: has_shared_fs(config).then(|| SharedFs {
             daemon: q.virtio_fs_daemon.clone(),
             shared_dir: dir.shared_dir(),
             tag: capsa_protocols::SHARED_FS_TAG.to_string(),

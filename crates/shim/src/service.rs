@@ -108,6 +108,7 @@ impl Service {
                     let explicit = crate::options::config_path(req.options.as_ref());
                     let (config, source) = capsa_config::load(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
+                    capsa_runtime::resource::container::check_shared_fs(&rootfs, &spec, &config)?;
                     let q = &config.hypervisor.qemu;
                     // Static sizing boots at what the pod asks for;
                     // elastic sizing boots at the defaults and grows

@@ -50,6 +50,7 @@ impl Sandbox {
         rootfs: &Rootfs,
         mut spec: Spec,
     ) -> Result<(), Error> {
+        needs_no_share(rootfs, &spec, self.block_policy())?;
         let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
         let sized = self
             .size_for(cid, limits)
@@ -126,6 +127,11 @@ impl Sandbox {
                     if let Some(root) = self.try_rootfs_drive(cid, m, attached).await? {
                         return Ok(root);
                     }
+                }
+                if !self.block_policy().shared_fs {
+                    return Err(Error::NoSharedFs {
+                        what: format!("rootfs {}", describe(rootfs).display()),
+                    });
                 }
                 share::attach_rootfs_mounts(&share, mounts)
                     .instrument(crate::step!("rootfs share"))
@@ -500,6 +506,45 @@ pub fn check_sources(rootfs: &Rootfs, spec: &Spec) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Refuses, before a VM boots for it, a container that needs the shared
+/// filesystem when the configuration has none (`shared_fs = "none"`): a
+/// directory rootfs, a rootfs mounted on the host, a bind of a host path.
+pub fn check_shared_fs(
+    rootfs: &Rootfs,
+    spec: &Spec,
+    config: &capsa_config::Config,
+) -> Result<(), Error> {
+    needs_no_share(rootfs, spec, crate::vm::block_policy(config))
+}
+
+fn needs_no_share(rootfs: &Rootfs, spec: &Spec, policy: super::BlockPolicy) -> Result<(), Error> {
+    if policy.shared_fs {
+        return Ok(());
+    }
+    let what = match rootfs {
+        Rootfs::Dir(dir) => Some(format!("rootfs {} (a directory)", dir.display())),
+        Rootfs::Mounts(m) if !(policy.rootfs && block_rootfs(m).is_some()) => {
+            Some(format!("rootfs {}", describe(rootfs).display()))
+        }
+        Rootfs::Image(_) | Rootfs::Mounts(_) => None,
+    };
+    let bind = || {
+        spec.mounts()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|m| {
+                is_bind(m)
+                    && m.destination() != Path::new("/dev/shm")
+                    && block_bind_source(m).is_none()
+            })
+    };
+    match what.or_else(|| bind().map(|m| format!("mount {}", m.destination().display()))) {
+        Some(what) => Err(Error::NoSharedFs { what }),
+        None => Ok(()),
+    }
 }
 
 fn check_drive(what: &str, source: &Path) -> Result<(), Error> {
