@@ -1,15 +1,12 @@
 //! `capsa run` with block storage: a rootfs image and image volumes
 //! hot-plugged into real VMs, never mounted on the host; host disks refused.
 
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Command;
 
 use capsa_test_infra::block::ImageFile;
 use capsa_test_infra::cli::{capsa, text, Removed};
 use capsa_test_infra::leaks::processes_naming;
 use capsa_test_infra::{assert_no_leaks, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
 
 #[test]
 fn a_rootfs_image_is_a_disk_of_the_guest_and_keeps_what_was_written() {
@@ -134,20 +131,9 @@ fn a_rootfs_image_needs_no_shared_fs() {
     let image = ImageFile::ext4(env.dir.path(), 64, Some(&env.rootfs));
     let img = image.path().display().to_string();
     let id = "noshare";
-    let out = capsa(
-        &env,
-        &[
-            "run",
-            "-d",
-            "--name",
-            id,
-            "--rootfs-image",
-            &img,
-            "--",
-            "sleep",
-            "1000",
-        ],
-    );
+    let mut args = vec!["run", "-d", "--name", id, "--rootfs-image", &img];
+    args.extend(["--", "sleep", "1000"]);
+    let out = capsa(&env, &args);
     let removed = Removed(&env, id);
     assert!(out.status.success(), "{out:?}");
     let helpers = processes_naming(&env.state_dir.to_string_lossy());

@@ -5,13 +5,9 @@
 //! a host user can use. Real VMs.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
-use std::time::Duration;
 
 use capsa_test_infra::cli::{run, text};
-use capsa_test_infra::{assert_no_leaks, share_attack, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
+use capsa_test_infra::{share_attack, TestEnv};
 
 /// `capsa run -v <volume>` fails, naming the mount and the source, and
 /// leaves no state, mount or process.

@@ -3,16 +3,11 @@
 //! VMs that boot it.
 
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
 
 use capsa_test_infra::cli::{
     assert_all_gone, capsa, capsa_with_input, mem_total_kib, text, Detached,
 };
-use capsa_test_infra::leaks::processes_naming;
 use capsa_test_infra::{image_path, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
 
 /// A world booting the test assets' image, with the debug console on
 /// (the guest's own `/proc/mounts` is read through it).

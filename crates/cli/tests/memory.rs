@@ -3,7 +3,6 @@
 //! the guest frees leave QEMU's resident set; without it they stay.
 //! Real VMs (TCG), real QEMU RSS (`/proc/PID/status`).
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use capsa_test_infra::cli::{capsa, exec, Removed};

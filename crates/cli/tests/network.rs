@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::cli::text;
 use capsa_test_infra::cni::TestNetwork;

@@ -2,13 +2,8 @@
 //! `capsa run -d` sandbox's container and VM; `capsa inspect` shows the
 //! VM's size and maxima. Real VMs (TCG), real QMP hot-plug.
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use capsa_test_infra::cli::{capsa, exec, mem_total_kib, text, Removed};
 use capsa_test_infra::{assert_no_leaks, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(300);
 
 fn resources(env: &TestEnv, id: &str) -> serde_json::Value {
     let out = capsa(env, &["inspect", id]);

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::containerd::cri_v1::PodSandboxConfig;
 use capsa_test_infra::wait_until;

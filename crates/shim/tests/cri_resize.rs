@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::containerd::cri_v1::{ContainerConfig, LinuxContainerResources};
 use capsa_test_infra::containerd::Cri;

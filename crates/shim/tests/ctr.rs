@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::wait_until;
 use common::{text, Setup};

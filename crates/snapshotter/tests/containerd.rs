@@ -6,7 +6,7 @@
 //! Needs root (loop devices, mounts), like the other containerd tests.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::block::{loops_below, HostMount, LoopDevice};
 use capsa_test_infra::containerd::{Containerd, Opts, PROXY_SNAPSHOTTER};

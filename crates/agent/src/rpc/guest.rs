@@ -123,14 +123,8 @@ pub fn count_requests(services: &mut HashMap<String, Service>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::status::tests::status_of;
     use ttrpc::Code;
-
-    fn status_of(err: ttrpc::Error) -> ttrpc::proto::Status {
-        match err {
-            ttrpc::Error::RpcStatus(s) => s,
-            other => panic!("not a status: {other:?}"),
-        }
-    }
 
     #[tokio::test]
     async fn refusals_carry_codes_and_messages() {

@@ -65,10 +65,11 @@ pub async fn detached<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn status_of(err: ttrpc::Error) -> ttrpc::proto::Status {
+    /// The status a reply carries; fails on any other error.
+    pub(crate) fn status_of(err: ttrpc::Error) -> ttrpc::proto::Status {
         match err {
             ttrpc::Error::RpcStatus(s) => s,
             other => panic!("not a status: {other:?}"),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::containerd::{Containerd, Opts};
 use capsa_test_infra::leaks::processes_naming;
