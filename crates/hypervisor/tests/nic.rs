@@ -191,7 +191,7 @@ async fn rolled_back_after_device_add_fails(
     qmp::execute(&sock, "device_del", Some(json!({"id": "squatter"})))
         .await
         .expect("device_del on the debug monitor");
-    let released = capsa_test_infra::wait_until_async(GUEST_WAIT, || async {
+    let released = capsa_test_infra::wait_until_async(GUEST_WAIT, || async move {
         !peripherals(t).await.contains("squatter")
     })
     .await;
