@@ -24,10 +24,16 @@ SYSTEMD_DIR      ?= /etc/systemd/system
 DEMO_ROOTFS      := $(CACHE)/demo-rootfs
 LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 
+# Installed without their recommended packages (QEMU's would bring its GUI:
+# GTK, VTE, SDL): everything capsa needs is named here. libc6-dev (C headers
+# for gcc) and libprotobuf-dev (the well-known .proto files protoc includes)
+# are only recommended by gcc and protobuf-compiler; iproute2 (`ip`) is not
+# in every minimal Debian.
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd lz4 \
-                    libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
-                    make libelf-dev zlib1g-dev libzstd-dev containerd runc g++ \
-                    e2fsprogs mount containernetworking-plugins iptables
+                    libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler \
+                    libprotobuf-dev gcc libc6-dev make libelf-dev zlib1g-dev \
+                    libzstd-dev containerd runc g++ e2fsprogs mount iproute2 \
+                    containernetworking-plugins iptables
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test test-image lint bench soak clean \
@@ -42,7 +48,7 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@for t in $(HOST_TOOLS); do \
 	  if [ ! -x $(PREFIX)/bin/$$t ]; then \

@@ -1,5 +1,6 @@
 //! The ttRPC server: binds (vsock port 1024 by default), serves the agent
-//! API, and stops after DestroySandbox, once its reply is delivered (see
+//! API, and stops after DestroySandbox, once its reply is written and its
+//! client closed the connection (see
 //! [`crate::connections`]).
 //!
 //! Message size: ttrpc-rust (0.10) refuses a frame whose payload is over
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use capsa_protocols::AGENT_VSOCK_PORT;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, timeout, Instant};
 use ttrpc::asynchronous::transport::Listener;
 use ttrpc::asynchronous::Server;
@@ -30,10 +32,13 @@ use crate::sandbox::Sandbox;
 pub const ADDRESS_ENV: &str = "CAPSA_AGENT_ADDR";
 /// How long binding is retried (the vsock transport may still be coming up).
 const BIND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the DestroySandbox reply gets to reach the host: the server
-/// stops once every client closed its connection, or after this.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the DestroySandbox reply gets to reach the host once it is
+/// written: the agent stops once every client closed its connection
+/// (a ttRPC client does when it reads the end of the stream that follows
+/// the reply), or after this.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server gets to finish its handlers and write their replies.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `vsock://-1:1024`: any CID, the agent port.
 pub fn default_address() -> String {
@@ -65,8 +70,27 @@ fn announce_ready() {
 
 /// Serves `sandbox` on `address` until DestroySandbox.
 pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
+    let listener = bind(address).await?;
+    tracing::info!(%address, "serving the agent API");
+    serve_on(sandbox, listener).await
+}
+
+/// Serves `sandbox` on the connections `incoming` yields until
+/// DestroySandbox, then waits (bounded) until every client closed its
+/// connection. [`serve`] on a bound address; tests on in-memory streams.
+pub async fn serve_on<S>(
+    sandbox: Arc<Sandbox>,
+    incoming: impl Stream<Item = std::io::Result<S>> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
+{
     let tracker = Tracker::new();
-    let mut server = bind(address, &tracker).await?;
+    let tracked = {
+        let tracker = tracker.clone();
+        incoming.map(move |conn| conn.map(|c| tracker.track(c)))
+    };
+    let mut server = Server::new().add_listener(Listener::new(tracked));
     for (name, service) in rpc::services(sandbox.clone()) {
         server = server.register_service(HashMap::from([(name, service)]));
     }
@@ -74,37 +98,34 @@ pub async fn serve(sandbox: Arc<Sandbox>, address: &str) -> anyhow::Result<()> {
         .start()
         .await
         .context("cannot start the ttRPC server")?;
-    tracing::info!(%address, "serving the agent API");
     announce_ready();
 
     sandbox.shutdown_requested().await;
-    // The reply to DestroySandbox is written after this point; a client
-    // closes its connection once it has read it.
+    // Stopping the server waits until every reply, DestroySandbox's too,
+    // is written and flushed; the connections it drops stay open, their
+    // sending side shut behind the reply, until each peer closes its own.
+    tracker.keep_on_drop();
+    if timeout(SHUTDOWN_TIMEOUT, server.shutdown()).await.is_err() {
+        tracing::warn!("the ttRPC server did not stop in {SHUTDOWN_TIMEOUT:?}");
+    }
     if timeout(REPLY_TIMEOUT, tracker.all_closed()).await.is_err() {
-        tracing::debug!(
+        tracing::warn!(
             open = tracker.open(),
             "clients still connected {REPLY_TIMEOUT:?} after DestroySandbox: stopping anyway"
         );
     }
-    if timeout(SHUTDOWN_TIMEOUT, server.shutdown()).await.is_err() {
-        tracing::warn!("the ttRPC server did not stop in {SHUTDOWN_TIMEOUT:?}");
-    }
     Ok(())
 }
 
-/// A server on `address` whose connections `tracker` counts.
-async fn bind(address: &str, tracker: &Tracker) -> anyhow::Result<Server> {
+/// A listener on `address`.
+async fn bind(address: &str) -> anyhow::Result<Listener> {
     if let Some(path) = address.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }
     let deadline = Instant::now() + BIND_TIMEOUT;
     loop {
         match Listener::bind(address) {
-            Ok(listener) => {
-                let tracker = tracker.clone();
-                let tracked = listener.map(move |conn| conn.map(|c| tracker.track(c)));
-                return Ok(Server::new().add_listener(Listener::new(tracked)));
-            }
+            Ok(listener) => return Ok(listener),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(%address, error = %e, "bind failed, retrying");
                 sleep(Duration::from_millis(50)).await;

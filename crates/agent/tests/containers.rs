@@ -70,12 +70,7 @@ fn request(id: &str, spec: Spec) -> ContainerRequest {
 async fn read_all(sandbox: &Sandbox, id: &str, stderr: bool) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let chunk = if stderr {
-            sandbox.read_stderr(id, id, 1024).await
-        } else {
-            sandbox.read_stdout(id, id, 1024).await
-        };
-        let chunk = chunk.unwrap();
+        let chunk = sandbox.read_output(id, id, 1024, stderr).await.unwrap();
         if chunk.is_empty() {
             return out;
         }

@@ -1,23 +1,12 @@
 //! `capsa run` with block storage: a rootfs image and image volumes
 //! hot-plugged into real VMs, never mounted on the host; host disks refused.
 
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Command;
 
 use capsa_test_infra::block::ImageFile;
-use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
-
-fn capsa(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, None, LIMIT)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use capsa_test_infra::cli::{capsa, text, Removed};
+use capsa_test_infra::leaks::processes_naming;
+use capsa_test_infra::{assert_no_leaks, TestEnv};
 
 #[test]
 fn a_rootfs_image_is_a_disk_of_the_guest_and_keeps_what_was_written() {
@@ -131,5 +120,69 @@ fn a_volume_on_the_hosts_own_disk_is_refused_before_any_vm_boots() {
         !env.state_dir.exists() || std::fs::read_dir(&env.state_dir).unwrap().next().is_none(),
         "no sandbox was made"
     );
+    assert_no_leaks(&env.state_dir);
+}
+
+/// `shared_fs = "none"`: a rootfs image needs no shared filesystem. The
+/// sandbox boots without virtiofsd and the guest mounts no virtio-fs.
+#[test]
+fn a_rootfs_image_needs_no_shared_fs() {
+    let env = TestEnv::with_qemu_extra("shared_fs = \"none\"");
+    let image = ImageFile::ext4(env.dir.path(), 64, Some(&env.rootfs));
+    let img = image.path().display().to_string();
+    let id = "noshare";
+    let mut args = vec!["run", "-d", "--name", id, "--rootfs-image", &img];
+    args.extend(["--", "sleep", "1000"]);
+    let out = capsa(&env, &args);
+    let removed = Removed(&env, id);
+    assert!(out.status.success(), "{out:?}");
+    let helpers = processes_naming(&env.state_dir.to_string_lossy());
+    assert!(
+        helpers.iter().any(|p| p.contains("qemu-system")),
+        "no VM: {helpers:?}"
+    );
+    assert!(
+        !helpers.iter().any(|p| p.contains("virtiofsd")),
+        "virtiofsd started without a shared fs: {helpers:?}"
+    );
+    let out = capsa(&env, &["exec", id, "--", "cat", "/proc/mounts"]);
+    assert!(out.status.success(), "{out:?}");
+    let mounts = text(&out.stdout);
+    assert!(mounts.starts_with("/dev/vd"), "{mounts}");
+    assert!(!mounts.contains("virtiofs"), "{mounts}");
+    drop(removed);
+    assert_no_leaks(&env.state_dir);
+}
+
+/// `shared_fs = "none"`: what needs the shared filesystem (a directory
+/// rootfs, a directory volume) is refused before any VM boots, naming
+/// `shared_fs`.
+#[test]
+fn without_a_shared_fs_a_directory_is_refused_before_boot() {
+    let env = TestEnv::with_qemu_extra("shared_fs = \"none\"");
+    let rootfs = env.rootfs.display().to_string();
+    let out = capsa(&env, &["run", "--rootfs", &rootfs, "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("shared_fs = \"none\""), "{err}");
+    assert!(err.contains(&format!("rootfs {rootfs}")), "{err}");
+
+    let image = ImageFile::ext4(env.dir.path(), 64, Some(&env.rootfs));
+    let img = image.path().display().to_string();
+    let volume = format!("{}:/data", env.dir.path().display());
+    let out = capsa(
+        &env,
+        &["run", "--rootfs-image", &img, "-v", &volume, "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mount /data") && err.contains("shared_fs"),
+        "{err}"
+    );
+    // Nothing was started: no state, no process.
+    let states = std::fs::read_dir(&env.state_dir).map_or(0, |d| d.count());
+    assert_eq!(states, 0, "a sandbox was started");
+    assert!(processes_naming(&env.state_dir.to_string_lossy()).is_empty());
     assert_no_leaks(&env.state_dir);
 }

@@ -5,27 +5,9 @@
 //! a host user can use. Real VMs.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
-use std::time::Duration;
 
-use capsa_test_infra::{assert_no_leaks, run_bounded, share_attack, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `capsa run --rootfs <busybox> <opts> -- <cmd>`; nothing may be left.
-fn run(env: &TestEnv, opts: &[&str], cmd: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    c.arg("--config").arg(&env.config);
-    c.args(["run", "--rootfs"]).arg(&env.rootfs).args(opts);
-    c.arg("--").args(cmd);
-    let out = run_bounded(c, None, LIMIT);
-    assert_no_leaks(&env.state_dir);
-    out
-}
+use capsa_test_infra::cli::{run, text};
+use capsa_test_infra::{share_attack, TestEnv};
 
 /// `capsa run -v <volume>` fails, naming the mount and the source, and
 /// leaves no state, mount or process.
@@ -34,7 +16,7 @@ fn assert_refused(env: &TestEnv, detach: bool, volume: &str, resolved: &str) {
     if detach {
         opts.push("-d");
     }
-    let out = run(env, &opts, &["cat", "/x/anything"]);
+    let out = run(env, &opts, &["cat", "/x/anything"], None);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{volume} was shared: {out:?}");
     let (source, _) = volume.split_once(':').unwrap();
@@ -70,7 +52,12 @@ fn guest_made_devices_and_setid_files_are_inert_on_the_host() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let volume = format!("{}:/vol", vol.display());
-    let out = run(&env, &["-v", &volume], &["sh", "-c", share_attack::SCRIPT]);
+    let out = run(
+        &env,
+        &["-v", &volume],
+        &["sh", "-c", share_attack::SCRIPT],
+        None,
+    );
     assert!(out.status.success(), "{out:?}");
     share_attack::assert_refused(&text(&out.stdout), &vol);
     share_attack::assert_inert(&env.rootfs);
@@ -86,7 +73,7 @@ fn a_volume_is_shared_read_write_or_read_only() {
     let rw = format!("{}:/rw", vol.display());
     let ro = format!("{}:/ro:ro", vol.display());
     let script = "cat /ro/in; echo back > /rw/out; echo no > /ro/no || echo ro refused";
-    let out = run(&env, &["-v", &rw, "-v", &ro], &["sh", "-c", script]);
+    let out = run(&env, &["-v", &rw, "-v", &ro], &["sh", "-c", script], None);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout), "from the host\nro refused\n", "{out:?}");
     assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "back\n");

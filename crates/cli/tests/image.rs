@@ -3,23 +3,11 @@
 //! VMs that boot it.
 
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
 
-use capsa_test_infra::leaks::processes_naming;
-use capsa_test_infra::{assert_no_leaks, image_path, run_bounded, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
-
-fn capsa(env: &TestEnv, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, input, LIMIT)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use capsa_test_infra::cli::{
+    assert_all_gone, capsa, capsa_with_input, mem_total_kib, text, Detached,
+};
+use capsa_test_infra::{image_path, TestEnv};
 
 /// A world booting the test assets' image, with the debug console on
 /// (the guest's own `/proc/mounts` is read through it).
@@ -31,53 +19,20 @@ fn image_env(extra: &str) -> TestEnv {
 
 /// A detached sandbox running `sleep`, removed when the test ends, even if
 /// it fails.
-struct Detached<'a> {
-    env: &'a TestEnv,
-    id: String,
+fn detached<'a>(env: &'a TestEnv, id: &str) -> Detached<'a> {
+    Detached::start(env, id, &["sleep", "1000"])
 }
 
-impl<'a> Detached<'a> {
-    fn start(env: &'a TestEnv, id: &str) -> Self {
-        let rootfs = env.rootfs.to_string_lossy().into_owned();
-        let args = ["run", "-d", "--name", id, "--rootfs", &rootfs, "--"];
-        let out = capsa(env, &[&args[..], &["sleep", "1000"]].concat(), None);
-        let sb = Self {
-            env,
-            id: id.to_string(),
-        };
-        assert!(out.status.success(), "run -d failed: {out:?}");
-        sb
-    }
-
-    /// The guest's mount table (the VM's root environment, not the
-    /// container's).
-    fn guest_mounts(&self) -> String {
-        let out = capsa(
-            self.env,
-            &["exec", "--vm", &self.id],
-            Some(b"cat /proc/mounts; exit\n"),
-        );
-        assert!(out.status.success(), "exec --vm: {out:?}");
-        text(&out.stdout)
-    }
-
-    fn hypervisor_pid(&self) -> i32 {
-        let out = capsa(self.env, &["inspect", &self.id], None);
-        assert!(out.status.success(), "inspect: {out:?}");
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("inspect prints JSON");
-        v["hypervisor_pid"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no hypervisor pid: {v:#}")) as i32
-    }
-}
-
-impl Drop for Detached<'_> {
-    fn drop(&mut self) {
-        if self.env.state_dir.join(&self.id).exists() {
-            let _ = capsa(self.env, &["rm", "--force", &self.id], None);
-        }
-    }
+/// The guest's mount table (the VM's root environment, not the
+/// container's).
+fn guest_mounts(sb: &Detached) -> String {
+    let out = capsa_with_input(
+        sb.env,
+        &["exec", "--vm", &sb.id],
+        b"cat /proc/mounts; exit\n",
+    );
+    assert!(out.status.success(), "exec --vm: {out:?}");
+    text(&out.stdout)
 }
 
 /// The device and options of the guest's `/` in `mounts`.
@@ -89,12 +44,6 @@ fn root_mount(mounts: &str) -> (String, Vec<String>) {
         .unwrap_or_else(|| panic!("no / in the guest's mounts:\n{mounts}"));
     let options = line[3].split(',').map(String::from).collect();
     (line[0].to_string(), options)
-}
-
-fn assert_all_gone(env: &TestEnv) {
-    assert_no_leaks(&env.state_dir);
-    let owners = processes_naming(&env.config.to_string_lossy());
-    assert!(owners.is_empty(), "owners left behind: {owners:?}");
 }
 
 /// A container runs in a VM booted from the image on an NVDIMM: the
@@ -114,13 +63,12 @@ fn a_container_runs_from_the_dax_image() {
             "echo",
             "hello from the image",
         ],
-        None,
     );
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout).trim(), "hello from the image");
 
-    let sb = Detached::start(&env, "dax");
-    let (device, options) = root_mount(&sb.guest_mounts());
+    let sb = detached(&env, "dax");
+    let (device, options) = root_mount(&guest_mounts(&sb));
     assert_eq!(device, "/dev/pmem0p1");
     assert!(options.iter().any(|o| o == "ro"), "{options:?}");
     assert!(
@@ -136,12 +84,12 @@ fn a_container_runs_from_the_dax_image() {
 #[test]
 fn a_container_runs_from_the_image_on_virtio_blk() {
     let env = image_env("disable_image_nvdimm = true");
-    let sb = Detached::start(&env, "blk");
-    let (device, options) = root_mount(&sb.guest_mounts());
+    let sb = detached(&env, "blk");
+    let (device, options) = root_mount(&guest_mounts(&sb));
     assert_eq!(device, "/dev/vda1");
     assert!(options.iter().any(|o| o == "ro"), "{options:?}");
     assert!(!options.iter().any(|o| o.starts_with("dax")), "{options:?}");
-    let out = capsa(&env, &["exec", "blk", "--", "echo", "ok"], None);
+    let out = capsa(&env, &["exec", "blk", "--", "echo", "ok"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout).trim(), "ok");
     drop(sb);
@@ -176,8 +124,8 @@ fn image_mapping(pid: i32, image: &Path) -> (String, u64) {
 fn two_pods_share_the_image_pages() {
     let env = image_env("");
     let image = image_path().canonicalize().unwrap();
-    let a = Detached::start(&env, "one");
-    let b = Detached::start(&env, "two");
+    let a = detached(&env, "one");
+    let b = detached(&env, "two");
     for sb in [&a, &b] {
         let (perms, shared_kib) = image_mapping(sb.hypervisor_pid(), &image);
         assert_eq!(perms, "r--s", "{}: a read-only shared mapping", sb.id);
@@ -187,29 +135,14 @@ fn two_pods_share_the_image_pages() {
     assert_all_gone(&env);
 }
 
-/// `MemTotal` in the container of sandbox `id`, KiB.
-fn mem_total_kib(env: &TestEnv, id: &str) -> u64 {
-    let out = capsa(
-        env,
-        &["exec", id, "--", "grep", "MemTotal", "/proc/meminfo"],
-        None,
-    );
-    assert!(out.status.success(), "exec: {out:?}");
-    text(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no MemTotal: {out:?}"))
-}
-
 /// The NVDIMM takes a memory slot and room beyond `maxmem` of its own:
 /// DIMM hot-plug (`capsa update --memory`) still reaches the guest.
 #[test]
 fn memory_hot_plug_works_next_to_the_nvdimm() {
     let env = image_env("default_memory = 512\ndefault_maxmemory = 2048\nmemory_slots = 2");
-    let sb = Detached::start(&env, "grow");
+    let sb = detached(&env, "grow");
     let before = mem_total_kib(&env, "grow");
-    let out = capsa(&env, &["update", "grow", "--memory", "768"], None);
+    let out = capsa(&env, &["update", "grow", "--memory", "768"]);
     assert!(out.status.success(), "update: {out:?}");
     let after = mem_total_kib(&env, "grow");
     assert!(

@@ -3,10 +3,10 @@
 //! the guest frees leave QEMU's resident set; without it they stay.
 //! Real VMs (TCG), real QEMU RSS (`/proc/PID/status`).
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use capsa_test_infra::{assert_no_leaks, run_bounded, wait_until, TestEnv};
+use capsa_test_infra::cli::{capsa, exec, Removed};
+use capsa_test_infra::{assert_no_leaks, wait_until, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(300);
 /// What the guest allocates and frees, MiB.
@@ -17,26 +17,6 @@ const GIVE_BACK_WAIT: Duration = Duration::from_secs(90);
 /// How long QEMU's RSS is watched with reporting off: several times what
 /// it takes with reporting on here (a few seconds).
 const KEPT_WINDOW: Duration = Duration::from_secs(20);
-
-fn capsa(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, None, LIMIT)
-}
-
-/// `capsa rm --force` of the sandbox when the test ends, even on failure.
-struct Removed<'a>(&'a TestEnv, &'a str);
-
-impl Drop for Removed<'_> {
-    fn drop(&mut self) {
-        let _ = capsa(self.0, &["rm", "--force", self.1]);
-    }
-}
-
-fn exec(env: &TestEnv, id: &str, script: &str) {
-    let out = capsa(env, &["exec", id, "--", "sh", "-c", script]);
-    assert!(out.status.success(), "exec {script}: {out:?}");
-}
 
 /// Resident set of process `pid`, MiB (`VmRSS`; guest RAM is a shared
 /// memfd, so it counts there as `RssShmem`).
@@ -97,10 +77,7 @@ fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
         .unwrap_or_else(|| panic!("no hypervisor pid: {v:#}"));
 
     let holder = Running(
-        Command::new(env!("CARGO_BIN_EXE_capsa"))
-            .arg("--config")
-            .arg(&env.config)
-            .args(["exec", id, "--", "sh", "-c"])
+        capsa_test_infra::cli::command(&env, &["exec", id, "--", "sh", "-c"])
             .arg(format!(
                 "dd if=/dev/zero bs={} count=1 2>/dev/null | sleep 999",
                 FILL_MIB << 20

@@ -7,20 +7,17 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use capsa_test_infra::cli::text;
 use capsa_test_infra::cni::TestNetwork;
 use capsa_test_infra::net::{free_port, http_get};
 use capsa_test_infra::netns::PodNetns;
-use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
+use capsa_test_infra::{assert_no_leaks, run_bounded, wait_until, Guarded, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(180);
 /// How long a condition of the guest or the host may take to come true.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A test environment with its own CNI network.
 struct Net {
@@ -94,15 +91,13 @@ impl Net {
 
     /// Waits until `inspect` says `state`.
     fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            let v = self.inspect(id);
-            if v["state"] == state {
-                return v;
-            }
-            assert!(start.elapsed() < WAIT, "{id} never became {state}: {v:#}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let mut v = serde_json::Value::Null;
+        let became = wait_until(WAIT, || {
+            v = self.inspect(id);
+            v["state"] == state
+        });
+        assert!(became, "{id} never became {state}: {v:#}");
+        v
     }
 }
 
@@ -120,11 +115,10 @@ impl Drop for Net {
 /// Waits (bounded) for process `pid` to be gone: an owner releases the
 /// network after it recorded `stopped`, then exits.
 fn wait_gone(pid: i32) {
-    let start = Instant::now();
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-        assert!(start.elapsed() < WAIT, "owner {pid} did not exit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gone = wait_until(WAIT, || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+    });
+    assert!(gone, "owner {pid} did not exit");
 }
 
 const HTTPD: &str = "mkdir -p /www && echo hello-from-capsa > /www/index.html && \
@@ -285,11 +279,10 @@ fn a_netns_of_ones_own_is_joined_and_left_as_it_was() {
     let own = PodNetns::new();
     // IPv6 link-local addresses (and their local routes) settle by
     // themselves once duplicate address detection is done: wait for it.
-    let start = Instant::now();
-    while own.in_ns(&["ip", "-6", "-o", "addr"]).contains("tentative") {
-        assert!(start.elapsed() < WAIT, "IPv6 addresses never settled");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let settled = wait_until(WAIT, || {
+        !own.in_ns(&["ip", "-6", "-o", "addr"]).contains("tentative")
+    });
+    assert!(settled, "IPv6 addresses never settled");
     let before = own.snapshot();
     let netns = own.netns().to_string_lossy().into_owned();
     let out = net.run(

@@ -2,45 +2,8 @@
 //! `capsa run -d` sandbox's container and VM; `capsa inspect` shows the
 //! VM's size and maxima. Real VMs (TCG), real QMP hot-plug.
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
-use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(300);
-
-fn capsa(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, None, LIMIT)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `capsa rm --force` of the sandbox when the test ends, even on failure.
-struct Removed<'a>(&'a TestEnv, &'a str);
-
-impl Drop for Removed<'_> {
-    fn drop(&mut self) {
-        let _ = capsa(self.0, &["rm", "--force", self.1]);
-    }
-}
-
-fn exec(env: &TestEnv, id: &str, script: &str) -> String {
-    let out = capsa(env, &["exec", id, "--", "sh", "-c", script]);
-    assert!(out.status.success(), "exec {script}: {out:?}");
-    text(&out.stdout)
-}
-
-fn mem_total_kib(env: &TestEnv, id: &str) -> u64 {
-    let out = exec(env, id, "grep MemTotal /proc/meminfo");
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no MemTotal in {out:?}"))
-}
+use capsa_test_infra::cli::{capsa, exec, mem_total_kib, text, Removed};
+use capsa_test_infra::{assert_no_leaks, TestEnv};
 
 fn resources(env: &TestEnv, id: &str) -> serde_json::Value {
     let out = capsa(env, &["inspect", id]);

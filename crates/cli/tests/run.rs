@@ -3,29 +3,15 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use capsa_test_infra::cli::{command, run, text};
 use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn capsa(env: &TestEnv, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    cmd
-}
-
-/// `capsa run --rootfs <busybox> <opts> -- <cmd>`.
-fn run(env: &TestEnv, opts: &[&str], cmd: &[&str], input: Option<&[u8]>) -> Output {
-    let mut c = capsa(env, &["run", "--rootfs"]);
-    c.arg(&env.rootfs).args(opts).arg("--").args(cmd);
-    let out = run_bounded(c, input, LIMIT);
-    assert_no_leaks(&env.state_dir);
-    out
-}
-
 /// Starts `capsa run -- sh -c 'echo ready; sleep 1000'` and returns once the
 /// workload has printed `ready`.
 fn start_sleeper(env: &TestEnv) -> Guarded {
-    let mut c = capsa(env, &["run", "--rootfs"]);
+    let mut c = command(env, &["run", "--rootfs"]);
     c.arg(&env.rootfs)
         .args(["--", "sh", "-c", "echo ready; sleep 1000"])
         .stdout(std::process::Stdio::piped())
@@ -37,10 +23,6 @@ fn start_sleeper(env: &TestEnv) -> Guarded {
     std::io::Read::read_exact(&mut stdout, &mut first).expect("workload output");
     assert_eq!(&first, b"ready\n");
     g
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -88,14 +70,10 @@ fn sigkilled_capsa_takes_its_vm_along_and_the_next_run_cleans_up() {
     g.child().wait().unwrap();
     // The VM and its helpers get SIGKILL with their parent.
     let state = env.state_dir.to_string_lossy().into_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !capsa_test_infra::leaks::processes_naming(&state).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "helpers outlived capsa"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gone = capsa_test_infra::wait_until(Duration::from_secs(20), || {
+        capsa_test_infra::leaks::processes_naming(&state).is_empty()
+    });
+    assert!(gone, "helpers outlived capsa");
     // Its mounts and state remain until the next capsa collects them.
     let out = run(&env, &[], &["true"], None);
     assert!(out.status.success(), "{out:?}");
@@ -194,7 +172,7 @@ fn missing_command_fails_cleanly() {
 #[test]
 fn missing_rootfs_fails_cleanly() {
     let env = TestEnv::new();
-    let c = capsa(
+    let c = command(
         &env,
         &["run", "--rootfs", "/nonexistent/rootfs", "--", "true"],
     );
@@ -224,14 +202,7 @@ fn bad_kernel_path_fails_cleanly() {
         .collect::<Vec<_>>()
         .join("\n");
     let cfg = env.write_config("bad-kernel.toml", &text_cfg);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    c.arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .arg("--rootfs")
-        .arg(&env.rootfs);
-    c.args(["--", "true"]);
-    let out = run_bounded(c, None, LIMIT);
+    let out = run_true_with(&env, &cfg);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("/nonexistent/vmlinuz"),
@@ -241,18 +212,19 @@ fn bad_kernel_path_fails_cleanly() {
     assert_no_leaks(&env.state_dir);
 }
 
+/// `capsa --config CFG run --rootfs <busybox> -- true`.
+fn run_true_with(env: &TestEnv, cfg: &std::path::Path) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    c.arg("--config").arg(cfg).args(["run", "--rootfs"]);
+    c.arg(&env.rootfs).args(["--", "true"]);
+    run_bounded(c, None, LIMIT)
+}
+
 #[test]
 fn unknown_config_key_fails_cleanly() {
     let env = TestEnv::new();
     let cfg = env.write_config("bad-key.toml", "[hypervisor.qemu]\nno_such_key = true\n");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    c.arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .arg("--rootfs")
-        .arg(&env.rootfs);
-    c.args(["--", "true"]);
-    let out = run_bounded(c, None, LIMIT);
+    let out = run_true_with(&env, &cfg);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("no_such_key"), "{err}");
@@ -276,7 +248,7 @@ fn config_env_variable_is_honoured() {
 #[test]
 fn check_reports_the_accelerator() {
     let env = TestEnv::new();
-    let out = run_bounded(capsa(&env, &["check"]), None, LIMIT);
+    let out = run_bounded(command(&env, &["check"]), None, LIMIT);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     let accel = stdout
@@ -316,7 +288,7 @@ fn the_guest_terminal_follows_the_local_size() {
     };
     let pty = nix::pty::openpty(None, None).expect("openpty");
     set_size(&pty.master, 30, 100);
-    let mut c = capsa(&env, &["run", "-t", "--rootfs"]);
+    let mut c = command(&env, &["run", "-t", "--rootfs"]);
     // The workload prints its size, waits until it changes, prints it again.
     c.arg(&env.rootfs)
         .args([

@@ -4,104 +4,11 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use capsa_test_infra::cli::{
+    assert_all_gone, capsa, capsa_with_input, command, text, Detached, LIMIT,
+};
 use capsa_test_infra::leaks::processes_naming;
-use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
-
-const LIMIT: Duration = Duration::from_secs(180);
-
-fn capsa(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, None, LIMIT)
-}
-
-fn capsa_with_input(env: &TestEnv, args: &[&str], input: &[u8]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, Some(input), LIMIT)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A detached sandbox, removed (with its owner) when the test ends, even
-/// if it fails.
-struct Detached<'a> {
-    env: &'a TestEnv,
-    id: String,
-}
-
-impl<'a> Detached<'a> {
-    /// `capsa run -d --name <id> --rootfs <busybox> -- <cmd>`.
-    fn start(env: &'a TestEnv, id: &str, cmd: &[&str]) -> Self {
-        let rootfs = env.rootfs.to_string_lossy().into_owned();
-        let mut args = vec!["run", "-d", "--name", id, "--rootfs", &rootfs, "--"];
-        args.extend_from_slice(cmd);
-        let out = capsa(env, &args);
-        assert!(out.status.success(), "run -d failed: {out:?}");
-        assert_eq!(text(&out.stdout).trim(), id, "run -d prints the id");
-        Self {
-            env,
-            id: id.to_string(),
-        }
-    }
-
-    fn inspect(&self) -> serde_json::Value {
-        let out = capsa(self.env, &["inspect", &self.id]);
-        assert!(out.status.success(), "inspect: {out:?}");
-        serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
-    }
-
-    /// Waits until `inspect` says `state`.
-    fn wait_state(&self, state: &str) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            let v = self.inspect();
-            if v["state"] == state {
-                return v;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "sandbox never became {state}: {v:#}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Detached<'_> {
-    fn drop(&mut self) {
-        let dir = self.env.state_dir.join(&self.id);
-        if !dir.exists() {
-            return;
-        }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-        cmd.arg("--config")
-            .arg(&self.env.config)
-            .args(["rm", "--force", &self.id]);
-        let _ = run_bounded(cmd, None, LIMIT);
-        // Last resort: the owner this test started, by the pid it recorded.
-        if let Ok(record) = std::fs::read(dir.join("state.json")) {
-            let record: serde_json::Value = serde_json::from_slice(&record).unwrap_or_default();
-            if let Some(pid) = record["owner_pid"].as_i64() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-/// Nothing of the test's sandboxes is left: no process (VM helpers name
-/// the state directory, owners name the configuration file), mount or
-/// state.
-fn assert_all_gone(env: &TestEnv) {
-    assert_no_leaks(&env.state_dir);
-    let owners = processes_naming(&env.config.to_string_lossy());
-    assert!(owners.is_empty(), "owners left behind: {owners:?}");
-}
+use capsa_test_infra::{run_bounded, TestEnv};
 
 #[test]
 fn detached_sandbox_lifecycle() {
@@ -355,14 +262,6 @@ fn kill_then_rm_succeeds() {
     assert_all_gone(&env);
 }
 
-/// The hypervisor pid a sandbox's record gives.
-fn hypervisor_pid(sb: &Detached) -> i32 {
-    let v = sb.inspect();
-    v["hypervisor_pid"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no hypervisor pid: {v:#}")) as i32
-}
-
 /// Whether process `pid` is gone (or a zombie: it runs nothing).
 fn gone(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
@@ -385,7 +284,7 @@ fn signal(pid: i32, signal: nix::sys::signal::Signal) {
 fn rm_force_takes_a_stopped_vm_down() {
     let env = TestEnv::new();
     let sb = Detached::start(&env, "frozen", &["sleep", "1000"]);
-    let qemu = hypervisor_pid(&sb);
+    let qemu = sb.hypervisor_pid();
     signal(qemu, nix::sys::signal::Signal::SIGSTOP);
     let started = Instant::now();
     let out = capsa(&env, &["rm", "--force", "frozen"]);
@@ -414,7 +313,7 @@ fn unanswering_agent_is_declared_dead() {
     let env = TestEnv::new();
     with_fast_health_checks(&env);
     let sb = Detached::start(&env, "mute", &["sleep", "1000"]);
-    let qemu = hypervisor_pid(&sb);
+    let qemu = sb.hypervisor_pid();
     signal(
         vsock_helper(&env, "mute"),
         nix::sys::signal::Signal::SIGSTOP,
@@ -436,7 +335,7 @@ fn unanswering_agent_is_declared_dead() {
 fn stopped_vm_is_declared_dead_by_its_owner() {
     let env = TestEnv::new();
     let sb = Detached::start(&env, "paused", &["sleep", "1000"]);
-    let qemu = hypervisor_pid(&sb);
+    let qemu = sb.hypervisor_pid();
     signal(qemu, nix::sys::signal::Signal::SIGSTOP);
     let v = sb.wait_state("stopped");
     assert_eq!(v["containers"][0]["exit_code"], 137, "{v:#}");
@@ -453,7 +352,7 @@ fn stopped_vm_is_declared_dead_by_its_owner() {
 fn rm_force_kills_a_hung_owner_and_its_vm() {
     let env = TestEnv::new();
     let sb = Detached::start(&env, "stuck", &["sleep", "1000"]);
-    let qemu = hypervisor_pid(&sb);
+    let qemu = sb.hypervisor_pid();
     let owner = sb.inspect()["owner_pid"].as_i64().expect("owner pid") as i32;
     signal(owner, nix::sys::signal::Signal::SIGSTOP);
     signal(qemu, nix::sys::signal::Signal::SIGSTOP);
@@ -496,11 +395,8 @@ fn commands_are_exact_and_quiet() {
     // stdout closed before capsa writes: EPIPE, not a panic.
     let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
     drop(read_end);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config")
-        .arg(&env.config)
-        .args(["inspect", "quiet"])
-        .stdout(std::process::Stdio::from(write_end))
+    let mut cmd = command(&env, &["inspect", "quiet"]);
+    cmd.stdout(std::process::Stdio::from(write_end))
         .stderr(std::process::Stdio::piped());
     let out = cmd.output().expect("run capsa inspect");
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -191,14 +191,14 @@ async fn rolled_back_after_device_add_fails(
     qmp::execute(&sock, "device_del", Some(json!({"id": "squatter"})))
         .await
         .expect("device_del on the debug monitor");
-    let deadline = tokio::time::Instant::now() + GUEST_WAIT;
-    while peripherals(t).await.contains("squatter") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the guest did not release the squatter in {GUEST_WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let released = capsa_test_infra::wait_until_async(GUEST_WAIT, || async move {
+        !peripherals(t).await.contains("squatter")
+    })
+    .await;
+    assert!(
+        released,
+        "the guest did not release the squatter in {GUEST_WAIT:?}"
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("rootfs {0} is not a directory")]
     Rootfs(PathBuf),
+    /// `shared_fs = "none"` and a container needs the shared filesystem.
+    #[error("{what} needs the shared filesystem, but shared_fs = \"none\": give a block rootfs (an image file or a block device) or set shared_fs = \"virtio-fs\"")]
+    NoSharedFs { what: String },
     #[error("{path}")]
     Io {
         path: PathBuf,

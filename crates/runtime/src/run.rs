@@ -287,7 +287,9 @@ async fn accept(control: Option<&Control>) -> std::io::Result<tokio::net::UnixSt
 /// given to the guest (a host system path, a disk the host uses). Each is
 /// checked again when it is attached.
 fn check_sources(spec: &RunSpec) -> Result<(), Error> {
-    volume::check_sources(&spec.rootfs, &host_spec(spec, "")?)
+    let host = host_spec(spec, "")?;
+    volume::check_shared_fs(&spec.rootfs, &host, &spec.config)?;
+    volume::check_sources(&spec.rootfs, &host)
 }
 
 /// The container's spec with host paths: the process, and the volumes.

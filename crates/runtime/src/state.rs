@@ -410,9 +410,10 @@ mod tests {
 
     #[test]
     fn remove_detaches_bind_mounts_without_touching_their_source() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root: it mounts"
+        );
         let root = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         std::fs::write(data.path().join("keep"), "x").unwrap();
@@ -435,9 +436,10 @@ mod tests {
 
     #[test]
     fn removal_never_crosses_into_another_filesystem() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root: it mounts"
+        );
         let root = tempfile::tempdir().unwrap();
         let inner = root.path().join("a/mnt");
         std::fs::create_dir_all(&inner).unwrap();
@@ -474,9 +476,10 @@ mod tests {
 
     #[test]
     fn a_read_only_bind_is_read_only_in_the_guest_view_too() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root: it mounts"
+        );
         let root = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         let dir = StateDir::create(root.path(), "sb3").unwrap();

@@ -30,7 +30,14 @@ pub(crate) fn block_policy(config: &Config) -> crate::resource::BlockPolicy {
     crate::resource::BlockPolicy {
         rootfs: !v.disable_block_device_use,
         driver: v.block_device_driver,
+        shared_fs: has_shared_fs(config),
     }
+}
+
+/// Whether the configuration gives the VM a shared filesystem
+/// (`shared_fs = "virtio-fs"`; `"none"`: containers need block rootfs).
+pub fn has_shared_fs(config: &Config) -> bool {
+    config.hypervisor.vm.shared_fs == capsa_config::SharedFs::VirtioFs
 }
 
 /// The VM driver the configuration names, not started yet.
@@ -121,7 +128,7 @@ pub(crate) fn vm_config(config: &Config, id: &str, dir: &StateDir, size: VmSize)
         // maximum below a per-sandbox boot size to it.
         max_vcpus: q.default_maxvcpus,
         max_memory_mib: q.default_maxmemory,
-        shared_fs: (q.shared_fs == capsa_config::SharedFs::VirtioFs).then(|| SharedFs {
+        shared_fs: has_shared_fs(config).then(|| SharedFs {
             daemon: q.virtio_fs_daemon.clone(),
             shared_dir: dir.shared_dir(),
             tag: capsa_protocols::SHARED_FS_TAG.to_string(),

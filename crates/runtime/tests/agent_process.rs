@@ -10,7 +10,7 @@ mod common;
 use capsa_agent_client::{until, Error};
 use capsa_protocols::{agent, oci};
 use capsa_runtime::{ProcessSpec, Sandbox};
-use capsa_test_infra::{assert_no_leaks, TestEnv};
+use capsa_test_infra::{assert_no_leaks, wait_until, wait_until_async, TestEnv};
 use common::{boot, read_all};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -228,41 +228,73 @@ async fn exec_processes_run_list_and_take_signals() {
     assert!(s.message.contains("\"yaml\""), "{s:?}");
 }
 
-/// The counter the container's loop writes, read on the host through the
-/// shared rootfs.
-fn counter(env: &TestEnv) -> u64 {
-    for _ in 0..50 {
-        let text = std::fs::read_to_string(env.rootfs.join("tmp/count")).unwrap_or_default();
-        if let Ok(n) = text.trim().parse() {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no counter in the rootfs");
+/// How long a test waits for a state it asserts.
+const STATE_WAIT: Duration = Duration::from_secs(60);
+
+/// A loop that counts in `/tmp/NAME`, ten times a second.
+fn ticker(name: &str) -> String {
+    format!("mkdir -p /tmp; i=0; while true; do i=$((i+1)); echo $i > /tmp/{name}; sleep 0.1; done")
 }
 
+/// The counter a [`ticker`] writes, read on the host through the shared
+/// rootfs (none while it is being rewritten).
+fn counter(env: &TestEnv, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(env.rootfs.join("tmp").join(name)).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The counter `name` once it reads; fails after [`STATE_WAIT`].
+fn read_counter(env: &TestEnv, name: &str) -> u64 {
+    let mut value = None;
+    wait_until(STATE_WAIT, || {
+        value = counter(env, name);
+        value.is_some()
+    });
+    value.unwrap_or_else(|| panic!("no counter /tmp/{name} in the rootfs"))
+}
+
+/// Waits until counter `name` reaches `at_least`; whether it did.
+fn wait_count(env: &TestEnv, name: &str, at_least: u64) -> bool {
+    wait_until(STATE_WAIT, || {
+        counter(env, name).is_some_and(|n| n >= at_least)
+    })
+}
+
+/// A frozen container's loop stands still while a second container's
+/// loop (the witness, never paused) ticks on; resumed, it counts again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_freezes_and_resume_thaws() {
     let env = TestEnv::new();
-    let script =
-        "mkdir -p /tmp; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
-    let sandbox = running(&env, "c1", script).await;
+    let mut sandbox = running(&env, "c1", &ticker("count")).await;
+    let witness = ProcessSpec {
+        args: vec!["sh".into(), "-c".into(), ticker("witness")],
+        ..Default::default()
+    };
+    sandbox
+        .create_container("w", &env.rootfs, &witness)
+        .await
+        .expect("create the witness");
     let agent = sandbox.agent().clone();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = counter(&env);
+    agent.start_container("w").await.expect("start the witness");
+    assert!(wait_count(&env, "count", 2), "the loop never ran");
+    let before = read_counter(&env, "count");
 
     agent.pause("c1").await.expect("pause");
-    let paused_at = counter(&env);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let still = counter(&env);
+    let paused_at = read_counter(&env, "count");
+    let ticks = read_counter(&env, "witness");
+    assert!(
+        wait_count(&env, "witness", ticks + 10),
+        "the witness stopped counting"
+    );
+    let still = read_counter(&env, "count");
     let exec_paused = agent
         .exec_process("c1", "e1", exec_process("true", false))
         .await;
     let pause_again = agent.pause("c1").await;
 
     agent.resume("c1").await.expect("resume");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let resumed = counter(&env);
+    wait_count(&env, "count", still + 1);
+    let resumed = read_counter(&env, "count");
     let (freeze, _) = run(&sandbox, "c1", "e2", "cat /sys/fs/cgroup/cgroup.freeze").await;
     let resume_again = agent.resume("c1").await;
 
@@ -357,8 +389,25 @@ async fn memory_limit_update_and_oom_event() {
 async fn stats_of_a_busy_container() {
     let env = TestEnv::new();
     let sandbox = running(&env, "c1", "while true; do :; done").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let stats = sandbox.agent().stats_container("c1").await.expect("stats");
+    // Busy: wait until the container has used 100 ms of CPU.
+    let stats = std::cell::RefCell::new(None);
+    wait_until_async(STATE_WAIT, || {
+        let agent = sandbox.agent().clone();
+        let stats = &stats;
+        async move {
+            let now = agent.stats_container("c1").await.expect("stats");
+            let used = now
+                .cgroup_stats
+                .as_ref()
+                .and_then(|s| s.cpu_stats.as_ref())
+                .and_then(|c| c.cpu_usage.as_ref())
+                .map_or(0, |u| u.total_usage);
+            stats.replace(Some(now));
+            used > 100_000_000
+        }
+    })
+    .await;
+    let stats = stats.into_inner().expect("stats");
     let missing = sandbox.agent().stats_container("nope").await;
     sandbox.destroy().await.expect("destroy");
     assert_no_leaks(&env.state_dir);

@@ -87,10 +87,7 @@ fn request(list: &str, ports: &[&str]) -> CniRequest {
 
 #[test]
 fn a_bridged_netns_is_made_connected_and_released_leaving_nothing() {
-    if !cni::available() {
-        eprintln!("skipped: needs root and /usr/lib/cni");
-        return;
-    }
+    cni::require();
     let t = Net::new();
     let att =
         attachment::attach(&t.dir, &t.id, &request(&t.net.conflist(), &["18080:80"])).unwrap();
@@ -143,10 +140,7 @@ fn a_bridged_netns_is_made_connected_and_released_leaving_nothing() {
 
 #[test]
 fn a_failing_plugin_is_named_with_its_error_and_nothing_is_left() {
-    if !cni::available() {
-        eprintln!("skipped: needs root and /usr/lib/cni");
-        return;
-    }
+    cni::require();
     let t = Net::new();
     let list = t.net.conflist_with_subnet("10.4.999.0/24");
     let err = attachment::attach(&t.dir, &t.id, &request(&list, &[]))
@@ -159,10 +153,7 @@ fn a_failing_plugin_is_named_with_its_error_and_nothing_is_left() {
 
 #[test]
 fn a_release_after_the_maker_died_finds_everything_in_the_record() {
-    if !cni::available() {
-        eprintln!("skipped: needs root and /usr/lib/cni");
-        return;
-    }
+    cni::require();
     let t = Net::new();
     // Made by a child process that ends without releasing: all that is
     // left is the state directory.
@@ -185,11 +176,11 @@ fn a_release_after_the_maker_died_finds_everything_in_the_record() {
 
 /// The child of the test above (runs only when asked to).
 #[test]
-#[ignore]
+#[ignore = "the child process of a_release_after_the_maker_died_finds_everything_in_the_record"]
 fn attach_in_a_child() {
-    let Ok(dir) = std::env::var("CAPSA_TEST_CNI_DIR") else {
-        return;
-    };
+    let dir = std::env::var("CAPSA_TEST_CNI_DIR").expect(
+        "CAPSA_TEST_CNI_DIR: run by a_release_after_the_maker_died_finds_everything_in_the_record",
+    );
     let id = std::env::var("CAPSA_TEST_CNI_ID").unwrap();
     let list = std::env::var("CAPSA_TEST_CNI_LIST").unwrap();
     attachment::attach(Path::new(&dir), &id, &request(&list, &["18081:80"])).unwrap();

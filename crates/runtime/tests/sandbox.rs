@@ -69,12 +69,11 @@ async fn a_dropped_sandbox_leaves_nothing() {
         .expect("share rootfs");
     drop(sandbox);
     // SIGKILL was sent on drop; give the kernel a moment to end them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline
-        && !capsa_test_infra::leaks::processes_naming(&env.state_dir.to_string_lossy()).is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let state = env.state_dir.to_string_lossy().into_owned();
+    capsa_test_infra::wait_until_async(Duration::from_secs(10), || {
+        std::future::ready(capsa_test_infra::leaks::processes_naming(&state).is_empty())
+    })
+    .await;
     assert_no_leaks(&env.state_dir);
 }
 

@@ -110,6 +110,7 @@ impl Service {
                     let explicit = crate::options::config_path(req.options.as_ref());
                     let (config, source) = capsa_runtime::load_config(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
+                    capsa_runtime::resource::volume::check_shared_fs(&rootfs, &spec, &config)?;
                     let mut request = SandboxRequest::parse(&config, &pod_id, &spec)?;
                     if let Some(cgroup) = request.cgroup.as_mut() {
                         cgroup.record = Some(bundle.join(CGROUP_RECORD_FILE));

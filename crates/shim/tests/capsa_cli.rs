@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{capsa, text, Setup};
 
 #[test]
@@ -45,16 +43,7 @@ fn capsa_commands_reach_a_pod_of_the_shim() {
 
     s.ctrd
         .ctr_ok(&["task", "kill", "--signal", "SIGKILL", "cli1"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !s
-        .ctrd
-        .ctr_ok(&["task", "ls"])
-        .lines()
-        .any(|l| l.starts_with("cli1 ") && l.contains("STOPPED"))
-    {
-        assert!(std::time::Instant::now() < deadline, "cli1 never stopped");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_stopped("cli1");
     s.ctrd.ctr_ok(&["task", "delete", "cli1"]);
     s.ctrd.ctr_ok(&["containers", "delete", "cli1"]);
     s.assert_all_gone();

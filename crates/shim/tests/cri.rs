@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Setup;
 use k8s_cri_state::*;
@@ -60,18 +60,15 @@ fn a_pod_runs_its_containers_in_one_vm() {
 
     // Container status: running, and exited with its code.
     assert_eq!(cri.container_status(&one).state, CONTAINER_RUNNING);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
+    let mut status = None;
+    let exited = capsa_test_infra::wait_until(Duration::from_secs(60), || {
         let st = cri.container_status(&three);
-        if st.state == CONTAINER_EXITED {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container three never exited: {st:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        let done = st.state == CONTAINER_EXITED;
+        status = Some(st);
+        done
+    });
+    let status = status.expect("one status");
+    assert!(exited, "container three never exited: {status:?}");
     assert_eq!(status.exit_code, 3, "{status:?}");
 
     // Stop and remove: nothing left.

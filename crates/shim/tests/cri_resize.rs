@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::containerd::cri_v1::{ContainerConfig, LinuxContainerResources};
 use capsa_test_infra::containerd::Cri;
@@ -173,20 +173,17 @@ fn with_virtio_mem_a_removed_containers_memory_goes_back() {
     cri.stop_container(&big, Duration::from_secs(10));
     cri.remove_container(&big);
     // The guest unplugs the memory block by block: wait, bounded.
-    let start = Instant::now();
-    loop {
-        let total = mem_total_mib(&s, &small);
-        let rss = rss_mib(qemu);
-        if total < booted + 128 && rss + 300 <= rss_used {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "memory not given back: MemTotal {booted} -> {grown} -> {total} MiB, QEMU RSS {rss_used} -> {rss} MiB\n{}",
-            s.ctrd.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let (mut total, mut rss) = (0, 0);
+    let given_back = capsa_test_infra::wait_until(Duration::from_secs(120), || {
+        total = mem_total_mib(&s, &small);
+        rss = rss_mib(qemu);
+        total < booted + 128 && rss + 300 <= rss_used
+    });
+    assert!(
+        given_back,
+        "memory not given back: MemTotal {booted} -> {grown} -> {total} MiB, QEMU RSS {rss_used} -> {rss} MiB\n{}",
+        s.ctrd.log_tail()
+    );
 
     cri.stop_container(&small, Duration::from_secs(10));
     cri.remove_container(&small);

@@ -2,8 +2,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use capsa_test_infra::wait_until;
 use common::{text, Setup};
 
 #[test]
@@ -166,30 +167,15 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
     // The init's loop still ticks (and the container is not left frozen).
     let tick = |s: &Setup| wait_for_file(s, "/tmp/tick");
     let before = tick(&s);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tick(&s) == before {
-        assert!(
-            Instant::now() < deadline,
-            "the init stopped ticking after kill --all"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    assert!(
+        wait_until(Duration::from_secs(30), || tick(&s) != before),
+        "the init stopped ticking after kill --all"
+    );
 
     // kill: the task stops with the signal's status.
     s.ctrd
         .ctr_ok(&["task", "kill", "--signal", "SIGKILL", "bg"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ls = s.ctrd.ctr_ok(&["task", "ls"]);
-        if ls
-            .lines()
-            .any(|l| l.starts_with("bg ") && l.contains("STOPPED"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "task never stopped: {ls}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_stopped("bg");
     s.ctrd.ctr_ok(&["task", "delete", "bg"]);
     s.ctrd.ctr_ok(&["containers", "delete", "bg"]);
     s.assert_all_gone();
@@ -198,17 +184,18 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
 /// Waits for `path` to exist in task `bg` and returns its content (the
 /// scripts put files in place whole: `touch`, or a rename).
 fn wait_for_file(s: &Setup, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = s
+    let mut out = None;
+    let found = wait_until(Duration::from_secs(30), || {
+        let cat = s
             .ctrd
             .ctr(&["task", "exec", "--exec-id", "cat", "bg", "cat", path]);
-        if out.status.success() {
-            return text(&out.stdout);
-        }
-        assert!(Instant::now() < deadline, "{path} never appeared: {out:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let ok = cat.status.success();
+        out = Some(cat);
+        ok
+    });
+    let out = out.expect("one try");
+    assert!(found, "{path} never appeared: {out:?}");
+    text(&out.stdout)
 }
 
 #[test]
@@ -344,13 +331,12 @@ fn file_and_binary_log_uris() {
         &["sh", "-c", "echo b-out; echo b-err >&2"],
     );
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
     let read = |ext: &str| {
         std::fs::read_to_string(format!("{}.{ext}", base.display())).unwrap_or_default()
     };
-    while Instant::now() < deadline && (read("out").is_empty() || read("err").is_empty()) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(Duration::from_secs(10), || {
+        !read("out").is_empty() && !read("err").is_empty()
+    });
     assert_eq!(read("out"), "b-out\n");
     assert_eq!(read("err"), "b-err\n");
     s.assert_all_gone();

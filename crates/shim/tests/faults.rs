@@ -9,31 +9,12 @@ use common::{text, Setup};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The PID column of `ctr task ls` for `id`, and its status.
 fn task(s: &Setup, id: &str) -> Option<(u32, String)> {
-    let ls = s.ctrd.ctr_ok(&["task", "ls"]);
-    ls.lines()
-        .find(|l| l.starts_with(&format!("{id} ")))
-        .map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols[1].parse().unwrap_or(0), cols[2].to_string())
-        })
+    s.task(id)
 }
 
 fn wait_stopped(s: &Setup, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match task(s, id) {
-            Some((_, status)) if status == "STOPPED" => return,
-            None => return,
-            other => assert!(
-                Instant::now() < deadline,
-                "task {id} not stopped: {other:?}\n{}",
-                s.ctrd.log_tail()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_stopped(id)
 }
 
 #[test]

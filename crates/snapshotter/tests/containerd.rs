@@ -6,7 +6,7 @@
 //! Needs root (loop devices, mounts), like the other containerd tests.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::block::{loops_below, HostMount, LoopDevice};
 use capsa_test_infra::containerd::{Containerd, Opts, PROXY_SNAPSHOTTER};
@@ -132,17 +132,14 @@ fn image_unpacks_runc_runs_and_remove_empties_the_store() {
     c.ctr_ok(&["containers", "rm", "snap-t1"]);
     snap(&c, &["rm", &layer]);
     c.ctr_ok(&["images", "rm", "--sync", &image]);
-    let start = Instant::now();
-    while !images(&daemon).is_empty() {
-        assert!(
-            start.elapsed() < LIMIT,
-            "images left in the store: {:?}\n{}\n{}",
-            images(&daemon),
-            snap(&c, &["ls"]),
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let emptied = capsa_test_infra::wait_until(LIMIT, || images(&daemon).is_empty());
+    assert!(
+        emptied,
+        "images left in the store: {:?}\n{}\n{}",
+        images(&daemon),
+        snap(&c, &["ls"]),
+        daemon.log()
+    );
     assert_eq!(snap(&c, &["ls"]).lines().count(), 1, "only the header");
     assert_eq!(loops_below(dir.path()), vec![]);
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

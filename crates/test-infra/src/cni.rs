@@ -96,7 +96,17 @@ impl Drop for TestNetwork {
     }
 }
 
-/// Whether CNI tests can run: root and the plugins.
-pub fn available() -> bool {
-    nix::unistd::geteuid().is_root() && Path::new("/usr/lib/cni/bridge").exists()
+/// Fails the calling test, naming what is missing, unless CNI tests can
+/// run here: root and the plugins (`make deps` installs them).
+pub fn require() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (it makes network namespaces, bridges and iptables rules)"
+    );
+    let bridge = Path::new("/usr/lib/cni/bridge");
+    assert!(
+        bridge.exists(),
+        "{} is missing: `make deps` installs containernetworking-plugins",
+        bridge.display()
+    );
 }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod block;
+pub mod cli;
 pub mod cni;
 pub mod containerd;
 pub mod leaks;
@@ -19,6 +20,9 @@ pub mod rootfs;
 pub mod share_attack;
 pub mod snapshotter;
 
+/// How often [`wait_until`] and [`wait_until_async`] look again.
+const POLL: Duration = Duration::from_millis(50);
+
 /// Polls `cond` until it holds or `limit` has passed; whether it held.
 /// For conditions nothing announces (a file, a process state, a counter).
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -27,9 +31,26 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if cond() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
     cond()
+}
+
+/// [`wait_until`] for async tests: polls the future `cond` makes (an
+/// agent call, a guest's state) without blocking the runtime.
+pub async fn wait_until_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    cond().await
 }
 
 /// `RUNS`, the samples of each measurement of a benchmark: `default` when

@@ -11,32 +11,18 @@ use std::path::Path;
 use async_trait::async_trait;
 use capsa_protocols::agent;
 use ttrpc::asynchronous::{MethodHandler, Service, TtrpcContext};
-use ttrpc::{get_status, Code, Request, Response};
+use ttrpc::{Request, Response};
 
-use crate::error::chain;
 use crate::guest::{self, copy_file, cpumem, details, metrics, random, time, GuestError};
-use crate::sandbox::{ErrorKind, Sandbox};
+use crate::sandbox::Sandbox;
 
 const SYS: &str = "/sys";
 const PROC: &str = "/proc";
 
-fn code(kind: ErrorKind) -> Code {
-    match kind {
-        ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
-        ErrorKind::NotFound => Code::NOT_FOUND,
-        ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
-        ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
-        ErrorKind::DeadlineExceeded => Code::DEADLINE_EXCEEDED,
-        ErrorKind::Internal => Code::INTERNAL,
-    }
-}
-
-/// `err` as the status of `method`'s reply; logged once here.
+/// `err` as the status of `method`'s reply.
 fn to_status(method: &str, err: GuestError) -> ttrpc::Error {
-    let message = chain(&err);
-    let code = code(err.kind());
-    tracing::warn!(method = %format!("/grpc.AgentService/{method}"), ?code, "{message}");
-    ttrpc::Error::RpcStatus(get_status(code, message))
+    let path = format!("/grpc.AgentService/{method}");
+    super::status::status(&path, err.kind(), &err)
 }
 
 /// Runs blocking `op` on the blocking pool; the status of `method` on error.
@@ -137,13 +123,8 @@ pub fn count_requests(services: &mut HashMap<String, Service>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status_of(err: ttrpc::Error) -> ttrpc::proto::Status {
-        match err {
-            ttrpc::Error::RpcStatus(s) => s,
-            other => panic!("not a status: {other:?}"),
-        }
-    }
+    use crate::rpc::status::tests::status_of;
+    use ttrpc::Code;
 
     #[tokio::test]
     async fn refusals_carry_codes_and_messages() {

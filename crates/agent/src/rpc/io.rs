@@ -17,12 +17,7 @@ pub async fn read(
     method: &str,
 ) -> ttrpc::Result<agent::ReadStreamResponse> {
     let (cid, eid) = (&req.container_id, &req.exec_id);
-    let data = if stderr {
-        sandbox.read_stderr(cid, eid, req.len).await
-    } else {
-        sandbox.read_stdout(cid, eid, req.len).await
-    };
-    let data = match data {
+    let data = match sandbox.read_output(cid, eid, req.len, stderr).await {
         Ok(data) => data,
         Err(e) if stderr && is_missing_stream(&e) => Vec::new(),
         Err(e) => return Err(to_status(method, e)),

@@ -25,8 +25,18 @@ fn code(kind: ErrorKind) -> Code {
 
 /// `err` as the status of `method`'s reply; logged once here.
 pub fn to_status(method: &str, err: SandboxError) -> ttrpc::Error {
-    let message = chain(&err);
-    let code = code(err.kind());
+    status(method, err.kind(), &err)
+}
+
+/// An error of `kind` as the status of `method`'s reply, its message the
+/// error's chain; logged once here. Every error on the wire goes through it.
+pub fn status(
+    method: &str,
+    kind: ErrorKind,
+    err: &(dyn std::error::Error + 'static),
+) -> ttrpc::Error {
+    let message = chain(err);
+    let code = code(kind);
     tracing::warn!(%method, ?code, "{message}");
     ttrpc::Error::RpcStatus(get_status(code, message))
 }
@@ -55,10 +65,11 @@ pub async fn detached<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn status_of(err: ttrpc::Error) -> ttrpc::proto::Status {
+    /// The status a reply carries; fails on any other error.
+    pub(crate) fn status_of(err: ttrpc::Error) -> ttrpc::proto::Status {
         match err {
             ttrpc::Error::RpcStatus(s) => s,
             other => panic!("not a status: {other:?}"),

@@ -3,41 +3,26 @@
 use super::{Sandbox, SandboxError};
 
 impl Sandbox {
-    /// Reads at most `len` bytes of stdout (the terminal with a pty);
-    /// empty at end of file.
-    pub async fn read_stdout(
+    /// Reads at most `len` bytes of stderr, or of stdout (the terminal
+    /// with a pty); empty at end of file.
+    pub async fn read_output(
         &self,
         container_id: &str,
         exec_id: &str,
         len: u32,
+        stderr: bool,
     ) -> Result<Vec<u8>, SandboxError> {
         if len == 0 {
             return Err(SandboxError::ZeroRead);
         }
         let process = self.process(container_id, exec_id).await?;
-        process
-            .stdio
-            .read_stdout(len as usize)
-            .await
-            .map_err(|e| SandboxError::Stdio(container_id.to_string(), e))
-    }
-
-    /// Reads at most `len` bytes of stderr; empty at end of file.
-    pub async fn read_stderr(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        len: u32,
-    ) -> Result<Vec<u8>, SandboxError> {
-        if len == 0 {
-            return Err(SandboxError::ZeroRead);
-        }
-        let process = self.process(container_id, exec_id).await?;
-        process
-            .stdio
-            .read_stderr(len as usize)
-            .await
-            .map_err(|e| SandboxError::Stdio(container_id.to_string(), e))
+        let stdio = &process.stdio;
+        let read = if stderr {
+            stdio.read_stderr(len as usize).await
+        } else {
+            stdio.read_stdout(len as usize).await
+        };
+        read.map_err(|e| SandboxError::Stdio(container_id.to_string(), e))
     }
 
     /// Writes all of `data` to stdin; returns its length.

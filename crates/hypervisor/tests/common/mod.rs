@@ -185,16 +185,9 @@ fn proc_entries() -> impl Iterator<Item = i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
 }
 
-/// Waits up to `limit` for `cond`, polling.
+/// Waits up to `limit` for `cond`, polling (test-infra's bounded wait).
 pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cond()
+    capsa_test_infra::wait_until_async(limit, || std::future::ready(cond())).await
 }
 
 /// What must hold after `shutdown`: no child process (not even a zombie),

@@ -66,6 +66,9 @@ pub struct BlockPolicy {
     /// rather than mount it on the host (`disable_block_device_use = false`).
     pub rootfs: bool,
     pub driver: BlockDriver,
+    /// Whether the VM has a shared filesystem (`shared_fs`); without one,
+    /// a rootfs or volume must be a drive.
+    pub shared_fs: bool,
 }
 
 /// Filesystems a drive may carry to be mounted in the guest.

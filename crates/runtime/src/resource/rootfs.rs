@@ -34,6 +34,11 @@ pub async fn attach(ctx: &mut ContainerAttach<'_>, rootfs: &Rootfs) -> Result<St
                     return Ok(root);
                 }
             }
+            if !ctx.drives.policy().shared_fs {
+                return Err(Error::NoSharedFs {
+                    what: format!("rootfs {}", describe(rootfs).display()),
+                });
+            }
             share::attach_rootfs_mounts(&share, mounts)
                 .instrument(crate::step!("rootfs share"))
                 .await?;
@@ -91,7 +96,7 @@ async fn attach_drive(
 }
 
 /// What the record shows as a container's rootfs.
-fn describe(rootfs: &Rootfs) -> PathBuf {
+pub(super) fn describe(rootfs: &Rootfs) -> PathBuf {
     match rootfs {
         Rootfs::Dir(p) | Rootfs::Image(p) => p.clone(),
         Rootfs::Mounts(m) => m
@@ -104,7 +109,7 @@ fn describe(rootfs: &Rootfs) -> PathBuf {
 /// The mount of a rootfs that may go to the guest as a drive: a single
 /// filesystem mount from an absolute path (a device, or an image with
 /// `loop`).
-fn block_rootfs(mounts: &[HostMount]) -> Option<&HostMount> {
+pub(super) fn block_rootfs(mounts: &[HostMount]) -> Option<&HostMount> {
     match mounts {
         [m] if BLOCK_FILESYSTEMS.contains(&m.typ.as_str()) && m.source.starts_with('/') => Some(m),
         _ => None,

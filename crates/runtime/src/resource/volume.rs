@@ -284,3 +284,43 @@ mod tests {
         assert!(block_bind_source(&m("bind", "/")).is_none());
     }
 }
+
+/// Refuses, before a VM boots for it, a container that needs the shared
+/// filesystem when the configuration has none (`shared_fs = "none"`): a
+/// directory rootfs, a rootfs mounted on the host, a bind of a host path.
+pub fn check_shared_fs(
+    rootfs: &Rootfs,
+    spec: &Spec,
+    config: &capsa_config::Config,
+) -> Result<(), Error> {
+    needs_no_share(rootfs, spec, crate::vm::block_policy(config))
+}
+
+/// [`check_shared_fs`] under the sandbox's block policy.
+pub fn needs_no_share(rootfs: &Rootfs, spec: &Spec, policy: super::BlockPolicy) -> Result<(), Error> {
+    if policy.shared_fs {
+        return Ok(());
+    }
+    let what = match rootfs {
+        Rootfs::Dir(dir) => Some(format!("rootfs {} (a directory)", dir.display())),
+        Rootfs::Mounts(m) if !(policy.rootfs && rootfs::block_rootfs(m).is_some()) => {
+            Some(format!("rootfs {}", rootfs::describe(rootfs).display()))
+        }
+        Rootfs::Image(_) | Rootfs::Mounts(_) => None,
+    };
+    let bind = || {
+        spec.mounts()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|m| {
+                is_bind(m)
+                    && m.destination() != Path::new("/dev/shm")
+                    && block_bind_source(m).is_none()
+            })
+    };
+    match what.or_else(|| bind().map(|m| format!("mount {}", m.destination().display()))) {
+        Some(what) => Err(Error::NoSharedFs { what }),
+        None => Ok(()),
+    }
+}

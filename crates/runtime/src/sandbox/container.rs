@@ -51,6 +51,7 @@ impl Sandbox {
         rootfs: &Rootfs,
         mut spec: Spec,
     ) -> Result<(), Error> {
+        crate::resource::volume::needs_no_share(rootfs, &spec, self.resources.block.policy())?;
         let limits = Limits::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
         let sized = self
             .size_for(cid, limits)

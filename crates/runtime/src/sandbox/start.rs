@@ -242,13 +242,17 @@ impl Sandbox {
         let req = agent::CreateSandboxRequest {
             hostname: self.hostname(),
             sandbox_id: self.id.clone(),
-            storages: vec![agent::Storage {
+            // `shared_fs = "none"`: nothing to mount.
+            storages: [agent::Storage {
                 driver: "virtio-fs".into(),
                 source: SHARED_FS_TAG.into(),
                 fstype: "virtiofs".into(),
                 mount_point: GUEST_SHARED_DIR.into(),
                 ..Default::default()
-            }],
+            }]
+            .into_iter()
+            .filter(|_| crate::vm::has_shared_fs(config))
+            .collect(),
             kernel_modules: config
                 .agent
                 .capsa

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_test_infra::containerd::{Containerd, Opts};
 use capsa_test_infra::leaks::processes_naming;
-use capsa_test_infra::{assert_no_leaks, run_bounded, TestEnv};
+use capsa_test_infra::{assert_no_leaks, run_bounded, wait_until, TestEnv};
 
 pub const RUNTIME: &str = "io.containerd.capsa.v2";
 
@@ -20,6 +20,31 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The PID column of `ctr task ls` for task `id`, and its status.
+    pub fn task(&self, id: &str) -> Option<(u32, String)> {
+        let ls = self.ctrd.ctr_ok(&["task", "ls"]);
+        ls.lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols[1].parse().unwrap_or(0), cols[2].to_string())
+            })
+    }
+
+    /// Waits (60 s at most) until task `id` is stopped or gone.
+    pub fn wait_stopped(&self, id: &str) {
+        let mut last = None;
+        let stopped = wait_until(Duration::from_secs(60), || {
+            last = self.task(id);
+            last.as_ref().is_none_or(|(_, status)| status == "STOPPED")
+        });
+        assert!(
+            stopped,
+            "task {id} not stopped: {last:?}\n{}",
+            self.ctrd.log_tail()
+        );
+    }
+
     pub fn new() -> Self {
         Self::build(false)
     }
@@ -73,12 +98,10 @@ impl Setup {
     /// Nothing of capsa is left: no process naming the state directory or
     /// the shim, no mount, no state.
     pub fn assert_all_gone(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
         // containerd reaps and deletes asynchronously after a task ends.
-        while Instant::now() < deadline && !processes_naming("containerd-shim-capsa-v2").is_empty()
-        {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(Duration::from_secs(20), || {
+            processes_naming("containerd-shim-capsa-v2").is_empty()
+        });
         let shims: Vec<String> = processes_naming("containerd-shim-capsa-v2")
             .into_iter()
             .filter(|p| p.contains(&self.ctrd.socket().display().to_string()))
