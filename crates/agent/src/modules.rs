@@ -417,7 +417,10 @@ mod tests {
         assert!(is_builtin(sys.path(), "virtio_blk"));
         assert!(!is_builtin(sys.path(), "nbd"));
         let err = ModuleError::NoModuleSupport("nbd".into()).to_string();
-        assert!(err.contains("nbd") && err.contains("cannot load modules"), "{err}");
+        assert!(
+            err.contains("nbd") && err.contains("cannot load modules"),
+            "{err}"
+        );
     }
 
     #[test]

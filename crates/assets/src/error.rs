@@ -43,7 +43,9 @@ pub enum Error {
     TooLarge(String),
     #[error("no configuration fragment in kernel/{0} (the repository's kernel/ directory: --kernel-dir)")]
     NoFragments(String),
-    #[error("the kernel configuration of kernel/{arch} did not take (missing dependencies?): {missing}")]
+    #[error(
+        "the kernel configuration of kernel/{arch} did not take (missing dependencies?): {missing}"
+    )]
     ConfigNotApplied { arch: String, missing: String },
     #[error("kernel source: {0}")]
     Source(String),

@@ -96,5 +96,9 @@ fn the_assets_kernel_has_every_option_capsa_needs() {
 fn the_fragments_ask_for_every_required_option() {
     let recipe = Recipe::load(&kernel_dir(), Arch::X86_64).unwrap();
     let missing = missing_options(REQUIRED, &recipe.merged_config());
-    assert!(missing.is_empty(), "not in kernel/x86_64: {}", missing.join(", "));
+    assert!(
+        missing.is_empty(),
+        "not in kernel/x86_64: {}",
+        missing.join(", ")
+    );
 }

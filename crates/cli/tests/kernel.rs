@@ -33,7 +33,11 @@ fn text(b: &[u8]) -> String {
 /// The id of capsa's kernel build in the assets; fails if the assets boot
 /// another kernel.
 fn build_id() -> String {
-    match load_manifest(&assets_dir()).expect("assets manifest").inputs.kernel {
+    match load_manifest(&assets_dir())
+        .expect("assets manifest")
+        .inputs
+        .kernel
+    {
         KernelInput::Build { id, .. } => id,
         other => panic!("the assets' kernel is not capsa's build but {other:?}: run `make assets`"),
     }
@@ -58,14 +62,25 @@ fn capsa_kernel_has_everything_built_in_and_bound() {
     let out = run(&env, &env.config, script);
     assert!(out.status.success(), "{out:?}");
     let stdout = text(&out.stdout);
-    assert!(!stdout.contains("modules:"), "modules loaded in the guest: {stdout}");
+    assert!(
+        !stdout.contains("modules:"),
+        "modules loaded in the guest: {stdout}"
+    );
 
-    let devices: Vec<&str> = stdout.lines().filter(|l| l.starts_with("device ")).collect();
-    let fields: Vec<Vec<&str>> = devices.iter().map(|d| d.split_whitespace().collect()).collect();
+    let devices: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("device "))
+        .collect();
+    let fields: Vec<Vec<&str>> = devices
+        .iter()
+        .map(|d| d.split_whitespace().collect())
+        .collect();
     // virtio IDs: 0x001a virtio-fs, 0x0013 vsock.
     for id in ["0x001a", "0x0013"] {
         assert!(
-            fields.iter().any(|f| f[1].starts_with("virtio") && f[3] == id),
+            fields
+                .iter()
+                .any(|f| f[1].starts_with("virtio") && f[3] == id),
             "no virtio device {id}: {devices:?}"
         );
     }
@@ -111,13 +126,18 @@ fn debian_kernel_stays_selectable_and_check_names_the_kernel() {
         .lines()
         .find(|l| l.starts_with("kernel in use"))
         .unwrap_or_else(|| panic!("no kernel line in {stdout}"));
-    assert!(line.contains(&format!("capsa's build {}", &id[..12])), "{line}");
+    assert!(
+        line.contains(&format!("capsa's build {}", &id[..12])),
+        "{line}"
+    );
 
     let debian_dir = assets_dir().join("debian");
-    let debian = load_manifest(&debian_dir).unwrap_or_else(|e| {
-        panic!("{}: {e} (run `make assets`)", debian_dir.display())
-    });
-    assert!(!debian.modules.is_empty(), "Debian's initrd has its modules");
+    let debian = load_manifest(&debian_dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make assets`)", debian_dir.display()));
+    assert!(
+        !debian.modules.is_empty(),
+        "Debian's initrd has its modules"
+    );
     let text_config = std::fs::read_to_string(&env.config).unwrap();
     let config = env.write_config(
         "debian.toml",

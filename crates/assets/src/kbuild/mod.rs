@@ -350,10 +350,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();
         std::fs::write(dir.join(CONFIG_FILE), b"CONFIG_A=y\n").unwrap();
-        assert!(cached(Arch::X86_64, &r.id(), &dir).is_none(), "no release yet");
+        assert!(
+            cached(Arch::X86_64, &r.id(), &dir).is_none(),
+            "no release yet"
+        );
         std::fs::write(dir.join(RELEASE_FILE), b"6.12.118-capsa-x\n").unwrap();
         let notes = std::cell::RefCell::new(Vec::new());
-        let built = build(&r, cache.path(), &|n| notes.borrow_mut().push(n.to_string())).unwrap();
+        let built = build(&r, cache.path(), &|n| {
+            notes.borrow_mut().push(n.to_string())
+        })
+        .unwrap();
         assert!(built.cached);
         assert_eq!(built.release, "6.12.118-capsa-x");
         assert_eq!(built.image, dir.join("vmlinux"));

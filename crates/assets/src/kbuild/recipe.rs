@@ -174,12 +174,19 @@ mod tests {
         let patched = recipe(dir.path()).id();
         assert_ne!(patched, changed, "a new patch");
 
-        std::fs::rename(patches.join("0001-fix.patch"), patches.join("0002-fix.patch")).unwrap();
+        std::fs::rename(
+            patches.join("0001-fix.patch"),
+            patches.join("0002-fix.patch"),
+        )
+        .unwrap();
         assert_ne!(recipe(dir.path()).id(), patched, "a renamed patch");
 
         let um = Recipe::load(dir.path(), Arch::Um).unwrap();
         assert!(um.fragments.is_empty() && um.patches.is_empty());
-        assert_ne!(um.id(), Recipe::load(dir.path(), Arch::X86_64).unwrap().id());
+        assert_ne!(
+            um.id(),
+            Recipe::load(dir.path(), Arch::X86_64).unwrap().id()
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
     if sha256_file(&deb).as_deref() == Some(SHA256) {
         return Ok(deb);
     }
-    tracing::info!(package = PACKAGE, version = VERSION, "downloading the kernel source");
+    tracing::info!(
+        package = PACKAGE,
+        version = VERSION,
+        "downloading the kernel source"
+    );
     let tmp = tempfile::Builder::new()
         .prefix(".download")
         .tempdir_in(dir)

@@ -61,7 +61,10 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
         }
     }
     if q.kernel.is_file() {
-        output::line(format_args!("kernel in use   {}", kernel_identity(&q.kernel)))?;
+        output::line(format_args!(
+            "kernel in use   {}",
+            kernel_identity(&q.kernel)
+        ))?;
     }
     if missing > 0 {
         output::line(format_args!(
