@@ -209,9 +209,14 @@ fn make(arch: Arch, src: &Path, out: &Path) -> Command {
     cmd.arg("-C")
         .arg(src)
         .arg(format!("O={}", out.display()))
-        .args(arch.make_vars());
+        .args(arch.make_vars())
+        .args(BUILD_IDENTITY);
     cmd
 }
+
+/// `/proc/version` names the builder: capsa, not the build machine (on a
+/// capsa host that is the host's own name).
+const BUILD_IDENTITY: [&str; 2] = ["KBUILD_BUILD_USER=capsa", "KBUILD_BUILD_HOST=capsa"];
 
 fn apply_patch(src: &Path, work: &Path, patch: &Part) -> Result<(), Error> {
     let file = work.join(&patch.name);
@@ -226,19 +231,40 @@ fn apply_patch(src: &Path, work: &Path, patch: &Part) -> Result<(), Error> {
     Ok(())
 }
 
-/// `make allnoconfig` with the fragments, then the check that each of
-/// their options is in the result.
+/// The base configuration with the fragments over it, then the check
+/// that each of their options is in the result. The x86_64 guest starts
+/// from `allnoconfig` (the fragments as `KCONFIG_ALLCONFIG`: nothing is on
+/// unless asked for); User-Mode Linux from `make ARCH=um defconfig`, the
+/// fragments appended (later lines win) and `olddefconfig`, as its
+/// fragments were written for (kernel/README.md).
 fn configure(recipe: &Recipe, src: &Path, out: &Path) -> Result<(), Error> {
     let merged_text = recipe.merged_config();
     let merged = out.join("capsa.config");
     std::fs::write(&merged, &merged_text).map_err(|e| Error::io(&merged, e))?;
-    run(
-        "make allnoconfig",
-        make(recipe.arch, src, out)
-            .arg(format!("KCONFIG_ALLCONFIG={}", merged.display()))
-            .arg("allnoconfig"),
-    )?;
     let dot = out.join(".config");
+    match recipe.arch {
+        Arch::X86_64 => {
+            run(
+                "make allnoconfig",
+                make(recipe.arch, src, out)
+                    .arg(format!("KCONFIG_ALLCONFIG={}", merged.display()))
+                    .arg("allnoconfig"),
+            )?;
+        }
+        Arch::Um => {
+            run(
+                "make defconfig",
+                make(recipe.arch, src, out).arg("defconfig"),
+            )?;
+            let mut base = std::fs::read_to_string(&dot).map_err(|e| Error::io(&dot, e))?;
+            base.push_str(&merged_text);
+            std::fs::write(&dot, base).map_err(|e| Error::io(&dot, e))?;
+            run(
+                "make olddefconfig",
+                make(recipe.arch, src, out).arg("olddefconfig"),
+            )?;
+        }
+    }
     let config = std::fs::read_to_string(&dot).map_err(|e| Error::io(&dot, e))?;
     let missing = missing_options(&merged_text, &config);
     if !missing.is_empty() {
@@ -271,6 +297,7 @@ fn compile(
         .arg(src)
         .arg(format!("O={}", out.display()))
         .args(arch.make_vars())
+        .args(BUILD_IDENTITY)
         .arg(format!("-j{jobs}"))
         .arg(local)
         .arg(arch.target())

@@ -11,7 +11,7 @@ use crate::Error;
 use super::{source, Arch};
 
 /// Bump when the build steps change what comes out of the same inputs.
-const BUILD_FORMAT: u32 = 1;
+const BUILD_FORMAT: u32 = 2;
 
 /// One fragment or patch file.
 #[derive(Debug, Clone, PartialEq, Eq)]
