@@ -20,6 +20,7 @@ use std::time::Duration;
 pub mod accel;
 pub mod device;
 pub mod error;
+pub mod jail;
 mod process;
 pub mod qemu;
 pub mod virtiofsd;
