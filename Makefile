@@ -33,7 +33,14 @@ DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd lz4 \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler \
                     libprotobuf-dev gcc libc6-dev make libelf-dev zlib1g-dev \
                     libzstd-dev containerd runc g++ e2fsprogs mount iproute2 \
-                    containernetworking-plugins iptables
+                    containernetworking-plugins iptables \
+                    flex bison bc patch
+# capsa's guest kernels are built from this package (pinned in
+# crates/assets/src/kbuild/source.rs), which Debian ships in bookworm-security.
+KERNEL_SOURCE    := linux-source-6.12
+APT_SECURITY     := /etc/apt/sources.list.d/capsa-bookworm-security.sources
+# The User-Mode Linux kernel is built once kernel/um has a fragment.
+UML_FLAG         := $(if $(wildcard kernel/um/*.conf),--uml)
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test test-image lint bench soak clean \
@@ -50,6 +57,11 @@ deps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	@if ! grep -rqs '^[^#]*bookworm-security' /etc/apt/sources.list /etc/apt/sources.list.d/; then \
+	  echo "adding bookworm-security to the apt sources (for $(KERNEL_SOURCE))"; \
+	  printf 'Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $(APT_SECURITY); \
+	fi
+	@apt-cache show $(KERNEL_SOURCE) > /dev/null 2>&1 || apt-get update -q
 	@for t in $(HOST_TOOLS); do \
 	  if [ ! -x $(PREFIX)/bin/$$t ]; then \
 	    echo "installing $$t from crates.io"; \
@@ -70,10 +82,12 @@ agent:
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
 	  cargo build --release -p capsa-agent --target $(AGENT_TARGET)
 
-## Guest kernel, initrd, and the root image with its boot initrd
-## (rebuilt only when an input changed).
+## Guest kernels (capsa's own, built from kernel/ and cached in
+## $(CACHE)/kernels; Debian's in $(ASSETS_DIR)/debian), initrd, and the
+## root image with its boot initrd (rebuilt only when an input changed).
 assets: build
-	$(CAPSA_BIN) assets build --out $(ASSETS_DIR) --agent $(AGENT_BIN) --image > /dev/null
+	$(CAPSA_BIN) assets build --out $(ASSETS_DIR) --agent $(AGENT_BIN) --image \
+	  --kernel-dir kernel --kernel-cache $(CACHE)/kernels $(UML_FLAG) > /dev/null
 	@echo "guest assets in $(ASSETS_DIR)"
 
 install: assets
@@ -87,6 +101,11 @@ install: assets
 	install -D -m 0644 $(ASSETS_DIR)/capsa.img $(SHARE_DIR)/capsa.img
 	install -D -m 0644 $(ASSETS_DIR)/capsa.img.initrd $(SHARE_DIR)/capsa.img.initrd
 	install -D -m 0644 $(ASSETS_DIR)/manifest.json $(SHARE_DIR)/manifest.json
+	install -D -m 0644 $(ASSETS_DIR)/kernel.config $(SHARE_DIR)/kernel.config
+	install -D -m 0644 $(ASSETS_DIR)/debian/vmlinuz $(SHARE_DIR)/debian/vmlinuz
+	install -D -m 0644 $(ASSETS_DIR)/debian/initrd.img $(SHARE_DIR)/debian/initrd.img
+	if [ -f $(ASSETS_DIR)/linux-uml ]; then \
+	  install -D -m 0755 $(ASSETS_DIR)/linux-uml $(SHARE_DIR)/linux-uml; fi
 	install -D -m 0644 config/configuration.toml $(DEFAULTS_DIR)/configuration.toml
 	install -D -m 0644 crates/runtime/src/resource/network/cni/capsa-bridge.conflist \
 	  $(DEFAULTS_DIR)/cni/capsa-bridge.conflist

@@ -11,6 +11,11 @@
 //! dependencies must already be loaded, the held-back drivers aside: a
 //! module that fails on unknown symbols, at boot or by name, is tried
 //! again once those are all loaded.
+//!
+//! capsa's own guest kernel has no module support (`CONFIG_MODULES=n`,
+//! everything built in) and its initrd no module: the boot list is empty,
+//! and a module asked for by name is found built in
+//! (`/sys/module/<name>`) or refused with that reason.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -38,6 +43,20 @@ pub enum ModuleError {
     Params(String),
     #[error("module {name} not found under {dir}")]
     NotFound { name: String, dir: PathBuf },
+    #[error("module {0} is not built into this kernel, which cannot load modules")]
+    NoModuleSupport(String),
+}
+
+/// Whether the running kernel loads modules (`/proc/modules` exists only
+/// with `CONFIG_MODULES`).
+pub fn kernel_loads_modules() -> bool {
+    Path::new("/proc/modules").exists()
+}
+
+/// Whether module `name` is built into the running kernel: it has a
+/// directory in `sysfs` (built-in code with parameters or a version does).
+pub fn is_builtin(sys_module: &Path, name: &str) -> bool {
+    sys_module.join(normalize(name)).is_dir()
 }
 
 /// Whether a module was loaded now or was already there.
@@ -256,6 +275,13 @@ pub fn ensure(class: Class) {
 /// Loads module `name` (as `modprobe` names it) with `params`.
 pub fn load_by_name(name: &str, params: &[String]) -> Result<Loaded, ModuleError> {
     check_name(name)?;
+    if !kernel_loads_modules() {
+        return if is_builtin(Path::new("/sys/module"), name) {
+            Ok(Loaded::Already)
+        } else {
+            Err(ModuleError::NoModuleSupport(name.to_string()))
+        };
+    }
     let dir = modules_dir()?;
     let path = find_module(&dir, name).ok_or_else(|| ModuleError::NotFound {
         name: name.to_string(),
@@ -381,6 +407,20 @@ mod tests {
             HashSet::from([Class::Blk, Class::Mem])
         );
         assert!(present_classes(&bus.path().join("none")).is_empty());
+    }
+
+    #[test]
+    fn builtin_modules_are_found_in_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        std::fs::create_dir(sys.path().join("virtio_blk")).unwrap();
+        assert!(is_builtin(sys.path(), "virtio-blk"));
+        assert!(is_builtin(sys.path(), "virtio_blk"));
+        assert!(!is_builtin(sys.path(), "nbd"));
+        let err = ModuleError::NoModuleSupport("nbd".into()).to_string();
+        assert!(
+            err.contains("nbd") && err.contains("cannot load modules"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,6 +41,14 @@ pub enum Error {
     ImageNeedsShell,
     #[error("{0} is too large for the initrd")]
     TooLarge(String),
+    #[error("no configuration fragment in kernel/{0} (the repository's kernel/ directory: --kernel-dir)")]
+    NoFragments(String),
+    #[error(
+        "the kernel configuration of kernel/{arch} did not take (missing dependencies?): {missing}"
+    )]
+    ConfigNotApplied { arch: String, missing: String },
+    #[error("kernel source: {0}")]
+    Source(String),
     #[error("manifest {path}")]
     Manifest {
         path: PathBuf,

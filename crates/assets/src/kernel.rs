@@ -1,10 +1,11 @@
-//! The guest kernel: a Debian package fetched and unpacked, or files on disk.
+//! The guest kernel: capsa's own build, a Debian package fetched and
+//! unpacked, or files on disk.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::KernelInput;
-use crate::{apt, Error};
+use crate::{apt, kbuild, Error};
 
 /// A kernel ready to use: its image and, if modular, its module tree.
 #[derive(Debug)]
@@ -13,7 +14,31 @@ pub struct Kernel {
     pub image: PathBuf,
     /// `.../lib/modules/<version>`, `None` for a kernel without modules.
     pub modules_dir: Option<PathBuf>,
+    /// The configuration of a kernel capsa built.
+    pub config: Option<PathBuf>,
     pub input: KernelInput,
+}
+
+/// capsa's x86_64 guest kernel of the fragments and patches under
+/// `kernel_dir`, from the build cache `cache` (built first if needed).
+pub fn from_build(
+    kernel_dir: &Path,
+    cache: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<Kernel, Error> {
+    let recipe = kbuild::Recipe::load(kernel_dir, kbuild::Arch::X86_64)?;
+    let built = kbuild::build(&recipe, cache, progress)?;
+    Ok(Kernel {
+        version: built.release,
+        image: built.image,
+        modules_dir: None,
+        config: Some(built.config),
+        input: KernelInput::Build {
+            arch: built.arch,
+            source: format!("{} {}", kbuild::SOURCE_PACKAGE, kbuild::SOURCE_VERSION),
+            id: built.id,
+        },
+    })
 }
 
 /// Resolves `name` to its image package, fetches it into `cache` (once) and
@@ -37,6 +62,7 @@ pub fn from_package(name: &str, cache: &Path) -> Result<Kernel, Error> {
     Ok(Kernel {
         image: root.join("boot").join(format!("vmlinuz-{version}")),
         modules_dir: Some(modules.join(&version)),
+        config: None,
         version,
         input: KernelInput::Package {
             requested: name.into(),
@@ -81,11 +107,65 @@ pub fn from_path(kernel: &Path, modules_dir: Option<&Path>) -> Result<Kernel, Er
         version,
         image: kernel.into(),
         modules_dir: modules_dir.map(Path::to_path_buf),
+        config: None,
         input: KernelInput::Path {
             kernel: kernel.into(),
             modules_dir: modules_dir.map(Path::to_path_buf),
         },
     })
+}
+
+/// What a kernel file is, as `capsa check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// capsa's own build: its release names the build's id (the first 12
+    /// hex digits of the id of its inputs).
+    Capsa { release: String, id: String },
+    /// Any other kernel, with its release when it could be read.
+    Foreign { release: Option<String> },
+}
+
+/// Identifies the kernel in `path`: its release from a bzImage's boot
+/// header, or from the banner (`Linux version ...`) of an uncompressed
+/// kernel.
+pub fn identify(path: &Path) -> Result<Identity, Error> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let release = bzimage_version(&data).or_else(|| banner_release(&data));
+    Ok(match release {
+        Some(release) => match capsa_build_id(&release) {
+            Some(id) => Identity::Capsa {
+                id: id.to_string(),
+                release,
+            },
+            None => Identity::Foreign {
+                release: Some(release),
+            },
+        },
+        None => Identity::Foreign { release: None },
+    })
+}
+
+/// `6.12.118-capsa-0123456789ab` → `0123456789ab`.
+fn capsa_build_id(release: &str) -> Option<&str> {
+    let (_, id) = release.rsplit_once("-capsa-")?;
+    (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// The release in the first `Linux version <digit>...` of `data`.
+fn banner_release(data: &[u8]) -> Option<String> {
+    const BANNER: &[u8] = b"Linux version ";
+    let mut rest = data;
+    while let Some(at) = rest.windows(BANNER.len()).position(|w| w == BANNER) {
+        let after = &rest[at + BANNER.len()..];
+        if after.first().is_some_and(u8::is_ascii_digit) {
+            let end = after
+                .iter()
+                .position(|b| b.is_ascii_whitespace() || *b == 0)?;
+            return std::str::from_utf8(&after[..end]).ok().map(String::from);
+        }
+        rest = after;
+    }
+    None
 }
 
 /// The release of an x86 bzImage (`6.1.0-56-cloud-amd64`), from the
@@ -138,6 +218,34 @@ mod tests {
         );
         assert_eq!(bzimage_version(&[0u8; 0x1000]), None);
         assert_eq!(bzimage_version(b"short"), None);
+    }
+
+    #[test]
+    fn identifies_capsa_builds_and_foreign_kernels() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = dir.path().join("vmlinux");
+        let mut data = b"\x7fELF....Linux version %s\0".to_vec();
+        data.extend(b"Linux version 6.12.118-capsa-0123456789ab (root@host) (gcc) #1 SMP\n\0");
+        std::fs::write(&elf, &data).unwrap();
+        assert_eq!(
+            identify(&elf).unwrap(),
+            Identity::Capsa {
+                release: "6.12.118-capsa-0123456789ab".into(),
+                id: "0123456789ab".into()
+            }
+        );
+        let bz = dir.path().join("vmlinuz");
+        std::fs::write(&bz, fake_bzimage("6.1.0-56-cloud-amd64")).unwrap();
+        assert_eq!(
+            identify(&bz).unwrap(),
+            Identity::Foreign {
+                release: Some("6.1.0-56-cloud-amd64".into())
+            }
+        );
+        std::fs::write(&bz, b"junk").unwrap();
+        assert_eq!(identify(&bz).unwrap(), Identity::Foreign { release: None });
+        assert_eq!(capsa_build_id("6.12.1-capsa-xyz"), None);
+        assert!(identify(&dir.path().join("gone")).is_err());
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! capsa agent.
 //!
 //! [`build`] writes `vmlinuz`, `initrd.img` and `manifest.json` into an
-//! output directory. The kernel comes from a Debian package (downloaded and
-//! unpacked under `<out_dir>/cache`, never installed) or from files on disk;
-//! the initrd holds the agent, the modules the guest needs (dependencies
+//! output directory. The kernel is capsa's own build ([`KernelSource::Build`],
+//! module [`kbuild`]: Debian's kernel source with the repository's
+//! configuration fragments, everything built in, no modules), a Debian
+//! package (downloaded and unpacked under `<out_dir>/cache`, never
+//! installed) or files on disk; `vmlinuz` is that kernel whatever its
+//! format (capsa's build is an uncompressed ELF `vmlinux` with a PVH entry).
+//! The initrd holds the agent, the modules the guest needs (dependencies
 //! first, decompressed), `/etc/capsa/modules.load`, their load order, and
 //! a shell for the debug console (`/bin/busybox` from Debian's
 //! `busybox-static`, `/bin/sh` a link to it).
@@ -16,6 +20,10 @@ use std::path::{Path, PathBuf};
 /// Where the guest kernel comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSource {
+    /// capsa's x86_64 guest kernel, built from the fragments and patches
+    /// under `kernel_dir` (the repository's `kernel/`) and cached in
+    /// `cache` ([`kbuild::DEFAULT_CACHE`]).
+    Build { kernel_dir: PathBuf, cache: PathBuf },
     /// A distribution package fetched with `apt-get download` and unpacked
     /// (never installed), for example `linux-image-cloud-amd64`.
     DebianPackage { name: String },
@@ -74,6 +82,7 @@ mod error;
 mod files;
 mod image;
 mod initrd;
+pub mod kbuild;
 mod kernel;
 mod manifest;
 mod modules;
@@ -82,6 +91,8 @@ mod shell;
 pub use error::Error;
 pub use image::{BOOT_MODULES, DAX_HEADER, FS_OFFSET};
 pub use initrd::{unpack_lz4, MODULES_LOAD};
+pub use kbuild::{missing_options, Arch, BuiltKernel};
+pub use kernel::{identify as identify_kernel, Identity as KernelIdentity};
 pub use manifest::{load_manifest, Inputs, KernelInput, Manifest, Outputs, ShellInput};
 pub use modules::module_name;
 pub use shell::SHELL_PACKAGE;
@@ -109,6 +120,21 @@ pub fn build_with_cache(
     shell_package: Option<&str>,
     cache: Option<&Path>,
 ) -> Result<Manifest, Error> {
+    build_with_progress(spec, shell_package, cache, &|note| tracing::info!("{note}"))
+}
+
+/// The file name of the kernel's configuration in the output directory,
+/// for a kernel capsa built.
+pub const KERNEL_CONFIG_FILE: &str = "kernel.config";
+
+/// [`build_with_cache`], telling `progress` what a kernel build does and
+/// why (it takes minutes).
+pub fn build_with_progress(
+    spec: &AssetsSpec,
+    shell_package: Option<&str>,
+    cache: Option<&Path>,
+    progress: &dyn Fn(&str),
+) -> Result<Manifest, Error> {
     std::fs::create_dir_all(&spec.out_dir).map_err(|e| Error::io(&spec.out_dir, e))?;
     let out_dir = spec
         .out_dir
@@ -119,6 +145,10 @@ pub fn build_with_cache(
 
     let agent = std::fs::read(&spec.agent_binary).map_err(|e| Error::io(&spec.agent_binary, e))?;
     let kernel = match &spec.kernel {
+        KernelSource::Build {
+            kernel_dir,
+            cache: builds,
+        } => kernel::from_build(kernel_dir, builds, progress)?,
         KernelSource::DebianPackage { name } => kernel::from_package(name, &cache)?,
         KernelSource::Path {
             kernel,
@@ -158,6 +188,18 @@ pub fn build_with_cache(
     let initrd_path = out_dir.join("initrd.img");
     write_if_changed(&vmlinuz, &kernel_bytes)?;
     write_if_changed(&initrd_path, &initrd)?;
+    let kernel_config = match &kernel.config {
+        Some(config) => {
+            let path = out_dir.join(KERNEL_CONFIG_FILE);
+            let text = std::fs::read(config).map_err(|e| Error::io(config, e))?;
+            write_if_changed(&path, &text)?;
+            Some(path)
+        }
+        None => {
+            let _ = std::fs::remove_file(out_dir.join(KERNEL_CONFIG_FILE));
+            None
+        }
+    };
     let (image, image_initrd) = if spec.image {
         // The boot initrd's /init is busybox's shell: checked before the
         // image is written, so that a refused build leaves no image.
@@ -196,6 +238,7 @@ pub fn build_with_cache(
         image,
         image_initrd,
         modules: modules.into_iter().map(|m| m.path).collect(),
+        kernel_config,
         inputs,
         outputs,
     };
@@ -207,6 +250,40 @@ pub fn build_with_cache(
         "guest assets built"
     );
     Ok(manifest)
+}
+
+/// The User-Mode Linux kernel's file name in an output directory (its
+/// configuration: with `.config` appended).
+pub const UML_FILE: &str = "linux-uml";
+
+/// Builds (or takes from the build cache `cache`) the User-Mode Linux
+/// kernel of `kernel_dir/um` and writes it to `<out_dir>/linux-uml`, its
+/// configuration to `<out_dir>/linux-uml.config`. The returned kernel's
+/// `image` and `config` are those files.
+pub fn build_uml(
+    kernel_dir: &Path,
+    cache: &Path,
+    out_dir: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<BuiltKernel, Error> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let recipe = kbuild::Recipe::load(kernel_dir, Arch::Um)?;
+    let built = kbuild::build(&recipe, cache, progress)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let image = out_dir.join(UML_FILE);
+    let config = out_dir.join(format!("{UML_FILE}.config"));
+    for (from, to) in [(&built.image, &image), (&built.config, &config)] {
+        let data = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+        write_if_changed(to, &data)?;
+    }
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(&image, e))?;
+    Ok(BuiltKernel {
+        image,
+        config,
+        ..built
+    })
 }
 
 /// [`DEFAULT_MODULES`] then `extra`, each name once.

@@ -9,7 +9,7 @@ use crate::Error;
 
 /// Version of the initrd and image layouts; bump it when the builder's output changes
 /// for the same inputs, so existing assets get rebuilt.
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
 
 /// Where the kernel came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,14 @@ pub enum KernelInput {
         requested: String,
         name: String,
         version: String,
+    },
+    /// capsa's own build (`kernel/` of the repository) of Debian's
+    /// kernel source `source` (package and version), `id` the build's
+    /// cache key.
+    Build {
+        arch: crate::Arch,
+        source: String,
+        id: String,
     },
     /// Files given by path.
     Path {
@@ -76,6 +84,10 @@ pub struct Manifest {
     /// Module files in the initrd, relative to `/lib/modules/<version>/`,
     /// in load order.
     pub modules: Vec<String>,
+    /// `<out_dir>/kernel.config`: the kernel's configuration, for a kernel
+    /// capsa built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_config: Option<PathBuf>,
     /// `<out_dir>/capsa.img`: the root filesystem image in Kata's DAX
     /// layout (`capsa assets build --image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,7 +127,8 @@ pub(crate) fn current(out_dir: &Path, inputs: &Inputs, kernel: &[u8]) -> Option<
         && std::fs::read(&m.kernel).is_ok_and(|k| k == kernel)
         && sha256_file(&m.initrd).as_ref() == Some(&m.outputs.initrd_sha256)
         && m.image.as_ref().and_then(|i| sha256_file(i)) == m.outputs.image_sha256
-        && m.image_initrd.as_ref().is_none_or(|i| i.is_file());
+        && m.image_initrd.as_ref().is_none_or(|i| i.is_file())
+        && m.kernel_config.as_ref().is_none_or(|c| c.is_file());
     intact.then_some(m)
 }
 
@@ -153,6 +166,7 @@ mod tests {
             kernel,
             initrd,
             modules: vec!["kernel/drivers/virtio/virtio_pci.ko".into()],
+            kernel_config: None,
             image: None,
             image_initrd: None,
             inputs: inputs(),

@@ -258,13 +258,29 @@ pub struct AssetsBuildArgs {
     /// The statically linked capsa-agent.
     #[arg(long, value_name = "FILE")]
     pub agent: PathBuf,
-    /// Debian kernel package to fetch and unpack.
-    #[arg(
-        long,
-        default_value = "linux-image-cloud-amd64",
-        conflicts_with = "kernel"
-    )]
-    pub kernel_package: String,
+    /// The repository's kernel configuration (fragments and patches) that
+    /// capsa's own guest kernel is built from (kernel/README.md).
+    #[arg(long, value_name = "DIR", default_value = "kernel")]
+    pub kernel_dir: PathBuf,
+    /// Where kernel builds are cached, by the id of their inputs.
+    #[arg(long, value_name = "DIR", default_value = capsa_assets::kbuild::DEFAULT_CACHE)]
+    pub kernel_cache: PathBuf,
+    /// A Debian kernel package as the guest kernel instead of capsa's own
+    /// build (its modules go into the initrd).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernel")]
+    pub kernel_package: Option<String>,
+    /// The Debian kernel package built beside capsa's kernel into
+    /// `<out>/debian/` (vmlinuz, initrd.img with its modules), for
+    /// `kernel = ...` in the configuration.
+    #[arg(long, value_name = "NAME", default_value = "linux-image-cloud-amd64")]
+    pub debian_kernel: String,
+    /// Skip the Debian kernel of --debian-kernel.
+    #[arg(long)]
+    pub no_debian_kernel: bool,
+    /// Also build the User-Mode Linux kernel (`<out>/linux-uml`) from
+    /// kernel/um.
+    #[arg(long)]
+    pub uml: bool,
     /// A kernel image on disk instead of a package.
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,

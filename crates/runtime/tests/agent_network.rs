@@ -3,6 +3,8 @@
 //! `kernel_modules`) is found by its MAC, renamed, given an MTU and an
 //! address and brought up; routes and a permanent neighbour are set; a
 //! container (which shares the VM's network) sees them with busybox `ip`.
+//! Loading a module needs a kernel that loads modules: the test boots
+//! Debian's kernel of the assets (`<assets>/debian`), not capsa's own.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,7 +70,7 @@ fn initrd_with_dummy(out: &Path) -> PathBuf {
     w.finish().unwrap();
     cpio::newc::trailer(&mut cpio).unwrap();
     // The trailer is padded to 4 bytes, where the next archive may start.
-    cpio.extend(std::fs::read(assets.join("initrd.img")).unwrap());
+    cpio.extend(std::fs::read(assets.join("debian/initrd.img")).unwrap());
     let initrd = out.join("initrd-dummy.img");
     std::fs::write(&initrd, cpio).unwrap();
     initrd
@@ -106,7 +108,12 @@ async fn interfaces_routes_and_neighbours_reach_the_guest() {
     let config = std::fs::read_to_string(&env.config).unwrap();
     let base = format!("{:?}", assets_dir().join("initrd.img"));
     assert!(config.contains(&base), "{config}");
-    std::fs::write(&env.config, config.replace(&base, &format!("{initrd:?}"))).unwrap();
+    let kernel = format!("{:?}", assets_dir().join("vmlinuz"));
+    let debian_kernel = format!("{:?}", assets_dir().join("debian/vmlinuz"));
+    let config = config
+        .replace(&base, &format!("{initrd:?}"))
+        .replace(&kernel, &debian_kernel);
+    std::fs::write(&env.config, config).unwrap();
     env.append_config("[agent.capsa]\nkernel_modules = [\"dummy\"]\n");
     let mut sandbox = boot(&env).await;
     let raw = sandbox.agent().raw().clone();

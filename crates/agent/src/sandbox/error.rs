@@ -186,7 +186,9 @@ impl SandboxError {
             E::Module(_, ModuleError::Name(_) | ModuleError::Params(_)) => {
                 ErrorKind::InvalidArgument
             }
-            E::Module(_, ModuleError::NotFound { .. }) => ErrorKind::NotFound,
+            E::Module(_, ModuleError::NotFound { .. } | ModuleError::NoModuleSupport(_)) => {
+                ErrorKind::NotFound
+            }
             E::SandboxExists | E::ContainerExists(_) => ErrorKind::AlreadyExists,
             E::NoContainer(_) | E::NoProcess { .. } | E::Exited { .. } => ErrorKind::NotFound,
             E::ContainerBusy(_) | E::AlreadyStarted(_) => ErrorKind::FailedPrecondition,

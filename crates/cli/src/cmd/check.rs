@@ -19,6 +19,12 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
             output::line(format_args!("{what:<15} {}", line.detail))?;
         }
     }
+    if q.kernel.is_file() {
+        output::line(format_args!(
+            "kernel in use   {}",
+            kernel_identity(&q.kernel)
+        ))?;
+    }
     if missing > 0 {
         output::line(format_args!(
             "{missing} missing: run `make install` (or fix the configuration)"
@@ -26,4 +32,21 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// capsa's own kernel build (and its id) or a foreign kernel.
+fn kernel_identity(kernel: &Path) -> String {
+    use capsa_assets::KernelIdentity;
+    match capsa_assets::identify_kernel(kernel) {
+        Ok(KernelIdentity::Capsa { release, id }) => {
+            format!("capsa's build {id} (release {release})")
+        }
+        Ok(KernelIdentity::Foreign {
+            release: Some(release),
+        }) => format!("foreign kernel (release {release})"),
+        Ok(KernelIdentity::Foreign { release: None }) => {
+            "foreign kernel (release unknown)".to_string()
+        }
+        Err(e) => format!("unreadable: {e}"),
+    }
 }

@@ -1,0 +1,77 @@
+//! The kernel source: Debian's `linux-source-6.12` package at a pinned
+//! version, fetched with `apt-get download` (from bookworm-security),
+//! checked against a pinned sha256, never installed; its tarball is
+//! unpacked into each build's work directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::files::{run, sha256_file};
+use crate::Error;
+
+/// The package, its version and the sha256 of its `.deb` (from the
+/// archive's `Packages` index, `apt-cache show`).
+pub const PACKAGE: &str = "linux-source-6.12";
+pub const VERSION: &str = "6.12.118-1~deb12u1";
+pub const SHA256: &str = "896aff3b39299fa0dd36fef4f5db56ab189182e39abbbb1227dafdc7fcfe3fc3";
+/// The source tarball inside the package.
+const TARBALL: &str = "./usr/src/linux-source-6.12.tar.xz";
+
+/// `<dir>/<package>_<version>_all.deb`, downloaded unless already there
+/// with the pinned checksum.
+pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let deb = dir.join(format!("{PACKAGE}_{}_all.deb", VERSION.replace(':', "%3a")));
+    if sha256_file(&deb).as_deref() == Some(SHA256) {
+        return Ok(deb);
+    }
+    tracing::info!(
+        package = PACKAGE,
+        version = VERSION,
+        "downloading the kernel source"
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix(".download")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    run(
+        "apt-get download",
+        Command::new("apt-get")
+            .args(["download", "-q"])
+            .arg(format!("{PACKAGE}={VERSION}"))
+            .current_dir(tmp.path()),
+    )
+    .map_err(|e| match e {
+        Error::Tool { stderr, .. } => Error::Source(format!(
+            "apt-get download {PACKAGE}={VERSION}: {stderr} \
+             (is bookworm-security in the apt sources, and `apt-get update` done?)"
+        )),
+        other => other,
+    })?;
+    let got = tmp.path().join(deb.file_name().unwrap_or_default());
+    if sha256_file(&got).as_deref() != Some(SHA256) {
+        return Err(Error::Checksum(got));
+    }
+    std::fs::rename(&got, &deb).map_err(|e| Error::io(&deb, e))?;
+    Ok(deb)
+}
+
+/// Unpacks the source tree of `deb` into `dest` (which must not exist):
+/// the package's tarball streamed out of the `.deb`, never written whole.
+pub fn unpack(deb: &Path, dest: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    run(
+        "unpack the kernel source",
+        Command::new("bash")
+            .args([
+                "-c",
+                "set -euo pipefail; dpkg-deb --fsys-tarfile \"$1\" | tar -x -O \"$2\" \
+                 | tar -x -J --strip-components=1 -C \"$3\"",
+                "bash",
+            ])
+            .arg(deb)
+            .arg(TARBALL)
+            .arg(dest),
+    )?;
+    Ok(())
+}
