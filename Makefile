@@ -27,7 +27,8 @@ LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd lz4 \
                     libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler gcc \
                     make libelf-dev zlib1g-dev libzstd-dev containerd runc g++ \
-                    e2fsprogs mount containernetworking-plugins iptables
+                    e2fsprogs mount containernetworking-plugins iptables \
+                    prometheus
 HOST_TOOLS       := virtiofsd vhost-device-vsock
 
 .PHONY: all deps build agent assets install demo test test-image lint bench soak clean \
@@ -76,6 +77,8 @@ install: assets
 	install -D -m 0755 $(SNAPSHOTTER_BIN) $(PREFIX)/bin/capsa-snapshotter
 	sed 's|@PREFIX@|$(PREFIX)|' config/capsa-snapshotter.service > $(CACHE)/capsa-snapshotter.service
 	install -D -m 0644 $(CACHE)/capsa-snapshotter.service $(SYSTEMD_DIR)/capsa-snapshotter.service
+	sed 's|@PREFIX@|$(PREFIX)|' config/capsa-monitor.service > $(CACHE)/capsa-monitor.service
+	install -D -m 0644 $(CACHE)/capsa-monitor.service $(SYSTEMD_DIR)/capsa-monitor.service
 	install -D -m 0644 $(ASSETS_DIR)/vmlinuz $(SHARE_DIR)/vmlinuz
 	install -D -m 0644 $(ASSETS_DIR)/initrd.img $(SHARE_DIR)/initrd.img
 	install -D -m 0644 $(ASSETS_DIR)/capsa.img $(SHARE_DIR)/capsa.img
@@ -171,6 +174,7 @@ bench: install
 	  cargo run --release -p capsa-shim --example net_bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example resize_bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example tcg_bench
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example metrics_bench
 	SHIM_DIR=$(dir $(SHIM_BIN)) SNAPSHOTTER=$(SNAPSHOTTER_BIN) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example rootfs_bench
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \

@@ -60,6 +60,8 @@ pub struct Sandbox {
     /// Sizes the VM after its containers' limits; `None` with static
     /// sizing or a driver that cannot resize.
     pub(crate) sizer: Option<PodSizer>,
+    /// The pod's metrics socket while the VM runs (metrics hook).
+    metrics: Option<crate::metrics::PodServer>,
 }
 
 impl Sandbox {
@@ -136,6 +138,7 @@ impl Sandbox {
             model: vm::network_model(config),
             vhost: !config.hypervisor.qemu.disable_vhost_net,
             sizer: None,
+            metrics: None, // metrics hook
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -313,6 +316,7 @@ impl Sandbox {
             r.agent = Some(AgentAddress::from(&endpoint));
             r.debug_console_port = debug_port;
         });
+        self.metrics = crate::metrics::PodServer::start(self.dir.path(), self.agent().clone()); // metrics hook
         Ok(())
     }
 

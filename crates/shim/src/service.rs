@@ -155,6 +155,7 @@ impl Service {
                             return Err(e);
                         }
                     };
+                    capsa_runtime::metrics::CriPod::record(&pod.state_dir, spec.annotations().as_ref()); // metrics hook
                     *slot = Some(pod.clone());
                     pod
                 }

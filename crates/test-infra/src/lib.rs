@@ -14,6 +14,7 @@ pub mod cni;
 pub mod containerd;
 pub mod leaks;
 pub mod net;
+pub mod prometheus; // metrics hook
 pub mod netns;
 pub mod rootfs;
 pub mod share_attack;
