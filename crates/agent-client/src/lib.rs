@@ -69,32 +69,49 @@ impl AgentClient {
 
     /// `grpc.Health/Check`, within [`HEALTH_TIMEOUT`].
     pub async fn check(&self) -> Result<(), Error> {
-        timed("Check", self.health
-            .check(until(HEALTH_TIMEOUT), &health::CheckRequest::new())).await?;
+        timed(
+            "Check",
+            self.health
+                .check(until(HEALTH_TIMEOUT), &health::CheckRequest::new()),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn version(&self) -> Result<health::VersionCheckResponse, Error> {
-        timed("Version", self.health
-            .version(until(CALL_TIMEOUT), &health::CheckRequest::new())).await
+        timed(
+            "Version",
+            self.health
+                .version(until(CALL_TIMEOUT), &health::CheckRequest::new()),
+        )
+        .await
     }
 
     pub async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<(), Error> {
-        timed("CreateSandbox", self.agent
-            .create_sandbox(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "CreateSandbox",
+            self.agent.create_sandbox(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn destroy_sandbox(&self) -> Result<(), Error> {
         let req = agent::DestroySandboxRequest::new();
-        timed("DestroySandbox", self.agent
-            .destroy_sandbox(until(DESTROY_TIMEOUT), &req)).await?;
+        timed(
+            "DestroySandbox",
+            self.agent.destroy_sandbox(until(DESTROY_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<(), Error> {
-        timed("CreateContainer", self.agent
-            .create_container(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "CreateContainer",
+            self.agent.create_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -103,8 +120,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        timed("StartContainer", self.agent
-            .start_container(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "StartContainer",
+            self.agent.start_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -113,8 +133,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        timed("RemoveContainer", self.agent
-            .remove_container(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "RemoveContainer",
+            self.agent.remove_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -145,8 +168,11 @@ impl AgentClient {
             signal,
             ..Default::default()
         };
-        timed("SignalProcess", self.agent
-            .signal_process(until(SIGNAL_TIMEOUT), &req)).await?;
+        timed(
+            "SignalProcess",
+            self.agent.signal_process(until(SIGNAL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -162,9 +188,11 @@ impl AgentClient {
             data: data.to_vec(),
             ..Default::default()
         };
-        let reply = timed("WriteStdin", self
-            .agent
-            .write_stdin(until(CALL_TIMEOUT), &req)).await?;
+        let reply = timed(
+            "WriteStdin",
+            self.agent.write_stdin(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(reply.len)
     }
 
@@ -174,8 +202,11 @@ impl AgentClient {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        timed("CloseStdin", self.agent
-            .close_stdin(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "CloseStdin",
+            self.agent.close_stdin(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -217,8 +248,11 @@ impl AgentClient {
             process: Some(process).into(),
             ..Default::default()
         };
-        timed("ExecProcess", self.agent
-            .exec_process(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "ExecProcess",
+            self.agent.exec_process(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -230,9 +264,11 @@ impl AgentClient {
             format: format.into(),
             ..Default::default()
         };
-        let reply = timed("ListProcesses", self
-            .agent
-            .list_processes(until(CALL_TIMEOUT), &req)).await?;
+        let reply = timed(
+            "ListProcesses",
+            self.agent.list_processes(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(reply.process_list)
     }
 
@@ -241,8 +277,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        timed("PauseContainer", self.agent
-            .pause_container(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "PauseContainer",
+            self.agent.pause_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -251,8 +290,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        timed("ResumeContainer", self.agent
-            .resume_container(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "ResumeContainer",
+            self.agent.resume_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -266,8 +308,11 @@ impl AgentClient {
             resources: Some(resources).into(),
             ..Default::default()
         };
-        timed("UpdateContainer", self.agent
-            .update_container(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "UpdateContainer",
+            self.agent.update_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -280,8 +325,11 @@ impl AgentClient {
             cpu_only,
             ..Default::default()
         };
-        timed("OnlineCPUMem", self.agent
-            .online_cpu_mem(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "OnlineCPUMem",
+            self.agent.online_cpu_mem(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -293,8 +341,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        timed("StatsContainer", self.agent
-            .stats_container(until(CALL_TIMEOUT), &req)).await
+        timed(
+            "StatsContainer",
+            self.agent.stats_container(until(CALL_TIMEOUT), &req),
+        )
+        .await
     }
 
     /// Waits (without timeout) for the next OOM kill; returns the id of
@@ -322,8 +373,11 @@ impl AgentClient {
             column: cols,
             ..Default::default()
         };
-        timed("TtyWinResize", self.agent
-            .tty_win_resize(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "TtyWinResize",
+            self.agent.tty_win_resize(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
     /// Configures the guest link whose MAC is `iface.hwAddr` (name,
@@ -336,8 +390,11 @@ impl AgentClient {
             interface: Some(iface).into(),
             ..Default::default()
         };
-        timed("UpdateInterface", self.agent
-            .update_interface(until(CALL_TIMEOUT), &req)).await
+        timed(
+            "UpdateInterface",
+            self.agent.update_interface(until(CALL_TIMEOUT), &req),
+        )
+        .await
     }
 
     /// Replaces the guest's routes (but the kernel's own) with `routes`.
@@ -353,9 +410,11 @@ impl AgentClient {
             .into(),
             ..Default::default()
         };
-        let reply = timed("UpdateRoutes", self
-            .agent
-            .update_routes(until(CALL_TIMEOUT), &req)).await?;
+        let reply = timed(
+            "UpdateRoutes",
+            self.agent.update_routes(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(reply.Routes)
     }
 
@@ -372,22 +431,31 @@ impl AgentClient {
             .into(),
             ..Default::default()
         };
-        timed("AddARPNeighbors", self.agent
-            .add_arp_neighbors(until(CALL_TIMEOUT), &req)).await?;
+        timed(
+            "AddARPNeighbors",
+            self.agent.add_arp_neighbors(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn list_interfaces(&self) -> Result<Vec<capsa_protocols::types::Interface>, Error> {
-        let reply = timed("ListInterfaces", self
-            .agent
-            .list_interfaces(until(CALL_TIMEOUT), &agent::ListInterfacesRequest::new())).await?;
+        let reply = timed(
+            "ListInterfaces",
+            self.agent
+                .list_interfaces(until(CALL_TIMEOUT), &agent::ListInterfacesRequest::new()),
+        )
+        .await?;
         Ok(reply.Interfaces)
     }
 
     pub async fn list_routes(&self) -> Result<Vec<capsa_protocols::types::Route>, Error> {
-        let reply = timed("ListRoutes", self
-            .agent
-            .list_routes(until(CALL_TIMEOUT), &agent::ListRoutesRequest::new())).await?;
+        let reply = timed(
+            "ListRoutes",
+            self.agent
+                .list_routes(until(CALL_TIMEOUT), &agent::ListRoutesRequest::new()),
+        )
+        .await?;
         Ok(reply.Routes)
     }
 }

@@ -53,7 +53,9 @@ impl<'a> Detached<'a> {
         let rootfs = env.rootfs.to_string_lossy().into_owned();
         let out = capsa(
             env,
-            &["run", "-d", "--name", id, "--rootfs", &rootfs, "--", "sleep", "1000"],
+            &[
+                "run", "-d", "--name", id, "--rootfs", &rootfs, "--", "sleep", "1000",
+            ],
         );
         assert!(out.status.success(), "run -d failed: {out:?}");
         Self {
@@ -103,9 +105,15 @@ fn prometheus_scrapes_every_pod_through_the_monitor() {
     assert!(status.contains("200"), "{status}");
     assert_pod_families(&text, "mon-a");
     assert_pod_families(&text, "mon-b");
-    assert!(text.contains("capsa_monitor_running_shim_count 2"), "{text}");
+    assert!(
+        text.contains("capsa_monitor_running_shim_count 2"),
+        "{text}"
+    );
     let (_, sandboxes) = http_get(addr, "/sandboxes", Duration::from_secs(5)).unwrap();
-    assert!(sandboxes.contains("\"mon-a\"") && sandboxes.contains("\"mon-b\""), "{sandboxes}");
+    assert!(
+        sandboxes.contains("\"mon-a\"") && sandboxes.contains("\"mon-b\""),
+        "{sandboxes}"
+    );
 
     // A real Prometheus scrapes it: its query API has each pod's families.
     let data = tempfile::tempdir().unwrap();
@@ -149,7 +157,10 @@ fn prometheus_scrapes_every_pod_through_the_monitor() {
     let out = capsa(&env, &["rm", "--force", "mon-b"]);
     assert!(out.status.success(), "{out:?}");
     let (_, text) = http_get(addr, "/metrics", Duration::from_secs(10)).unwrap();
-    assert!(names_with(&text, "sandbox_id=\"mon-b\"").is_empty(), "{text}");
+    assert!(
+        names_with(&text, "sandbox_id=\"mon-b\"").is_empty(),
+        "{text}"
+    );
     assert_pod_families(&text, "mon-a");
     let dropped = wait_until(Duration::from_secs(30), || {
         prom.query("{sandbox_id=\"mon-b\"}").is_empty()
@@ -164,7 +175,8 @@ fn a_pods_socket_is_root_only() {
     let env = TestEnv::new();
     let a = Detached::start(&env, "mon-private");
     let socket = a.socket();
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
 
     let curl = |as_nobody: bool| {
@@ -187,6 +199,9 @@ fn a_pods_socket_is_root_only() {
         "{root:?}"
     );
     let nobody = curl(true);
-    assert!(!nobody.status.success(), "nobody read the pod's metrics: {nobody:?}");
+    assert!(
+        !nobody.status.success(),
+        "nobody read the pod's metrics: {nobody:?}"
+    );
     assert!(nobody.stdout.is_empty(), "{nobody:?}");
 }

@@ -61,12 +61,7 @@ async fn main() {
 
 /// The CPU `pids` used over `window` seconds (scraping `socket` every
 /// second if `scrape`), in percent of one CPU.
-async fn cpu_percent(
-    pids: &[i32],
-    window: u64,
-    scrape_it: bool,
-    socket: &std::path::Path,
-) -> f64 {
+async fn cpu_percent(pids: &[i32], window: u64, scrape_it: bool, socket: &std::path::Path) -> f64 {
     let (_, before) = host::cost(pids);
     let start = Instant::now();
     for _ in 0..window {

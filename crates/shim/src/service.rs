@@ -155,7 +155,10 @@ impl Service {
                             return Err(e);
                         }
                     };
-                    capsa_runtime::metrics::CriPod::record(&pod.state_dir, spec.annotations().as_ref()); // metrics hook
+                    capsa_runtime::metrics::CriPod::record(
+                        &pod.state_dir,
+                        spec.annotations().as_ref(),
+                    ); // metrics hook
                     *slot = Some(pod.clone());
                     pod
                 }

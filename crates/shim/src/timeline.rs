@@ -88,16 +88,15 @@ fn file_name(pod_id: &str) -> Option<String> {
 fn install() {
     TIMELINE.get_or_init(|| {
         let timeline = Timeline::new();
-        let subscriber =
-            tracing_subscriber::registry()
-                .with(timeline.layer())
-                .with(capsa_runtime::metrics::StepLayer::layer()) // metrics hook
-                .with(LogBridge.with_filter(filter_fn(|meta| {
-                    // Its own filter: a layer's `enabled` would be every
-                    // layer's (the timeline's spans included).
-                    meta.is_event()
-                        && log::log_enabled!(target: meta.target(), log_level(*meta.level()))
-                })));
+        let subscriber = tracing_subscriber::registry()
+            .with(timeline.layer())
+            .with(capsa_runtime::metrics::StepLayer::layer()) // metrics hook
+            .with(LogBridge.with_filter(filter_fn(|meta| {
+                // Its own filter: a layer's `enabled` would be every
+                // layer's (the timeline's spans included).
+                meta.is_event()
+                    && log::log_enabled!(target: meta.target(), log_level(*meta.level()))
+            })));
         if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
             log::warn!("no timeline: a tracing subscriber is set already: {e}");
         }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use capsa_test_infra::prometheus::{assert_pod_families, free_port, http_get, names_with, Daemon, Prometheus};
+use capsa_test_infra::prometheus::{
+    assert_pod_families, free_port, http_get, names_with, Daemon, Prometheus,
+};
 use capsa_test_infra::wait_until;
 use common::Setup;
 
@@ -22,7 +24,8 @@ fn a_cri_pods_series_carry_its_cri_labels() {
     let one = cri.create_container(&pod, &config, "one", &s.image, &["sleep", "1000"]);
     cri.start(&one);
 
-    let capsa = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2")).with_file_name("capsa");
+    let capsa =
+        PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2")).with_file_name("capsa");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _monitor = Daemon(
         Command::new(&capsa)
@@ -43,7 +46,10 @@ fn a_cri_pods_series_carry_its_cri_labels() {
     assert!(labelled, "no series of the CRI pod: {text}");
     let with = |l: &str| names_with(&text, l);
     assert_eq!(with("cri_uid=\"mpod-uid\""), with("cri_name=\"mpod\""));
-    assert_eq!(with("cri_namespace=\"capsa-test\""), with("cri_name=\"mpod\""));
+    assert_eq!(
+        with("cri_namespace=\"capsa-test\""),
+        with("cri_name=\"mpod\"")
+    );
     assert_pod_families(&text, &pod);
 
     let data = tempfile::tempdir().unwrap();

@@ -14,8 +14,8 @@ pub mod cni;
 pub mod containerd;
 pub mod leaks;
 pub mod net;
-pub mod prometheus; // metrics hook
 pub mod netns;
+pub mod prometheus; // metrics hook
 pub mod rootfs;
 pub mod share_attack;
 pub mod snapshotter;

@@ -26,7 +26,11 @@ pub fn free_port() -> u16 {
 
 /// `GET path` on `addr` (HTTP/1.0, read to the end) within `limit`: the
 /// status line and the body.
-pub fn http_get(addr: SocketAddr, path: &str, limit: Duration) -> std::io::Result<(String, String)> {
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> std::io::Result<(String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, limit)?;
     s.set_read_timeout(Some(limit))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -112,11 +116,16 @@ impl Prometheus {
             ),
         )
         .expect("prometheus.yml");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -169,6 +178,9 @@ impl Prometheus {
                 .iter()
                 .all(|p| names.iter().any(|n| n.starts_with(p)))
         });
-        assert!(seen, "Prometheus lacks families of {{{selector}}}: {names:?}");
+        assert!(
+            seen,
+            "Prometheus lacks families of {{{selector}}}: {names:?}"
+        );
     }
 }

@@ -437,7 +437,11 @@ pub fn agent(proc_self: &Path, figures: AgentFigures, ticks: f64) -> Vec<Family>
         ("VmSwap", "vmswap", true),
         ("HugetlbPages", "hugetlbpages", true),
         ("voluntary_ctxt_switches", "voluntary_ctxt_switches", false),
-        ("nonvoluntary_ctxt_switches", "nonvoluntary_ctxt_switches", false),
+        (
+            "nonvoluntary_ctxt_switches",
+            "nonvoluntary_ctxt_switches",
+            false,
+        ),
     ] {
         if let Some(v) = status_field(&status, key) {
             proc_status = proc_status.sample("item", item, if kb { v * 1024.0 } else { v });
@@ -484,9 +488,21 @@ pub fn agent(proc_self: &Path, figures: AgentFigures, ticks: f64) -> Vec<Family>
     let vm = status_field(&status, "VmSize");
     let time = field(14).zip(field(15)).map(|(u, s)| u + s);
     for (name, help, v) in [
-        ("capsa_agent_total_rss", "The agent's resident memory, kB.", rss),
-        ("capsa_agent_total_vm", "The agent's virtual memory, kB.", vm),
-        ("capsa_agent_total_time", "The agent's CPU time, clock ticks.", time),
+        (
+            "capsa_agent_total_rss",
+            "The agent's resident memory, kB.",
+            rss,
+        ),
+        (
+            "capsa_agent_total_vm",
+            "The agent's virtual memory, kB.",
+            vm,
+        ),
+        (
+            "capsa_agent_total_time",
+            "The agent's CPU time, clock ticks.",
+            time,
+        ),
         (
             "capsa_agent_process_resident_memory_bytes",
             "Resident memory size in bytes.",

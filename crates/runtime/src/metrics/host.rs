@@ -219,7 +219,10 @@ pub fn children_named(pid: u32, comm: &str) -> Vec<i32> {
     let mut found = Vec::new();
     for task in tasks.flatten() {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
             let name = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
             if name.trim_end() == comm && !found.contains(&child) {
                 found.push(child);
@@ -256,7 +259,10 @@ mod tests {
         ] {
             assert!(names.contains(&want), "{want} missing: {text}");
         }
-        assert!(text.contains("capsa_shim_proc_status{item=\"vmrss\"}"), "{text}");
+        assert!(
+            text.contains("capsa_shim_proc_status{item=\"vmrss\"}"),
+            "{text}"
+        );
         assert!(text.contains("interface=\"lo\""), "{text}");
         let (rss, _) = cost(&[std::process::id() as i32]);
         assert!(rss > 0);
@@ -277,7 +283,10 @@ mod tests {
 
     #[test]
     fn finds_children_by_command() {
-        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
         let found = children_named(std::process::id(), "sleep");
         child.kill().unwrap();
         child.wait().unwrap();

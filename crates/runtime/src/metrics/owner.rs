@@ -169,8 +169,14 @@ mod tests {
             out.contains("capsa_shim_agent_rpc_durations_histogram_milliseconds_bucket{le=\"4.0\",action=\"grpc.CreateSandboxRequest\"} 1"),
             "{out}"
         );
-        assert!(out.contains("capsa_shim_hotplug_total{device=\"block\"} 1"), "{out}");
-        assert!(out.contains("capsa_shim_health_check_failures_total "), "{out}");
+        assert!(
+            out.contains("capsa_shim_hotplug_total{device=\"block\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("capsa_shim_health_check_failures_total "),
+            "{out}"
+        );
         assert!(
             out.contains("capsa_shim_step_duration_seconds_count{step=\"drive hot-plug\"} 1"),
             "{out}"

@@ -97,8 +97,8 @@ pub fn targets(roots: &[PathBuf]) -> Vec<Target> {
                 continue;
             };
             let socket = dir.path().join(super::server::SOCKET);
-            let running = SandboxRecord::load(dir.path())
-                .is_ok_and(|r| r.status != SandboxStatus::Stopped);
+            let running =
+                SandboxRecord::load(dir.path()).is_ok_and(|r| r.status != SandboxStatus::Stopped);
             if !running || !socket.exists() || found.iter().any(|t| t.sandbox_id == id) {
                 continue;
             }
@@ -182,7 +182,10 @@ mod tests {
         assert_eq!(CriPod::from_annotations(&a), None);
         a.insert("io.kubernetes.cri.sandbox-uid".into(), "u1".into());
         a.insert("io.kubernetes.cri.sandbox-name".into(), "web".into());
-        a.insert("io.kubernetes.cri.sandbox-namespace".into(), "default".into());
+        a.insert(
+            "io.kubernetes.cri.sandbox-namespace".into(),
+            "default".into(),
+        );
         let dir = tempfile::tempdir().unwrap();
         CriPod::record(dir.path(), Some(&a));
         let pod = CriPod::load(dir.path()).unwrap();

@@ -231,21 +231,22 @@ fn overhead(pod: &Pod, host_pids: &[i32], guest: &[Family]) -> Vec<Family> {
             (rss as f64 - (total - free)).max(0.0),
         ));
     }
-    let guest_busy: Option<f64> = guest
-        .iter()
-        .find(|f| f.name == "capsa_guest_cpu_time")
-        .map(|f| {
-            f.samples
-                .iter()
-                .filter(|s| {
-                    s.labels.iter().any(|(k, v)| k == "cpu" && v == "total")
-                        && s.labels
-                            .iter()
-                            .any(|(k, v)| k == "item" && !matches!(v.as_str(), "idle" | "iowait"))
-                })
-                .map(|s| s.value)
-                .sum()
-        });
+    let guest_busy: Option<f64> =
+        guest
+            .iter()
+            .find(|f| f.name == "capsa_guest_cpu_time")
+            .map(|f| {
+                f.samples
+                    .iter()
+                    .filter(|s| {
+                        s.labels.iter().any(|(k, v)| k == "cpu" && v == "total")
+                            && s.labels.iter().any(|(k, v)| {
+                                k == "item" && !matches!(v.as_str(), "idle" | "iowait")
+                            })
+                    })
+                    .map(|s| s.value)
+                    .sum()
+            });
     if let Some(guest_busy) = guest_busy {
         let ticks = clock_ticks();
         let now = Instant::now();

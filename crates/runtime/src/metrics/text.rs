@@ -120,11 +120,12 @@ pub fn valid_label_name(n: &str) -> bool {
 
 fn valid_name(n: &str, colon: bool) -> bool {
     let ok = |c: u8, first: bool| {
-        c.is_ascii_alphabetic() || c == b'_' || (colon && c == b':') || (!first && c.is_ascii_digit())
+        c.is_ascii_alphabetic()
+            || c == b'_'
+            || (colon && c == b':')
+            || (!first && c.is_ascii_digit())
     };
-    !n.is_empty()
-        && n.len() <= MAX_NAME
-        && n.bytes().enumerate().all(|(i, c)| ok(c, i == 0))
+    !n.is_empty() && n.len() <= MAX_NAME && n.bytes().enumerate().all(|(i, c)| ok(c, i == 0))
 }
 
 /// Parses and checks `text`; see the module's description.
@@ -150,7 +151,8 @@ pub fn parse(text: &str) -> Result<Vec<Family>, TextError> {
             match (what, name) {
                 (Some("HELP"), Some(name)) => {
                     let family = family_for(&mut families, &mut seen, name, &bad)?;
-                    let help = unescape(rest.unwrap_or(""), false).ok_or_else(|| bad("bad escape in HELP"))?;
+                    let help = unescape(rest.unwrap_or(""), false)
+                        .ok_or_else(|| bad("bad escape in HELP"))?;
                     if help.len() > MAX_VALUE {
                         return Err(bad("HELP too long"));
                     }
@@ -231,7 +233,8 @@ fn family_for<'a>(
 /// OpenMetrics to 0.0.4: a counter family `x` whose samples are
 /// `x_total` is named `x_total`; `_created` samples are dropped.
 fn to_004(f: &mut Family) {
-    f.samples.retain(|s| !s.name.ends_with("_created") || s.name == f.name);
+    f.samples
+        .retain(|s| !s.name.ends_with("_created") || s.name == f.name);
     if f.kind == Kind::Counter && !f.name.ends_with("_total") {
         let total = format!("{}_total", f.name);
         if f.samples.iter().all(|s| s.name == total) {
@@ -450,7 +453,8 @@ mod tests {
 
     #[test]
     fn openmetrics_counters_and_histograms_become_004() {
-        let text = "# HELP capsa_x Things.\n# TYPE capsa_x counter\ncapsa_x_total 3\ncapsa_x_created 17\n\
+        let text =
+            "# HELP capsa_x Things.\n# TYPE capsa_x counter\ncapsa_x_total 3\ncapsa_x_created 17\n\
                     # TYPE capsa_h histogram\ncapsa_h_sum 1.5\ncapsa_h_count 2\n\
                     capsa_h_bucket{le=\"1.0\"} 1\ncapsa_h_bucket{le=\"+Inf\"} 2\n# EOF\n";
         let families = parse(text).unwrap();
@@ -458,7 +462,10 @@ mod tests {
         assert_eq!(families[0].samples.len(), 1);
         assert_eq!(families[1].samples[3].value, 2.0);
         let out = render(&families);
-        assert!(out.contains("# TYPE capsa_x_total counter\ncapsa_x_total 3\n"), "{out}");
+        assert!(
+            out.contains("# TYPE capsa_x_total counter\ncapsa_x_total 3\n"),
+            "{out}"
+        );
         assert!(out.contains("capsa_h_bucket{le=\"+Inf\"} 2\n"), "{out}");
     }
 

@@ -54,22 +54,50 @@ fn proc_files_become_kata_families() {
     all.extend(loadavg("0.50 0.25 0.10 2/99 1234\n"));
     let text = render(&all);
     let s = parse(&text);
-    assert_eq!(value(&s, "capsa_guest_meminfo", "item=\"mem_total\""), 2048000.0);
-    assert_eq!(value(&s, "capsa_guest_meminfo", "item=\"active_anon\""), 4096.0);
-    assert_eq!(value(&s, "capsa_guest_meminfo", "item=\"direct_map_2M\""), 8192.0);
-    assert_eq!(value(&s, "capsa_guest_meminfo", "item=\"hugepages_total\""), 3.0);
-    assert_eq!(value(&s, "capsa_guest_meminfo", "item=\"committed_as\""), 1024.0);
-    assert_eq!(value(&s, "capsa_guest_cpu_time", "cpu=\"total\",item=\"user\""), 100.0);
-    assert_eq!(value(&s, "capsa_guest_cpu_time", "cpu=\"0\",item=\"system\""), 3.0);
+    assert_eq!(
+        value(&s, "capsa_guest_meminfo", "item=\"mem_total\""),
+        2048000.0
+    );
+    assert_eq!(
+        value(&s, "capsa_guest_meminfo", "item=\"active_anon\""),
+        4096.0
+    );
+    assert_eq!(
+        value(&s, "capsa_guest_meminfo", "item=\"direct_map_2M\""),
+        8192.0
+    );
+    assert_eq!(
+        value(&s, "capsa_guest_meminfo", "item=\"hugepages_total\""),
+        3.0
+    );
+    assert_eq!(
+        value(&s, "capsa_guest_meminfo", "item=\"committed_as\""),
+        1024.0
+    );
+    assert_eq!(
+        value(&s, "capsa_guest_cpu_time", "cpu=\"total\",item=\"user\""),
+        100.0
+    );
+    assert_eq!(
+        value(&s, "capsa_guest_cpu_time", "cpu=\"0\",item=\"system\""),
+        3.0
+    );
     assert_eq!(value(&s, "capsa_guest_uptime_seconds", ""), 12.5);
     assert_eq!(value(&s, "capsa_guest_load", "item=\"load15\""), 0.1);
     assert_eq!(value(&s, "capsa_guest_tasks", "item=\"max\""), 99.0);
     assert_eq!(value(&s, "capsa_guest_vm_stat", "item=\"pgfault\""), 77.0);
     assert_eq!(
-        value(&s, "capsa_guest_netdev_stat", "interface=\"eth0\",item=\"sent_bytes\""),
+        value(
+            &s,
+            "capsa_guest_netdev_stat",
+            "interface=\"eth0\",item=\"sent_bytes\""
+        ),
         20.0
     );
-    assert_eq!(value(&s, "capsa_guest_diskstat", "disk=\"vda\",item=\"writes\""), 5.0);
+    assert_eq!(
+        value(&s, "capsa_guest_diskstat", "disk=\"vda\",item=\"writes\""),
+        5.0
+    );
     assert!(!text.contains("loop0"), "{text}");
     assert!(!text.contains("intr"), "{text}");
 }
