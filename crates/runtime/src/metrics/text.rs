@@ -275,9 +275,12 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     })
 }
 
+/// A sample's label pairs, in order.
+type Labels = Vec<(String, String)>;
+
 /// Labels up to the closing `}`; returns them and the text after it.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
-    let mut labels: Vec<(String, String)> = Vec::new();
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
+    let mut labels: Labels = Vec::new();
     loop {
         s = s.trim_start();
         if let Some(tail) = s.strip_prefix('}') {
