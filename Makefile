@@ -34,7 +34,7 @@ DEBIAN_PACKAGES  := qemu-system-x86 busybox-static cpio kmod xz-utils zstd lz4 \
                     libprotobuf-dev gcc libc6-dev make libelf-dev zlib1g-dev \
                     libzstd-dev containerd runc g++ e2fsprogs mount iproute2 \
                     containernetworking-plugins iptables \
-                    flex bison bc patch
+                    flex bison bc patch prometheus
 # capsa's guest kernels are built from this package (pinned in
 # crates/assets/src/kbuild/source.rs), which Debian ships in bookworm-security.
 KERNEL_SOURCE    := linux-source-6.12
@@ -96,6 +96,8 @@ install: assets
 	install -D -m 0755 $(SNAPSHOTTER_BIN) $(PREFIX)/bin/capsa-snapshotter
 	sed 's|@PREFIX@|$(PREFIX)|' config/capsa-snapshotter.service > $(CACHE)/capsa-snapshotter.service
 	install -D -m 0644 $(CACHE)/capsa-snapshotter.service $(SYSTEMD_DIR)/capsa-snapshotter.service
+	sed 's|@PREFIX@|$(PREFIX)|' config/capsa-monitor.service > $(CACHE)/capsa-monitor.service
+	install -D -m 0644 $(CACHE)/capsa-monitor.service $(SYSTEMD_DIR)/capsa-monitor.service
 	install -D -m 0644 $(ASSETS_DIR)/vmlinuz $(SHARE_DIR)/vmlinuz
 	install -D -m 0644 $(ASSETS_DIR)/initrd.img $(SHARE_DIR)/initrd.img
 	install -D -m 0644 $(ASSETS_DIR)/capsa.img $(SHARE_DIR)/capsa.img
@@ -196,6 +198,7 @@ bench: install
 	  cargo run --release -p capsa-shim --example net_bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example resize_bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example tcg_bench
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example metrics_bench
 	SHIM_DIR=$(dir $(SHIM_BIN)) SNAPSHOTTER=$(SNAPSHOTTER_BIN) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example rootfs_bench
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \

@@ -70,42 +70,49 @@ impl AgentClient {
 
     /// `grpc.Health/Check`, within [`HEALTH_TIMEOUT`].
     pub async fn check(&self) -> Result<(), Error> {
-        self.health
-            .check(until(HEALTH_TIMEOUT), &health::CheckRequest::new())
-            .await
-            .map_err(rpc("Check"))?;
+        timed(
+            "Check",
+            self.health
+                .check(until(HEALTH_TIMEOUT), &health::CheckRequest::new()),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn version(&self) -> Result<health::VersionCheckResponse, Error> {
-        self.health
-            .version(until(CALL_TIMEOUT), &health::CheckRequest::new())
-            .await
-            .map_err(rpc("Version"))
+        timed(
+            "Version",
+            self.health
+                .version(until(CALL_TIMEOUT), &health::CheckRequest::new()),
+        )
+        .await
     }
 
     pub async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<(), Error> {
-        self.agent
-            .create_sandbox(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("CreateSandbox"))?;
+        timed(
+            "CreateSandbox",
+            self.agent.create_sandbox(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn destroy_sandbox(&self) -> Result<(), Error> {
         let req = agent::DestroySandboxRequest::new();
-        self.agent
-            .destroy_sandbox(until(DESTROY_TIMEOUT), &req)
-            .await
-            .map_err(rpc("DestroySandbox"))?;
+        timed(
+            "DestroySandbox",
+            self.agent.destroy_sandbox(until(DESTROY_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<(), Error> {
-        self.agent
-            .create_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("CreateContainer"))?;
+        timed(
+            "CreateContainer",
+            self.agent.create_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -114,10 +121,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        self.agent
-            .start_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("StartContainer"))?;
+        timed(
+            "StartContainer",
+            self.agent.start_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -126,10 +134,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        self.agent
-            .remove_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("RemoveContainer"))?;
+        timed(
+            "RemoveContainer",
+            self.agent.remove_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -160,10 +169,11 @@ impl AgentClient {
             signal,
             ..Default::default()
         };
-        self.agent
-            .signal_process(until(SIGNAL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("SignalProcess"))?;
+        timed(
+            "SignalProcess",
+            self.agent.signal_process(until(SIGNAL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -179,11 +189,11 @@ impl AgentClient {
             data: data.to_vec(),
             ..Default::default()
         };
-        let reply = self
-            .agent
-            .write_stdin(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("WriteStdin"))?;
+        let reply = timed(
+            "WriteStdin",
+            self.agent.write_stdin(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(reply.len)
     }
 
@@ -193,10 +203,11 @@ impl AgentClient {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.agent
-            .close_stdin(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("CloseStdin"))?;
+        timed(
+            "CloseStdin",
+            self.agent.close_stdin(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -238,10 +249,11 @@ impl AgentClient {
             process: Some(process).into(),
             ..Default::default()
         };
-        self.agent
-            .exec_process(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("ExecProcess"))?;
+        timed(
+            "ExecProcess",
+            self.agent.exec_process(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -253,11 +265,11 @@ impl AgentClient {
             format: format.into(),
             ..Default::default()
         };
-        let reply = self
-            .agent
-            .list_processes(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("ListProcesses"))?;
+        let reply = timed(
+            "ListProcesses",
+            self.agent.list_processes(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(reply.process_list)
     }
 
@@ -266,10 +278,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        self.agent
-            .pause_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("PauseContainer"))?;
+        timed(
+            "PauseContainer",
+            self.agent.pause_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -278,10 +291,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        self.agent
-            .resume_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("ResumeContainer"))?;
+        timed(
+            "ResumeContainer",
+            self.agent.resume_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -295,10 +309,11 @@ impl AgentClient {
             resources: Some(resources).into(),
             ..Default::default()
         };
-        self.agent
-            .update_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("UpdateContainer"))?;
+        timed(
+            "UpdateContainer",
+            self.agent.update_container(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -311,10 +326,11 @@ impl AgentClient {
             cpu_only,
             ..Default::default()
         };
-        self.agent
-            .online_cpu_mem(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("OnlineCPUMem"))?;
+        timed(
+            "OnlineCPUMem",
+            self.agent.online_cpu_mem(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -326,10 +342,11 @@ impl AgentClient {
             container_id: container_id.into(),
             ..Default::default()
         };
-        self.agent
-            .stats_container(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("StatsContainer"))
+        timed(
+            "StatsContainer",
+            self.agent.stats_container(until(CALL_TIMEOUT), &req),
+        )
+        .await
     }
 
     /// Waits (without timeout) for the next OOM kill; returns the id of
@@ -357,10 +374,11 @@ impl AgentClient {
             column: cols,
             ..Default::default()
         };
-        self.agent
-            .tty_win_resize(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("TtyWinResize"))?;
+        timed(
+            "TtyWinResize",
+            self.agent.tty_win_resize(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
     /// Configures the guest link whose MAC is `iface.hwAddr` (name,
@@ -373,10 +391,11 @@ impl AgentClient {
             interface: Some(iface).into(),
             ..Default::default()
         };
-        self.agent
-            .update_interface(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("UpdateInterface"))
+        timed(
+            "UpdateInterface",
+            self.agent.update_interface(until(CALL_TIMEOUT), &req),
+        )
+        .await
     }
 
     /// Replaces the guest's routes (but the kernel's own) with `routes`.
@@ -392,11 +411,11 @@ impl AgentClient {
             .into(),
             ..Default::default()
         };
-        let reply = self
-            .agent
-            .update_routes(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("UpdateRoutes"))?;
+        let reply = timed(
+            "UpdateRoutes",
+            self.agent.update_routes(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(reply.Routes)
     }
 
@@ -413,28 +432,31 @@ impl AgentClient {
             .into(),
             ..Default::default()
         };
-        self.agent
-            .add_arp_neighbors(until(CALL_TIMEOUT), &req)
-            .await
-            .map_err(rpc("AddARPNeighbors"))?;
+        timed(
+            "AddARPNeighbors",
+            self.agent.add_arp_neighbors(until(CALL_TIMEOUT), &req),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn list_interfaces(&self) -> Result<Vec<capsa_protocols::types::Interface>, Error> {
-        let reply = self
-            .agent
-            .list_interfaces(until(CALL_TIMEOUT), &agent::ListInterfacesRequest::new())
-            .await
-            .map_err(rpc("ListInterfaces"))?;
+        let reply = timed(
+            "ListInterfaces",
+            self.agent
+                .list_interfaces(until(CALL_TIMEOUT), &agent::ListInterfacesRequest::new()),
+        )
+        .await?;
         Ok(reply.Interfaces)
     }
 
     pub async fn list_routes(&self) -> Result<Vec<capsa_protocols::types::Route>, Error> {
-        let reply = self
-            .agent
-            .list_routes(until(CALL_TIMEOUT), &agent::ListRoutesRequest::new())
-            .await
-            .map_err(rpc("ListRoutes"))?;
+        let reply = timed(
+            "ListRoutes",
+            self.agent
+                .list_routes(until(CALL_TIMEOUT), &agent::ListRoutesRequest::new()),
+        )
+        .await?;
         Ok(reply.Routes)
     }
 }
@@ -452,6 +474,28 @@ fn read_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStrea
 /// generated clients of [`AgentClient::raw`]).
 pub fn until(timeout: Duration) -> Context {
     context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// Where each timed call's latency goes (the owner's metrics).
+static OBSERVER: std::sync::OnceLock<fn(&'static str, Duration)> = std::sync::OnceLock::new();
+
+/// Has `observe` told of every typed call with a timeout: its method and
+/// how long it took (set once per process; later calls are ignored).
+pub fn observe_calls(observe: fn(&'static str, Duration)) {
+    let _ = OBSERVER.set(observe);
+}
+
+/// `call`, timed for the observer; a failure names `method`.
+async fn timed<T>(
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<T, ttrpc::Error>>,
+) -> Result<T, Error> {
+    let start = std::time::Instant::now();
+    let result = call.await;
+    if let Some(observe) = OBSERVER.get() {
+        observe(method, start.elapsed());
+    }
+    result.map_err(rpc(method))
 }
 
 fn rpc(method: &'static str) -> impl FnOnce(ttrpc::Error) -> Error {

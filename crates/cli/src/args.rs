@@ -83,6 +83,24 @@ pub enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Serve Prometheus metrics of every running sandbox (metrics hook).
+    Monitor(MonitorArgs),
+}
+
+/// `capsa monitor`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Where to serve `/metrics` and `/sandboxes` (loopback unless told).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen_address: std::net::SocketAddr,
+    /// More state directories to look for sandboxes in (besides the
+    /// configuration's `runtime.state_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Vec<PathBuf>,
+    /// How long one sandbox's scrape may take, in milliseconds; a sandbox
+    /// slower than this is left out of that answer.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub scrape_timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -63,5 +63,6 @@ fn init_logging(cli: &args::Cli) {
     tracing_subscriber::registry()
         .with(fmt)
         .with(timeline)
+        .with(capsa_runtime::metrics::StepLayer::layer()) // metrics hook
         .init();
 }

@@ -72,6 +72,7 @@ pub async fn probe(pid: u32, agent: &AgentClient) -> Option<Death> {
     match agent.check().await {
         Ok(()) => None,
         Err(e) => {
+            crate::metrics::health_check_failed(); // metrics hook
             tracing::warn!(pid, error = %e, "agent health check failed");
             Some(Death::Unresponsive)
         }
@@ -116,6 +117,7 @@ impl Watch {
             match self.agent.check().await {
                 Ok(()) => failures = 0,
                 Err(e) => {
+                    crate::metrics::health_check_failed(); // metrics hook
                     failures += 1;
                     tracing::warn!(pid = self.pid, failures, error = %e, "agent health check failed");
                     if failures >= HEALTH_CHECK_FAILURES {

@@ -10,6 +10,7 @@ pub mod control;
 mod error;
 pub mod health;
 pub mod io;
+pub mod metrics;
 pub mod record;
 pub mod request;
 pub mod resource;

@@ -145,19 +145,23 @@ async fn guest_methods_act_on_the_guest() {
     };
     assert_eq!(value("capsa_agent_containers"), 1.0);
     assert!(value("capsa_agent_requests_total") >= 8.0, "{metrics}");
-    assert!(value("capsa_agent_resident_memory_bytes") > 1e6);
-    assert!(value("capsa_agent_open_fds") >= 3.0);
+    assert!(value("capsa_agent_process_resident_memory_bytes") > 1e6);
+    assert!(value("capsa_agent_process_open_fds") >= 3.0);
     assert!(value("capsa_agent_threads") >= 2.0);
     assert!(value("capsa_guest_uptime_seconds") > 0.0);
     for family in [
-        "capsa_guest_meminfo_bytes",
+        "capsa_guest_meminfo",
         "capsa_guest_load",
-        "capsa_guest_cpu_seconds_total",
+        "capsa_guest_cpu_time",
         "capsa_guest_tasks",
+        "capsa_guest_vm_stat",
+        "capsa_guest_netdev_stat",
+        "capsa_guest_filesystem",
+        "capsa_agent_proc_status",
     ] {
         assert!(samples.iter().any(|(n, _)| n == family), "{family}");
     }
-    assert!(metrics.contains("capsa_guest_meminfo_bytes{field=\"MemTotal\"} "));
+    assert!(metrics.contains("capsa_guest_meminfo{item=\"mem_total\"} "));
 
     let (out, code) = finish(&sandbox, "c1").await;
     let host_copy = std::fs::read_to_string(env.rootfs.join("copied/dir/copied.txt"));

@@ -138,6 +138,10 @@ impl Service {
                             return Err(e);
                         }
                     };
+                    capsa_runtime::metrics::CriPod::record(
+                        &pod.state_dir,
+                        spec.annotations().as_ref(),
+                    ); // metrics hook
                     *slot = Some(pod.clone());
                     pod
                 }

@@ -32,6 +32,7 @@ impl PodTimeline {
     /// a plain file name gets no timeline (containerd checks ids, this
     /// never lets one pick another directory).
     pub fn start(dir: &Path, pod_id: &str) -> Option<Self> {
+        install(); // metrics hook: the step histograms need the subscriber
         if dir.as_os_str().is_empty() {
             return None;
         }
@@ -42,7 +43,6 @@ impl PodTimeline {
             );
             return None;
         };
-        install();
         Some(Self {
             span: capsa_runtime::step!("pod"),
             file: dir.join(name),
@@ -88,15 +88,15 @@ fn file_name(pod_id: &str) -> Option<String> {
 fn install() {
     TIMELINE.get_or_init(|| {
         let timeline = Timeline::new();
-        let subscriber =
-            tracing_subscriber::registry()
-                .with(timeline.layer())
-                .with(LogBridge.with_filter(filter_fn(|meta| {
-                    // Its own filter: a layer's `enabled` would be every
-                    // layer's (the timeline's spans included).
-                    meta.is_event()
-                        && log::log_enabled!(target: meta.target(), log_level(*meta.level()))
-                })));
+        let subscriber = tracing_subscriber::registry()
+            .with(timeline.layer())
+            .with(capsa_runtime::metrics::StepLayer::layer()) // metrics hook
+            .with(LogBridge.with_filter(filter_fn(|meta| {
+                // Its own filter: a layer's `enabled` would be every
+                // layer's (the timeline's spans included).
+                meta.is_event()
+                    && log::log_enabled!(target: meta.target(), log_level(*meta.level()))
+            })));
         if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
             log::warn!("no timeline: a tracing subscriber is set already: {e}");
         }

@@ -19,10 +19,11 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
             output::line(format_args!("{what:<15} {}", line.detail))?;
         }
     }
-    if q.kernel.is_file() {
+    let kernel = &config.hypervisor.vm.kernel;
+    if kernel.is_file() {
         output::line(format_args!(
             "kernel in use   {}",
-            kernel_identity(&q.kernel)
+            kernel_identity(kernel)
         ))?;
     }
     if missing > 0 {

@@ -6,6 +6,7 @@ mod check;
 mod config;
 mod exec;
 mod kill;
+mod monitor; // metrics hook
 mod ps;
 mod run;
 mod update;
@@ -34,5 +35,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             request,
             list,
         } => agent_ctl::agent_ctl(config, &id, method.as_deref(), &request, list).await,
+        Command::Monitor(args) => monitor::monitor(config, args).await, // metrics hook
     }
 }

@@ -41,6 +41,8 @@ pub struct Sandbox {
     /// What it holds on the host: share, drives, network, CPUs and
     /// memory, cgroup.
     resources: Resources,
+    /// The pod's metrics socket while the VM runs.
+    metrics: Option<crate::metrics::PodServer>,
 }
 
 impl Sandbox {

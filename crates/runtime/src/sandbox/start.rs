@@ -143,6 +143,7 @@ impl Sandbox {
             console: None,
             dead: None,
             resources,
+            metrics: None,
         };
         tracing::info!(sandbox = %sandbox.id, dir = %sandbox.dir.path().display(), "starting sandbox");
         let booted = match sandbox.dir.claim() {
@@ -294,6 +295,7 @@ impl Sandbox {
             r.agent = Some(AgentAddress::from(&endpoint));
             r.debug_console_port = debug_port;
         });
+        self.metrics = crate::metrics::PodServer::start(self.dir.path(), self.agent().clone());
         Ok(())
     }
 
