@@ -83,6 +83,20 @@ impl AgentClient {
             .map_err(rpc("Version"))
     }
 
+    /// SetPolicy: replaces the agent's policy with `policy` (Rego), if the
+    /// current policy allows it (`SetPolicyRequest`).
+    pub async fn set_policy(&self, policy: &str) -> Result<(), Error> {
+        let req = agent::SetPolicyRequest {
+            policy: policy.to_string(),
+            ..Default::default()
+        };
+        self.agent
+            .set_policy(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("SetPolicy"))?;
+        Ok(())
+    }
+
     pub async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<(), Error> {
         self.agent
             .create_sandbox(until(CALL_TIMEOUT), &req)

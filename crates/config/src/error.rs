@@ -21,4 +21,7 @@ pub enum Error {
         key: String,
         reason: String,
     },
+    /// A pod annotation that is not enabled, not supported, or bad.
+    #[error(transparent)]
+    Annotation(#[from] crate::AnnotationError),
 }

@@ -11,6 +11,7 @@ mod error;
 pub mod health;
 pub mod io;
 pub mod mount;
+pub mod policy;
 pub mod record;
 pub mod resource;
 pub mod run;

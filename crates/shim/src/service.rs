@@ -108,6 +108,8 @@ impl Service {
                     let explicit = crate::options::config_path(req.options.as_ref());
                     let (config, source) = capsa_config::load(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
+                    // annotations (issue 25): the pod's io.katacontainers.config.*
+                    let config = apply_pod_annotations(&config, &spec)?;
                     let q = &config.hypervisor.qemu;
                     // Static sizing boots at what the pod asks for;
                     // elastic sizing boots at the defaults and grows
@@ -586,4 +588,15 @@ impl Task for Service {
         self.exit.signal();
         Ok(Empty::new())
     }
+}
+
+/// annotations (issue 25): `config` adjusted by the spec's
+/// `io.katacontainers.config.*` annotations; an annotation that is not
+/// enabled, not supported or bad fails the create before anything starts.
+fn apply_pod_annotations(config: &capsa_config::Config, spec: &Spec) -> Result<capsa_config::Config, Error> {
+    let none = std::collections::HashMap::new();
+    let annotations = spec.annotations().as_ref().unwrap_or(&none);
+    let applied = capsa_config::apply_annotations(config, annotations)
+        .map_err(capsa_config::Error::from)?;
+    Ok(applied.config)
 }

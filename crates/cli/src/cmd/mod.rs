@@ -6,13 +6,14 @@ mod check;
 mod config;
 mod exec;
 mod kill;
+mod policy;
 mod ps;
 mod run;
 mod update;
 
 pub use run::{timeline, DETACHED_DIR_ENV};
 
-use crate::args::{AssetsCommand, Cli, Command};
+use crate::args::{AssetsCommand, Cli, Command, PolicyCommand};
 
 /// Runs the subcommand; returns the process exit status.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -34,5 +35,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             request,
             list,
         } => agent_ctl::agent_ctl(config, &id, method.as_deref(), &request, list).await,
+        Command::Policy(PolicyCommand::Set { id, file }) => policy::set(config, &id, &file).await,
+        Command::Policy(PolicyCommand::Get { id }) => policy::get(config, &id),
     }
 }
