@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let service = agent::file_descriptor()
-        .service_by_name("AgentService")
+        .services()
+        .find(|s| s.proto().name() == "AgentService")
         .expect("AgentService");
     let methods: Vec<_> = service.methods().collect();
     let method = &methods[usize::from(selector) % methods.len()];

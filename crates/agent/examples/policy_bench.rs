@@ -179,9 +179,15 @@ fn spec(n: usize) -> oci::Spec {
             ..Default::default()
         })
         .collect();
-    let caps: Vec<String> = ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE"]
-        .map(String::from)
-        .to_vec();
+    let caps: Vec<String> = [
+        "CAP_CHOWN",
+        "CAP_KILL",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_NET_BIND_SERVICE",
+    ]
+    .map(String::from)
+    .to_vec();
     oci::Spec {
         Version: "1.1.0".into(),
         Process: protobuf::MessageField::some(oci::Process {
@@ -204,9 +210,15 @@ fn spec(n: usize) -> oci::Spec {
         }),
         Mounts: mounts,
         Annotations: [
-            ("io.kubernetes.cri.container-type".to_string(), "container".to_string()),
+            (
+                "io.kubernetes.cri.container-type".to_string(),
+                "container".to_string(),
+            ),
             ("io.kubernetes.cri.sandbox-id".to_string(), "a".repeat(64)),
-            ("io.kubernetes.cri.container-name".to_string(), format!("c{n}")),
+            (
+                "io.kubernetes.cri.container-name".to_string(),
+                format!("c{n}"),
+            ),
         ]
         .into(),
         Linux: protobuf::MessageField::some(oci::Linux {
@@ -216,7 +228,11 @@ fn spec(n: usize) -> oci::Spec {
                     ..Default::default()
                 })
                 .to_vec(),
-            MaskedPaths: vec!["/proc/kcore".into(), "/proc/keys".into(), "/proc/timer_list".into()],
+            MaskedPaths: vec![
+                "/proc/kcore".into(),
+                "/proc/keys".into(),
+                "/proc/timer_list".into(),
+            ],
             ReadonlyPaths: vec!["/proc/bus".into(), "/proc/sys".into()],
             ..Default::default()
         }),
@@ -248,7 +264,8 @@ fn policy_data() -> serde_json::Value {
             let mut json = input::request_json(&req);
             json["name"] = format!("c{n}").into();
             json["storages"][0]["source"] = format!("^c{n}-rootfs$").into();
-            json["OCI"]["Annotations"]["re:^io\\.kubernetes\\.cri\\.sandbox-id$"] = "^[a-z0-9]{64}$".into();
+            json["OCI"]["Annotations"]["re:^io\\.kubernetes\\.cri\\.sandbox-id$"] =
+                "^[a-z0-9]{64}$".into();
             json["OCI"]["Annotations"]
                 .as_object_mut()
                 .unwrap()
@@ -381,8 +398,14 @@ async fn main() {
     let mut big = AgentPolicy::new(&genpolicy).expect("the genpolicy-sized policy parses");
     let parse = started.elapsed();
     let mut all = AgentPolicy::allow_all();
-    println!("SetPolicy of the genpolicy-sized policy (parse): {}", micros(parse));
-    println!("{:<28} {:>14} {:>16}", "decide", "allow-all", "genpolicy-sized");
+    println!(
+        "SetPolicy of the genpolicy-sized policy (parse): {}",
+        micros(parse)
+    );
+    println!(
+        "{:<28} {:>14} {:>16}",
+        "decide", "allow-all", "genpolicy-sized"
+    );
     let messages: [(&str, Box<dyn protobuf::MessageDyn>); 3] = [
         ("CreateContainerRequest", Box::new(create_request())),
         ("ExecProcessRequest", Box::new(exec_request())),
@@ -395,5 +418,10 @@ async fn main() {
     }
     let a = rpc(allow_all).await;
     let g = rpc(&genpolicy).await;
-    println!("{:<28} {:>14} {:>16}", "rpc ReadStdout (round trip)", micros(a), micros(g));
+    println!(
+        "{:<28} {:>14} {:>16}",
+        "rpc ReadStdout (round trip)",
+        micros(a),
+        micros(g)
+    );
 }

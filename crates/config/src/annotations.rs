@@ -116,7 +116,10 @@ const RUNTIME_SETTING: &str = "[runtime] enable_annotations";
 
 /// `patterns` anchored and compiled; the first that does not compile is
 /// an error naming `setting`.
-fn compile(patterns: &[String], setting: &'static str) -> Result<Vec<regex::Regex>, AnnotationError> {
+fn compile(
+    patterns: &[String],
+    setting: &'static str,
+) -> Result<Vec<regex::Regex>, AnnotationError> {
     patterns
         .iter()
         .map(|p| {
@@ -131,7 +134,10 @@ fn compile(patterns: &[String], setting: &'static str) -> Result<Vec<regex::Rege
 
 /// Checks the patterns of both `enable_annotations` settings compile.
 pub fn check_patterns(config: &Config) -> Result<(), AnnotationError> {
-    compile(&config.hypervisor.qemu.enable_annotations, HYPERVISOR_SETTING)?;
+    compile(
+        &config.hypervisor.qemu.enable_annotations,
+        HYPERVISOR_SETTING,
+    )?;
     compile(&config.runtime.enable_annotations, RUNTIME_SETTING)?;
     Ok(())
 }
@@ -143,7 +149,10 @@ pub fn apply_annotations(
     config: &Config,
     annotations: &HashMap<String, String>,
 ) -> Result<Applied, AnnotationError> {
-    let hypervisor = compile(&config.hypervisor.qemu.enable_annotations, HYPERVISOR_SETTING)?;
+    let hypervisor = compile(
+        &config.hypervisor.qemu.enable_annotations,
+        HYPERVISOR_SETTING,
+    )?;
     let runtime = compile(&config.runtime.enable_annotations, RUNTIME_SETTING)?;
     let mut out = config.clone();
     let mut policy = None;
@@ -190,16 +199,20 @@ pub fn apply_annotations(
                 }
             }
             "path" => {
-                let allowed = globs_or(&config.hypervisor.qemu.valid_hypervisor_paths, &config.hypervisor.qemu.path);
-                q.path = allowed_path(value, &allowed, "valid_hypervisor_paths").map_err(invalid)?;
+                let allowed = globs_or(
+                    &config.hypervisor.qemu.valid_hypervisor_paths,
+                    &config.hypervisor.qemu.path,
+                );
+                q.path =
+                    allowed_path(value, &allowed, "valid_hypervisor_paths").map_err(invalid)?;
             }
             "virtio_fs_daemon" => {
                 let allowed = globs_or(
                     &config.hypervisor.qemu.valid_virtio_fs_daemon_paths,
                     &config.hypervisor.qemu.virtio_fs_daemon,
                 );
-                q.virtio_fs_daemon =
-                    allowed_path(value, &allowed, "valid_virtio_fs_daemon_paths").map_err(invalid)?;
+                q.virtio_fs_daemon = allowed_path(value, &allowed, "valid_virtio_fs_daemon_paths")
+                    .map_err(invalid)?;
             }
             "virtio_fs_extra_args" => {
                 let args = virtio_fs_extra_args(value).map_err(invalid)?;
@@ -211,7 +224,9 @@ pub fn apply_annotations(
                 }
                 q.block_device_driver = value.clone();
             }
-            "disable_block_device_use" => q.disable_block_device_use = boolean(value).map_err(invalid)?,
+            "disable_block_device_use" => {
+                q.disable_block_device_use = boolean(value).map_err(invalid)?
+            }
             "runtime.sandbox_cgroup_only" => {
                 out.runtime.sandbox_cgroup_only = boolean(value).map_err(invalid)?
             }
@@ -220,7 +235,10 @@ pub fn apply_annotations(
         }
     }
     let q = &out.hypervisor.qemu;
-    let vcpus = (HYPERVISOR_PREFIX.to_string() + "default_maxvcpus", q.default_maxvcpus);
+    let vcpus = (
+        HYPERVISOR_PREFIX.to_string() + "default_maxvcpus",
+        q.default_maxvcpus,
+    );
     if q.default_maxvcpus != 0 && q.default_maxvcpus < q.default_vcpus {
         return Err(AnnotationError::Invalid {
             key: vcpus.0,
@@ -279,13 +297,17 @@ pub fn kernel_params(value: &str) -> Result<Vec<String>, String> {
         .split_ascii_whitespace()
         .map(|word| {
             if word.contains(['"', '\'']) || word.chars().any(|c| c.is_control()) {
-                return Err(format!("{word:?}: quotes and control characters are not allowed"));
+                return Err(format!(
+                    "{word:?}: quotes and control characters are not allowed"
+                ));
             }
             let name = word.split('=').next().unwrap_or_default().replace('-', "_");
             // The kernel reads `--` as the end of its own parameters: what
             // follows goes to init.
             if word == "--" || name.starts_with("agent.") {
-                return Err(format!("{word:?}: the agent's options cannot be set by a pod"));
+                return Err(format!(
+                    "{word:?}: the agent's options cannot be set by a pod"
+                ));
             }
             if RESERVED_KERNEL_PARAMS.contains(&name.as_str()) {
                 return Err(format!("{word:?}: {name} is set by capsa, not by a pod"));
@@ -309,9 +331,12 @@ fn globs_or(globs: &[String], configured: &Path) -> Vec<String> {
 fn allowed_path(value: &str, globs: &[String], setting: &str) -> Result<PathBuf, String> {
     let path = Path::new(value);
     if !path.is_absolute()
-        || path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+        || path.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
     {
         return Err("not an absolute path without . or ..".into());
     }
@@ -320,9 +345,9 @@ fn allowed_path(value: &str, globs: &[String], setting: &str) -> Result<PathBuf,
         require_literal_separator: true,
         require_literal_leading_dot: true,
     };
-    let matched = globs.iter().any(|g| {
-        glob::Pattern::new(g).is_ok_and(|p| p.matches_path_with(path, options))
-    });
+    let matched = globs
+        .iter()
+        .any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches_path_with(path, options)));
     if !matched {
         return Err(format!("matches none of {setting} {globs:?}"));
     }
@@ -357,7 +382,9 @@ pub fn decode_policy(value: &str) -> Result<String, String> {
     use base64::Engine as _;
     let compact: String = value.split_ascii_whitespace().collect();
     if compact.len() > MAX_POLICY_BYTES / 3 * 4 + 4 {
-        return Err(format!("the policy is larger than {MAX_POLICY_BYTES} bytes"));
+        return Err(format!(
+            "the policy is larger than {MAX_POLICY_BYTES} bytes"
+        ));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())

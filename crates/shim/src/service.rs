@@ -593,10 +593,13 @@ impl Task for Service {
 /// annotations (issue 25): `config` adjusted by the spec's
 /// `io.katacontainers.config.*` annotations; an annotation that is not
 /// enabled, not supported or bad fails the create before anything starts.
-fn apply_pod_annotations(config: &capsa_config::Config, spec: &Spec) -> Result<capsa_config::Config, Error> {
+fn apply_pod_annotations(
+    config: &capsa_config::Config,
+    spec: &Spec,
+) -> Result<capsa_config::Config, Error> {
     let none = std::collections::HashMap::new();
     let annotations = spec.annotations().as_ref().unwrap_or(&none);
-    let applied = capsa_config::apply_annotations(config, annotations)
-        .map_err(capsa_config::Error::from)?;
+    let applied =
+        capsa_config::apply_annotations(config, annotations).map_err(capsa_config::Error::from)?;
     Ok(applied.config)
 }

@@ -54,7 +54,11 @@ fn base64(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -142,7 +146,10 @@ fn annotations_are_gated_by_anchored_patterns_and_checked() {
     assert_refused(
         &s,
         "anchor",
-        &[(&format!("{HYPERVISOR}jailer_path"), "/usr/bin/qemu-system-x86_64")],
+        &[(
+            &format!("{HYPERVISOR}jailer_path"),
+            "/usr/bin/qemu-system-x86_64",
+        )],
         &["jailer_path is not enabled"],
     );
     // A path outside valid_hypervisor_paths (default: the configured one).
@@ -167,13 +174,22 @@ fn annotations_are_gated_by_anchored_patterns_and_checked() {
         &s,
         "policy",
         &[(POLICY, &base64(NO_EXEC))],
-        &[POLICY, "is not enabled", "\"agent.policy\"", "[runtime] enable_annotations"],
+        &[
+            POLICY,
+            "is not enabled",
+            "\"agent.policy\"",
+            "[runtime] enable_annotations",
+        ],
     );
 
     // Enabled: the VM boots with 2 vCPUs.
     let cri = s.ctrd.cri();
     let pod = cri.run_pod_with(
-        pod_config(&cri, "sized", &[(&format!("{HYPERVISOR}default_vcpus"), "2")]),
+        pod_config(
+            &cri,
+            "sized",
+            &[(&format!("{HYPERVISOR}default_vcpus"), "2")],
+        ),
         "capsa",
     );
     let smp = qemu_smp(&s, &pod);
@@ -192,7 +208,10 @@ fn a_pod_policy_denies_exec_and_can_lock_itself() {
     assert_refused(
         &s,
         "bad",
-        &[(POLICY, &base64("package agent_policy\nExecProcessRequest := {\n"))],
+        &[(
+            POLICY,
+            &base64("package agent_policy\nExecProcessRequest := {\n"),
+        )],
         &["SetPolicy", "the policy does not parse"],
     );
 
@@ -205,20 +224,26 @@ fn a_pod_policy_denies_exec_and_can_lock_itself() {
         .try_exec_sync(&c, &["true"], Duration::from_secs(30))
         .expect_err("exec must be denied");
     assert!(
-        err.message().contains("ExecProcessRequest is blocked by policy"),
+        err.message()
+            .contains("ExecProcessRequest is blocked by policy"),
         "{err:?}"
     );
     let out = capsa(&s, &["exec", &pod, "--", "true"], None);
     assert!(!out.status.success(), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("PERMISSION_DENIED") && stderr.contains("ExecProcessRequest is blocked by policy"),
+        stderr.contains("PERMISSION_DENIED")
+            && stderr.contains("ExecProcessRequest is blocked by policy"),
         "{stderr}"
     );
     // The policy has no SetPolicyRequest rule: it cannot be replaced.
     let allow_all = s.env.state_dir.join("allow-all.rego");
     std::fs::write(&allow_all, capsa_protocols::policy::ALLOW_ALL).unwrap();
-    let out = capsa(&s, &["policy", "set", &pod, allow_all.to_str().unwrap()], None);
+    let out = capsa(
+        &s,
+        &["policy", "set", &pod, allow_all.to_str().unwrap()],
+        None,
+    );
     assert!(!out.status.success(), "{out:?}");
     assert!(
         text(&out.stderr).contains("SetPolicyRequest is blocked by policy"),
@@ -226,7 +251,9 @@ fn a_pod_policy_denies_exec_and_can_lock_itself() {
     );
     let out = capsa(&s, &["policy", "get", &pod], None);
     assert_eq!(text(&out.stdout), NO_EXEC, "{out:?}");
-    assert!(cri.try_exec_sync(&c, &["true"], Duration::from_secs(30)).is_err());
+    assert!(cri
+        .try_exec_sync(&c, &["true"], Duration::from_secs(30))
+        .is_err());
 
     std::fs::remove_file(&allow_all).unwrap();
     cri.stop_container(&c, Duration::from_secs(5));

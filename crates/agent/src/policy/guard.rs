@@ -101,7 +101,8 @@ pub fn guard_services(services: &mut HashMap<String, Service>, policy: &SharedPo
         return;
     };
     let descriptor = agent::file_descriptor()
-        .service_by_name("AgentService")
+        .services()
+        .find(|s| s.proto().name() == "AgentService")
         .expect("agent.proto has AgentService");
     let inputs: HashMap<String, MessageDescriptor> = descriptor
         .methods()

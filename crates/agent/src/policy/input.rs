@@ -19,7 +19,7 @@
 //! default values, writes 64-bit integers as strings and bytes as base64):
 //! policies written for Kata's agent (`genpolicy`) read Kata's form.
 
-use protobuf::reflect::{ReflectFieldRef, ReflectValueRef};
+use protobuf::reflect::{ReflectFieldRef, ReflectValueRef, RuntimeType};
 use protobuf::MessageDyn;
 use serde_json::{Map, Value};
 
@@ -86,14 +86,17 @@ fn message_json(message: &dyn MessageDyn) -> Value {
         let value = match field.get_reflect(message) {
             ReflectFieldRef::Optional(optional) => match optional.value() {
                 Some(v) => value_json(v),
-                None if field.singular_runtime_type().is_message() => Value::Null,
+                None if matches!(field.singular_runtime_type(), RuntimeType::Message(_)) => {
+                    Value::Null
+                }
                 None => value_json(field.get_singular_field_or_default(message)),
             },
             ReflectFieldRef::Repeated(repeated) => {
                 Value::Array(repeated.into_iter().map(value_json).collect())
             }
             ReflectFieldRef::Map(map) => Value::Object(
-                map.into_iter()
+                (&map)
+                    .into_iter()
                     .map(|(k, v)| (key_string(k), value_json(v)))
                     .collect(),
             ),
@@ -117,8 +120,12 @@ fn value_json(value: ReflectValueRef) -> Value {
         ReflectValueRef::U64(v) => v.into(),
         ReflectValueRef::I32(v) => v.into(),
         ReflectValueRef::I64(v) => v.into(),
-        ReflectValueRef::F32(v) => serde_json::Number::from_f64(v.into()).map_or(Value::Null, Value::Number),
-        ReflectValueRef::F64(v) => serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ReflectValueRef::F32(v) => {
+            serde_json::Number::from_f64(v.into()).map_or(Value::Null, Value::Number)
+        }
+        ReflectValueRef::F64(v) => {
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+        }
         ReflectValueRef::Bool(v) => v.into(),
         ReflectValueRef::String(v) => v.into(),
         ReflectValueRef::Bytes(v) => Value::Array(v.iter().map(|b| (*b).into()).collect()),
@@ -137,8 +144,8 @@ pub fn copy_file_input(req: &CopyFileRequest) -> Value {
         libc::S_IFLNK => "Symlink",
         _ => "Unknown",
     };
-    let symlink_target = (file_type == "Symlink")
-        .then(|| String::from_utf8_lossy(&req.data).into_owned());
+    let symlink_target =
+        (file_type == "Symlink").then(|| String::from_utf8_lossy(&req.data).into_owned());
     serde_json::json!({
         "path": req.path,
         "file_type": file_type,

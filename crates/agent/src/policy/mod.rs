@@ -145,7 +145,10 @@ impl AgentPolicy {
             text: text.to_string(),
         };
         policy.allow_failures = matches!(
-            policy.evaluate("AllowRequestsFailingPolicy", &Value::Object(Default::default())),
+            policy.evaluate(
+                "AllowRequestsFailingPolicy",
+                &Value::Object(Default::default())
+            ),
             Ok(Some(Verdict { allowed: true, .. }))
         );
         if policy.allow_failures {
@@ -221,7 +224,8 @@ impl AgentPolicy {
                 ops: None,
             })),
             regorus::Value::Object(_) => {
-                let json = serde_json::to_value(value).map_err(|e| PolicyError::eval(request, e))?;
+                let json =
+                    serde_json::to_value(value).map_err(|e| PolicyError::eval(request, e))?;
                 serde_json::from_value(json)
                     .map(Some)
                     .map_err(|e| PolicyError::eval(request, format!("result {value}: {e}")))
@@ -271,8 +275,8 @@ impl AgentPolicy {
 
     /// Applies a rule's JSON-patch operations to the policy's data.
     fn apply(&mut self, request: &str, ops: &json_patch::Patch) -> Result<(), PolicyError> {
-        let mut data =
-            serde_json::to_value(self.engine.get_data()).map_err(|e| PolicyError::eval(request, e))?;
+        let mut data = serde_json::to_value(self.engine.get_data())
+            .map_err(|e| PolicyError::eval(request, e))?;
         json_patch::patch(&mut data, ops)
             .map_err(|e| PolicyError::eval(request, format!("ops: {e}")))?;
         self.engine.clear_data();

@@ -16,7 +16,11 @@ fn denied(r: Result<(), PolicyError>) -> String {
 #[test]
 fn allow_all_allows_every_request() {
     let mut p = AgentPolicy::allow_all();
-    for request in ["CreateContainerRequest", "ExecProcessRequest", "SetPolicyRequest"] {
+    for request in [
+        "CreateContainerRequest",
+        "ExecProcessRequest",
+        "SetPolicyRequest",
+    ] {
         p.check(request, &json!({})).unwrap();
     }
 }
@@ -24,7 +28,8 @@ fn allow_all_allows_every_request() {
 #[test]
 fn every_request_of_the_api_is_in_allow_all() {
     let service = capsa_protocols::agent::file_descriptor()
-        .service_by_name("AgentService")
+        .services()
+        .find(|s| s.proto().name() == "AgentService")
         .unwrap();
     let mut p = AgentPolicy::allow_all();
     for method in service.methods() {
@@ -87,18 +92,28 @@ CreateContainerRequest := {"allowed": false, "ops": [{"op": "add", "path": "/pst
     p.check("CreateContainerRequest", &json!({})).unwrap();
     denied(p.check("CreateContainerRequest", &json!({})));
     let data = serde_json::to_value(p.engine.get_data()).unwrap();
-    assert_eq!(data["pstate"], json!({"created": true}), "ops of a denial are not applied");
+    assert_eq!(
+        data["pstate"],
+        json!({"created": true}),
+        "ops of a denial are not applied"
+    );
 }
 
 #[test]
 fn bad_policies_are_refused_with_the_parser_message() {
     let e = AgentPolicy::new("package agent_policy\nExecProcessRequest := {\n").unwrap_err();
     assert!(matches!(e, PolicyError::Parse(_)), "{e}");
-    assert!(e.to_string().starts_with("the policy does not parse: "), "{e}");
+    assert!(
+        e.to_string().starts_with("the policy does not parse: "),
+        "{e}"
+    );
     let e = AgentPolicy::new("package other\ndefault ExecProcessRequest := true\n").unwrap_err();
     assert!(matches!(e, PolicyError::NoPackage), "{e}");
     let big = format!("package agent_policy\n# {}\n", "x".repeat(MAX_POLICY_BYTES));
-    assert!(matches!(AgentPolicy::new(&big), Err(PolicyError::TooLarge(_))));
+    assert!(matches!(
+        AgentPolicy::new(&big),
+        Err(PolicyError::TooLarge(_))
+    ));
 }
 
 #[test]
@@ -110,12 +125,12 @@ fn results_of_another_type_are_engine_errors() {
 
 #[test]
 fn a_runaway_evaluation_is_stopped() {
-    // numbers.range over a large interval, walked: far over the limit.
+    // Nine million comparisons: far over the limit.
     let mut p = policy(
         r#"package agent_policy
 import rego.v1
 ExecProcessRequest if {
-    count([x | some x in numbers.range(1, 100000000); x < 0]) == 0
+    count([x | some x in numbers.range(1, 3000); some y in numbers.range(1, 3000); x > y + 5000]) == 0
 }
 "#,
     );

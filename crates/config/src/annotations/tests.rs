@@ -35,7 +35,11 @@ fn other_annotations_are_ignored_and_nothing_is_enabled_by_default() {
 #[test]
 fn enabled_annotations_size_the_vm() {
     let c = config(&["default_vcpus", "default_memory"], &[]);
-    let a = apply(&c, &[(&h("default_vcpus"), "2"), (&h("default_memory"), "1024")]).unwrap();
+    let a = apply(
+        &c,
+        &[(&h("default_vcpus"), "2"), (&h("default_memory"), "1024")],
+    )
+    .unwrap();
     assert_eq!(a.config.hypervisor.qemu.default_vcpus, 2);
     assert_eq!(a.config.hypervisor.qemu.default_memory, 1024);
 }
@@ -64,8 +68,14 @@ fn patterns_are_anchored() {
 #[test]
 fn runtime_and_agent_keys_are_gated_by_the_runtime_setting() {
     let c = config(&[".*"], &[]);
-    let e = apply(&c, &[("io.katacontainers.config.agent.policy", "cGFja2FnZSBhZ2VudF9wb2xpY3k=")])
-        .unwrap_err();
+    let e = apply(
+        &c,
+        &[(
+            "io.katacontainers.config.agent.policy",
+            "cGFja2FnZSBhZ2VudF9wb2xpY3k=",
+        )],
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "annotation io.katacontainers.config.agent.policy is not enabled: add a pattern matching \
@@ -75,13 +85,22 @@ fn runtime_and_agent_keys_are_gated_by_the_runtime_setting() {
     let a = apply(
         &c,
         &[
-            ("io.katacontainers.config.agent.policy", "cGFja2FnZSBhZ2VudF9wb2xpY3k="),
-            ("io.katacontainers.config.runtime.sandbox_cgroup_only", "true"),
+            (
+                "io.katacontainers.config.agent.policy",
+                "cGFja2FnZSBhZ2VudF9wb2xpY3k=",
+            ),
+            (
+                "io.katacontainers.config.runtime.sandbox_cgroup_only",
+                "true",
+            ),
         ],
     )
     .unwrap();
     assert_eq!(a.policy.as_deref(), Some("package agent_policy"));
-    assert_eq!(a.config.agent.capsa.policy.as_deref(), Some("package agent_policy"));
+    assert_eq!(
+        a.config.agent.capsa.policy.as_deref(),
+        Some("package agent_policy")
+    );
     assert!(a.config.runtime.sandbox_cgroup_only);
 }
 
@@ -101,23 +120,38 @@ fn bad_values_name_key_and_value() {
         ("virtio_fs_extra_args", "--thread-pool-size=4"),
     ] {
         match apply(&c, &[(&h(key), value)]) {
-            Err(AnnotationError::Invalid { key: k, value: v, .. }) => {
+            Err(AnnotationError::Invalid {
+                key: k, value: v, ..
+            }) => {
                 assert_eq!((k, v), (h(key), value.to_string()))
             }
             other => panic!("{key}={value}: {other:?}"),
         }
     }
     assert!(matches!(
-        apply(&c, &[("io.katacontainers.config.agent.policy", "not base64!")]),
+        apply(
+            &c,
+            &[("io.katacontainers.config.agent.policy", "not base64!")]
+        ),
         Err(AnnotationError::Invalid { .. })
     ));
     // A maximum below the default: named.
-    let e = apply(&c, &[(&h("default_vcpus"), "4"), (&h("default_maxvcpus"), "2")]).unwrap_err();
-    assert!(e.to_string().contains("default_maxvcpus: invalid value \"2\""), "{e}");
+    let e = apply(
+        &c,
+        &[(&h("default_vcpus"), "4"), (&h("default_maxvcpus"), "2")],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("default_maxvcpus: invalid value \"2\""),
+        "{e}"
+    );
     // Enabled, but not a key capsa knows.
     assert_eq!(
         apply(&c, &[(&h("jailer_path"), "/x")]).unwrap_err(),
-        AnnotationError::Unsupported { key: h("jailer_path") }
+        AnnotationError::Unsupported {
+            key: h("jailer_path")
+        }
     );
 }
 
@@ -127,12 +161,19 @@ fn paths_must_match_the_globs() {
     // Default: only the configured binary.
     assert!(apply(&c, &[(&h("path"), "/usr/bin/qemu-system-x86_64")]).is_ok());
     let e = apply(&c, &[(&h("path"), "/tmp/evil")]).unwrap_err();
-    assert!(e.to_string().contains("matches none of valid_hypervisor_paths"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("matches none of valid_hypervisor_paths"),
+        "{e}"
+    );
     let mut c = c;
     c.hypervisor.qemu.valid_hypervisor_paths = vec!["/opt/qemu/*/qemu-system-x86_64".into()];
     c.hypervisor.qemu.valid_virtio_fs_daemon_paths = vec!["/usr/libexec/virtiofsd*".into()];
     let a = apply(&c, &[(&h("path"), "/opt/qemu/9.0/qemu-system-x86_64")]).unwrap();
-    assert_eq!(a.config.hypervisor.qemu.path, Path::new("/opt/qemu/9.0/qemu-system-x86_64"));
+    assert_eq!(
+        a.config.hypervisor.qemu.path,
+        Path::new("/opt/qemu/9.0/qemu-system-x86_64")
+    );
     for bad in [
         "/opt/qemu/a/b/qemu-system-x86_64",
         "/opt/qemu/../../tmp/qemu-system-x86_64",
