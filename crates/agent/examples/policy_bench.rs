@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use capsa_agent::policy::{input, AgentPolicy};
 use capsa_protocols::agent_ttrpc::AgentServiceClient;
 use capsa_protocols::{agent, oci};
-use protobuf::Message;
 
 const CONTAINERS: usize = 6;
 const ENV: usize = 30;

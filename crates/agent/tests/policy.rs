@@ -82,15 +82,13 @@ async fn policies_decide_requests_and_can_lock_themselves() {
     assert_eq!(code, Code::NOT_FOUND);
 
     // Reads only of container "c1"; ExecProcess has no rule; SetPolicy
-    // allowed once (state in data.pstate).
+    // denied: the policy locks itself.
     let policy = r#"package agent_policy
 import rego.v1
 default ReadStreamRequest := false
 ReadStreamRequest if input.container_id == "c1"
 default DestroySandboxRequest := true
-SetPolicyRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/set", "value": true}]} if {
-    not data.pstate.set
-}
+default SetPolicyRequest := false
 "#;
     agent.set_policy(ctx(), &set(policy)).await.unwrap();
     let (code, _) = status(agent.read_stdout(ctx(), &read("c1")).await.unwrap_err());
@@ -120,7 +118,7 @@ SetPolicyRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/set
         .await
         .unwrap();
 
-    // SetPolicy once more: the policy's state says no.
+    // SetPolicy once more: the policy says no.
     let (code, message) = status(
         agent
             .set_policy(ctx(), &set(capsa_protocols::policy::ALLOW_ALL))
