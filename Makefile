@@ -203,6 +203,7 @@ bench: install
 	  cargo run --release -p capsa-shim --example rootfs_bench
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example density
+	cargo run --release -p capsa-agent --example policy_bench
 
 ## SANDBOXES sandboxes created and removed at once, for ROUNDS rounds,
 ## through `capsa run` and through containerd's CRI (the release binaries

@@ -88,6 +88,20 @@ impl AgentClient {
         .await
     }
 
+    /// SetPolicy: replaces the agent's policy with `policy` (Rego), if the
+    /// current policy allows it (`SetPolicyRequest`).
+    pub async fn set_policy(&self, policy: &str) -> Result<(), Error> {
+        let req = agent::SetPolicyRequest {
+            policy: policy.to_string(),
+            ..Default::default()
+        };
+        self.agent
+            .set_policy(until(CALL_TIMEOUT), &req)
+            .await
+            .map_err(rpc("SetPolicy"))?;
+        Ok(())
+    }
+
     pub async fn create_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<(), Error> {
         timed(
             "CreateSandbox",

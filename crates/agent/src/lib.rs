@@ -20,6 +20,7 @@ pub mod logging;
 pub mod modules;
 pub mod network;
 pub mod passfd;
+pub mod policy;
 pub mod power;
 pub mod process;
 pub mod reaper;

@@ -25,7 +25,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::initrd::{Module, BUSYBOX, MODULES_LOAD, SH};
+use crate::initrd::{default_policy_path, Module, BUSYBOX, MODULES_LOAD, SH};
 use crate::Error;
 
 const MIB: u64 = 1 << 20;
@@ -179,6 +179,11 @@ fn populate(
     file("init", agent, 0o755)?;
     let load: String = modules.iter().map(|m| format!("{}\n", m.path)).collect();
     file(MODULES_LOAD, load.as_bytes(), 0o644)?;
+    file(
+        default_policy_path(),
+        capsa_protocols::policy::ALLOW_ALL.as_bytes(),
+        0o644,
+    )?;
     for m in modules {
         file(&format!("{moddir}/{}", m.path), &m.data, 0o644)?;
     }
@@ -368,5 +373,9 @@ mod tests {
         assert_eq!(cat("/etc/capsa/modules.load"), "kernel/fs/x.ko\n");
         assert_eq!(cat("/lib/modules/6.1.0-test/kernel/fs/x.ko"), "module");
         assert_eq!(cat("/bin/busybox"), "bb");
+        assert_eq!(
+            cat("/etc/capsa/default-policy.rego"),
+            capsa_protocols::policy::ALLOW_ALL
+        );
     }
 }

@@ -20,6 +20,12 @@ pub struct Module {
 /// `/lib/modules/<version>/`, in load order.
 pub const MODULES_LOAD: &str = "etc/capsa/modules.load";
 
+/// The agent's default policy (allow-all; capsa_protocols::policy): where
+/// the agent reads it at boot, relative to `/`.
+pub fn default_policy_path() -> &'static str {
+    capsa_protocols::policy::DEFAULT_POLICY_PATH.trim_start_matches('/')
+}
+
 enum Node<'a> {
     Dir,
     File(&'a [u8]),
@@ -52,6 +58,11 @@ pub fn build(
     );
     tree.add("init".into(), 0o755, Node::File(agent));
     tree.add(MODULES_LOAD.into(), 0o644, Node::File(load.as_bytes()));
+    tree.add(
+        default_policy_path().into(),
+        0o644,
+        Node::File(capsa_protocols::policy::ALLOW_ALL.as_bytes()),
+    );
     for m in modules {
         tree.add(format!("{moddir}/{}", m.path), 0o644, Node::File(&m.data));
     }
@@ -251,6 +262,11 @@ mod tests {
         assert_eq!(
             get("lib/modules/6.1.0-9-test/kernel/fs/fuse/fuse.ko").data,
             b"fuse!"
+        );
+        assert_eq!(
+            get("etc/capsa/default-policy.rego").data,
+            capsa_protocols::policy::ALLOW_ALL.as_bytes(),
+            "the default policy is allow-all"
         );
         assert!(items.iter().all(|i| i.mtime == 0));
         assert_eq!(get(BUSYBOX).mode, 0o100755);

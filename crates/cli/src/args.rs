@@ -85,6 +85,27 @@ pub enum Command {
     },
     /// Serve Prometheus metrics of every running sandbox (metrics hook).
     Monitor(MonitorArgs),
+    /// A running sandbox's agent policy (Rego, Kata's `agent_policy`).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the agent policy, if the current one allows it
+    /// (its `SetPolicyRequest` rule).
+    Set {
+        /// Sandbox id.
+        id: String,
+        /// The policy, a Rego file (`-`: standard input).
+        file: PathBuf,
+    },
+    /// Print the policy capsa last set in the sandbox (nothing if the
+    /// guest's default policy, allow-all, is in force).
+    Get {
+        /// Sandbox id.
+        id: String,
+    },
 }
 
 /// `capsa monitor`.
@@ -154,6 +175,12 @@ pub struct RunArgs {
         value_name = "HOSTPORT:CONTAINERPORT[/tcp|/udp]"
     )]
     pub publish: Vec<capsa_runtime::resource::network::cni::PortMapping>,
+    /// A pod annotation, repeatable (e.g.
+    /// `io.katacontainers.config.hypervisor.default_vcpus=2`): Kata's
+    /// `io.katacontainers.config.*` keys, allowed only where the
+    /// configuration's `enable_annotations` enables them, as for a pod.
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    pub annotations: Vec<(String, String)>,
     /// Leave the sandbox running in the background and print its id.
     #[arg(short, long, conflicts_with = "interactive")]
     pub detach: bool,
@@ -317,6 +344,13 @@ pub struct AssetsBuildArgs {
 fn parse_env(s: &str) -> Result<String, String> {
     match s.split_once('=') {
         Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }

@@ -21,6 +21,9 @@ pub enum Error {
         key: String,
         reason: String,
     },
+    /// A pod annotation that is not enabled, not supported, or bad.
+    #[error(transparent)]
+    Annotation(#[from] crate::AnnotationError),
 }
 
 /// A value out of range: the key (its full name, `hypervisor.qemu.x`)

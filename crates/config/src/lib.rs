@@ -11,12 +11,14 @@
 //! `load_config` runs both, through [`load_checked`]).
 
 mod driver;
+pub mod annotations;
 mod error;
 mod lookup;
 mod model;
 mod qemu;
 mod validate;
 
+pub use annotations::{apply_annotations, AnnotationError, Applied};
 pub use error::{Error, Invalid};
 pub use lookup::{
     find, load, load_checked, parse, parse_checked, Source, DEFAULT_PATHS, ENV_CONF_FILE,

@@ -56,6 +56,17 @@ pub struct VmSettings {
     /// even where the host has `/dev/vhost-net`.
     pub disable_vhost_net: bool,
     pub enable_debug: bool,
+    /// Kata's key: patterns (regular expressions, anchored by capsa) of
+    /// the `io.katacontainers.config.hypervisor.<key>` pod annotations
+    /// allowed, matched against `<key>`; empty: none (see
+    /// `annotations`).
+    pub enable_annotations: Vec<String>,
+    /// Kata's key: globs of the QEMU binaries the `path` annotation may
+    /// name; empty: only `path`.
+    pub valid_hypervisor_paths: Vec<String>,
+    /// Kata's key: globs of the virtiofsd binaries the `virtio_fs_daemon`
+    /// annotation may name; empty: only `virtio_fs_daemon`.
+    pub valid_virtio_fs_daemon_paths: Vec<String>,
 }
 
 impl Default for VmSettings {
@@ -78,6 +89,9 @@ impl Default for VmSettings {
             hotplug_timeout: 15,
             disable_vhost_net: false,
             enable_debug: false,
+            enable_annotations: Vec::new(),
+            valid_hypervisor_paths: Vec::new(),
+            valid_virtio_fs_daemon_paths: Vec::new(),
         }
     }
 }
@@ -196,6 +210,11 @@ pub struct AgentConfig {
     /// [`HEALTH_CHECK_FAILURES`] checks in a row is declared dead and its
     /// VM killed. A stopped hypervisor is declared dead at once, whatever this is.
     pub health_check_interval: u32,
+    /// The pod's agent policy (Rego), sent as the agent's first request;
+    /// not a file key: set from the annotation
+    /// `io.katacontainers.config.agent.policy` (see `annotations`).
+    #[serde(skip)]
+    pub policy: Option<String>,
 }
 
 /// Failed health checks in a row after which a sandbox is declared dead.
@@ -209,6 +228,7 @@ impl Default for AgentConfig {
             enable_debug: false,
             debug_console_enabled: false,
             health_check_interval: 5,
+            policy: None,
         }
     }
 }
@@ -244,6 +264,12 @@ pub struct RuntimeConfig {
     /// steps and their durations, an SVG picture) to `<dir>/<pod id>.svg`
     /// once the pod is down. Empty: none.
     pub timeline_dir: PathBuf,
+    /// Kata's key: patterns (anchored regular expressions) of the
+    /// `io.katacontainers.config.runtime.<key>` and
+    /// `io.katacontainers.config.agent.<key>` pod annotations allowed,
+    /// matched against `runtime.<key>` / `agent.<key>` (e.g.
+    /// `agent.policy`); empty: none.
+    pub enable_annotations: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -257,6 +283,7 @@ impl Default for RuntimeConfig {
             sandbox_cgroup_only: false,
             static_sandbox_resource_mgmt: false,
             timeline_dir: PathBuf::new(),
+            enable_annotations: Vec::new(),
         }
     }
 }

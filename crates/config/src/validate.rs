@@ -96,6 +96,20 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
             return Err(invalid(key, format!("{path:?} is not an absolute path")));
         }
     }
+    // annotations (issue 25): the patterns of enable_annotations compile.
+    if let Err(crate::AnnotationError::BadPattern {
+        setting,
+        pattern,
+        reason,
+    }) = crate::annotations::check_patterns(config)
+    {
+        let key = if setting.starts_with("[runtime]") {
+            "runtime.enable_annotations"
+        } else {
+            "hypervisor.qemu.enable_annotations"
+        };
+        return Err(invalid(key, format!("{pattern:?}: {reason}")));
+    }
     if config.agent.capsa.dial_timeout == 0 {
         return Err(invalid(
             "agent.capsa.dial_timeout",

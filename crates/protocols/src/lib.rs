@@ -59,3 +59,20 @@ pub fn guest_block_rootfs_path(container_id: &str) -> String {
 pub fn guest_block_volume_path(device_id: &str) -> String {
     format!("/run/kata-containers/sandbox/storage/{device_id}")
 }
+
+/// The agent policy's fixed names (Kata's), shared by the host and the guest.
+pub mod policy {
+    /// Where the guest keeps the policy the agent loads at boot.
+    pub const DEFAULT_POLICY_PATH: &str = "/etc/capsa/default-policy.rego";
+    /// The default policy: every request of the agent API allowed.
+    pub const ALLOW_ALL: &str = include_str!("../policy/allow-all.rego");
+    /// The Rego package of the rules (`data.agent_policy.<Request>`).
+    pub const PACKAGE: &str = "agent_policy";
+    /// The pod annotation carrying the pod's policy, base64-encoded Rego.
+    pub const ANNOTATION: &str = "io.katacontainers.config.agent.policy";
+
+    /// The rule deciding requests of type `request` (a message name).
+    pub fn rule(request: &str) -> String {
+        format!("data.{PACKAGE}.{request}")
+    }
+}

@@ -21,7 +21,7 @@ async fn main() {
         .and_then(|w| w.parse().ok())
         .unwrap_or(30);
     let env = TestEnv::new();
-    let (config, _) = capsa_config::load(Some(&env.config)).expect("config");
+    let (config, _) = capsa_runtime::load_config(Some(&env.config)).expect("config");
     let sandbox = Sandbox::start(&config, VmSize::default())
         .await
         .expect("sandbox start");

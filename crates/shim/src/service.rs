@@ -110,6 +110,8 @@ impl Service {
                     let explicit = crate::options::config_path(req.options.as_ref());
                     let (config, source) = capsa_runtime::load_config(explicit.as_deref())?;
                     tracing::info!(%source, "configuration");
+                    // The pod's io.katacontainers.config.* annotations.
+                    let config = apply_pod_annotations(&config, &spec)?;
                     capsa_runtime::resource::volume::check_shared_fs(&rootfs, &spec, &config)?;
                     let mut request = SandboxRequest::parse(&config, &pod_id, &spec)?;
                     if let Some(cgroup) = request.cgroup.as_mut() {
@@ -548,4 +550,18 @@ impl Task for Service {
         self.exit.signal();
         Ok(Empty::new())
     }
+}
+
+/// annotations (issue 25): `config` adjusted by the spec's
+/// `io.katacontainers.config.*` annotations; an annotation that is not
+/// enabled, not supported or bad fails the create before anything starts.
+fn apply_pod_annotations(
+    config: &capsa_config::Config,
+    spec: &Spec,
+) -> Result<capsa_config::Config, Error> {
+    let none = std::collections::HashMap::new();
+    let annotations = spec.annotations().as_ref().unwrap_or(&none);
+    let applied =
+        capsa_config::apply_annotations(config, annotations).map_err(capsa_config::Error::from)?;
+    Ok(applied.config)
 }

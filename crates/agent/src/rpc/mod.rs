@@ -24,6 +24,8 @@ use capsa_protocols::{agent, agent_ttrpc, health_ttrpc};
 use protobuf::well_known_types::empty::Empty;
 use ttrpc::asynchronous::{Service, TtrpcContext};
 
+use crate::policy::guard::{self, SharedPolicy};
+use crate::policy::AgentPolicy;
 use crate::sandbox::Sandbox;
 pub use container::container_request;
 pub use health::{HealthRpc, AGENT_VERSION, API_VERSION};
@@ -34,20 +36,25 @@ pub use unimplemented::IMPLEMENTED;
 /// The AgentService methods over a sandbox.
 pub struct AgentRpc {
     sandbox: Arc<Sandbox>,
+    policy: SharedPolicy,
 }
 
 impl AgentRpc {
-    pub fn new(sandbox: Arc<Sandbox>) -> Self {
-        Self { sandbox }
+    pub fn new(sandbox: Arc<Sandbox>, policy: SharedPolicy) -> Self {
+        Self { sandbox, policy }
     }
 }
 
-/// The ttRPC services of the agent, ready to register.
+/// The ttRPC services of the agent, ready to register, behind the policy
+/// the agent starts with ([`AgentPolicy::load_default`]).
 pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, Service> {
-    let agent: Arc<dyn agent_ttrpc::AgentService + Send + Sync> = Arc::new(AgentRpc::new(sandbox));
+    let policy: SharedPolicy = Arc::new(std::sync::Mutex::new(AgentPolicy::load_default()));
+    let agent: Arc<dyn agent_ttrpc::AgentService + Send + Sync> =
+        Arc::new(AgentRpc::new(sandbox, policy.clone()));
     let health: Arc<dyn health_ttrpc::Health + Send + Sync> = Arc::new(HealthRpc);
     let mut services = agent_ttrpc::create_agent_service(agent);
     unimplemented::replace_unimplemented(&mut services);
+    guard::guard_services(&mut services, &policy);
     services.extend(health_ttrpc::create_health(health));
     guest::count_requests(&mut services);
     services
@@ -313,6 +320,14 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _req: agent::ListRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
         reply("ListRoutes", network::list_routes().await)
+    }
+
+    async fn set_policy(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetPolicyRequest,
+    ) -> ttrpc::Result<Empty> {
+        guard::set_policy(&self.policy, &req).map(|()| Empty::new())
     }
 
     async fn add_arp_neighbors(

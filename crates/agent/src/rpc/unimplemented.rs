@@ -40,6 +40,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "ListInterfaces",
     "ListRoutes",
     "AddARPNeighbors",
+    "SetPolicy",
 ];
 
 const AGENT_SERVICE: &str = "grpc.AgentService";

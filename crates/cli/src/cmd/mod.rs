@@ -7,13 +7,14 @@ mod config;
 mod exec;
 mod kill;
 mod monitor; // metrics hook
+mod policy;
 mod ps;
 mod run;
 mod update;
 
 pub use run::{timeline, DETACHED_DIR_ENV};
 
-use crate::args::{AssetsCommand, Cli, Command};
+use crate::args::{AssetsCommand, Cli, Command, PolicyCommand};
 
 /// Runs the subcommand; returns the process exit status.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -36,5 +37,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             list,
         } => agent_ctl::agent_ctl(config, &id, method.as_deref(), &request, list).await,
         Command::Monitor(args) => monitor::monitor(config, args).await, // metrics hook
+        Command::Policy(PolicyCommand::Set { id, file }) => policy::set(config, &id, &file).await,
+        Command::Policy(PolicyCommand::Get { id }) => policy::get(config, &id),
     }
 }

@@ -78,7 +78,7 @@ struct Monitor {
 }
 
 pub async fn monitor(config: Option<&Path>, args: MonitorArgs) -> anyhow::Result<u8> {
-    let (config, _) = capsa_config::load(config)?;
+    let (config, _) = capsa_runtime::load_config(config)?;
     let mut roots = vec![config.runtime.state_dir.clone()];
     roots.extend(args.state_dir);
     let listener = tokio::net::TcpListener::bind(args.listen_address)

@@ -28,6 +28,9 @@ const READY: &str = "ok";
 pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
     let (config, source) = capsa_runtime::load_config(config)?;
     tracing::info!(%source, "configuration");
+    // annotations (issue 25): --annotation, gated as a pod's annotations.
+    let annotations = args.annotations.iter().cloned().collect();
+    let config = capsa_config::apply_annotations(&config, &annotations)?.config;
     if let Some(file) = &args.timeline {
         check_timeline_path(file)?;
     }

@@ -240,6 +240,12 @@ impl Sandbox {
             () = exited => return Err(Error::VmExited { console: console(&self.dir) }),
         };
         tracing::info!(sandbox = %self.id, "agent connected");
+        // The pod's agent policy is the first request.
+        if let Some(policy) = &config.agent.capsa.policy {
+            crate::policy::set(&agent, self.dir.path(), policy)
+                .instrument(crate::step!("SetPolicy"))
+                .await?;
+        }
         let req = agent::CreateSandboxRequest {
             hostname: self.hostname(),
             sandbox_id: self.id.clone(),

@@ -116,6 +116,8 @@ Root = {runc_root:?}
 
 [{cri}.containerd.runtimes.capsa]
 runtime_type = "io.containerd.capsa.v2"
+# Kata's pod annotations reach the shim (capsa gates them: enable_annotations).
+pod_annotations = ["io.katacontainers.*"]
 {capsa_options}{proxy}"#,
         root = s(&dir.join("root")),
         state = s(&dir.join("state")),

@@ -250,6 +250,34 @@ impl Cri {
         (text(r.stdout), text(r.stderr), r.exit_code)
     }
 
+    /// [`Self::exec_sync`] that returns CRI's error instead of failing
+    /// the test (bounded all the same).
+    pub fn try_exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<(String, String, i32), tonic::Status> {
+        let mut c = self.runtime.clone();
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout.as_secs() as i64,
+        };
+        let limit = self.limit + timeout;
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, c.exec_sync(req)).await });
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        match result {
+            Ok(r) => r.map(|r| {
+                let r = r.into_inner();
+                (text(r.stdout), text(r.stderr), r.exit_code)
+            }),
+            Err(_) => panic!("CRI ExecSync timed out after {limit:?}"),
+        }
+    }
+
     pub fn container_status(&self, id: &str) -> ContainerStatus {
         let mut c = self.runtime.clone();
         let req = ContainerStatusRequest {
