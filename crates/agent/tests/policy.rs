@@ -50,9 +50,14 @@ async fn policies_decide_requests_and_can_lock_themselves() {
         let address = address.clone();
         async move { serve(sandbox, &address).await }
     });
+    // The server binds its socket once spawned: bounded retries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let client = loop {
         match ttrpc::asynchronous::Client::connect(&address).await {
             Ok(c) => break c,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the agent server did not listen on {address} in 10 s: {e}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
