@@ -134,10 +134,7 @@ fn compile(
 
 /// Checks the patterns of both `enable_annotations` settings compile.
 pub fn check_patterns(config: &Config) -> Result<(), AnnotationError> {
-    compile(
-        &config.hypervisor.vm.enable_annotations,
-        HYPERVISOR_SETTING,
-    )?;
+    compile(&config.hypervisor.vm.enable_annotations, HYPERVISOR_SETTING)?;
     compile(&config.runtime.enable_annotations, RUNTIME_SETTING)?;
     Ok(())
 }
@@ -149,10 +146,7 @@ pub fn apply_annotations(
     config: &Config,
     annotations: &HashMap<String, String>,
 ) -> Result<Applied, AnnotationError> {
-    let hypervisor = compile(
-        &config.hypervisor.vm.enable_annotations,
-        HYPERVISOR_SETTING,
-    )?;
+    let hypervisor = compile(&config.hypervisor.vm.enable_annotations, HYPERVISOR_SETTING)?;
     let runtime = compile(&config.runtime.enable_annotations, RUNTIME_SETTING)?;
     let mut out = config.clone();
     let mut policy = None;

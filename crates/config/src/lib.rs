@@ -10,8 +10,8 @@
 //! the shared keys; each driver checks its own (`capsa-hypervisor`'s
 //! `load_config` runs both, through [`load_checked`]).
 
-mod driver;
 pub mod annotations;
+mod driver;
 mod error;
 mod lookup;
 mod model;

@@ -21,10 +21,7 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<u8> {
     }
     let kernel = &config.hypervisor.vm.kernel;
     if kernel.is_file() {
-        output::line(format_args!(
-            "kernel in use   {}",
-            kernel_identity(kernel)
-        ))?;
+        output::line(format_args!("kernel in use   {}", kernel_identity(kernel)))?;
     }
     if missing > 0 {
         output::line(format_args!(

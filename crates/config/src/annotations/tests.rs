@@ -171,10 +171,7 @@ fn paths_must_match_the_globs() {
     c.hypervisor.vm.valid_virtio_fs_daemon_paths = vec!["/usr/libexec/virtiofsd*".into()];
     let a = apply(&c, &[(&h("path"), "/opt/qemu/9.0/qemu-system-x86_64")]).unwrap();
     let crate::DriverSettings::Qemu(qemu) = &a.config.hypervisor.driver;
-    assert_eq!(
-        qemu.path,
-        Path::new("/opt/qemu/9.0/qemu-system-x86_64")
-    );
+    assert_eq!(qemu.path, Path::new("/opt/qemu/9.0/qemu-system-x86_64"));
     for bad in [
         "/opt/qemu/a/b/qemu-system-x86_64",
         "/opt/qemu/../../tmp/qemu-system-x86_64",

@@ -297,7 +297,11 @@ pub fn check_shared_fs(
 }
 
 /// [`check_shared_fs`] under the sandbox's block policy.
-pub fn needs_no_share(rootfs: &Rootfs, spec: &Spec, policy: super::BlockPolicy) -> Result<(), Error> {
+pub fn needs_no_share(
+    rootfs: &Rootfs,
+    spec: &Spec,
+    policy: super::BlockPolicy,
+) -> Result<(), Error> {
     if policy.shared_fs {
         return Ok(());
     }
