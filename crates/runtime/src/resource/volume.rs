@@ -261,30 +261,6 @@ fn add_raw_device(spec: &mut Spec, volume: &Volume, major: u32, minor: u32) -> R
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_mounts_and_binds_are_not_block_volumes() {
-        let m = |typ: &str, source: &str| {
-            MountBuilder::default()
-                .destination("/x")
-                .typ(typ)
-                .source(source)
-                .build()
-                .unwrap()
-        };
-        assert!(block_volume_source(&m("proc", "proc")).is_none());
-        assert!(block_volume_source(&m("ext4", "/nonexistent-capsa")).is_none());
-        // A directory is no drive.
-        assert!(block_volume_source(&m("ext4", "/")).is_none());
-        assert!(is_bind(&m("bind", "/etc/hosts")));
-        assert!(block_bind_source(&m("bind", "/etc/hosts")).is_none());
-        assert!(block_bind_source(&m("bind", "/")).is_none());
-    }
-}
-
 /// Refuses, before a VM boots for it, a container that needs the shared
 /// filesystem when the configuration has none (`shared_fs = "none"`): a
 /// directory rootfs, a rootfs mounted on the host, a bind of a host path.
@@ -326,5 +302,29 @@ pub fn needs_no_share(
     match what.or_else(|| bind().map(|m| format!("mount {}", m.destination().display()))) {
         Some(what) => Err(Error::NoSharedFs { what }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_mounts_and_binds_are_not_block_volumes() {
+        let m = |typ: &str, source: &str| {
+            MountBuilder::default()
+                .destination("/x")
+                .typ(typ)
+                .source(source)
+                .build()
+                .unwrap()
+        };
+        assert!(block_volume_source(&m("proc", "proc")).is_none());
+        assert!(block_volume_source(&m("ext4", "/nonexistent-capsa")).is_none());
+        // A directory is no drive.
+        assert!(block_volume_source(&m("ext4", "/")).is_none());
+        assert!(is_bind(&m("bind", "/etc/hosts")));
+        assert!(block_bind_source(&m("bind", "/etc/hosts")).is_none());
+        assert!(block_bind_source(&m("bind", "/")).is_none());
     }
 }
