@@ -146,6 +146,15 @@ fn apply(id: &str, dir: &Path, resources: &LinuxResources) -> Result<(), Sandbox
     let writes = writes(resources, cpu_max.as_deref())
         .map_err(|e| SandboxError::Resources(id.to_string(), e))?;
     for w in &writes {
+        // A kernel without swap (capsa's own: `CONFIG_SWAP=n`) has no
+        // `memory.swap.max`: there is no swap to limit.
+        if w.file == "memory.swap.max" && !dir.join(w.file).exists() {
+            tracing::debug!(
+                container = id,
+                "no swap in this kernel: swap limit not applied"
+            );
+            continue;
+        }
         cgroup::write(dir, w.file, &w.value).map_err(cgroup_err)?;
     }
     tracing::info!(container = id, ?writes, "resources updated");
