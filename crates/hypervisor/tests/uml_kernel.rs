@@ -290,7 +290,6 @@ fn uml_kernel_boots_with_virtio_fs_and_vsock() {
         stream.is_some()
     });
     let console_so_far = || -> String {
-        std::thread::sleep(Duration::from_millis(200));
         console
             .try_iter()
             .map(|(_, l)| l + "\n")

@@ -56,6 +56,15 @@ pub struct CgroupRequest {
 }
 
 impl SandboxRequest {
+    /// A request of a size and a network only: no host cgroup.
+    pub fn sized(size: VmSize, network: &PodNetwork) -> Self {
+        Self {
+            size,
+            network: network.clone(),
+            cgroup: None,
+        }
+    }
+
     /// The sandbox `id` that `spec` (with host paths) starts, under
     /// `config`: static sizing boots the VM at the defaults plus what the
     /// pod asks for (its sandbox annotations, else the spec's

@@ -47,11 +47,7 @@ impl Sandbox {
         size: VmSize,
         net: &PodNetwork,
     ) -> Result<Self, Error> {
-        let request = SandboxRequest {
-            size,
-            network: net.clone(),
-            cgroup: None,
-        };
+        let request = SandboxRequest::sized(size, net);
         Self::start_request(config, id, &request).await
     }
 
@@ -76,11 +72,7 @@ impl Sandbox {
         size: VmSize,
         net: &PodNetwork,
     ) -> Result<Self, Error> {
-        let request = SandboxRequest {
-            size,
-            network: net.clone(),
-            cgroup: None,
-        };
+        let request = SandboxRequest::sized(size, net);
         Self::start_request_in(config, dir, &request).await
     }
 
