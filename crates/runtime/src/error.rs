@@ -8,8 +8,25 @@ pub enum Error {
     /// `shared_fs = "none"` and a container needs the shared filesystem.
     #[error("{what} needs the shared filesystem, but shared_fs = \"none\": give a block rootfs (an image file or a block device) or set shared_fs = \"virtio-fs\"")]
     NoSharedFs { what: String },
-    #[error("{path}")]
-    Io {
+    /// A filesystem call failed. The calls go through `fs_err`, whose
+    /// `io::Error` names the operation and the path: one transparent
+    /// variant, no path field and no constructor of our own.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// `std::fs::DirBuilder` (a mode at creation): not wrapped by
+    /// `fs_err`, so the path is named here.
+    #[error("create directory {path}")]
+    MakeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a directory")]
+    NotDir(PathBuf),
+    /// The control socket could not be bound (not a filesystem call, so
+    /// `fs_err` cannot name the path).
+    #[error("listen on {path}")]
+    Listen {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -126,13 +143,6 @@ pub enum Error {
     Spec(#[from] oci_spec::OciSpecError),
     #[error("convert the OCI spec")]
     Convert(#[source] capsa_protocols::convert::ConvertError),
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Io { path, source }
-    }
 }
 
 /// An error and its sources in one line, `: `-separated (as anyhow's

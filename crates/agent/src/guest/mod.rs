@@ -48,13 +48,12 @@ pub enum GuestError {
     FileType(u32),
     #[error("not PID 1: the agent does not {0} of the machine it runs on")]
     NotInit(&'static str),
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A filesystem call failed; through `fs_err`, the error names the
+    /// operation and the path.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot parse {path}: {text:?}")]
+    Unparsable { path: PathBuf, text: String },
     #[error("cannot {op} {path}")]
     Sys {
         op: &'static str,
@@ -79,17 +78,11 @@ impl GuestError {
             | E::PastEnd { .. }
             | E::FileType(_) => ErrorKind::InvalidArgument,
             E::NotInit(_) => ErrorKind::FailedPrecondition,
-            E::Io { .. } | E::Sys { .. } | E::CpusOffline { .. } | E::Join(_) => {
-                ErrorKind::Internal
-            }
-        }
-    }
-
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source,
+            E::Io(_)
+            | E::Unparsable { .. }
+            | E::Sys { .. }
+            | E::CpusOffline { .. }
+            | E::Join(_) => ErrorKind::Internal,
         }
     }
 

@@ -3,6 +3,7 @@
 //! checked against a pinned sha256, never installed; its tarball is
 //! unpacked into each build's work directory.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,7 +21,7 @@ const TARBALL: &str = "./usr/src/linux-source-6.12.tar.xz";
 /// `<dir>/<package>_<version>_all.deb`, downloaded unless already there
 /// with the pinned checksum.
 pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    fs::create_dir_all(dir)?;
     let deb = dir.join(format!("{PACKAGE}_{}_all.deb", VERSION.replace(':', "%3a")));
     if sha256_file(&deb).as_deref() == Some(SHA256) {
         return Ok(deb);
@@ -32,8 +33,7 @@ pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
     );
     let tmp = tempfile::Builder::new()
         .prefix(".download")
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        .tempdir_in(dir)?;
     run(
         "apt-get download",
         Command::new("apt-get")
@@ -52,14 +52,14 @@ pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
     if sha256_file(&got).as_deref() != Some(SHA256) {
         return Err(Error::Checksum(got));
     }
-    std::fs::rename(&got, &deb).map_err(|e| Error::io(&deb, e))?;
+    fs::rename(&got, &deb)?;
     Ok(deb)
 }
 
 /// Unpacks the source tree of `deb` into `dest` (which must not exist):
 /// the package's tarball streamed out of the `.deb`, never written whole.
 pub fn unpack(deb: &Path, dest: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    fs::create_dir_all(dest)?;
     run(
         "unpack the kernel source",
         Command::new("bash")
