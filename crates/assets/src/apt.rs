@@ -159,8 +159,26 @@ pub fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Error> {
         arch: described.arch,
         ..package.clone()
     };
-    let deb = dir.join(package.deb_file_name());
     tracing::info!(package = %package.name, version = %package.version, "downloading a package");
+    download(
+        &package.name,
+        &package.version,
+        &package.deb_file_name(),
+        sha256.as_deref(),
+        dir,
+    )
+}
+
+/// `apt-get download name=version` into a scratch directory in `dir`;
+/// the `.deb` (`file_name`), checked against `sha256` when it is known,
+/// is then moved to `dir/file_name`, so a failed download leaves nothing.
+pub(crate) fn download(
+    name: &str,
+    version: &str,
+    file_name: &str,
+    sha256: Option<&str>,
+    dir: &Path,
+) -> Result<PathBuf, Error> {
     let tmp = tempfile::Builder::new()
         .prefix(".download")
         .tempdir_in(dir)?;
@@ -168,15 +186,16 @@ pub fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Error> {
         "apt-get download",
         Command::new("apt-get")
             .args(["download", "-q"])
-            .arg(format!("{}={}", package.name, package.version))
+            .arg(format!("{name}={version}"))
             .current_dir(tmp.path()),
     )?;
-    let got = tmp.path().join(package.deb_file_name());
-    if let Some(want) = &sha256 {
-        if sha256_file(&got).as_ref() != Some(want) {
+    let got = tmp.path().join(file_name);
+    if let Some(want) = sha256 {
+        if sha256_file(&got).as_deref() != Some(want) {
             return Err(Error::Checksum(got));
         }
     }
+    let deb = dir.join(file_name);
     fs::rename(&got, &deb)?;
     Ok(deb)
 }

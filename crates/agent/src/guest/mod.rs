@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 
 use crate::sandbox::ErrorKind;
-use crate::validate::{ConfineError, ValidateError};
+use crate::validate::{ConfineError, SysError, ValidateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -54,13 +54,8 @@ pub enum GuestError {
     Io(#[from] std::io::Error),
     #[error("cannot parse {path}: {text:?}")]
     Unparsable { path: PathBuf, text: String },
-    #[error("cannot {op} {path}")]
-    Sys {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        errno: Errno,
-    },
+    #[error(transparent)]
+    Sys(#[from] SysError),
     #[error("only {onlined} of the {requested} CPUs asked for could be onlined")]
     CpusOffline { requested: u32, onlined: u32 },
     #[error("a blocking task failed")]
@@ -78,20 +73,14 @@ impl GuestError {
             | E::PastEnd { .. }
             | E::FileType(_) => ErrorKind::InvalidArgument,
             E::NotInit(_) => ErrorKind::FailedPrecondition,
-            E::Io(_)
-            | E::Unparsable { .. }
-            | E::Sys { .. }
-            | E::CpusOffline { .. }
-            | E::Join(_) => ErrorKind::Internal,
+            E::Io(_) | E::Unparsable { .. } | E::Sys(_) | E::CpusOffline { .. } | E::Join(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 
     pub(crate) fn sys(op: &'static str, path: impl Into<PathBuf>, errno: Errno) -> Self {
-        Self::Sys {
-            op,
-            path: path.into(),
-            errno,
-        }
+        Self::Sys(SysError::new(op, path, errno))
     }
 }
 
@@ -99,7 +88,7 @@ impl From<ConfineError> for GuestError {
     fn from(e: ConfineError) -> Self {
         match e {
             ConfineError::Invalid(e) => Self::Invalid(e),
-            ConfineError::Sys { op, path, errno } => Self::Sys { op, path, errno },
+            ConfineError::Sys(e) => Self::Sys(e),
         }
     }
 }

@@ -22,7 +22,8 @@ const TARBALL: &str = "./usr/src/linux-source-6.12.tar.xz";
 /// with the pinned checksum.
 pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
     fs::create_dir_all(dir)?;
-    let deb = dir.join(format!("{PACKAGE}_{}_all.deb", VERSION.replace(':', "%3a")));
+    let file_name = format!("{PACKAGE}_{}_all.deb", VERSION.replace(':', "%3a"));
+    let deb = dir.join(&file_name);
     if sha256_file(&deb).as_deref() == Some(SHA256) {
         return Ok(deb);
     }
@@ -31,29 +32,13 @@ pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
         version = VERSION,
         "downloading the kernel source"
     );
-    let tmp = tempfile::Builder::new()
-        .prefix(".download")
-        .tempdir_in(dir)?;
-    run(
-        "apt-get download",
-        Command::new("apt-get")
-            .args(["download", "-q"])
-            .arg(format!("{PACKAGE}={VERSION}"))
-            .current_dir(tmp.path()),
-    )
-    .map_err(|e| match e {
+    crate::apt::download(PACKAGE, VERSION, &file_name, Some(SHA256), dir).map_err(|e| match e {
         Error::Tool { stderr, .. } => Error::Source(format!(
             "apt-get download {PACKAGE}={VERSION}: {stderr} \
              (is bookworm-security in the apt sources, and `apt-get update` done?)"
         )),
         other => other,
-    })?;
-    let got = tmp.path().join(deb.file_name().unwrap_or_default());
-    if sha256_file(&got).as_deref() != Some(SHA256) {
-        return Err(Error::Checksum(got));
-    }
-    fs::rename(&got, &deb)?;
-    Ok(deb)
+    })
 }
 
 /// Unpacks the source tree of `deb` into `dest` (which must not exist):
