@@ -163,3 +163,19 @@ impl From<crate::resource::network::NetworkError> for Error {
         Self::Network(Box::new(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A filesystem error names the operation and the path once, then the
+    /// OS error once (fs-err with `expose_original_error`).
+    #[test]
+    fn a_filesystem_error_names_its_path_and_cause_once() {
+        let missing = tempfile::tempdir().unwrap().path().join("missing");
+        let text = chain(&Error::from(fs_err::read(&missing).unwrap_err()));
+        for part in [missing.display().to_string(), "No such file".into()] {
+            assert_eq!(text.matches(&part).count(), 1, "{text}");
+        }
+    }
+}

@@ -272,13 +272,7 @@ fn a_pod_cgroup_too_small_for_the_vm_fails_the_pod_naming_the_limit() {
         Vec::<PathBuf>::new(),
         "cgroups made for the failed pod"
     );
-    let left: Vec<_> = std::fs::read_dir(&s.env.state_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "state left: {left:?}");
+    s.assert_no_state();
     s.assert_all_gone();
 }
 
