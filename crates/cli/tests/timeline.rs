@@ -35,6 +35,7 @@ const STEPS: &[&str] = &[
     "vm shutdown",
     "qemu stop",
     "helper stop",
+    "pod network teardown",
     "state removal",
 ];
 

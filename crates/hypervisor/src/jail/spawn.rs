@@ -351,10 +351,42 @@ fn child_main(
     // by a mapped id. Setting them from an unmapped uid (host root) keeps
     // the namespace creator's capabilities: the kernel clears them only on
     // leaving the namespace's uid 0, and uid 0 is not mapped.
+    //
+    // Raw system calls, not libc's wrappers: glibc's setgroups/setres[ug]id
+    // broadcast the change to every thread it knows of (nptl's setxid),
+    // and this child, cloned without fork's bookkeeping, still lists the
+    // parent's threads: the wrapper waits for threads that do not exist
+    // here, forever (seen as concurrent jail spawns hanging). The kernel
+    // call changes the calling thread's ids, the only thread there is.
     let ids = Failure::at(Stage::Ids, 0);
-    nix::unistd::setgroups(&[]).map_err(ids)?;
-    nix::unistd::setresgid(p.gid, p.gid, p.gid).map_err(ids)?;
-    nix::unistd::setresuid(p.uid, p.uid, p.uid).map_err(ids)?;
+    let id_call = |rc: libc::c_long| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(ids(nix::Error::last()))
+        }
+    };
+    // SAFETY: setgroups(2) with an empty list (no pointer read); the
+    // setres[ug]id(2) calls take integers only.
+    id_call(unsafe {
+        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+    })?;
+    id_call(unsafe {
+        libc::syscall(
+            libc::SYS_setresgid,
+            p.gid.as_raw(),
+            p.gid.as_raw(),
+            p.gid.as_raw(),
+        )
+    })?;
+    id_call(unsafe {
+        libc::syscall(
+            libc::SYS_setresuid,
+            p.uid.as_raw(),
+            p.uid.as_raw(),
+            p.uid.as_raw(),
+        )
+    })?;
 
     build_root(p)?;
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(Failure::at(Stage::CgroupNamespace, 0))?;
