@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::driver::{DriverSettings, HypervisorConfig};
 pub use crate::qemu::{AcceleratorChoice, MachineType, QemuSettings, DEFAULT_TCG_TB_SIZE};
+pub use crate::uml::UmlSettings;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -104,11 +104,11 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     }) = crate::annotations::check_patterns(config)
     {
         let key = if setting.starts_with("[runtime]") {
-            "runtime.enable_annotations"
+            "runtime.enable_annotations".to_string()
         } else {
-            "hypervisor.qemu.enable_annotations"
+            h.key("enable_annotations")
         };
-        return Err(invalid(key, format!("{pattern:?}: {reason}")));
+        return Err(invalid(&key, format!("{pattern:?}: {reason}")));
     }
     if config.agent.capsa.dial_timeout == 0 {
         return Err(invalid(

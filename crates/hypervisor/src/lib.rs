@@ -8,7 +8,8 @@
 //! [`capsa_config::VmSettings`] and the driver's own settings
 //! ([`DriverSettings`]); each driver checks its own keys ([`Driver::validate`],
 //! run by [`load_config`]) and reports what the host offers it
-//! ([`check_host`], for `capsa check`). QEMU is the first driver.
+//! ([`check_host`], for `capsa check`). QEMU is the first driver, User-Mode
+//! Linux (`uml`: the guest kernel a jailed host process) the second.
 //!
 //! Devices attached to a running VM are capabilities of their own
 //! ([`device::BlockHotplug`] through [`Vm::block`],
@@ -32,6 +33,10 @@ mod process;
 pub mod qemu;
 #[cfg(not(feature = "internals"))]
 mod qemu;
+#[cfg(feature = "internals")]
+pub mod uml;
+#[cfg(not(feature = "internals"))]
+mod uml;
 pub mod virtiofsd;
 
 pub use accel::{Accelerator, HostVirt};
@@ -172,6 +177,7 @@ impl HostCheck {
 pub fn create(cfg: VmConfig) -> Box<dyn Vm> {
     match &cfg.driver {
         DriverSettings::Qemu(_) => qemu::Qemu::create(cfg),
+        DriverSettings::Uml(_) => uml::Uml::create(cfg),
     }
 }
 
@@ -180,6 +186,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     let h = &config.hypervisor;
     match &h.driver {
         DriverSettings::Qemu(q) => qemu::Qemu::validate(h, q),
+        DriverSettings::Uml(u) => uml::Uml::validate(h, u),
     }
 }
 
@@ -187,6 +194,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
 pub fn check_host(config: &HypervisorConfig) -> Vec<HostCheck> {
     match &config.driver {
         DriverSettings::Qemu(q) => qemu::Qemu::check_host(&config.vm, q),
+        DriverSettings::Uml(u) => uml::Uml::check_host(&config.vm, u),
     }
 }
 
@@ -217,6 +225,14 @@ pub trait Vm: Send + Sync {
     /// helpers), with its role: what the owner records so that a
     /// forced removal ends exactly them.
     fn processes(&self) -> Vec<VmProcess>;
+    /// The unprivileged host group the VM's processes run as, when they
+    /// do not run as root (a driver that jails them); `None`: root. The
+    /// owner lets this group search the VM's run directory and read the
+    /// share (`SharedFs::shared_dir`) before [`Vm::start`]: the
+    /// share's server reads it as that group.
+    fn host_group(&self) -> Option<u32> {
+        None
+    }
     /// Waits up to `limit` until a connection to the guest's agent may be
     /// attempted; returns false if that did not happen, or the VM exited.
     /// What it waits for is the driver's business (QEMU with the

@@ -63,6 +63,11 @@ pub struct BindMount {
     pub writable: bool,
     /// Files under it cannot be executed or mapped executable.
     pub noexec: bool,
+    /// The mounts below the source come too, and so do those the host
+    /// makes below it later (the jail's copies are slaves of the host's:
+    /// nothing made in the jail goes back). Otherwise the bind is the
+    /// source alone, and private.
+    pub recursive: bool,
 }
 
 impl BindMount {
@@ -74,6 +79,7 @@ impl BindMount {
             source,
             writable: false,
             noexec: false,
+            recursive: false,
         }
     }
 
@@ -89,6 +95,12 @@ impl BindMount {
     /// The same mount at another path inside the jail.
     pub fn at(mut self, target: impl Into<PathBuf>) -> Self {
         self.target = target.into();
+        self
+    }
+
+    /// With the mounts below the source, now and later ([`BindMount::recursive`]).
+    pub fn recursive(mut self) -> Self {
+        self.recursive = true;
         self
     }
 

@@ -204,7 +204,7 @@ impl Prepared {
                 "switch to uid {} gid {}",
                 cfg.identity.uid, cfg.identity.gid
             ),
-            Stage::PrivateMounts => "make the mounts private".into(),
+            Stage::PrivateMounts => "make the mounts private (or slaves)".into(),
             Stage::RootTmpfs => "mount the root tmpfs".into(),
             Stage::PivotRoot => "pivot_root into the new root".into(),
             Stage::Root => self
@@ -383,7 +383,7 @@ fn build_root(p: &Prepared) -> Result<(), Failure> {
         None::<&CStr>,
         c"/",
         None::<&CStr>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | plan.propagation,
         None::<&CStr>,
     )
     .map_err(Failure::at(Stage::PrivateMounts, 0))?;

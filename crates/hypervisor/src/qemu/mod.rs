@@ -177,6 +177,7 @@ impl Driver for Qemu {
 pub(crate) fn settings(cfg: &VmConfig) -> &QemuSettings {
     match &cfg.driver {
         DriverSettings::Qemu(q) => q,
+        DriverSettings::Uml(_) => unreachable!("QemuVm is only made by create() for Qemu"),
     }
 }
 
@@ -184,6 +185,7 @@ pub(crate) fn settings(cfg: &VmConfig) -> &QemuSettings {
 pub(crate) fn qemu_mut(cfg: &mut VmConfig) -> &mut QemuSettings {
     match &mut cfg.driver {
         DriverSettings::Qemu(q) => q,
+        DriverSettings::Uml(_) => unreachable!("a QEMU test configuration"),
     }
 }
 

@@ -224,8 +224,10 @@ pub fn kernel(
     Ok(cfg)
 }
 
-/// virtiofsd's jail: the share writable at [`SHARE`], its own `/proc`
-/// (it reopens files through `/proc/self/fd`).
+/// virtiofsd's jail: the share writable at [`SHARE`] with what is
+/// mounted below it, now and later (containers' root filesystems and
+/// volumes are mounted there once the VM runs), its own `/proc` (it
+/// reopens files through `/proc/self/fd`).
 pub fn virtiofsd(
     daemon: &Path,
     share: &Path,
@@ -241,7 +243,8 @@ pub fn virtiofsd(
         jail::profiles::virtiofsd(),
         sockets,
     )?;
-    cfg.binds.push(BindMount::read_write(share).at(SHARE));
+    cfg.binds
+        .push(BindMount::read_write(share).at(SHARE).recursive());
     cfg.proc = true;
     cfg.args = args;
     Ok(cfg)
