@@ -127,6 +127,8 @@ pub struct VmConfig {
 /// type per driver (`qemu::Qemu`); [`create`], [`validate`] and
 /// [`check_host`] pick the implementation from [`DriverSettings`].
 pub trait Driver {
+    /// The driver's name for people (`QEMU`).
+    const NAME: &'static str;
     /// The driver's own keys (`capsa_config::QemuSettings`).
     type Settings;
     /// Checks the driver's constraints on its own keys and on the shared
@@ -190,12 +192,16 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     }
 }
 
-/// What the host offers the configured driver ([`Driver::check_host`]).
+/// What the host offers the configured driver ([`Driver::check_host`]),
+/// after a line naming the driver.
 pub fn check_host(config: &HypervisorConfig) -> Vec<HostCheck> {
-    match &config.driver {
-        DriverSettings::Qemu(q) => qemu::Qemu::check_host(&config.vm, q),
-        DriverSettings::Uml(u) => uml::Uml::check_host(&config.vm, u),
-    }
+    let (name, lines) = match &config.driver {
+        DriverSettings::Qemu(q) => (qemu::Qemu::NAME, qemu::Qemu::check_host(&config.vm, q)),
+        DriverSettings::Uml(u) => (uml::Uml::NAME, uml::Uml::check_host(&config.vm, u)),
+    };
+    let table = config.driver.name();
+    let driver = HostCheck::info("driver", format!("{name} ([hypervisor.{table}])"));
+    std::iter::once(driver).chain(lines).collect()
 }
 
 /// Finds, reads and checks the configuration: the shared keys

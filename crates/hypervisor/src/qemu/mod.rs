@@ -53,6 +53,7 @@ pub const QMP_DEBUG_SOCKET: &str = "qmp-debug.sock";
 pub struct Qemu;
 
 impl Driver for Qemu {
+    const NAME: &'static str = "QEMU";
     type Settings = QemuSettings;
 
     fn validate(config: &HypervisorConfig, q: &QemuSettings) -> Result<(), Invalid> {

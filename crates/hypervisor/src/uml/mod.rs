@@ -66,6 +66,7 @@ fn identity(own: &UmlSettings) -> Identity {
 }
 
 impl Driver for Uml {
+    const NAME: &'static str = "User-Mode Linux";
     type Settings = UmlSettings;
 
     /// UML's constraints. One vCPU and no hot-plug are not among them:
@@ -373,7 +374,7 @@ impl UmlVm {
 #[async_trait::async_trait]
 impl Vm for UmlVm {
     fn name(&self) -> &'static str {
-        "User-Mode Linux"
+        Uml::NAME
     }
 
     async fn start(&mut self) -> Result<(), Error> {

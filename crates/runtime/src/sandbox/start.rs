@@ -157,6 +157,11 @@ impl Sandbox {
     }
 
     async fn boot(&mut self, config: &Config) -> Result<(), Error> {
+        // A VM whose processes run unprivileged reaches its run directory
+        // and the share as their group.
+        if let Some(gid) = self.vm.host_group() {
+            self.dir.grant_group(gid)?;
+        }
         self.vm
             .start()
             .instrument(crate::step!("vm start"))
