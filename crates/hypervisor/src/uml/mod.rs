@@ -241,12 +241,13 @@ impl UmlVm {
     }
 
     /// The socket directory, new, owned by the jail's uid; the run
-    /// directory searchable by it.
+    /// directory searchable by it (its owner gives it to the jail's
+    /// group, [`Vm::host_group`]; else others get search permission).
     fn make_sockets_dir(&mut self) -> Result<PathBuf, Error> {
         let id = self.identity();
         let run_dir = self.cfg.run_dir.clone();
-        let perms = std::fs::metadata(&run_dir)?.permissions();
-        if perms.mode() & 0o001 == 0 {
+        if jail::check_searchable(&run_dir, id, "run directory").is_err() {
+            let perms = std::fs::metadata(&run_dir)?.permissions();
             // Search only: the names in it stay unlisted.
             std::fs::set_permissions(
                 &run_dir,
