@@ -100,34 +100,32 @@ fn asking_for_more_vcpus_runs_with_one_and_says_so_once() {
     );
 }
 
-/// `-v`: a directory shared read-write (the guest writes as the jail's
-/// uid, which owns it) and read-only.
+/// `-v`: a directory shared read-write and read-only. The share is
+/// idmapped for the jailed virtiofsd: host root's directory is the guest
+/// root's, and what the guest's root writes is host root's, as on QEMU;
+/// the volume's mount point is made in the rootfs (owned by host root).
+/// A file of another host user is not the guest root's to write.
 #[test]
 fn volumes_are_shared_read_write_and_read_only() {
     let env = uml_env();
     let vol = env.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     std::fs::write(vol.join("in"), "from the host\n").unwrap();
-    std::os::unix::fs::chown(&vol, Some(JAIL_UID), Some(JAIL_UID)).unwrap();
-    let rw = format!("{}:/home", vol.display());
-    let out = run(
-        &env,
-        &["-v", &rw],
-        &[
-            "sh",
-            "-c",
-            "cat /home/in && echo from the guest > /home/out",
-        ],
-        None,
-    );
+    std::fs::write(vol.join("theirs"), "").unwrap();
+    std::os::unix::fs::chown(vol.join("theirs"), Some(JAIL_UID + 1), None).unwrap();
+    let rw = format!("{}:/data/vol", vol.display());
+    let script = "cat /data/vol/in && echo from the guest > /data/vol/out && \
+                  stat -c %u /data/vol/out && ! echo x >> /data/vol/theirs";
+    let out = run(&env, &["-v", &rw], &["sh", "-c", script], None);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(text(&out.stdout), "from the host\n");
+    assert_eq!(text(&out.stdout), "from the host\n0\n");
     let written = vol.join("out");
     assert_eq!(
         std::fs::read_to_string(&written).unwrap(),
         "from the guest\n"
     );
-    assert_eq!(std::fs::metadata(&written).unwrap().uid(), JAIL_UID);
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), 0);
+    assert_eq!(std::fs::read(vol.join("theirs")).unwrap(), b"");
 
     let ro = format!("{}:/home:ro", vol.display());
     let out = run(

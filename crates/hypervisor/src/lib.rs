@@ -231,12 +231,14 @@ pub trait Vm: Send + Sync {
     /// helpers), with its role: what the owner records so that a
     /// forced removal ends exactly them.
     fn processes(&self) -> Vec<VmProcess>;
-    /// The unprivileged host group the VM's processes run as, when they
-    /// do not run as root (a driver that jails them); `None`: root. The
-    /// owner lets this group search the VM's run directory and read the
-    /// share (`SharedFs::shared_dir`) before [`Vm::start`]: the
-    /// share's server reads it as that group.
-    fn host_group(&self) -> Option<u32> {
+    /// The unprivileged host uid and gid the VM's processes run as, when
+    /// they do not run as root (a driver that jails them); `None`: root.
+    /// Before [`Vm::start`], the owner lets this group search the VM's run
+    /// directory and read the share (`SharedFs::shared_dir`), and what it
+    /// mounts in the share it mounts idmapped, host root shown as this
+    /// uid and gid: the share's server, running as them, serves those
+    /// files as their owner, as a root one would.
+    fn host_identity(&self) -> Option<jail::Identity> {
         None
     }
     /// Waits up to `limit` until a connection to the guest's agent may be

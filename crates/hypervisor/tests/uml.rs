@@ -183,7 +183,7 @@ async fn a_uml_vm_runs_the_agent_confined_and_halts_leaving_nothing() {
             VmProcessRole::Vsock
         ]
     );
-    assert_eq!(vm.host_group(), Some(id.gid));
+    assert_eq!(vm.host_identity(), Some(id));
     assert!(
         vm.wait_guest_ready(BOOT).await.unwrap(),
         "the UML kernel did not come up; console:\n{}",

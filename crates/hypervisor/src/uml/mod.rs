@@ -242,7 +242,7 @@ impl UmlVm {
 
     /// The socket directory, new, owned by the jail's uid; the run
     /// directory searchable by it (its owner gives it to the jail's
-    /// group, [`Vm::host_group`]; else others get search permission).
+    /// group, [`Vm::host_identity`]; else others get search permission).
     fn make_sockets_dir(&mut self) -> Result<PathBuf, Error> {
         let id = self.identity();
         let run_dir = self.cfg.run_dir.clone();
@@ -409,8 +409,8 @@ impl Vm for UmlVm {
         .collect()
     }
 
-    fn host_group(&self) -> Option<u32> {
-        Some(self.identity().gid)
+    fn host_identity(&self) -> Option<Identity> {
+        Some(self.identity())
     }
 
     /// The guest may be dialled once its management console answers

@@ -158,9 +158,11 @@ impl Sandbox {
 
     async fn boot(&mut self, config: &Config) -> Result<(), Error> {
         // A VM whose processes run unprivileged reaches its run directory
-        // and the share as their group.
-        if let Some(gid) = self.vm.host_group() {
-            self.dir.grant_group(gid)?;
+        // and the share as their group, and sees host root's files in the
+        // share as its own.
+        if let Some(id) = self.vm.host_identity() {
+            self.dir.grant_group(id.gid)?;
+            self.resources.share.map_root_to(id.uid, id.gid)?;
         }
         self.vm
             .start()
