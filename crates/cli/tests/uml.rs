@@ -104,7 +104,8 @@ fn asking_for_more_vcpus_runs_with_one_and_says_so_once() {
 /// idmapped for the jailed virtiofsd: host root's directory is the guest
 /// root's, and what the guest's root writes is host root's, as on QEMU;
 /// the volume's mount point is made in the rootfs (owned by host root).
-/// A file of another host user is not the guest root's to write.
+/// A file of another host user is not the guest root's to write, and
+/// no set-id file can be made.
 #[test]
 fn volumes_are_shared_read_write_and_read_only() {
     let env = uml_env();
@@ -115,7 +116,8 @@ fn volumes_are_shared_read_write_and_read_only() {
     std::os::unix::fs::chown(vol.join("theirs"), Some(JAIL_UID + 1), None).unwrap();
     let rw = format!("{}:/data/vol", vol.display());
     let script = "cat /data/vol/in && echo from the guest > /data/vol/out && \
-                  stat -c %u /data/vol/out && ! echo x >> /data/vol/theirs";
+                  stat -c %u /data/vol/out && ! echo x >> /data/vol/theirs && \
+                  ! chmod 4755 /data/vol/out";
     let out = run(&env, &["-v", &rw], &["sh", "-c", script], None);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout), "from the host\n0\n");
@@ -124,7 +126,10 @@ fn volumes_are_shared_read_write_and_read_only() {
         std::fs::read_to_string(&written).unwrap(),
         "from the guest\n"
     );
-    assert_eq!(std::fs::metadata(&written).unwrap().uid(), 0);
+    let meta = std::fs::metadata(&written).unwrap();
+    assert_eq!(meta.uid(), 0);
+    // No set-uid-root file made on the host through the share.
+    assert_eq!(meta.mode() & 0o6000, 0, "{:o}", meta.mode());
     assert_eq!(std::fs::read(vol.join("theirs")).unwrap(), b"");
 
     let ro = format!("{}:/home:ro", vol.display());

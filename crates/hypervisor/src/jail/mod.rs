@@ -177,6 +177,9 @@ pub struct JailConfig {
     /// pod's tap; vhost-user helpers need only Unix sockets.
     pub new_network: bool,
     pub seccomp: SeccompProfile,
+    /// Seccomp programs installed with the profile's (filters stack: the
+    /// strictest answer wins), e.g. virtiofsd's refusal of set-id modes.
+    pub extra_filters: ExtraFilters,
     pub limits: Limits,
     /// Cgroup directories to join (one per hierarchy on a v1 host, one on
     /// a v2 host). Joined before the program starts, so all it forks is in
@@ -211,10 +214,21 @@ impl JailConfig {
             hostname: "capsa".into(),
             new_network: false,
             seccomp,
+            extra_filters: ExtraFilters::default(),
             limits: Limits::default(),
             cgroups: Vec::new(),
             kill_with_parent: true,
         }
+    }
+}
+
+/// Compiled seccomp programs for [`JailConfig::extra_filters`].
+#[derive(Default)]
+pub struct ExtraFilters(pub Vec<seccompiler::BpfProgram>);
+
+impl std::fmt::Debug for ExtraFilters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} extra seccomp program(s)", self.0.len())
     }
 }
 

@@ -144,7 +144,8 @@ impl Prepared {
         let name = cfg.name.as_str();
         namespaces::check_identity(name, cfg.identity)?;
         let plan = RootPlan::prepare(cfg)?;
-        let programs = cfg.seccomp.programs()?;
+        let mut programs = cfg.seccomp.programs()?;
+        programs.extend(cfg.extra_filters.0.iter().cloned());
         let bounding = caps::bounding_to_drop()?;
         let program = cstring(name, "program path", cfg.program.as_os_str().as_bytes())?;
         let mut strings = vec![program.clone()];

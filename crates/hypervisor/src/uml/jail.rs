@@ -254,6 +254,10 @@ pub fn virtiofsd(
     )?;
     cfg.binds
         .push(BindMount::read_write(share).at(SHARE).recursive());
+    // The share's host root files are virtiofsd's through their idmapped
+    // copy (the runtime's): like QEMU's root virtiofsd, it must never make
+    // a set-id file or a device node there (`crate::virtiofsd`).
+    cfg.extra_filters = crate::jail::ExtraFilters(crate::virtiofsd::filters()?);
     cfg.proc = true;
     cfg.args = args;
     Ok(cfg)
