@@ -571,6 +571,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uml_keys_are_checked_and_sizing_never_fails() {
+        let parse = |text: &str| crate::parse_config(text, Path::new("/u.toml"));
+        // More vCPUs or memory maxima than UML has: accepted (logged at start).
+        let ok = "[hypervisor.uml]\ndefault_vcpus = 4\ndefault_maxvcpus = 8\n\
+                  default_maxmemory = 4096\n";
+        parse(ok).unwrap();
+        for (text, key) in [
+            ("jail_uid = 0\n", "hypervisor.uml.jail_uid"),
+            ("jail_gid = 0\n", "hypervisor.uml.jail_gid"),
+            (
+                "initrd = \"\"\nimage = \"/i.img\"\n",
+                "hypervisor.uml.image",
+            ),
+            (
+                "disable_block_device_use = false\n",
+                "hypervisor.uml.disable_block_device_use",
+            ),
+            ("machine_type = \"q35\"\n", "machine_type"),
+        ] {
+            let err = parse(&format!("[hypervisor.uml]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = parse("[hypervisor.uml]\nkernel = \"/nonexistent/linux-uml\"\n").unwrap();
+        let lines = crate::check_host(&config.hypervisor);
+        assert_eq!(lines[0].what, "driver");
+        assert_eq!(lines[0].detail, "User-Mode Linux ([hypervisor.uml])");
+        let kernel = lines.iter().find(|l| l.what == "UML kernel").unwrap();
+        assert!(kernel.missing, "{kernel:?}");
+    }
+
+    #[test]
     fn run_dirs_must_fit_socket_paths_and_command_lines() {
         assert!(check_run_dir(Path::new("/run/capsa/0123456789abcdef")).is_ok());
         let long = format!("/tmp/{}", "d".repeat(85));
