@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(mut families) = text::parse(input) else {
+    let Ok(mut families) = text::parse_guest(input) else {
         return;
     };
     let samples: usize = families.iter().map(|f| f.samples.len()).sum();
@@ -19,10 +19,13 @@ fuzz_target!(|data: &[u8]| {
     for f in &mut families {
         assert!(text::valid_metric_name(&f.name), "{:?}", f.name);
         for s in &f.samples {
-            assert!(s.labels.len() <= text::MAX_LABELS);
+            assert!(s.labels.len() <= text::MAX_LABELS - text::HOST_LABELS);
             assert!(s.labels.iter().all(|(k, _)| text::valid_label_name(k)));
         }
-        f.set_label("sandbox_id", "fuzz");
+        // What the host adds: the pod's, then the monitor's labels.
+        for label in ["sandbox_id", "cri_uid", "cri_name", "cri_namespace"] {
+            f.set_label(label, "fuzz");
+        }
     }
     let rendered = text::render(&families);
     let again = text::parse(&rendered).expect("capsa's own rendering parses");

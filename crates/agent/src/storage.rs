@@ -250,7 +250,7 @@ fn confined_dir(root: &Path, rel: &Path, mount_point: &str) -> Result<OwnedFd, S
         Beneath::open(KIND, root, mount_point).and_then(|b| b.make_dirs(rel, mode, (None, None)));
     beneath.map_err(|e| match e {
         ConfineError::Invalid(e) => StorageError::Invalid(e),
-        ConfineError::Sys { path, errno, .. } => StorageError::Mkdir(path, errno.into()),
+        ConfineError::Sys(e) => StorageError::Mkdir(e.path, e.errno.into()),
     })
 }
 

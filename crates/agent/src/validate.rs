@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 mod beneath;
 
-pub use beneath::{Beneath, ConfineError};
+pub use beneath::{Beneath, ConfineError, SysError};
 
 /// Longest container or exec id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;

@@ -3,6 +3,8 @@
 //! policy file on a host), takes a policy with SetPolicy, denies with
 //! PERMISSION_DENIED naming the rule, and refuses what does not parse.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,19 +14,8 @@ use capsa_agent::server::serve;
 use capsa_protocols::agent;
 use capsa_protocols::agent_ttrpc::AgentServiceClient;
 use capsa_protocols::health_ttrpc::HealthClient;
-use ttrpc::context;
+use common::{ctx, status};
 use ttrpc::Code;
-
-fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(10).as_nanos() as i64)
-}
-
-fn status(err: ttrpc::Error) -> (Code, String) {
-    match err {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("not a status: {other:?}"),
-    }
-}
 
 fn set(policy: &str) -> agent::SetPolicyRequest {
     agent::SetPolicyRequest {

@@ -1,6 +1,8 @@
 //! The agent's ttRPC server on a Unix socket, driven by the generated
 //! clients: health, validation errors, UNIMPLEMENTED, DestroySandbox.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,21 +12,10 @@ use capsa_agent::server::serve_on;
 use capsa_protocols::agent_ttrpc::AgentServiceClient;
 use capsa_protocols::health_ttrpc::HealthClient;
 use capsa_protocols::{agent, health, oci};
+use common::{ctx, status};
 use futures::StreamExt;
 use ttrpc::asynchronous::transport::{Listener, Socket};
-use ttrpc::context;
 use ttrpc::Code;
-
-fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(10).as_nanos() as i64)
-}
-
-fn status(err: ttrpc::Error) -> (Code, String) {
-    match err {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("not a status: {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn the_server_answers_and_stops_on_destroy_sandbox() {

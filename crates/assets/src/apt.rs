@@ -2,6 +2,7 @@
 //! metapackage to its image package, `apt-get download` to fetch it (never
 //! install), `dpkg-deb -x` to unpack it.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -135,7 +136,7 @@ pub fn unpacked(
     cache: &Path,
 ) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>), Error> {
     let dir = cache.join(&package.name);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    fs::create_dir_all(&dir)?;
     let lock = crate::files::lock_dir(&dir)?;
     let deb = fetch(package, &dir)?;
     let root = dir.join("root");
@@ -158,26 +159,44 @@ pub fn fetch(package: &Package, dir: &Path) -> Result<PathBuf, Error> {
         arch: described.arch,
         ..package.clone()
     };
-    let deb = dir.join(package.deb_file_name());
     tracing::info!(package = %package.name, version = %package.version, "downloading a package");
+    download(
+        &package.name,
+        &package.version,
+        &package.deb_file_name(),
+        sha256.as_deref(),
+        dir,
+    )
+}
+
+/// `apt-get download name=version` into a scratch directory in `dir`;
+/// the `.deb` (`file_name`), checked against `sha256` when it is known,
+/// is then moved to `dir/file_name`, so a failed download leaves nothing.
+pub(crate) fn download(
+    name: &str,
+    version: &str,
+    file_name: &str,
+    sha256: Option<&str>,
+    dir: &Path,
+) -> Result<PathBuf, Error> {
     let tmp = tempfile::Builder::new()
         .prefix(".download")
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        .tempdir_in(dir)?;
     run(
         "apt-get download",
         Command::new("apt-get")
             .args(["download", "-q"])
-            .arg(format!("{}={}", package.name, package.version))
+            .arg(format!("{name}={version}"))
             .current_dir(tmp.path()),
     )?;
-    let got = tmp.path().join(package.deb_file_name());
-    if let Some(want) = &sha256 {
-        if sha256_file(&got).as_ref() != Some(want) {
+    let got = tmp.path().join(file_name);
+    if let Some(want) = sha256 {
+        if sha256_file(&got).as_deref() != Some(want) {
             return Err(Error::Checksum(got));
         }
     }
-    std::fs::rename(&got, &deb).map_err(|e| Error::io(&deb, e))?;
+    let deb = dir.join(file_name);
+    fs::rename(&got, &deb)?;
     Ok(deb)
 }
 
@@ -193,18 +212,17 @@ pub fn unpack(deb: &Path, root: &Path) -> Result<(), Error> {
     let parent = root.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".unpack")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
+        .tempdir_in(parent)?;
     run(
         "dpkg-deb",
         Command::new("dpkg-deb").arg("-x").arg(deb).arg(tmp.path()),
     )?;
     let stamp = tmp.path().join(STAMP);
-    std::fs::write(&stamp, source.as_bytes()).map_err(|e| Error::io(&stamp, e))?;
+    fs::write(&stamp, source.as_bytes())?;
     if root.exists() {
-        std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
+        fs::remove_dir_all(root)?;
     }
-    std::fs::rename(tmp.path(), root).map_err(|e| Error::io(root, e))
+    Ok(fs::rename(tmp.path(), root)?)
 }
 
 #[cfg(test)]

@@ -3,11 +3,18 @@ use std::path::PathBuf;
 /// Errors of building guest assets.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}")]
-    Io {
+    /// A filesystem call failed. The calls go through `fs_err`, whose
+    /// `io::Error` names the operation and the path, so one transparent
+    /// variant serves them all (no path field, no constructor per crate).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("write the initrd")]
+    WriteInitrd(#[source] std::io::Error),
+    #[error("lock {path}")]
+    Lock {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: nix::errno::Errno,
     },
     #[error("kernel {0} not found")]
     MissingKernel(PathBuf),
@@ -55,13 +62,4 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! File helpers: hashes, atomic writes, a lock per directory, external tools.
 
+use fs_err as fs;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -38,23 +39,26 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(fs::rename(&tmp, path)?)
 }
 
 /// Holds an exclusive lock on `dir/.lock` until dropped, so that concurrent
 /// builds into one directory run one after the other.
 pub fn lock_dir(dir: &Path) -> Result<Flock<File>, Error> {
     let path = dir.join(".lock");
-    let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::io(&path, errno.into()))
+    // Not `fs_err::File::lock`: std's `File::lock` needs Rust 1.89, above
+    // the workspace's rust-version; nix's flock(2) has no path to name,
+    // hence `Error::Lock`.
+    let file = fs::File::create(&path)?.into_file();
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, source)| Error::Lock { path, source })
 }
 
 /// Runs `cmd` and returns its stdout; on failure the error holds the last

@@ -22,6 +22,7 @@
 //! The filesystem is made by `mkfs.ext4 -d` (Debian's `e2fsprogs`) straight
 //! into the file at its offset: no loop device, no mount.
 
+use fs_err as fs;
 use std::path::Path;
 use std::process::Command;
 
@@ -101,7 +102,7 @@ pub fn build(
     busybox: Option<&[u8]>,
     out: &Path,
 ) -> Result<(), Error> {
-    let scratch = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+    let scratch = tempfile::tempdir()?;
     let root = scratch.path().join("root");
     let content = populate(&root, agent, version, modules, busybox)?;
     // ext4 metadata, the journal and room for the inode tables: a quarter
@@ -112,8 +113,8 @@ pub fn build(
 
     let tmp = out.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let written = write_image(&root, &tmp, total, fs_size)
-        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e)));
+    let written =
+        write_image(&root, &tmp, total, fs_size).and_then(|()| Ok(fs::rename(&tmp, out)?));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -123,8 +124,8 @@ pub fn build(
 /// The whole image of `total` bytes at `path`: the filesystem of `root`
 /// (`fs_size` bytes), both tables and the pfn info block.
 fn write_image(root: &Path, path: &Path, total: u64, fs_size: u64) -> Result<(), Error> {
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    file.set_len(total).map_err(|e| Error::io(path, e))?;
+    let file = fs::File::create(path)?;
+    file.set_len(total)?;
     drop(file);
     mkfs(root, path, fs_size)?;
     let mut header = vec![0u8; (DAX_HEADER + 512) as usize];
@@ -160,10 +161,8 @@ fn populate(
     ] {
         mkdir(&root.join(dir))?;
     }
-    let set_mode = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io(p, e))
-    };
+    let set_mode =
+        |p: &Path, mode: u32| fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
     set_mode(&root.join("tmp"), 0o1777)?;
     let mut bytes = 0u64;
     let mut file = |rel: &str, data: &[u8], mode: u32| -> Result<(), Error> {
@@ -171,7 +170,7 @@ fn populate(
         if let Some(parent) = p.parent() {
             mkdir(parent)?;
         }
-        std::fs::write(&p, data).map_err(|e| Error::io(&p, e))?;
+        fs::write(&p, data)?;
         set_mode(&p, mode)?;
         bytes += data.len() as u64;
         Ok(())
@@ -190,13 +189,13 @@ fn populate(
     if let Some(busybox) = busybox {
         file(BUSYBOX, busybox, 0o755)?;
         let sh = root.join(SH);
-        std::os::unix::fs::symlink("busybox", &sh).map_err(|e| Error::io(&sh, e))?;
+        fs::os::unix::fs::symlink("busybox", &sh)?;
     }
     Ok(bytes)
 }
 
 fn mkdir(p: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))
+    Ok(fs::create_dir_all(p)?)
 }
 
 /// `mkfs.ext4` of `root` into `image` at [`FS_OFFSET`], `size` bytes, with
@@ -233,14 +232,10 @@ fn mkfs(root: &Path, image: &Path, size: u64) -> Result<(), Error> {
 }
 
 fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), Error> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    f.write_all_at(data, offset)
-        .map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    use fs::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(data, offset)?;
+    Ok(f.sync_all()?)
 }
 
 /// A DOS partition table with one Linux partition of `size` bytes at

@@ -3,6 +3,7 @@
 //! `/bin/busybox` with `/bin/sh` linked to it (the debug console's shell). Entries are sorted and
 //! carry fixed owners and times, so the bytes depend only on the inputs.
 
+use fs_err as fs;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -125,9 +126,9 @@ pub fn lz4(data: &[u8]) -> Result<Vec<u8>, Error> {
 
 /// The cpio archive inside an initrd written by [`build`] (`lz4 -d`).
 pub fn unpack_lz4(initrd: &[u8]) -> Result<Vec<u8>, Error> {
-    let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+    let dir = tempfile::tempdir()?;
     let file = dir.path().join("initrd.lz4");
-    std::fs::write(&file, initrd).map_err(|e| Error::io(&file, e))?;
+    fs::write(&file, initrd)?;
     crate::files::run(
         "lz4",
         Command::new("lz4").args(["-d", "-q", "-c"]).arg(&file),
@@ -154,7 +155,7 @@ impl<'a> Tree<'a> {
 
     /// Writes the entries in path order (a directory before its content).
     fn write<W: Write>(&self, out: &mut W) -> Result<(), Error> {
-        let io = |e| Error::io("initrd", e);
+        let io = Error::WriteInitrd;
         for (ino, (path, (mode, node))) in self.entries.iter().enumerate() {
             let (kind, nlink, data, rdev) = match node {
                 Node::Dir => (cpio::newc::ModeFileType::Directory, 2, &[][..], (0, 0)),

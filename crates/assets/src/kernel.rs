@@ -1,6 +1,7 @@
 //! The guest kernel: capsa's own build, a Debian package fetched and
 //! unpacked, or files on disk.
 
+use fs_err as fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -84,9 +85,7 @@ pub fn from_path(kernel: &Path, modules_dir: Option<&Path>) -> Result<Kernel, Er
             if !dir.is_dir() {
                 return Err(Error::MissingModulesDir(dir.into()));
             }
-            let version = dir
-                .canonicalize()
-                .map_err(|e| Error::io(dir, e))?
+            let version = fs::canonicalize(dir)?
                 .file_name()
                 .map(|v| v.to_string_lossy().into_owned())
                 .unwrap_or_default();
@@ -129,7 +128,7 @@ pub enum Identity {
 /// header, or from the banner (`Linux version ...`) of an uncompressed
 /// kernel.
 pub fn identify(path: &Path) -> Result<Identity, Error> {
-    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let data = fs::read(path)?;
     let release = bzimage_version(&data).or_else(|| banner_release(&data));
     Ok(match release {
         Some(release) => match capsa_build_id(&release) {

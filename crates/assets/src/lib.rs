@@ -15,6 +15,7 @@
 //! The manifest records the inputs, so a build with unchanged inputs
 //! returns the existing assets without writing anything.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 /// Where the guest kernel comes from.
@@ -135,15 +136,12 @@ pub fn build_with_progress(
     cache: Option<&Path>,
     progress: &dyn Fn(&str),
 ) -> Result<Manifest, Error> {
-    std::fs::create_dir_all(&spec.out_dir).map_err(|e| Error::io(&spec.out_dir, e))?;
-    let out_dir = spec
-        .out_dir
-        .canonicalize()
-        .map_err(|e| Error::io(&spec.out_dir, e))?;
+    fs::create_dir_all(&spec.out_dir)?;
+    let out_dir = fs::canonicalize(&spec.out_dir)?;
     let _lock = files::lock_dir(&out_dir)?;
     let cache = cache.map_or_else(|| out_dir.join("cache"), Path::to_path_buf);
 
-    let agent = std::fs::read(&spec.agent_binary).map_err(|e| Error::io(&spec.agent_binary, e))?;
+    let agent = fs::read(&spec.agent_binary)?;
     let kernel = match &spec.kernel {
         KernelSource::Build {
             kernel_dir,
@@ -155,7 +153,7 @@ pub fn build_with_progress(
             modules_dir,
         } => kernel::from_path(kernel, modules_dir.as_deref())?,
     };
-    let kernel_bytes = std::fs::read(&kernel.image).map_err(|e| Error::io(&kernel.image, e))?;
+    let kernel_bytes = fs::read(&kernel.image)?;
     let shell = shell_package
         .map(|name| shell::from_package(name, &cache))
         .transpose()?;
@@ -191,7 +189,7 @@ pub fn build_with_progress(
     let kernel_config = match &kernel.config {
         Some(config) => {
             let path = out_dir.join(KERNEL_CONFIG_FILE);
-            let text = std::fs::read(config).map_err(|e| Error::io(config, e))?;
+            let text = fs::read(config)?;
             write_if_changed(&path, &text)?;
             Some(path)
         }
@@ -270,15 +268,14 @@ pub fn build_uml(
 
     let recipe = kbuild::Recipe::load(kernel_dir, Arch::Um)?;
     let built = kbuild::build(&recipe, cache, progress)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    fs::create_dir_all(out_dir)?;
     let image = out_dir.join(UML_FILE);
     let config = out_dir.join(format!("{UML_FILE}.config"));
     for (from, to) in [(&built.image, &image), (&built.config, &config)] {
-        let data = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+        let data = fs::read(from)?;
         write_if_changed(to, &data)?;
     }
-    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| Error::io(&image, e))?;
+    fs::set_permissions(&image, std::fs::Permissions::from_mode(0o755))?;
     Ok(BuiltKernel {
         image,
         config,

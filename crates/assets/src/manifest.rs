@@ -1,5 +1,6 @@
 //! `manifest.json`: what the assets were built from, and their hashes.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -105,7 +106,7 @@ pub const FILE: &str = "manifest.json";
 /// Reads `<out_dir>/manifest.json`.
 pub fn load_manifest(out_dir: &Path) -> Result<Manifest, Error> {
     let path = out_dir.join(FILE);
-    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let text = fs::read(&path)?;
     serde_json::from_slice(&text).map_err(|source| Error::Manifest { path, source })
 }
 

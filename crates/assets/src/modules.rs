@@ -1,5 +1,6 @@
 //! Kernel modules: from names to files in load order, dependencies first.
 
+use fs_err as fs;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::Path;
@@ -55,7 +56,7 @@ impl ModuleTree {
     pub fn load(dir: &Path, version: &str) -> Result<Self, Error> {
         let dep_file = dir.join("modules.dep");
         let dep = if dep_file.is_file() {
-            std::fs::read_to_string(&dep_file).map_err(|e| Error::io(&dep_file, e))?
+            fs::read_to_string(&dep_file)?
         } else {
             depmod(dir, version)?
         };
@@ -118,12 +119,11 @@ impl ModuleTree {
 /// `modules.dep` of the tree `dir`, computed by `depmod -n` over a scratch
 /// base directory whose `lib/modules/<version>` points at `dir`.
 fn depmod(dir: &Path, version: &str) -> Result<String, Error> {
-    let base = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let base = tempfile::tempdir()?;
     let link_dir = base.path().join("lib/modules");
-    std::fs::create_dir_all(&link_dir).map_err(|e| Error::io(&link_dir, e))?;
-    let target = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
-    std::os::unix::fs::symlink(&target, link_dir.join(version))
-        .map_err(|e| Error::io(&link_dir, e))?;
+    fs::create_dir_all(&link_dir)?;
+    let target = fs::canonicalize(dir)?;
+    fs::os::unix::fs::symlink(&target, link_dir.join(version))?;
     let out = run(
         "depmod",
         Command::new("depmod")
@@ -149,14 +149,12 @@ fn read_module(path: &Path) -> Result<Vec<u8>, Error> {
     } else if name.ends_with(".zst") {
         "zstd"
     } else if name.ends_with(".gz") {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = fs::File::open(path)?;
         let mut data = Vec::new();
-        flate2::read::GzDecoder::new(file)
-            .read_to_end(&mut data)
-            .map_err(|e| Error::io(path, e))?;
+        flate2::read::GzDecoder::new(file).read_to_end(&mut data)?;
         return Ok(data);
     } else {
-        return std::fs::read(path).map_err(|e| Error::io(path, e));
+        return Ok(fs::read(path)?);
     };
     run(tool, Command::new(tool).args(["-d", "-c"]).arg(path))
 }

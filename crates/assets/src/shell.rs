@@ -2,6 +2,7 @@
 //! static busybox of Debian's `busybox-static`, fetched and unpacked (never
 //! installed) with the same machinery as the kernel package.
 
+use fs_err as fs;
 use std::path::Path;
 
 use crate::manifest::ShellInput;
@@ -30,7 +31,7 @@ pub fn from_package(name: &str, cache: &Path) -> Result<Shell, Error> {
         .ok_or_else(|| Error::NoBusyboxInPackage {
             package: package.name.clone(),
         })?;
-    let busybox = std::fs::read(&binary).map_err(|e| Error::io(&binary, e))?;
+    let busybox = fs::read(&binary)?;
     tracing::debug!(package = %package.name, version = %package.version, "shell for the initrd");
     Ok(Shell {
         input: ShellInput {

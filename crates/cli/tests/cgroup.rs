@@ -6,58 +6,14 @@
 //! the run before a VM boots, naming the limit. Needs root (cgroupfs).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use capsa_test_infra::cgroup::{cgroups_of, hierarchies};
+use capsa_test_infra::cli::command as capsa;
 use capsa_test_infra::{assert_no_leaks, run_bounded, Guarded, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn capsa(env: &TestEnv, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    cmd
-}
-
-/// The mounted cgroup hierarchies capsa uses: every v1 one, else the v2
-/// root.
-fn hierarchies() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let of = |t: &str| -> Vec<PathBuf> {
-        info.lines()
-            .filter_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mount = PathBuf::from(left.split(' ').nth(4)?);
-                (right.split(' ').next()? == t).then_some(mount)
-            })
-            .collect()
-    };
-    let v1 = of("cgroup");
-    if v1.is_empty() {
-        of("cgroup2")
-    } else {
-        v1
-    }
-}
-
-/// `/proc/PID/cgroup`: the path of `pid` in every hierarchy capsa uses.
-fn cgroups_of(pid: u32) -> Vec<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let lines: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let _id = f.next()?;
-            Some((f.next()?.to_string(), f.next()?.to_string()))
-        })
-        .collect();
-    let v1 = lines.iter().any(|(controllers, _)| !controllers.is_empty());
-    lines
-        .into_iter()
-        .filter(|(controllers, _)| !v1 || !controllers.is_empty())
-        .map(|(_, path)| path)
-        .collect()
-}
 
 /// The cgroup directories named `name` below the hierarchies' roots.
 fn cgroup_dirs(name: &str) -> Vec<PathBuf> {

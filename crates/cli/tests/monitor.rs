@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use capsa_test_infra::cli::capsa;
 use capsa_test_infra::prometheus::{
     assert_pod_families, free_port, http_get, names_with, Daemon, Prometheus,
 };
@@ -13,15 +14,8 @@ use capsa_test_infra::{run_bounded, wait_until, TestEnv};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const LIMIT: Duration = Duration::from_secs(180);
 /// The monitor's bound on one pod's scrape in these tests.
 const SCRAPE_TIMEOUT_MS: u64 = 2000;
-
-fn capsa(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    cmd.arg("--config").arg(&env.config).args(args);
-    run_bounded(cmd, None, LIMIT)
-}
 
 /// `capsa monitor` on a free loopback port, once it answers.
 fn monitor(env: &TestEnv) -> (Daemon, SocketAddr) {

@@ -103,9 +103,11 @@ impl Control {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join(SOCKET);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(Error::io(&path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(Error::io(&path))?;
+        let listener = UnixListener::bind(&path).map_err(|source| Error::Listen {
+            path: path.clone(),
+            source,
+        })?;
+        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Self { listener, path })
     }
 

@@ -8,8 +8,25 @@ pub enum Error {
     /// `shared_fs = "none"` and a container needs the shared filesystem.
     #[error("{what} needs the shared filesystem, but shared_fs = \"none\": give a block rootfs (an image file or a block device) or set shared_fs = \"virtio-fs\"")]
     NoSharedFs { what: String },
-    #[error("{path}")]
-    Io {
+    /// A filesystem call failed. The calls go through `fs_err`, whose
+    /// `io::Error` names the operation and the path: one transparent
+    /// variant, no path field and no constructor of our own.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// `std::fs::DirBuilder` (a mode at creation): not wrapped by
+    /// `fs_err`, so the path is named here.
+    #[error("create directory {path}")]
+    MakeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a directory")]
+    NotDir(PathBuf),
+    /// The control socket could not be bound (not a filesystem call, so
+    /// `fs_err` cannot name the path).
+    #[error("listen on {path}")]
+    Listen {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -128,13 +145,6 @@ pub enum Error {
     Convert(#[source] capsa_protocols::convert::ConvertError),
 }
 
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Io { path, source }
-    }
-}
-
 /// An error and its sources in one line, `: `-separated (as anyhow's
 /// `{:#}`), for errors that cross a process boundary as text.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -151,5 +161,21 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 impl From<crate::resource::network::NetworkError> for Error {
     fn from(e: crate::resource::network::NetworkError) -> Self {
         Self::Network(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A filesystem error names the operation and the path once, then the
+    /// OS error once (fs-err with `expose_original_error`).
+    #[test]
+    fn a_filesystem_error_names_its_path_and_cause_once() {
+        let missing = tempfile::tempdir().unwrap().path().join("missing");
+        let text = chain(&Error::from(fs_err::read(&missing).unwrap_err()));
+        for part in [missing.display().to_string(), "No such file".into()] {
+            assert_eq!(text.matches(&part).count(), 1, "{text}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! get`). The guest decides whether a new policy is accepted (its current
 //! policy's `SetPolicyRequest` rule); the copy is written only when it was.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use capsa_agent_client::AgentClient;
@@ -22,17 +23,17 @@ pub async fn set(agent: &AgentClient, state_dir: &Path, policy: &str) -> Result<
     agent.set_policy(policy).await?;
     let path = file(state_dir);
     let tmp = path.with_extension("rego.tmp");
-    std::fs::write(&tmp, policy).map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(Error::io(&path))
+    fs::write(&tmp, policy)?;
+    Ok(fs::rename(&tmp, &path)?)
 }
 
 /// The last policy the host set in the sandbox of `state_dir`; `None` if
 /// it never set one (the guest's default policy is in force).
 pub fn get(state_dir: &Path) -> Result<Option<String>, Error> {
     let path = file(state_dir);
-    match std::fs::read_to_string(&path) {
+    match fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&path)(e)),
+        Err(e) => Err(e.into()),
     }
 }

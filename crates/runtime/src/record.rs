@@ -2,6 +2,7 @@
 //! the process that owns the sandbox, read by `capsa ps`, `inspect`, `exec`,
 //! `kill` and `rm` from other processes.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -178,7 +179,7 @@ impl SandboxRecord {
     /// Reads `<dir>/state.json`.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let path = dir.join(RECORD_FILE);
-        let text = std::fs::read(&path).map_err(Error::io(&path))?;
+        let text = fs::read(&path)?;
         serde_json::from_slice(&text).map_err(|source| Error::Record { path, source })
     }
 
@@ -190,8 +191,8 @@ impl SandboxRecord {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&tmp, text).map_err(Error::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(Error::io(&path))
+        fs::write(&tmp, text)?;
+        Ok(fs::rename(&tmp, &path)?)
     }
 
     /// Seconds since the sandbox was created.

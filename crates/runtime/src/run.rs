@@ -3,6 +3,7 @@
 //! down afterwards. Detached, the sandbox's owner is a background process
 //! that logs the output and keeps the record once the workload exited.
 
+use fs_err as fs;
 use std::future::Future;
 use std::path::PathBuf;
 
@@ -360,11 +361,11 @@ pub async fn run_detached(
     };
     let cid = sandbox.id().to_string();
     let log = sandbox.dir().path().join(format!("{cid}.log"));
-    let opened = std::fs::File::create(&log).map_err(Error::io(&log));
+    let opened = fs::File::create(&log);
     let process = match opened {
         Ok(file) => {
-            let out = tokio::fs::File::from_std(file.try_clone().map_err(Error::io(&log))?);
-            let err = tokio::fs::File::from_std(file);
+            let out = tokio::fs::File::from_std(file.try_clone()?.into_file());
+            let err = tokio::fs::File::from_std(file.into_file());
             let stdio = Stdio {
                 stdin: Box::new(tokio::io::empty()),
                 stdout: Box::new(out),
@@ -373,7 +374,7 @@ pub async fn run_detached(
             };
             start_detached(&mut sandbox, &spec, stdio, &log).await
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     let (process, pumps) = match process {
         Ok(p) => p,

@@ -1,6 +1,7 @@
 //! A sandbox's state directory: `<state_dir>/<sandbox-id>/`, holding the
 //! VM's sockets, its console log and the directory shared with the guest.
 
+use fs_err as fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -22,24 +23,28 @@ impl StateDir {
             .recursive(true)
             .mode(0o711)
             .create(root)
-            .map_err(Error::io(root))?;
+            .map_err(|source| Error::MakeDir {
+                path: root.into(),
+                source,
+            })?;
         // Mount points are matched against /proc/self/mountinfo, which
         // holds canonical paths: a symlinked root would hide them.
-        let root = root.canonicalize().map_err(Error::io(root))?;
+        let root = fs::canonicalize(root)?;
         let path = root.join(id);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => Error::SandboxExists(id.into()),
-                _ => Error::io(&path)(e),
+                _ => Error::MakeDir {
+                    path: path.clone(),
+                    source: e,
+                },
             })?;
         let dir = Self { path };
         let made = dir.make_share();
         let owner = dir.path.join(OWNER_FILE);
-        let made = made.and_then(|()| {
-            std::fs::write(&owner, std::process::id().to_string()).map_err(Error::io(&owner))
-        });
+        let made = made.and_then(|()| Ok(fs::write(&owner, std::process::id().to_string())?));
         if let Err(e) = made {
             let _ = dir.remove();
             return Err(e);
@@ -125,9 +130,9 @@ impl StateDir {
 
     /// An existing state directory at `path`, made by a parent process.
     pub fn existing(path: &Path) -> Result<Self, Error> {
-        let path = path.canonicalize().map_err(Error::io(path))?;
+        let path = fs::canonicalize(path)?;
         if !path.is_dir() {
-            return Err(Error::io(&path)(std::io::ErrorKind::NotADirectory.into()));
+            return Err(Error::NotDir(path));
         }
         Ok(Self { path })
     }
@@ -169,7 +174,7 @@ impl StateDir {
     /// not collected as stale if the parent dies before the owner claims it.
     pub fn hand_over(&self, pid: u32) -> Result<(), Error> {
         let owner = self.path.join(OWNER_FILE);
-        std::fs::write(&owner, pid.to_string()).map_err(Error::io(&owner))
+        Ok(fs::write(&owner, pid.to_string())?)
     }
 
     /// The owner's pid, if it is alive.
@@ -192,8 +197,8 @@ impl StateDir {
             }
         }
         let owner = self.path.join(OWNER_FILE);
-        match std::fs::remove_file(&owner) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&owner)(e)),
+        match fs::remove_file(&owner) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
@@ -221,7 +226,10 @@ impl StateDir {
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(d)
-                .map_err(Error::io(d))?;
+                .map_err(|source| Error::MakeDir {
+                    path: d.clone(),
+                    source,
+                })?;
         }
         mount::make_shared_mount(&mounts)?;
         mount::read_only_view(&mounts, &shared)
@@ -273,9 +281,7 @@ impl StateDir {
         if !mount::mounts_below(&self.path).is_empty() {
             return Err(Error::BusyStateDir(self.path.clone()));
         }
-        Ok(std::fs::symlink_metadata(&self.path)
-            .map_err(Error::io(&self.path))?
-            .dev())
+        Ok(fs::symlink_metadata(&self.path)?.dev())
     }
 }
 
@@ -283,17 +289,17 @@ impl StateDir {
 /// directory on another device than `dev`: a mount that
 /// [`mount::mounts_below`] missed is refused, not emptied.
 fn remove_tree(path: &Path, dev: u64) -> Result<(), Error> {
-    let meta = std::fs::symlink_metadata(path).map_err(Error::io(path))?;
+    let meta = fs::symlink_metadata(path)?;
     if !meta.is_dir() {
-        return std::fs::remove_file(path).map_err(Error::io(path));
+        return Ok(fs::remove_file(path)?);
     }
     if meta.dev() != dev {
         return Err(Error::BusyStateDir(path.into()));
     }
-    for entry in std::fs::read_dir(path).map_err(Error::io(path))? {
-        remove_tree(&entry.map_err(Error::io(path))?.path(), dev)?;
+    for entry in fs::read_dir(path)? {
+        remove_tree(&entry?.path(), dev)?;
     }
-    std::fs::remove_dir(path).map_err(Error::io(path))
+    Ok(fs::remove_dir(path)?)
 }
 
 /// `root` with symlinks resolved (as mountinfo shows it), or as given if

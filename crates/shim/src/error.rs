@@ -36,16 +36,13 @@ pub enum Error {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    /// The FIFOs, pipes and logging binary behind a container's stdio:
+    /// not filesystem calls that `fs_err` wraps, and the error names the
+    /// container and the stream besides the path.
     #[error("open the {stream} of {id} ({path})")]
     Stdio {
         id: String,
         stream: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}")]
-    Io {
         path: String,
         #[source]
         source: std::io::Error,

@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use capsa_test_infra::cgroup::{cgroups_of, hierarchies};
 use capsa_test_infra::containerd::cri_v1::PodSandboxConfig;
 use capsa_test_infra::wait_until;
 use common::Setup;
@@ -21,26 +22,6 @@ struct Parent {
     name: String,
     hierarchies: Vec<PathBuf>,
     memory: PathBuf,
-}
-
-/// The mounted cgroup hierarchies: every v1 one, else the v2 root.
-fn hierarchies() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let of = |t: &str| -> Vec<PathBuf> {
-        info.lines()
-            .filter_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mount = PathBuf::from(left.split(' ').nth(4)?);
-                (right.split(' ').next()? == t).then_some(mount)
-            })
-            .collect()
-    };
-    let v1 = of("cgroup");
-    if v1.is_empty() {
-        of("cgroup2")
-    } else {
-        v1
-    }
 }
 
 impl Parent {
@@ -150,26 +131,6 @@ fn pids_naming(needle: &str) -> Vec<(u32, String)> {
             let (pid, cmd) = p.split_once(": ")?;
             Some((pid.parse().ok()?, cmd.to_string()))
         })
-        .collect()
-}
-
-/// `/proc/PID/cgroup`: the path of `pid` in every hierarchy capsa uses
-/// (on a v1 host, the controller-less v2 line of a hybrid setup is not).
-fn cgroups_of(pid: u32) -> Vec<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let lines: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let _id = f.next()?;
-            Some((f.next()?.to_string(), f.next()?.to_string()))
-        })
-        .collect();
-    let v1 = lines.iter().any(|(controllers, _)| !controllers.is_empty());
-    lines
-        .into_iter()
-        .filter(|(controllers, _)| !v1 || !controllers.is_empty())
-        .map(|(_, path)| path)
         .collect()
 }
 
@@ -311,13 +272,7 @@ fn a_pod_cgroup_too_small_for_the_vm_fails_the_pod_naming_the_limit() {
         Vec::<PathBuf>::new(),
         "cgroups made for the failed pod"
     );
-    let left: Vec<_> = std::fs::read_dir(&s.env.state_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "state left: {left:?}");
+    s.assert_no_state();
     s.assert_all_gone();
 }
 

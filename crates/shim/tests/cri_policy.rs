@@ -104,13 +104,7 @@ fn assert_refused(s: &Setup, name: &str, annotations: &[(&str, &str)], parts: &[
         assert!(msg.contains(part), "{part:?} not in {msg:?}");
     }
     s.assert_all_gone();
-    let left: Vec<_> = std::fs::read_dir(&s.env.state_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "state left: {left:?}");
+    s.assert_no_state();
 }
 
 /// The `-smp` value of the QEMU of pod `pod`.

@@ -47,7 +47,7 @@ pub fn status(op: &str, e: Error) -> Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Precondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) | Error::Filter(_) => Code::InvalidArgument,
-        Error::Store(_) | Error::Io { .. } | Error::Mkfs { .. } => Code::Internal,
+        Error::Store(_) | Error::Io(_) | Error::Copy { .. } | Error::Mkfs { .. } => Code::Internal,
     };
     let mut msg = format!("{op}: {e}");
     let mut source = std::error::Error::source(&e);

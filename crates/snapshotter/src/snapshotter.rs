@@ -6,6 +6,7 @@
 //! read-only (committed images are never written again), as containerd's
 //! `blockfile` snapshotter does. Commit only renames the record.
 
+use fs_err as fs;
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -45,10 +46,16 @@ pub enum Error {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{what} {}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
+    /// A filesystem call failed; through `fs_err`, the error names the
+    /// operation and the path.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// `copy_image` reflinks or copies through raw descriptors, which
+    /// `fs_err` does not wrap: the paths are named here.
+    #[error("copy image {} to {}", from.display(), to.display())]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -58,14 +65,6 @@ pub enum Error {
         path: PathBuf,
         detail: String,
     },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// What containerd's `Stat`/`Walk` report about a snapshot.
@@ -119,7 +118,7 @@ impl Snapshotter {
             )));
         }
         let images = config.root.join("snapshots");
-        std::fs::create_dir_all(&images).map_err(io_err("create", &images))?;
+        fs::create_dir_all(&images)?;
         let store = Store::open(&config.root)?;
         let template = config.root.join(format!(
             "template-{}-{}.img",
@@ -206,7 +205,11 @@ impl Snapshotter {
         let own_image = kind != Kind::View || parent.is_empty();
         let image = self.image_path(id);
         if own_image {
-            copy_image(&source, &image).map_err(io_err("copy image to", &image))?;
+            copy_image(&source, &image).map_err(|source_err| Error::Copy {
+                from: source.clone(),
+                to: image.clone(),
+                source: source_err,
+            })?;
         }
         let now = SystemTime::now();
         let rec = Record {
@@ -270,9 +273,7 @@ impl Snapshotter {
             return Err(Error::AlreadyExists(name.into()));
         }
         let image = self.image_path(rec.id);
-        std::fs::File::open(&image)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("sync", &image))?;
+        fs::File::open(&image).and_then(|f| f.sync_all())?;
         store.update(|m| {
             let mut rec = m.remove(key).expect("checked above");
             rec.kind = Kind::Committed;
@@ -300,10 +301,10 @@ impl Snapshotter {
         // After the record: a crash in between leaves an orphan file,
         // which cleanup removes, never a record without its image.
         let image = self.image_path(id);
-        match std::fs::remove_file(&image) {
+        match fs::remove_file(&image) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &image)(e)),
+            Err(e) => return Err(e.into()),
         }
         tracing::debug!(key, id, "snapshot removed");
         Ok(())
@@ -347,10 +348,10 @@ impl Snapshotter {
         let store = self.lock();
         let rec = store.get(key).ok_or_else(|| Error::NotFound(key.into()))?;
         let image = self.image_path(rec.id);
-        match std::fs::metadata(&image) {
+        match fs::metadata(&image) {
             Ok(m) => Ok(m.blocks() * 512),
             Err(e) if e.kind() == io::ErrorKind::NotFound && rec.kind == Kind::View => Ok(0),
-            Err(e) => Err(io_err("stat", &image)(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -383,15 +384,15 @@ impl Snapshotter {
         let known: std::collections::HashSet<String> =
             store.iter().map(|(_, r)| format!("{}.img", r.id)).collect();
         let mut removed = Vec::new();
-        let entries = std::fs::read_dir(&self.images).map_err(io_err("read", &self.images))?;
+        let entries = fs::read_dir(&self.images)?;
         for entry in entries {
-            let entry = entry.map_err(io_err("read", &self.images))?;
+            let entry = entry?;
             let name = entry.file_name();
             if known.contains(name.to_string_lossy().as_ref()) {
                 continue;
             }
             let path = entry.path();
-            std::fs::remove_file(&path).map_err(io_err("remove orphan", &path))?;
+            fs::remove_file(&path)?;
             tracing::info!(path = %path.display(), "removed orphan image");
             removed.push(path);
         }
@@ -415,9 +416,8 @@ fn info(key: &str, rec: &Record) -> SnapshotInfo {
 fn make_template(path: &Path, config: &Config) -> Result<(), Error> {
     let tmp = path.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-    f.set_len(config.image_size)
-        .map_err(io_err("set the size of", &tmp))?;
+    let f = fs::File::create(&tmp)?;
+    f.set_len(config.image_size)?;
     drop(f);
     let out = Command::new("mke2fs")
         .args(["-q", "-F", "-t", &config.fs_type, "-L", "capsa-snap"])
@@ -442,7 +442,7 @@ fn make_template(path: &Path, config: &Config) -> Result<(), Error> {
         }
         Ok(_) => {}
     }
-    std::fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+    fs::rename(&tmp, path)?;
     tracing::info!(path = %path.display(), size = config.image_size, fs = %config.fs_type, "made template image");
     Ok(())
 }

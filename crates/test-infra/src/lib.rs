@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod block;
+pub mod cgroup;
 pub mod cli;
 pub mod cni;
 pub mod containerd;

@@ -40,7 +40,7 @@ pub fn exec(
     let file = bundle.join(format!("exec-{exec_id}.json"));
     let json =
         serde_json::to_vec(&process).map_err(|e| ContainerError::SaveProcess(file.clone(), e))?;
-    std::fs::write(&file, json).map_err(|e| ContainerError::Io(file.clone(), e))?;
+    fs_err::write(&file, json)?;
     let result = exec_locked(id, exec_id, &process, &bundle, &file, ns, reaper);
     let _ = std::fs::remove_file(&file);
     result
@@ -53,7 +53,7 @@ fn holder_state(id: &str, bundle: &Path, holder: &Holder) -> Result<PathBuf, Con
     state.pid = Some(holder.pid());
     let root = bundle.join("exec-state");
     let dir = root.join(id);
-    std::fs::create_dir_all(&dir).map_err(|e| ContainerError::Io(dir.clone(), e))?;
+    fs_err::create_dir_all(&dir)?;
     state.save(&dir).map_err(ContainerError::State)?;
     Ok(root)
 }

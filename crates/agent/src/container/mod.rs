@@ -50,8 +50,10 @@ static CONSOLE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("cannot prepare {0}")]
-    Io(PathBuf, #[source] std::io::Error),
+    /// A filesystem call failed; through `fs_err`, the error names the
+    /// operation and the path.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     #[error("cannot write the bundle's config.json")]
     SaveSpec(#[source] oci_spec::OciSpecError),
     #[error("cannot set up stdio")]
@@ -112,8 +114,7 @@ fn attach_stdio(
     terminal: bool,
 ) -> Result<(ContainerBuilder, PendingIo), ContainerError> {
     if terminal {
-        std::fs::create_dir_all(CONSOLE_DIR)
-            .map_err(|e| ContainerError::Io(CONSOLE_DIR.into(), e))?;
+        fs_err::create_dir_all(CONSOLE_DIR)?;
         let n = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
         let console = ConsoleSocket::bind(&Path::new(CONSOLE_DIR).join(format!("{n}.sock")))?;
         let builder = builder.with_console_socket(Some(console.path()));
@@ -146,7 +147,7 @@ pub fn create(id: &str, spec: &Spec, reaper: &Reaper) -> Result<Created, Contain
     if bundle.exists() {
         // The sandbox does not know `id`: whatever is there is stale.
         tracing::warn!(bundle = %bundle.display(), "removing a stale bundle");
-        std::fs::remove_dir_all(&bundle).map_err(|e| ContainerError::Io(bundle.clone(), e))?;
+        fs_err::remove_dir_all(&bundle)?;
     }
     let root = root_path(spec);
     rootfs::mount_rootfs(&root).map_err(|e| ContainerError::Rootfs(root.clone(), e))?;
@@ -173,7 +174,7 @@ fn create_locked(
     bundle: &Path,
 ) -> Result<Created, ContainerError> {
     let state = bundle.join("state");
-    std::fs::create_dir_all(&state).map_err(|e| ContainerError::Io(state.clone(), e))?;
+    fs_err::create_dir_all(&state)?;
     spec.save(bundle.join("config.json"))
         .map_err(ContainerError::SaveSpec)?;
 
@@ -283,5 +284,5 @@ pub fn delete(handle: &mut Handle) -> Result<(), ContainerError> {
         Ok(spec) => rootfs::unmount_rootfs(&root_path(&spec)),
         Err(e) => tracing::warn!(id = handle.id(), error = %e, "rootfs left mounted"),
     }
-    std::fs::remove_dir_all(&bundle).map_err(|e| ContainerError::Io(bundle, e))
+    Ok(fs_err::remove_dir_all(&bundle)?)
 }

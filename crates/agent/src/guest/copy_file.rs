@@ -11,10 +11,10 @@
 //! the shared directory) that leads out of the root fails the request
 //! instead of being followed; the last component is never followed.
 
+use fs_err::os::unix::fs::FileExt;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use capsa_protocols::agent::CopyFileRequest;
@@ -105,7 +105,7 @@ fn checked(root: &Path, req: &CopyFileRequest) -> Result<(PathBuf, Kind), GuestE
 /// Does what `req` asks, below `root` (normally [`SANDBOX_DIR`]). Blocking.
 pub fn copy_file(root: &Path, req: &CopyFileRequest) -> Result<(), GuestError> {
     let (rel, kind) = checked(root, req)?;
-    std::fs::create_dir_all(root).map_err(|e| GuestError::io("create", root, e))?;
+    fs_err::create_dir_all(root)?;
     let beneath = Beneath::open(KIND, root, &req.path)?;
     let owner = owner(req.uid, req.gid);
     let dir_mode = perms(req.dir_mode, DEFAULT_DIR_MODE);
@@ -165,14 +165,13 @@ fn write_chunk(
     let fd = beneath
         .resolve(&tmp, flags, Mode::from_bits_truncate(0o600))
         .map_err(|e| beneath.error("open", &tmp, e))?;
-    let file = std::fs::File::from(fd);
-    file.write_all_at(&req.data, req.offset as u64)
-        .map_err(|e| GuestError::io("write", &tmp, e))?;
+    // fs_err names the file in the errors of the writes below.
+    let file = fs_err::File::from_parts(std::fs::File::from(fd), &tmp);
+    file.write_all_at(&req.data, req.offset as u64)?;
     if req.offset + (req.data.len() as i64) < req.file_size {
         return Ok(());
     }
-    file.set_len(req.file_size as u64)
-        .map_err(|e| GuestError::io("truncate", &tmp, e))?;
+    file.set_len(req.file_size as u64)?;
     let raw = file.as_raw_fd();
     fchmod(raw, perms(req.file_mode, 0o644)).map_err(|e| beneath.error("chmod", &tmp, e))?;
     fchown(raw, owner.0, owner.1).map_err(|e| beneath.error("chown", &tmp, e))?;

@@ -26,10 +26,10 @@ pub struct Onlined {
 /// The control files (`online` for CPUs, `state` for memory) of the
 /// entries of `dir` named `<prefix><number>`, sorted by number.
 fn controls(dir: &Path, prefix: &str, file: &str) -> Result<Vec<PathBuf>, GuestError> {
-    let entries = match std::fs::read_dir(dir) {
+    let entries = match fs_err::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(GuestError::io("list", dir, e)),
+        Err(e) => return Err(e.into()),
     };
     let mut found: Vec<(u64, PathBuf)> = entries
         .flatten()
@@ -52,8 +52,7 @@ fn online(controls: &[PathBuf], off: &str, on: &str, limit: u32) -> Result<u32, 
         if done >= limit {
             break;
         }
-        let state =
-            std::fs::read_to_string(control).map_err(|e| GuestError::io("read", control, e))?;
+        let state = fs_err::read_to_string(control)?;
         if state.trim() != off {
             continue;
         }

@@ -34,16 +34,13 @@ pub fn details(
     let mut reply = agent::GuestDetailsResponse::default();
     if req.mem_block_size {
         let path = sys.join(BLOCK_SIZE);
-        reply.mem_block_size_bytes = match std::fs::read_to_string(&path) {
-            Ok(text) => parse_block_size(&text).ok_or_else(|| {
-                GuestError::io(
-                    "parse",
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, text.trim().to_string()),
-                )
+        reply.mem_block_size_bytes = match fs_err::read_to_string(&path) {
+            Ok(text) => parse_block_size(&text).ok_or_else(|| GuestError::Unparsable {
+                path: path.clone(),
+                text: text.trim().to_string(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(GuestError::io("read", path, e)),
+            Err(e) => return Err(e.into()),
         };
     }
     if req.mem_hotplug_probe {

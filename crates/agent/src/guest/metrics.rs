@@ -102,6 +102,10 @@ fn meminfo_item(key: &str) -> String {
         "Percpu" => return "per_cpu".into(),
         "Committed_AS" => return "committed_as".into(),
         "NFS_Unstable" => return "nfs_unstable".into(),
+        // A one-letter prefix (kernel, slab) is a word of its own in Kata's names.
+        "KReclaimable" => return "k_reclaimable".into(),
+        "SReclaimable" => return "s_reclaimable".into(),
+        "SUnreclaim" => return "s_unreclaim".into(),
         _ => {}
     }
     if let Some(size) = key.strip_prefix("DirectMap") {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 
 use crate::sandbox::ErrorKind;
-use crate::validate::{ConfineError, ValidateError};
+use crate::validate::{ConfineError, SysError, ValidateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -48,20 +48,14 @@ pub enum GuestError {
     FileType(u32),
     #[error("not PID 1: the agent does not {0} of the machine it runs on")]
     NotInit(&'static str),
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot {op} {path}")]
-    Sys {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        errno: Errno,
-    },
+    /// A filesystem call failed; through `fs_err`, the error names the
+    /// operation and the path.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot parse {path}: {text:?}")]
+    Unparsable { path: PathBuf, text: String },
+    #[error(transparent)]
+    Sys(#[from] SysError),
     #[error("only {onlined} of the {requested} CPUs asked for could be onlined")]
     CpusOffline { requested: u32, onlined: u32 },
     #[error("a blocking task failed")]
@@ -79,26 +73,14 @@ impl GuestError {
             | E::PastEnd { .. }
             | E::FileType(_) => ErrorKind::InvalidArgument,
             E::NotInit(_) => ErrorKind::FailedPrecondition,
-            E::Io { .. } | E::Sys { .. } | E::CpusOffline { .. } | E::Join(_) => {
+            E::Io(_) | E::Unparsable { .. } | E::Sys(_) | E::CpusOffline { .. } | E::Join(_) => {
                 ErrorKind::Internal
             }
         }
     }
 
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source,
-        }
-    }
-
     pub(crate) fn sys(op: &'static str, path: impl Into<PathBuf>, errno: Errno) -> Self {
-        Self::Sys {
-            op,
-            path: path.into(),
-            errno,
-        }
+        Self::Sys(SysError::new(op, path, errno))
     }
 }
 
@@ -106,7 +88,7 @@ impl From<ConfineError> for GuestError {
     fn from(e: ConfineError) -> Self {
         match e {
             ConfineError::Invalid(e) => Self::Invalid(e),
-            ConfineError::Sys { op, path, errno } => Self::Sys { op, path, errno },
+            ConfineError::Sys(e) => Self::Sys(e),
         }
     }
 }

@@ -4,7 +4,6 @@
 //! mixes it into the input pool *and* credits it as entropy (a plain write
 //! mixes without crediting); the kernel then reseeds its CRNG from the pool.
 
-use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -47,10 +46,7 @@ pub fn pool_info(data: &[u8]) -> Vec<u8> {
 /// Adds `data` to the entropy pool and credits it. Blocking.
 pub fn reseed(data: &[u8]) -> Result<(), GuestError> {
     check(data)?;
-    let dev = OpenOptions::new()
-        .write(true)
-        .open(RANDOM_DEV)
-        .map_err(|e| GuestError::io("open", RANDOM_DEV, e))?;
+    let dev = fs_err::OpenOptions::new().write(true).open(RANDOM_DEV)?;
     let info = pool_info(data);
     // SAFETY: `info` is a complete `struct rand_pool_info` (two ints, then
     // `buf_size` bytes) that lives across the call; the kernel only reads it.

@@ -18,13 +18,29 @@ use super::ValidateError;
 pub enum ConfineError {
     #[error(transparent)]
     Invalid(#[from] ValidateError),
-    #[error("cannot {op} {path}")]
-    Sys {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        errno: Errno,
-    },
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
+/// A system call on a path failed (nix's calls, which name no path; the
+/// std ones go through `fs_err`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}", path.display())]
+pub struct SysError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub errno: Errno,
+}
+
+impl SysError {
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, errno: Errno) -> Self {
+        Self {
+            op,
+            path: path.into(),
+            errno,
+        }
+    }
 }
 
 /// Lookups confined below `root`, for the request path `path` of kind
@@ -39,12 +55,8 @@ pub struct Beneath<'a> {
 impl<'a> Beneath<'a> {
     pub fn open(kind: &'static str, root: &'a Path, path: &'a str) -> Result<Self, ConfineError> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd =
-            nix::fcntl::open(root, flags, Mode::empty()).map_err(|errno| ConfineError::Sys {
-                op: "open",
-                path: root.to_path_buf(),
-                errno,
-            })?;
+        let fd = nix::fcntl::open(root, flags, Mode::empty())
+            .map_err(|e| SysError::new("open", root, e))?;
         // SAFETY: `open` just returned this descriptor; nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
@@ -81,11 +93,7 @@ impl<'a> Beneath<'a> {
                 path: self.path.to_string(),
                 root: self.root.display().to_string(),
             }),
-            errno => ConfineError::Sys {
-                op,
-                path: self.root.join(rel),
-                errno,
-            },
+            errno => SysError::new(op, self.root.join(rel), errno).into(),
         }
     }
 
@@ -153,6 +161,6 @@ mod tests {
         }
         assert!(!dir.path().join("x").exists());
         let missing = Beneath::open("k", Path::new("/nonexistent/root"), "/p");
-        assert!(matches!(missing, Err(ConfineError::Sys { .. })));
+        assert!(matches!(missing, Err(ConfineError::Sys(_))));
     }
 }

@@ -16,6 +16,7 @@
 mod recipe;
 mod source;
 
+use fs_err as fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -115,7 +116,7 @@ pub fn build(recipe: &Recipe, cache: &Path, progress: &dyn Fn(&str)) -> Result<B
     }
     let id = recipe.id();
     let dir = build_dir(cache, recipe, &id);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    fs::create_dir_all(&dir)?;
     let _lock = lock_dir(&dir)?;
     let what = recipe.arch.describe();
     if let Some(built) = cached(recipe.arch, &id, &dir) {
@@ -142,7 +143,7 @@ pub fn build(recipe: &Recipe, cache: &Path, progress: &dyn Fn(&str)) -> Result<B
         progress(&format!("resuming the build in {}", work.display()));
     } else {
         if work.exists() {
-            std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+            fs::remove_dir_all(&work)?;
         }
         let deb = source::fetch(&cache.join("source"))?;
         progress(&format!(
@@ -155,7 +156,7 @@ pub fn build(recipe: &Recipe, cache: &Path, progress: &dyn Fn(&str)) -> Result<B
             progress(&format!("applying {}", patch.name));
             apply_patch(&src, &work, patch)?;
         }
-        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        fs::create_dir_all(&out)?;
         configure(recipe, &src, &out)?;
         write_atomic(&stamp, id.as_bytes())?;
     }
@@ -174,7 +175,7 @@ pub fn build(recipe: &Recipe, cache: &Path, progress: &dyn Fn(&str)) -> Result<B
     copy(&out.join(recipe.arch.target()), &image)?;
     copy(&out.join(".config"), &config)?;
     write_atomic(&dir.join(RELEASE_FILE), release.as_bytes())?;
-    std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    fs::remove_dir_all(&work)?;
     progress(&format!(
         "built {what} {release} in {} s",
         started.elapsed().as_secs()
@@ -220,7 +221,7 @@ const BUILD_IDENTITY: [&str; 2] = ["KBUILD_BUILD_USER=capsa", "KBUILD_BUILD_HOST
 
 fn apply_patch(src: &Path, work: &Path, patch: &Part) -> Result<(), Error> {
     let file = work.join(&patch.name);
-    std::fs::write(&file, &patch.data).map_err(|e| Error::io(&file, e))?;
+    fs::write(&file, &patch.data)?;
     run(
         &format!("patch {}", patch.name),
         Command::new("patch")
@@ -240,7 +241,7 @@ fn apply_patch(src: &Path, work: &Path, patch: &Part) -> Result<(), Error> {
 fn configure(recipe: &Recipe, src: &Path, out: &Path) -> Result<(), Error> {
     let merged_text = recipe.merged_config();
     let merged = out.join("capsa.config");
-    std::fs::write(&merged, &merged_text).map_err(|e| Error::io(&merged, e))?;
+    fs::write(&merged, &merged_text)?;
     let dot = out.join(".config");
     match recipe.arch {
         Arch::X86_64 => {
@@ -256,16 +257,16 @@ fn configure(recipe: &Recipe, src: &Path, out: &Path) -> Result<(), Error> {
                 "make defconfig",
                 make(recipe.arch, src, out).arg("defconfig"),
             )?;
-            let mut base = std::fs::read_to_string(&dot).map_err(|e| Error::io(&dot, e))?;
+            let mut base = fs::read_to_string(&dot)?;
             base.push_str(&merged_text);
-            std::fs::write(&dot, base).map_err(|e| Error::io(&dot, e))?;
+            fs::write(&dot, base)?;
             run(
                 "make olddefconfig",
                 make(recipe.arch, src, out).arg("olddefconfig"),
             )?;
         }
     }
-    let config = std::fs::read_to_string(&dot).map_err(|e| Error::io(&dot, e))?;
+    let config = fs::read_to_string(&dot)?;
     let missing = missing_options(&merged_text, &config);
     if !missing.is_empty() {
         return Err(Error::ConfigNotApplied {
@@ -307,7 +308,7 @@ fn compile(
         tool: "make".into(),
         source,
     };
-    let mut log_file = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
+    let mut log_file = fs::File::create(log)?;
     let mut child = cmd.spawn().map_err(spawn)?;
     let stderr = child.stderr.take().expect("piped stderr");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -348,8 +349,8 @@ fn compile(
 
 fn copy(from: &Path, to: &Path) -> Result<(), Error> {
     let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).map_err(|e| Error::io(from, e))?;
-    std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
+    fs::copy(from, &tmp)?;
+    Ok(fs::rename(&tmp, to)?)
 }
 
 #[cfg(test)]

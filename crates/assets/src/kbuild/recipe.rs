@@ -3,6 +3,7 @@
 //! patches (`kernel/patches/<arch>/*.patch`), each set in name order, and
 //! the build's id (the cache key) that hashes them all.
 
+use fs_err as fs;
 use std::path::Path;
 
 use crate::files::sha256;
@@ -76,10 +77,10 @@ impl Recipe {
 
 /// The files of `dir` whose name ends in `suffix`, by name.
 fn read_sorted(dir: &Path, suffix: &str) -> Result<Vec<Part>, Error> {
-    let entries = match std::fs::read_dir(dir) {
+    let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(dir, e)),
+        Err(e) => return Err(e.into()),
     };
     let mut names: Vec<String> = entries
         .flatten()
@@ -91,7 +92,7 @@ fn read_sorted(dir: &Path, suffix: &str) -> Result<Vec<Part>, Error> {
         .into_iter()
         .map(|name| {
             let path = dir.join(&name);
-            let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let data = fs::read(&path)?;
             Ok(Part { name, data })
         })
         .collect()

@@ -3,6 +3,7 @@
 //! checked against a pinned sha256, never installed; its tarball is
 //! unpacked into each build's work directory.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,8 +21,9 @@ const TARBALL: &str = "./usr/src/linux-source-6.12.tar.xz";
 /// `<dir>/<package>_<version>_all.deb`, downloaded unless already there
 /// with the pinned checksum.
 pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let deb = dir.join(format!("{PACKAGE}_{}_all.deb", VERSION.replace(':', "%3a")));
+    fs::create_dir_all(dir)?;
+    let file_name = format!("{PACKAGE}_{}_all.deb", VERSION.replace(':', "%3a"));
+    let deb = dir.join(&file_name);
     if sha256_file(&deb).as_deref() == Some(SHA256) {
         return Ok(deb);
     }
@@ -30,36 +32,19 @@ pub fn fetch(dir: &Path) -> Result<PathBuf, Error> {
         version = VERSION,
         "downloading the kernel source"
     );
-    let tmp = tempfile::Builder::new()
-        .prefix(".download")
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    run(
-        "apt-get download",
-        Command::new("apt-get")
-            .args(["download", "-q"])
-            .arg(format!("{PACKAGE}={VERSION}"))
-            .current_dir(tmp.path()),
-    )
-    .map_err(|e| match e {
+    crate::apt::download(PACKAGE, VERSION, &file_name, Some(SHA256), dir).map_err(|e| match e {
         Error::Tool { stderr, .. } => Error::Source(format!(
             "apt-get download {PACKAGE}={VERSION}: {stderr} \
              (is bookworm-security in the apt sources, and `apt-get update` done?)"
         )),
         other => other,
-    })?;
-    let got = tmp.path().join(deb.file_name().unwrap_or_default());
-    if sha256_file(&got).as_deref() != Some(SHA256) {
-        return Err(Error::Checksum(got));
-    }
-    std::fs::rename(&got, &deb).map_err(|e| Error::io(&deb, e))?;
-    Ok(deb)
+    })
 }
 
 /// Unpacks the source tree of `deb` into `dest` (which must not exist):
 /// the package's tarball streamed out of the `.deb`, never written whole.
 pub fn unpack(deb: &Path, dest: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    fs::create_dir_all(dest)?;
     run(
         "unpack the kernel source",
         Command::new("bash")

@@ -287,9 +287,14 @@ mod tests {
             .arg("100")
             .spawn()
             .unwrap();
-        let found = children_named(std::process::id(), "sleep");
+        let pid = child.id() as i32;
+        // Found once the child runs `sleep` (its comm), within a bound.
+        let found = capsa_test_infra::wait_until(std::time::Duration::from_secs(10), || {
+            children_named(std::process::id(), "sleep").contains(&pid)
+        });
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(found.contains(&(child.id() as i32)), "{found:?}");
+        assert!(found, "child {pid} (comm {comm:?}) not found");
     }
 }

@@ -180,7 +180,7 @@ async fn guest_families(agent: &AgentClient) -> Vec<Family> {
             return Vec::new();
         }
     };
-    match text::parse(&reply.metrics) {
+    match text::parse_guest(&reply.metrics) {
         Ok(families) => families
             .into_iter()
             .filter(|f| GUEST_PREFIXES.iter().any(|p| f.name.starts_with(p)))

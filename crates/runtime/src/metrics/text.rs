@@ -202,6 +202,34 @@ pub fn parse(text: &str) -> Result<Vec<Family>, TextError> {
         to_004(f);
     }
     families.retain(|f| !f.samples.is_empty());
+    // A counter renamed to `x_total` must not meet a family already named so.
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(f) = families.iter().find(|f| !names.insert(f.name.as_str())) {
+        return Err(TextError::Line {
+            line: 0,
+            reason: format!("family {} appears twice", f.name),
+        });
+    }
+    Ok(families)
+}
+
+/// The labels the host adds to a guest's series (`sandbox_id`, and the
+/// monitor's `cri_uid`, `cri_name`, `cri_namespace`).
+pub const HOST_LABELS: usize = 4;
+
+/// [`parse`] for the guest's text: a sample may carry at most
+/// `MAX_LABELS - HOST_LABELS` labels, so that what the host renders after
+/// adding its own is still within [`MAX_LABELS`] for the next reader.
+pub fn parse_guest(text: &str) -> Result<Vec<Family>, TextError> {
+    let families = parse(text)?;
+    let most = MAX_LABELS - HOST_LABELS;
+    if families
+        .iter()
+        .flat_map(|f| &f.samples)
+        .any(|s| s.labels.len() > most)
+    {
+        return Err(TextError::TooMany(most, "labels on a guest sample"));
+    }
     Ok(families)
 }
 
@@ -485,9 +513,18 @@ mod tests {
             "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n",
             "# TYPE a flavour\n",
             "a{b=\"\\x\"} 1\n",
+            // Found by fuzzing: the counter `x` becomes `x_total`, a name taken.
+            "x_total 1\n# TYPE x counter\nx_total 2\n",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+        let full: String = (0..MAX_LABELS).map(|i| format!("l{i}=\"v\",")).collect();
+        let full = format!("a{{{full}}} 1\n");
+        assert!(parse(&full).is_ok());
+        assert!(
+            parse_guest(&full).is_err(),
+            "no room left for the host's labels"
+        );
         let big = "a 1\n".repeat(MAX_SAMPLES + 1);
         assert_eq!(
             parse(&big).unwrap_err(),

@@ -4,6 +4,7 @@
 //! capability by the sandbox, found by the agent from the guest address
 //! in a `blk`/`scsi` storage or device.
 
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use capsa_hypervisor::{BlockDevice, BlockDriver, BlockHotplug, GuestAddress};
@@ -206,7 +207,7 @@ pub fn device(driver: BlockDriver, address: &GuestAddress, container_path: &str)
 /// sysfs, as Kata finds it).
 pub fn host_device_path(major: i64, minor: i64) -> Result<PathBuf, Error> {
     let uevent = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/uevent"));
-    let text = std::fs::read_to_string(&uevent).map_err(Error::io(&uevent))?;
+    let text = fs::read_to_string(&uevent)?;
     let name = text
         .lines()
         .find_map(|l| l.strip_prefix("DEVNAME="))

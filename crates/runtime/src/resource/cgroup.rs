@@ -18,6 +18,7 @@
 //! what the VM needs, so a pod that could only be OOM-killed later fails
 //! now, with the numbers.
 
+use fs_err as fs;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,27 +63,16 @@ pub enum Error {
     },
     #[error("no cgroup hierarchy mounted (read /proc/self/mountinfo)")]
     NoHierarchy,
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A cgroupfs call failed; through `fs_err`, the error names the
+    /// operation and the file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     #[error("systemd did not create scope {unit} in {slice}: {reason}")]
     Systemd {
         unit: String,
         slice: String,
         reason: String,
     },
-}
-
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what,
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 /// A sandbox's `cgroupsPath`, decoded.
@@ -223,7 +213,7 @@ impl Hierarchy {
 /// the v2 mount on a unified host.
 fn hierarchies() -> Result<Vec<Hierarchy>, Error> {
     let info = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(info).map_err(io("read", info))?;
+    let text = fs::read_to_string(info)?;
     let mut v1 = Vec::new();
     let mut v2 = Vec::new();
     for line in text.lines() {
@@ -445,7 +435,7 @@ impl PodCgroup {
                 if h.v2() {
                     enable_controllers(&parent);
                 }
-                std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
+                fs::create_dir(&dir)?;
                 self.created.push(dir.clone());
                 self.write_record();
                 if h.has("cpuset") && !h.v2() {
@@ -672,11 +662,8 @@ fn enable_controllers(parent: &Path) {
 }
 
 fn write(path: &Path, value: &str) -> Result<(), Error> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io("open", path))?;
-    f.write_all(value.as_bytes()).map_err(io("write", path))
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    Ok(f.write_all(value.as_bytes())?)
 }
 
 #[cfg(test)]

@@ -109,6 +109,18 @@ impl Setup {
         assert!(shims.is_empty(), "shims left behind: {shims:?}");
         assert_no_leaks(&self.env.state_dir);
     }
+
+    /// No sandbox state is left in the state directory (a pod refused
+    /// before it started leaves none).
+    pub fn assert_no_state(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.env.state_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "state left: {left:?}");
+    }
 }
 
 impl Setup {

@@ -3,6 +3,7 @@
 //! the guest at `<GUEST_SHARED_DIR>/<container-id>/`, with the rootfs at
 //! `rootfs/` and the bind mounts' sources at `mounts/<n>`.
 
+use fs_err as fs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -94,7 +95,7 @@ pub fn attach_rootfs_dir(share: &Path, rootfs: &Path) -> Result<(), Error> {
         return Err(Error::Rootfs(rootfs.into()));
     }
     let host_root = share.join("rootfs");
-    std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
+    fs::create_dir_all(&host_root)?;
     mount::bind(rootfs, &host_root, false, "/")
 }
 
@@ -105,7 +106,7 @@ pub fn attach_rootfs_dir(share: &Path, rootfs: &Path) -> Result<(), Error> {
 /// `loop` option gets its loop device here, released when unmounted.)
 pub async fn attach_rootfs_mounts(share: &Path, mounts: &[HostMount]) -> Result<(), Error> {
     let host_root = share.join("rootfs");
-    std::fs::create_dir_all(&host_root).map_err(Error::io(&host_root))?;
+    fs::create_dir_all(&host_root)?;
     for m in mounts {
         let mut options: Vec<String> = m.options.iter().filter(|o| *o != "loop").cloned().collect();
         options.extend(["nosuid".to_string(), "nodev".to_string()]);
@@ -159,7 +160,7 @@ pub fn attach_source(
 pub fn detach(share: &Path) -> Result<(), Error> {
     mount::unmount_all_below(share)?;
     if share.exists() && mount::mounts_below(share).is_empty() {
-        std::fs::remove_dir_all(share).map_err(Error::io(share))?;
+        fs::remove_dir_all(share)?;
     }
     Ok(())
 }

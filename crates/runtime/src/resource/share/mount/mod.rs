@@ -43,12 +43,12 @@ pub fn open(source: &Path, mount: &str) -> Result<Source, Error> {
 pub fn share(source: &Path, target: &Path, readonly: bool, mount: &str) -> Result<(), Error> {
     let opened = open(source, mount)?;
     let made = if opened.is_dir() {
-        std::fs::create_dir_all(target)
+        fs_err::create_dir_all(target)
     } else {
         let parent = target.parent().unwrap_or(target);
-        std::fs::create_dir_all(parent).and_then(|()| std::fs::write(target, b""))
+        fs_err::create_dir_all(parent).and_then(|()| fs_err::write(target, b""))
     };
-    made.map_err(crate::Error::io(target))?;
+    made?;
     bind_source(&opened, target, readonly)
 }
 
