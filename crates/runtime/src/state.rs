@@ -237,14 +237,16 @@ impl StateDir {
 
     /// Lets host group `gid` search the directory and read what is
     /// shared (the VM's processes run as that unprivileged group: a
-    /// driver that jails them, `Vm::host_group`). Others still get
+    /// driver that jails them, `Vm::host_identity`). Others still get
     /// nothing; what the host mounts in the share keeps its own modes.
     pub fn grant_group(&self, gid: u32) -> Result<(), Error> {
         use std::os::unix::fs::PermissionsExt;
         for (dir, mode) in [(self.path.clone(), 0o710), (self.mounts_dir(), 0o750)] {
-            std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(Error::io(&dir))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-                .map_err(Error::io(&dir))?;
+            // `fs_err` has no chown: the path is named here.
+            std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("chown {}: {e}", dir.display()))
+            })?;
+            fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(())
     }

@@ -36,9 +36,8 @@ impl RootAs {
     pub fn new(uid: u32, gid: u32) -> Result<Self, Error> {
         let io = |what: &str| {
             let what = format!("user namespace of the share's idmapping ({what})");
-            move |e: std::io::Error| Error::Io {
-                path: what.clone().into(),
-                source: e,
+            move |e: std::io::Error| {
+                Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
             }
         };
         let mut cmd = std::process::Command::new("sleep");
