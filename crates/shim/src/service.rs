@@ -415,7 +415,8 @@ impl Service {
             stats: Some(crate::stats::to_metrics(
                 &reply,
                 crate::stats::Format::of_host(),
-            )?).into(),
+            )?)
+            .into(),
             ..Default::default()
         })
     }

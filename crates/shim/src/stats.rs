@@ -18,8 +18,7 @@ use std::path::Path;
 
 use capsa_protocols::agent::{BlkioStatsEntry, CgroupStats, StatsContainerResponse};
 use containerd_shim::protos::cgroups::metrics::{
-    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
-    Throttle,
+    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message as _;
@@ -446,9 +445,15 @@ mod tests {
         assert_eq!(any.type_url, V2_TYPE);
         let m: v2::Metrics = prost::Message::decode(any.value.as_slice()).unwrap();
         let cpu = m.cpu.unwrap();
-        assert_eq!((cpu.usage_usec, cpu.user_usec, cpu.system_usec), (5000, 3000, 2000));
+        assert_eq!(
+            (cpu.usage_usec, cpu.user_usec, cpu.system_usec),
+            (5000, 3000, 2000)
+        );
         let mem = m.memory.unwrap();
-        assert_eq!((mem.usage, mem.usage_limit, mem.anon), (4096, 1 << 20, 1024));
+        assert_eq!(
+            (mem.usage, mem.usage_limit, mem.anon),
+            (4096, 1 << 20, 1024)
+        );
         assert_eq!(m.pids.unwrap().current, 3);
         assert_eq!(
             m.io.unwrap().usage,
