@@ -128,6 +128,9 @@ fn v1(stats: &CgroupStats) -> Metrics {
             ..Default::default()
         })
         .into(),
+        // cgroup v2's counters cover the subtree: each `total_*` (what
+        // containerd's CRI plugin reads: the working set is usage less
+        // `total_inactive_file`, RSS is `total_rss`) is the same figure.
         memory: Some(MemoryStat {
             cache: memory.cache,
             rss: stat("anon"),
@@ -139,6 +142,18 @@ fn v1(stats: &CgroupStats) -> Metrics {
             inactive_file: stat("inactive_file"),
             active_file: stat("active_file"),
             unevictable: stat("unevictable"),
+            total_cache: memory.cache,
+            total_rss: stat("anon"),
+            total_mapped_file: stat("file_mapped"),
+            total_dirty: stat("file_dirty"),
+            total_writeback: stat("file_writeback"),
+            total_pg_fault: stat("pgfault"),
+            total_pg_maj_fault: stat("pgmajfault"),
+            total_inactive_anon: stat("inactive_anon"),
+            total_active_anon: stat("active_anon"),
+            total_inactive_file: stat("inactive_file"),
+            total_active_file: stat("active_file"),
+            total_unevictable: stat("unevictable"),
             usage: entry(&memory.usage),
             swap: entry(&memory.swap_usage),
             kernel: entry(&memory.kernel_usage),
@@ -432,7 +447,7 @@ mod tests {
         assert_eq!(m.cpu.usage.user, 3_000_000);
         assert_eq!(m.memory.usage.usage, 4096);
         assert_eq!(m.memory.usage.limit, 1 << 20);
-        assert_eq!(m.memory.rss, 1024);
+        assert_eq!((m.memory.rss, m.memory.total_rss), (1024, 1024));
         assert_eq!((m.pids.current, m.pids.limit), (3, 10));
         let bytes = &m.blkio.io_service_bytes_recursive;
         assert_eq!((bytes[0].op.as_str(), bytes[0].value), ("Read", 4096));
