@@ -69,8 +69,9 @@ impl AgentClient {
     pub async fn take_spans(&self) -> Result<capsa_protocols::tracing::AgentSpans, Error> {
         let client = TracingClient::new(self.conn.clone());
         let req = capsa_protocols::tracing::TakeSpansRequest::new();
-        // Its own context: taking spans is not a traced request.
-        let ctx = context::with_timeout(CALL_TIMEOUT.as_nanos() as i64);
+        // Its own context: taking spans is not a traced request. The agent
+        // answers from memory: bounded as a health check.
+        let ctx = context::with_timeout(HEALTH_TIMEOUT.as_nanos() as i64);
         timed("TakeSpans", client.take_spans(ctx, &req)).await
     }
 
