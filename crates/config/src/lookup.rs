@@ -423,13 +423,14 @@ internetworking_model = "none"
             parse(&text, Path::new("/z.toml")).map_err(|e| e.to_string())
         };
         assert!(on("http://127.0.0.1:4317").unwrap().runtime.enable_tracing);
-        assert!(on("https://collector.example:443/").is_ok());
+        assert!(on("http://collector.example:4317/").is_ok());
         for bad in [
             "127.0.0.1:4317",
             "http://:4317",
             "http://host",
             "http://h:0",
             "ftp://h:1",
+            "https://collector.example:443",
         ] {
             let err = on(bad).unwrap_err();
             assert!(err.contains("runtime.tracing_endpoint"), "{bad}: {err}");

@@ -274,7 +274,7 @@ pub struct RuntimeConfig {
     /// handling of each request they make, as OpenTelemetry spans.
     pub enable_tracing: bool,
     /// Kata's key (runtime-rs's name): where spans go, an OTLP/gRPC
-    /// collector `http://HOST:PORT` (or `https://`).
+    /// collector `http://HOST:PORT` (no TLS).
     pub tracing_endpoint: String,
 }
 
