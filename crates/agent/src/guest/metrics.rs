@@ -112,14 +112,7 @@ fn meminfo_item(key: &str) -> String {
     }
     let mut out = String::new();
     let mut prev_lower = false;
-    let chars: Vec<char> = key.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        // A capital that starts a word after a one-letter prefix
-        // (`KReclaimable`, `SUnreclaim`: procfs's `k_reclaimable`,
-        // `s_unreclaim`, Kata's items) is a word boundary too.
-        let starts_word = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase())
-            && i == 1
-            && chars[0].is_ascii_uppercase();
+    for c in key.chars() {
         match c {
             '(' | '_' => {
                 if !out.ends_with('_') {
@@ -129,7 +122,7 @@ fn meminfo_item(key: &str) -> String {
             }
             ')' => {}
             c if c.is_ascii_uppercase() => {
-                if (prev_lower || starts_word) && !out.is_empty() && !out.ends_with('_') {
+                if prev_lower && !out.ends_with('_') {
                     out.push('_');
                 }
                 out.push(c.to_ascii_lowercase());

@@ -287,12 +287,7 @@ mod tests {
             .arg("100")
             .spawn()
             .unwrap();
-        // The child names itself `sleep` once it has exec'd.
-        let mut found = Vec::new();
-        capsa_test_infra::wait_until(std::time::Duration::from_secs(10), || {
-            found = children_named(std::process::id(), "sleep");
-            found.contains(&(child.id() as i32))
-        });
+        let found = children_named(std::process::id(), "sleep");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(found.contains(&(child.id() as i32)), "{found:?}");
