@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod net;
 pub mod netns;
+pub mod otlp;
 pub mod prometheus; // metrics hook
 pub mod rootfs;
 pub mod share_attack;

@@ -83,9 +83,15 @@ impl Sandbox {
         dir: StateDir,
         request: &SandboxRequest,
     ) -> Result<Self, Error> {
-        Self::start_steps(config, dir, request)
-            .instrument(crate::step!("sandbox start"))
-            .await
+        let step = crate::step!("sandbox start");
+        let trace = crate::otel::trace_id(&step);
+        let sandbox = Self::start_steps(config, dir, request)
+            .instrument(step)
+            .await?;
+        // With tracing on: the agent's spans of this start, exported with
+        // the host's (the root has ended: the trace is whole).
+        crate::otel::export_agent_spans(sandbox.agent(), trace).await;
+        Ok(sandbox)
     }
 
     async fn start_steps(
