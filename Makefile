@@ -109,6 +109,7 @@ install: assets
 	if [ -f $(ASSETS_DIR)/linux-uml ]; then \
 	  install -D -m 0755 $(ASSETS_DIR)/linux-uml $(SHARE_DIR)/linux-uml; fi
 	install -D -m 0644 config/configuration.toml $(DEFAULTS_DIR)/configuration.toml
+	install -D -m 0644 config/configuration-uml.toml $(DEFAULTS_DIR)/configuration-uml.toml
 	install -D -m 0644 crates/runtime/src/resource/network/cni/capsa-bridge.conflist \
 	  $(DEFAULTS_DIR)/cni/capsa-bridge.conflist
 

@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "protos/oci.proto",
     "protos/types.proto",
     "protos/health.proto",
+    "protos/tracing.proto",
 ];
 
 fn main() {

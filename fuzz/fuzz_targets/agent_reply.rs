@@ -3,7 +3,8 @@
 //! socket; each response's payload decoded as the reply of an
 //! AgentService method (the first byte picks it) and printed as JSON, as
 //! `capsa agent-ctl` does; and the bytes as each typed reply the runtime
-//! reads.
+//! reads (the agent's spans, `capsa.Tracing/TakeSpans`, as the host
+//! turns them into span data to export).
 #![no_main]
 
 use std::future::Future;
@@ -51,4 +52,12 @@ fn typed(bytes: &[u8]) {
     let _ = agent::Metrics::parse_from_bytes(bytes);
     let _ = health::HealthCheckResponse::parse_from_bytes(bytes);
     let _ = health::VersionCheckResponse::parse_from_bytes(bytes);
+    // The agent's spans, as the host exports them (only those of the
+    // trace it asked for).
+    if let Ok(taken) = capsa_protocols::tracing::AgentSpans::parse_from_bytes(bytes) {
+        let trace = capsa_runtime::otel::TraceId::from_bytes([7; 16]);
+        for span in &taken.spans {
+            let _ = capsa_runtime::otel::span_data(span, trace);
+        }
+    }
 }

@@ -12,6 +12,7 @@ mod json;
 
 use std::time::Duration;
 
+use capsa_protocols::tracing_ttrpc::TracingClient;
 use capsa_protocols::{agent, agent_ttrpc::AgentServiceClient, health, health_ttrpc::HealthClient};
 use tokio::time::Instant;
 use ttrpc::context::{self, Context};
@@ -61,6 +62,17 @@ impl AgentClient {
             .map_err(rpc("Check"))?;
         tracing::debug!(status = ?reply.status, "agent health");
         Ok(this)
+    }
+
+    /// `capsa.Tracing/TakeSpans`: the spans the agent buffered for the
+    /// requests that carried a trace context (capsa's agent only).
+    pub async fn take_spans(&self) -> Result<capsa_protocols::tracing::AgentSpans, Error> {
+        let client = TracingClient::new(self.conn.clone());
+        let req = capsa_protocols::tracing::TakeSpansRequest::new();
+        // Its own context: taking spans is not a traced request. The agent
+        // answers from memory: bounded as a health check.
+        let ctx = context::with_timeout(HEALTH_TIMEOUT.as_nanos() as i64);
+        timed("TakeSpans", client.take_spans(ctx, &req)).await
     }
 
     /// The generated AgentService client, for methods without a wrapper.
@@ -485,9 +497,32 @@ fn read_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStrea
 }
 
 /// A ttRPC context that times the call out after `timeout` (for the
-/// generated clients of [`AgentClient::raw`]).
+/// generated clients of [`AgentClient::raw`]), with the calling span's
+/// trace context when it is exported ([`traceparent`]).
 pub fn until(timeout: Duration) -> Context {
-    context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
+    let mut ctx = context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64);
+    if let Some(parent) = traceparent(&tracing::Span::current()) {
+        ctx.add(capsa_protocols::TRACEPARENT.into(), parent);
+    }
+    ctx
+}
+
+/// The W3C trace context (`00-TRACE-SPAN-FLAGS`) of `span`, when an
+/// OpenTelemetry layer exports it: Kata's runtime sends the same in the
+/// ttRPC metadata, under the same key. `None` without tracing.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
 }
 
 /// Where each timed call's latency goes (the owner's metrics).

@@ -18,7 +18,6 @@ const EXIT_RUNTIME_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    init_logging(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -26,7 +25,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME_ERROR);
         }
     };
+    {
+        // The span exporter's gRPC channel lives in the runtime.
+        let _in_runtime = runtime.enter();
+        init_logging(&cli);
+    }
     let result = runtime.block_on(cmd::dispatch(cli));
+    runtime.block_on(async {
+        let _ = tokio::task::spawn_blocking(capsa_runtime::otel::flush).await;
+    });
     output::logs_off();
     // A blocking read of stdin must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -60,9 +67,18 @@ fn init_logging(cli: &args::Cli) {
         args::Command::Run(run) if run.timeline.is_some() => Some(cmd::timeline().layer()),
         _ => None,
     };
+    // `capsa run` with `[runtime] enable_tracing`: its steps as spans (a
+    // configuration that does not load fails the run itself, later).
+    let otel = match &cli.command {
+        args::Command::Run(_) => capsa_runtime::load_config(cli.config.as_deref())
+            .ok()
+            .and_then(|(config, _)| capsa_runtime::otel::layer(&config)),
+        _ => None,
+    };
     tracing_subscriber::registry()
         .with(fmt)
         .with(timeline)
         .with(capsa_runtime::metrics::StepLayer::layer()) // metrics hook
+        .with(otel)
         .init();
 }

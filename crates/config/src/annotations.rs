@@ -193,7 +193,12 @@ pub fn apply_annotations(
                 }
             }
             "path" => {
-                let crate::DriverSettings::Qemu(driver) = &mut out.hypervisor.driver;
+                let crate::DriverSettings::Qemu(driver) = &mut out.hypervisor.driver else {
+                    let name = out.hypervisor.driver.name();
+                    return Err(invalid(format!(
+                        "the {name} driver has no hypervisor binary of its own"
+                    )));
+                };
                 let allowed = globs_or(&config.hypervisor.vm.valid_hypervisor_paths, &driver.path);
                 driver.path =
                     allowed_path(value, &allowed, "valid_hypervisor_paths").map_err(invalid)?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::VmSettings;
 use crate::qemu::QemuSettings;
+use crate::uml::UmlSettings;
 
 /// `[hypervisor]`: the one driver table given (QEMU's when none is).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +39,8 @@ impl HypervisorConfig {
 pub enum DriverSettings {
     /// `[hypervisor.qemu]`.
     Qemu(QemuSettings),
+    /// `[hypervisor.uml]`: User-Mode Linux.
+    Uml(UmlSettings),
 }
 
 impl Default for DriverSettings {
@@ -48,12 +51,13 @@ impl Default for DriverSettings {
 
 impl DriverSettings {
     /// The names of the drivers' tables.
-    pub const NAMES: &'static [&'static str] = &["qemu"];
+    pub const NAMES: &'static [&'static str] = &["qemu", "uml"];
 
     /// The name of the driver's table (`qemu`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Qemu(_) => "qemu",
+            Self::Uml(_) => "uml",
         }
     }
 
@@ -62,6 +66,7 @@ impl DriverSettings {
     fn from_table(name: &str, table: toml::Table) -> Option<Result<Self, String>> {
         match name {
             "qemu" => Some(typed(name, table).map(Self::Qemu)),
+            "uml" => Some(typed(name, table).map(Self::Uml)),
             _ => None,
         }
     }
@@ -133,14 +138,11 @@ impl Serialize for HypervisorConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(1))?;
+        let name = self.driver.name();
+        let vm = &self.vm;
         match &self.driver {
-            DriverSettings::Qemu(q) => map.serialize_entry(
-                self.driver.name(),
-                &Table {
-                    vm: &self.vm,
-                    driver: q,
-                },
-            )?,
+            DriverSettings::Qemu(driver) => map.serialize_entry(name, &Table { vm, driver })?,
+            DriverSettings::Uml(driver) => map.serialize_entry(name, &Table { vm, driver })?,
         }
         map.end()
     }
@@ -151,6 +153,7 @@ impl DriverSettings {
     pub fn qemu(&self) -> Option<&QemuSettings> {
         match self {
             Self::Qemu(q) => Some(q),
+            Self::Uml(_) => None,
         }
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod lookup;
 mod model;
 mod qemu;
+mod uml;
 mod validate;
 
 pub use annotations::{apply_annotations, AnnotationError, Applied};
@@ -25,6 +26,6 @@ pub use lookup::{
 };
 pub use model::{
     AcceleratorChoice, AgentConfig, AgentSection, BlockDriver, Config, DriverSettings,
-    HypervisorConfig, MachineType, QemuSettings, RuntimeConfig, SharedFs, VirtioFsCache,
-    VmSettings, DEFAULT_TCG_TB_SIZE, HEALTH_CHECK_FAILURES,
+    HypervisorConfig, MachineType, QemuSettings, RuntimeConfig, SharedFs, UmlSettings,
+    VirtioFsCache, VmSettings, DEFAULT_TCG_TB_SIZE, HEALTH_CHECK_FAILURES,
 };

@@ -416,6 +416,31 @@ internetworking_model = "none"
         .to_string();
         assert!(err.contains("runtime.state_dir"), "{err}");
         assert!(err.contains("not an absolute path"), "{err}");
+        // tracing: the endpoint is checked when tracing is on.
+        let on = |endpoint: &str| {
+            let text =
+                format!("[runtime]\nenable_tracing = true\ntracing_endpoint = {endpoint:?}\n");
+            parse(&text, Path::new("/z.toml")).map_err(|e| e.to_string())
+        };
+        assert!(on("http://127.0.0.1:4317").unwrap().runtime.enable_tracing);
+        assert!(on("http://collector.example:4317/").is_ok());
+        for bad in [
+            "127.0.0.1:4317",
+            "http://:4317",
+            "http://host",
+            "http://h:0",
+            "ftp://h:1",
+            "https://collector.example:443",
+        ] {
+            let err = on(bad).unwrap_err();
+            assert!(err.contains("runtime.tracing_endpoint"), "{bad}: {err}");
+        }
+        let off = parse(
+            "[runtime]\ntracing_endpoint = \"x\"\n",
+            Path::new("/z.toml"),
+        )
+        .unwrap();
+        assert!(!off.runtime.enable_tracing);
         let err = parse("[runtime]\ntimeline_dir = \"svg\"\n", Path::new("/z.toml"))
             .unwrap_err()
             .to_string();

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::driver::{DriverSettings, HypervisorConfig};
 pub use crate::qemu::{AcceleratorChoice, MachineType, QemuSettings, DEFAULT_TCG_TB_SIZE};
+pub use crate::uml::UmlSettings;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -270,6 +271,12 @@ pub struct RuntimeConfig {
     /// matched against `runtime.<key>` / `agent.<key>` (e.g.
     /// `agent.policy`); empty: none.
     pub enable_annotations: Vec<String>,
+    /// Kata's key: export the sandbox's start-up steps, and the agent's
+    /// handling of each request they make, as OpenTelemetry spans.
+    pub enable_tracing: bool,
+    /// Kata's key (runtime-rs's name): where spans go, an OTLP/gRPC
+    /// collector `http://HOST:PORT` (no TLS).
+    pub tracing_endpoint: String,
 }
 
 impl Default for RuntimeConfig {
@@ -284,6 +291,8 @@ impl Default for RuntimeConfig {
             static_sandbox_resource_mgmt: false,
             timeline_dir: PathBuf::new(),
             enable_annotations: Vec::new(),
+            enable_tracing: false,
+            tracing_endpoint: "http://127.0.0.1:4317".into(),
         }
     }
 }

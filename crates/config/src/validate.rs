@@ -2,6 +2,31 @@ use std::path::Path;
 
 use crate::{Config, Error, Invalid};
 
+/// An OTLP/gRPC endpoint: `http://`, a host, a port. capsa's exporter
+/// has no TLS (a collector on the host or a sidecar forwards).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "{endpoint:?}: https is not supported (no TLS in capsa's exporter); \
+             use a local collector over http://"
+        ));
+    }
+    let rest = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{endpoint:?} is not an http:// URL"))?;
+    let authority = rest.trim_end_matches('/');
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty() && !host.contains('/'))
+        .map(|(_, port)| port);
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p != 0 => Ok(()),
+        _ => Err(format!(
+            "{endpoint:?} does not name a host and a port (http://HOST:PORT)"
+        )),
+    }
+}
+
 /// Checks values of the shared keys that the types alone do not
 /// constrain (the driver checks its own keys: [`crate::load_checked`]).
 pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
@@ -104,11 +129,15 @@ pub(crate) fn check(config: &Config, path: &Path) -> Result<(), Error> {
     }) = crate::annotations::check_patterns(config)
     {
         let key = if setting.starts_with("[runtime]") {
-            "runtime.enable_annotations"
+            "runtime.enable_annotations".to_string()
         } else {
-            "hypervisor.qemu.enable_annotations"
+            h.key("enable_annotations")
         };
-        return Err(invalid(key, format!("{pattern:?}: {reason}")));
+        return Err(invalid(&key, format!("{pattern:?}: {reason}")));
+    }
+    if config.runtime.enable_tracing {
+        check_endpoint(&config.runtime.tracing_endpoint)
+            .map_err(|r| invalid("runtime.tracing_endpoint", r))?;
     }
     if config.agent.capsa.dial_timeout == 0 {
         return Err(invalid(

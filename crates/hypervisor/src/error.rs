@@ -55,6 +55,9 @@ pub enum Error {
     /// An error of the driver's own machinery (QEMU: its QMP monitor).
     #[error(transparent)]
     Driver(Box<dyn std::error::Error + Send + Sync>),
+    /// A confined helper (`jail`) could not be started.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

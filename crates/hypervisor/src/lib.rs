@@ -8,7 +8,8 @@
 //! [`capsa_config::VmSettings`] and the driver's own settings
 //! ([`DriverSettings`]); each driver checks its own keys ([`Driver::validate`],
 //! run by [`load_config`]) and reports what the host offers it
-//! ([`check_host`], for `capsa check`). QEMU is the first driver.
+//! ([`check_host`], for `capsa check`). QEMU is the first driver, User-Mode
+//! Linux (`uml`: the guest kernel a jailed host process) the second.
 //!
 //! Devices attached to a running VM are capabilities of their own
 //! ([`device::BlockHotplug`] through [`Vm::block`],
@@ -32,6 +33,10 @@ mod process;
 pub mod qemu;
 #[cfg(not(feature = "internals"))]
 mod qemu;
+#[cfg(feature = "internals")]
+pub mod uml;
+#[cfg(not(feature = "internals"))]
+mod uml;
 pub mod virtiofsd;
 
 pub use accel::{Accelerator, HostVirt};
@@ -122,6 +127,8 @@ pub struct VmConfig {
 /// type per driver (`qemu::Qemu`); [`create`], [`validate`] and
 /// [`check_host`] pick the implementation from [`DriverSettings`].
 pub trait Driver {
+    /// The driver's name for people (`QEMU`).
+    const NAME: &'static str;
     /// The driver's own keys (`capsa_config::QemuSettings`).
     type Settings;
     /// Checks the driver's constraints on its own keys and on the shared
@@ -172,6 +179,7 @@ impl HostCheck {
 pub fn create(cfg: VmConfig) -> Box<dyn Vm> {
     match &cfg.driver {
         DriverSettings::Qemu(_) => qemu::Qemu::create(cfg),
+        DriverSettings::Uml(_) => uml::Uml::create(cfg),
     }
 }
 
@@ -180,14 +188,20 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     let h = &config.hypervisor;
     match &h.driver {
         DriverSettings::Qemu(q) => qemu::Qemu::validate(h, q),
+        DriverSettings::Uml(u) => uml::Uml::validate(h, u),
     }
 }
 
-/// What the host offers the configured driver ([`Driver::check_host`]).
+/// What the host offers the configured driver ([`Driver::check_host`]),
+/// after a line naming the driver.
 pub fn check_host(config: &HypervisorConfig) -> Vec<HostCheck> {
-    match &config.driver {
-        DriverSettings::Qemu(q) => qemu::Qemu::check_host(&config.vm, q),
-    }
+    let (name, lines) = match &config.driver {
+        DriverSettings::Qemu(q) => (qemu::Qemu::NAME, qemu::Qemu::check_host(&config.vm, q)),
+        DriverSettings::Uml(u) => (uml::Uml::NAME, uml::Uml::check_host(&config.vm, u)),
+    };
+    let table = config.driver.name();
+    let driver = HostCheck::info("driver", format!("{name} ([hypervisor.{table}])"));
+    std::iter::once(driver).chain(lines).collect()
 }
 
 /// Finds, reads and checks the configuration: the shared keys
@@ -217,6 +231,16 @@ pub trait Vm: Send + Sync {
     /// helpers), with its role: what the owner records so that a
     /// forced removal ends exactly them.
     fn processes(&self) -> Vec<VmProcess>;
+    /// The unprivileged host uid and gid the VM's processes run as, when
+    /// they do not run as root (a driver that jails them); `None`: root.
+    /// Before [`Vm::start`], the owner lets this group search the VM's run
+    /// directory and read the share (`SharedFs::shared_dir`), and what it
+    /// mounts in the share it mounts idmapped, host root shown as this
+    /// uid and gid: the share's server, running as them, serves those
+    /// files as their owner, as a root one would.
+    fn host_identity(&self) -> Option<jail::Identity> {
+        None
+    }
     /// Waits up to `limit` until a connection to the guest's agent may be
     /// attempted; returns false if that did not happen, or the VM exited.
     /// What it waits for is the driver's business (QEMU with the

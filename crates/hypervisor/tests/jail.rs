@@ -408,12 +408,22 @@ async fn a_killing_profile_kills_the_process_that_steps_outside() {
 /// in its jail, under its own profile: its guest processes fork, exec and
 /// loop, all confined.
 #[tokio::test]
-#[ignore = "needs CAPSA_UML_KERNEL (a UML kernel, linux-uml) until the UML assets exist"]
 async fn a_uml_kernel_boots_in_its_jail() {
     require_root();
     let _serial = SERIAL.lock().await;
-    let kernel = PathBuf::from(
-        std::env::var_os("CAPSA_UML_KERNEL").expect("CAPSA_UML_KERNEL: path of a UML kernel"),
+    // `$CAPSA_UML_KERNEL`, else the assets' (`make assets`).
+    let kernel = std::env::var_os("CAPSA_UML_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let assets = std::env::var_os("CAPSA_TEST_ASSETS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/capsa/assets"));
+            assets.join("linux-uml")
+        });
+    assert!(
+        kernel.is_file(),
+        "{} is missing: capsa's UML kernel (`make assets`, or CAPSA_UML_KERNEL)",
+        kernel.display()
     );
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");

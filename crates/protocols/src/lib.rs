@@ -19,9 +19,22 @@ macro_rules! generated {
     };
 }
 
-generated!(agent, agent_ttrpc, oci, types, health, health_ttrpc);
+generated!(
+    agent,
+    agent_ttrpc,
+    oci,
+    types,
+    health,
+    health_ttrpc,
+    tracing,
+    tracing_ttrpc
+);
 
 pub mod convert;
+
+/// The ttRPC metadata key of the W3C trace context of a request (Kata's
+/// runtime and agent use OpenTelemetry's `TraceContextPropagator`).
+pub const TRACEPARENT: &str = "traceparent";
 
 /// vsock port the agent listens on (Kata's convention).
 pub const AGENT_VSOCK_PORT: u32 = 1024;

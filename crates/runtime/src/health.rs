@@ -11,6 +11,10 @@ use tokio::time::Instant;
 
 /// How often the hypervisor's process state is read.
 const STATE_POLL: Duration = Duration::from_millis(500);
+/// How long a hypervisor whose agent connection broke may take to be
+/// seen exited, and how often it is looked at meanwhile.
+const EXIT_SETTLE: Duration = Duration::from_secs(1);
+const EXIT_POLL: Duration = Duration::from_millis(20);
 
 /// What the host sees of a hypervisor process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,21 @@ impl Watch {
             pid,
             agent,
             interval: (secs > 0).then(|| Duration::from_secs(secs.into())),
+        }
+    }
+
+    /// Whether the hypervisor is gone or stopped, looking for up to
+    /// [`EXIT_SETTLE`]: a VM killed from outside closes its connections
+    /// while its process exits, a moment before it is a zombie.
+    pub async fn gone_or_stopped(&self) -> Option<Death> {
+        let deadline = Instant::now() + EXIT_SETTLE;
+        loop {
+            match vm_state(self.pid) {
+                VmState::Gone => return Some(Death::Exited),
+                VmState::Stopped => return Some(Death::Stopped),
+                VmState::Running if Instant::now() >= deadline => return None,
+                VmState::Running => tokio::time::sleep(EXIT_POLL).await,
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod error;
 pub mod health;
 pub mod io;
 pub mod metrics;
+pub mod otel;
 pub mod policy;
 pub mod record;
 pub mod request;

@@ -253,7 +253,15 @@ async fn wait_watched(
     tokio::pin!(wait, death);
     let status = loop {
         tokio::select! {
-            status = &mut wait => break Ok(status),
+            // The agent's connection ends with its VM: a wait that fails
+            // because the VM died is that death, not an agent error.
+            status = &mut wait => match (status, &watch) {
+                (Err(e), Some(watch)) => match watch.gone_or_stopped().await {
+                    Some(why) => break Err(why),
+                    None => break Ok(Err(e)),
+                },
+                (status, _) => break Ok(status),
+            },
             why = &mut death => break Err(why),
             conn = accept(control.as_ref()) => match conn {
                 Ok(stream) => Control::serve(stream, sandbox).await,

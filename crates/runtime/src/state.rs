@@ -235,6 +235,22 @@ impl StateDir {
         mount::read_only_view(&mounts, &shared)
     }
 
+    /// Lets host group `gid` search the directory and read what is
+    /// shared (the VM's processes run as that unprivileged group: a
+    /// driver that jails them, `Vm::host_identity`). Others still get
+    /// nothing; what the host mounts in the share keeps its own modes.
+    pub fn grant_group(&self, gid: u32) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for (dir, mode) in [(self.path.clone(), 0o710), (self.mounts_dir(), 0o750)] {
+            // `fs_err` has no chown: the path is named here.
+            std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("chown {}: {e}", dir.display()))
+            })?;
+            fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
     pub fn console_log(&self) -> PathBuf {
         self.path.join("console.log")
     }
@@ -353,6 +369,30 @@ mod tests {
         assert!(kept.is_empty(), "{kept:?}");
         assert_eq!(collected, ["sb1"]);
         assert!(!dir.path().exists());
+    }
+
+    #[test]
+    fn a_group_granted_searches_the_directory_and_reads_the_share() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "sb1").unwrap();
+        dir.grant_group(1_999_998).unwrap();
+        for (path, mode) in [
+            (dir.path().to_path_buf(), 0o710),
+            (dir.mounts_dir(), 0o750),
+            // The read-only view is the same directory.
+            (dir.shared_dir(), 0o750),
+        ] {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.gid(), 1_999_998, "{}", path.display());
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                mode,
+                "{}",
+                path.display()
+            );
+        }
+        dir.remove().unwrap();
     }
 
     #[test]

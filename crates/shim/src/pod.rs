@@ -79,7 +79,7 @@ impl Pod {
     ) -> Result<Arc<Self>, Error> {
         let (size, net) = (&request.size, &request.network);
         tracing::info!(pod = id, vcpus = ?size.vcpus, memory_mib = ?size.memory_mib, netns = ?net.netns, "VM size and network");
-        let timeline = PodTimeline::start(&config.runtime.timeline_dir, id);
+        let timeline = PodTimeline::start(config, id);
         let span = timeline
             .as_ref()
             .map_or_else(Span::none, |t| t.span().clone());
@@ -367,6 +367,8 @@ impl Pod {
         if let Some(timeline) = timeline {
             timeline.finish();
         }
+        // The pod is down: the shim exits soon, its spans go now.
+        let _ = tokio::task::spawn_blocking(capsa_runtime::otel::flush).await;
     }
 }
 

@@ -412,7 +412,11 @@ impl Service {
         let (pod, _task) = self.task(&req.id).await?;
         let reply = pod.agent().stats_container(&req.id).await?;
         Ok(StatsResponse {
-            stats: Some(crate::stats::to_metrics(&reply)?).into(),
+            stats: Some(crate::stats::to_metrics(
+                &reply,
+                crate::stats::Format::of_host(),
+            )?)
+            .into(),
             ..Default::default()
         })
     }

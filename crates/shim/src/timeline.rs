@@ -8,7 +8,7 @@
 //! hands every event on to `log` ([`LogBridge`]).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use capsa_runtime::Timeline;
@@ -27,12 +27,14 @@ pub struct PodTimeline {
 }
 
 impl PodTimeline {
-    /// Starts recording pod `pod_id`'s timeline for `dir` (the configured
-    /// `runtime.timeline_dir`; `None` when it is empty). An id that is not
+    /// Starts recording pod `pod_id`'s timeline for `config`'s
+    /// `runtime.timeline_dir` (`None` when it is empty). An id that is not
     /// a plain file name gets no timeline (containerd checks ids, this
-    /// never lets one pick another directory).
-    pub fn start(dir: &Path, pod_id: &str) -> Option<Self> {
-        install(); // metrics hook: the step histograms need the subscriber
+    /// never lets one pick another directory). The steps are exported as
+    /// spans when `config` enables tracing, timeline or not.
+    pub fn start(config: &capsa_config::Config, pod_id: &str) -> Option<Self> {
+        install(config); // metrics hook: the step histograms need the subscriber
+        let dir = config.runtime.timeline_dir.as_path();
         if dir.as_os_str().is_empty() {
             return None;
         }
@@ -84,8 +86,10 @@ fn file_name(pod_id: &str) -> Option<String> {
     plain.then(|| format!("{pod_id}.svg"))
 }
 
-/// Sets this process's subscriber: the timeline and the bridge to `log`.
-fn install() {
+/// Sets this process's subscriber: the timeline, the bridge to `log`
+/// and, with `[runtime] enable_tracing`, the OpenTelemetry exporter (one
+/// pod per shim: the first pod's configuration decides).
+fn install(config: &capsa_config::Config) {
     TIMELINE.get_or_init(|| {
         let timeline = Timeline::new();
         let subscriber = tracing_subscriber::registry()
@@ -96,7 +100,8 @@ fn install() {
                 // layer's (the timeline's spans included).
                 meta.is_event()
                     && log::log_enabled!(target: meta.target(), log_level(*meta.level()))
-            })));
+            })))
+            .with(capsa_runtime::otel::layer(config));
         if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
             log::warn!("no timeline: a tracing subscriber is set already: {e}");
         }

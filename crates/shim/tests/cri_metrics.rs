@@ -1,5 +1,6 @@
 //! A CRI pod's metrics through `capsa monitor`, labelled with the pod's
-//! CRI identity, as a real Prometheus server sees them.
+//! CRI identity, as a real Prometheus server sees them; and its
+//! container's stats as the kubelet reads them (CRI ContainerStats).
 
 mod common;
 
@@ -51,6 +52,33 @@ fn a_cri_pods_series_carry_its_cri_labels() {
         with("cri_name=\"mpod\"")
     );
     assert_pod_families(&text, &pod);
+
+    // The kubelet's stats (CRI ContainerStats, from the shim's Stats): the
+    // container's CPU time and memory in the guest.
+    let mut stats = None;
+    let counted = wait_until(Duration::from_secs(30), || {
+        let st = cri.container_stats(&one);
+        let cpu = st
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref());
+        let ok = cpu.is_some_and(|v| v.value > 0)
+            && st
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .is_some_and(|v| v.value > 0);
+        stats = Some(st);
+        ok
+    });
+    assert!(counted, "no CPU or memory in {stats:#?}");
+    let memory = stats.unwrap().memory.unwrap();
+    let (working_set, usage) = (
+        memory.working_set_bytes.unwrap().value,
+        memory.usage_bytes.unwrap().value,
+    );
+    // The working set leaves out the inactive file cache.
+    assert!(working_set <= usage, "{working_set} > {usage}");
 
     let data = tempfile::tempdir().unwrap();
     let prom = Prometheus::start(data.path(), addr);

@@ -139,13 +139,39 @@ fn detached_task_exec_ps_pause_metrics_kill_delete() {
         "{ls}"
     );
 
-    // metrics: CPU and memory of the container's cgroup.
+    // metrics: CPU, memory, pids and block I/O of the container's cgroup
+    // in the guest, in the format of this host's cgroup version (this
+    // host's containerd decodes both; the test follows the shim's choice).
     let metrics = s
         .ctrd
         .ctr_ok(&["task", "metrics", "--format", "json", "bg"]);
     let m: serde_json::Value = serde_json::from_str(&metrics).expect("metrics JSON");
-    let mem = m["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    let (cpu, mem, pids, io) = if unified {
+        (
+            num(&m["cpu"]["usage_usec"]),
+            num(&m["memory"]["usage"]),
+            num(&m["pids"]["current"]),
+            m.get("io"),
+        )
+    } else {
+        (
+            num(&m["cpu"]["usage"]["total"]),
+            num(&m["memory"]["usage"]["usage"]),
+            num(&m["pids"]["current"]),
+            m.get("blkio"),
+        )
+    };
+    assert!(cpu > 0, "no CPU usage in {m:#}");
     assert!(mem > 0, "no memory usage in {m:#}");
+    // The loop's shell and its `sleep` or `date`.
+    assert!(pids >= 1, "no pids in {m:#}");
+    // The rootfs is shared (virtio-fs): no block device to count, but the
+    // I/O statistics are there (their values: the agent's and the shim's
+    // unit tests).
+    assert!(io.is_some_and(|v| v.is_object()), "no I/O stats in {m:#}");
 
     // kill --all: the signal reaches an exec process too; the init (PID 1
     // of the container, no handler) ignores it and keeps running.

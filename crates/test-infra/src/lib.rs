@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod leaks;
 pub mod net;
 pub mod netns;
+pub mod otlp;
 pub mod prometheus; // metrics hook
 pub mod rootfs;
 pub mod share_attack;
@@ -229,6 +230,72 @@ impl TestEnv {
             ),
         )
         .expect("write config");
+        Self {
+            dir,
+            config,
+            state_dir,
+            rootfs,
+        }
+    }
+
+    /// A world whose configuration is the installed configuration file
+    /// `config/<name>` of this repository (`configuration.toml`,
+    /// `configuration-uml.toml`), as it is, but for its paths: the
+    /// kernel and initrd are the test assets' files of the same names,
+    /// virtiofsd and the vsock daemon the installed ones, the state
+    /// directory the test's. The test directory is searchable by others
+    /// (`0711`): a driver whose processes run unprivileged reaches the
+    /// state directory through it.
+    pub fn with_installed_config(name: &str) -> Self {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../config")
+            .join(name);
+        let text = std::fs::read_to_string(&source)
+            .unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
+        let dir = tempfile::Builder::new()
+            .prefix("capsa-test-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the test directory");
+        let state_dir = dir.path().join("state");
+        let rootfs = dir.path().join("rootfs");
+        rootfs::busybox(&rootfs);
+        let assets = assets_dir();
+        let file_name = |v: &str| {
+            Path::new(v)
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default()
+        };
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let Some((key, value)) = line.split_once(" = ") else {
+                    return line.to_string();
+                };
+                let value = value.trim_matches('"');
+                let path = match key {
+                    "kernel" | "initrd" if !value.is_empty() => assets.join(file_name(value)),
+                    "virtio_fs_daemon" | "vhost_user_vsock_daemon" => {
+                        tool(&file_name(value).to_string_lossy())
+                    }
+                    "state_dir" => state_dir.clone(),
+                    _ => return line.to_string(),
+                };
+                assert!(
+                    key == "state_dir" || path.is_file(),
+                    "{} ({key} of {name}) is missing: run `make assets` (or set CAPSA_TEST_ASSETS)",
+                    path.display()
+                );
+                format!("{key} = {path:?}")
+            })
+            .collect();
+        let config = dir.path().join(name);
+        std::fs::write(&config, lines.join("\n") + "\n").expect("write config");
         Self {
             dir,
             config,

@@ -14,13 +14,14 @@ mod network;
 mod process;
 mod sandbox;
 pub mod status;
+mod trace;
 mod unimplemented;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use capsa_protocols::{agent, agent_ttrpc, health_ttrpc};
+use capsa_protocols::{agent, agent_ttrpc, health_ttrpc, tracing_ttrpc};
 use protobuf::well_known_types::empty::Empty;
 use ttrpc::asynchronous::{Service, TtrpcContext};
 
@@ -56,6 +57,12 @@ pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, Service> {
     unimplemented::replace_unimplemented(&mut services);
     guard::guard_services(&mut services, &policy);
     services.extend(health_ttrpc::create_health(health));
+    // Spans of the requests above (not of TakeSpans itself).
+    let spans = Arc::new(trace::SpanBuffer::default());
+    trace::trace_requests(&mut services, &spans);
+    services.extend(tracing_ttrpc::create_tracing(Arc::new(trace::TracingRpc(
+        spans,
+    ))));
     guest::count_requests(&mut services);
     services
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use capsa_protocols::agent::{
-    CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats, PidsStats, ThrottlingData,
+    BlkioStats, BlkioStatsEntry, CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats,
+    PidsStats, ThrottlingData,
 };
 
 use super::cgroup::{self, CgroupError};
@@ -87,6 +88,41 @@ pub fn memory_stats(m: &MemoryFiles) -> MemoryStats {
     }
 }
 
+/// Block I/O from `io.stat` (`MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=..`
+/// a line) as Kata's agent reports it on cgroup v2: bytes and operations
+/// of each device as `Read` and `Write` entries. Lines that do not parse
+/// are skipped.
+pub fn blkio_stats(io_stat: &str) -> BlkioStats {
+    let mut stats = BlkioStats::default();
+    for line in io_stat.lines() {
+        let mut words = line.split_whitespace();
+        let Some((major, minor)) = words.next().and_then(|d| d.split_once(':')) else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u64>(), minor.parse::<u64>()) else {
+            continue;
+        };
+        let keys: BTreeMap<&str, u64> = words
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        let entry = |op: &str, key: &str| BlkioStatsEntry {
+            major,
+            minor,
+            op: op.to_string(),
+            value: keys.get(key).copied().unwrap_or(0),
+            ..Default::default()
+        };
+        stats
+            .io_service_bytes_recursive
+            .extend([entry("Read", "rbytes"), entry("Write", "wbytes")]);
+        stats
+            .io_serviced_recursive
+            .extend([entry("Read", "rios"), entry("Write", "wios")]);
+    }
+    stats
+}
+
 fn read_limit(dir: &Path, file: &str) -> Result<Option<u64>, CgroupError> {
     match cgroup::read_optional(dir, file)? {
         None => Ok(None),
@@ -125,6 +161,10 @@ pub fn read(dir: &Path) -> Result<CgroupStats, CgroupError> {
         cpu_stats: Some(cpu_stats(&read_flat(dir, "cpu.stat")?)).into(),
         memory_stats: Some(memory_stats(&memory)).into(),
         pids_stats: Some(pids).into(),
+        blkio_stats: Some(blkio_stats(
+            &cgroup::read_optional(dir, "io.stat")?.unwrap_or_default(),
+        ))
+        .into(),
         ..Default::default()
     })
 }
@@ -191,6 +231,29 @@ mod tests {
     }
 
     #[test]
+    fn io_stat_becomes_blkio_entries() {
+        let s = blkio_stats(
+            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\nbad line\n7:1 rbytes=5\n",
+        );
+        let bytes: Vec<_> = s
+            .io_service_bytes_recursive
+            .iter()
+            .map(|e| (e.major, e.minor, e.op.as_str(), e.value))
+            .collect();
+        assert_eq!(
+            bytes,
+            [
+                (254, 0, "Read", 4096),
+                (254, 0, "Write", 8192),
+                (7, 1, "Read", 5),
+                (7, 1, "Write", 0)
+            ]
+        );
+        let ios: Vec<_> = s.io_serviced_recursive.iter().map(|e| e.value).collect();
+        assert_eq!(ios, [1, 2, 0, 0]);
+    }
+
+    #[test]
     fn reads_a_cgroup_directory() {
         let d = tempfile::tempdir().unwrap();
         let put = |f: &str, t: &str| std::fs::write(d.path().join(f), t).unwrap();
@@ -204,6 +267,10 @@ mod tests {
         assert_eq!(s.memory_stats.usage.usage, 4096);
         assert_eq!(s.memory_stats.usage.limit, u64::MAX);
         assert_eq!((s.pids_stats.current, s.pids_stats.limit), (2, 0));
+        assert!(s.blkio_stats.io_service_bytes_recursive.is_empty());
+        put("io.stat", "254:0 rbytes=512 wbytes=0 rios=1 wios=0\n");
+        let s = read(d.path()).unwrap();
+        assert_eq!(s.blkio_stats.io_service_bytes_recursive[0].value, 512);
         put("memory.max", "lots\n");
         assert!(matches!(read(d.path()), Err(CgroupError::Parse { .. })));
     }

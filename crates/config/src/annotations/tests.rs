@@ -170,7 +170,7 @@ fn paths_must_match_the_globs() {
     c.hypervisor.vm.valid_hypervisor_paths = vec!["/opt/qemu/*/qemu-system-x86_64".into()];
     c.hypervisor.vm.valid_virtio_fs_daemon_paths = vec!["/usr/libexec/virtiofsd*".into()];
     let a = apply(&c, &[(&h("path"), "/opt/qemu/9.0/qemu-system-x86_64")]).unwrap();
-    let crate::DriverSettings::Qemu(qemu) = &a.config.hypervisor.driver;
+    let qemu = a.config.hypervisor.driver.qemu().unwrap();
     assert_eq!(qemu.path, Path::new("/opt/qemu/9.0/qemu-system-x86_64"));
     for bad in [
         "/opt/qemu/a/b/qemu-system-x86_64",

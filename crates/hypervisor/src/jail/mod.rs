@@ -63,6 +63,11 @@ pub struct BindMount {
     pub writable: bool,
     /// Files under it cannot be executed or mapped executable.
     pub noexec: bool,
+    /// The mounts below the source come too, and so do those the host
+    /// makes below it later (the jail's copies are slaves of the host's:
+    /// nothing made in the jail goes back). Otherwise the bind is the
+    /// source alone, and private.
+    pub recursive: bool,
 }
 
 impl BindMount {
@@ -74,6 +79,7 @@ impl BindMount {
             source,
             writable: false,
             noexec: false,
+            recursive: false,
         }
     }
 
@@ -89,6 +95,12 @@ impl BindMount {
     /// The same mount at another path inside the jail.
     pub fn at(mut self, target: impl Into<PathBuf>) -> Self {
         self.target = target.into();
+        self
+    }
+
+    /// With the mounts below the source, now and later ([`BindMount::recursive`]).
+    pub fn recursive(mut self) -> Self {
+        self.recursive = true;
         self
     }
 
@@ -165,6 +177,9 @@ pub struct JailConfig {
     /// pod's tap; vhost-user helpers need only Unix sockets.
     pub new_network: bool,
     pub seccomp: SeccompProfile,
+    /// Seccomp programs installed with the profile's (filters stack: the
+    /// strictest answer wins), e.g. virtiofsd's refusal of set-id modes.
+    pub extra_filters: ExtraFilters,
     pub limits: Limits,
     /// Cgroup directories to join (one per hierarchy on a v1 host, one on
     /// a v2 host). Joined before the program starts, so all it forks is in
@@ -199,10 +214,21 @@ impl JailConfig {
             hostname: "capsa".into(),
             new_network: false,
             seccomp,
+            extra_filters: ExtraFilters::default(),
             limits: Limits::default(),
             cgroups: Vec::new(),
             kill_with_parent: true,
         }
+    }
+}
+
+/// Compiled seccomp programs for [`JailConfig::extra_filters`].
+#[derive(Default)]
+pub struct ExtraFilters(pub Vec<seccompiler::BpfProgram>);
+
+impl std::fmt::Debug for ExtraFilters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} extra seccomp program(s)", self.0.len())
     }
 }
 

@@ -10,7 +10,11 @@
 //! last process).
 //!
 //! Sources are resolved on the host before (links included); each bind
-//! is non-recursive (mounts under a source stay out of the jail),
+//! is non-recursive (mounts under a source stay out of the jail) and
+//! private, unless it is asked recursive (a share whose mounts the host
+//! makes later: then the namespace's mounts are slaves, not private, so
+//! that the host's new mounts below the source reach the jail, and
+//! nothing goes back),
 //! `nosuid`, `nodev` unless it is a device node, read-only unless asked;
 //! the flags the kernel locks on a mount made in a more privileged
 //! namespace (`nodev`, `noexec`, `nosuid`, read-only, atime) are carried
@@ -45,8 +49,13 @@ pub enum Op {
     Bind {
         source: CString,
         target: CString,
+        /// `MS_BIND`, with `MS_REC` for a recursive bind.
+        flags: MsFlags,
         /// Flags of the remount that sets read-only, `nosuid`, ...
         remount: MsFlags,
+        /// `MS_PRIVATE` for a bind that must not follow the host's
+        /// mounts, none for one that does (a slave, as its source).
+        propagation: Option<MsFlags>,
     },
     Tmpfs {
         target: CString,
@@ -95,13 +104,15 @@ impl Op {
             Op::Bind {
                 source,
                 target,
+                flags,
                 remount,
+                propagation,
             } => {
                 mount(
                     Some(source.as_c_str()),
                     target.as_c_str(),
                     None::<&CStr>,
-                    MsFlags::MS_BIND,
+                    *flags,
                     None::<&CStr>,
                 )?;
                 mount(
@@ -110,7 +121,17 @@ impl Op {
                     None::<&CStr>,
                     *remount,
                     None::<&CStr>,
-                )
+                )?;
+                match propagation {
+                    Some(p) => mount(
+                        None::<&CStr>,
+                        target.as_c_str(),
+                        None::<&CStr>,
+                        *p,
+                        None::<&CStr>,
+                    ),
+                    None => Ok(()),
+                }
             }
             Op::Tmpfs {
                 target,
@@ -141,6 +162,10 @@ impl Op {
 #[derive(Debug)]
 pub struct RootPlan {
     pub ops: Vec<Op>,
+    /// What the namespace's mounts become first: `MS_PRIVATE`, or
+    /// `MS_SLAVE` when a recursive bind must follow the host's mounts
+    /// (recursively, in both cases).
+    pub propagation: MsFlags,
     pub staging: CString,
     pub host: CString,
     pub host_in_staging: CString,
@@ -194,10 +219,17 @@ impl RootPlan {
                 .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
             let mut source = Path::new(HOST).as_os_str().to_owned();
             source.push(real.as_os_str());
+            let (flags, propagation) = if bind.recursive {
+                (MsFlags::MS_BIND | MsFlags::MS_REC, None)
+            } else {
+                (MsFlags::MS_BIND, Some(MsFlags::MS_PRIVATE))
+            };
             ops.push(Op::Bind {
                 source: c_path(name, Path::new(&source))?,
                 target: point,
+                flags,
                 remount,
+                propagation,
             });
         }
         for t in &cfg.tmpfs {
@@ -237,8 +269,14 @@ impl RootPlan {
                 Err(e)
             }
         })?;
+        let follow = cfg.binds.iter().any(|b| b.recursive);
         Ok(Self {
             ops,
+            propagation: if follow {
+                MsFlags::MS_SLAVE
+            } else {
+                MsFlags::MS_PRIVATE
+            },
             staging: c_path(name, Path::new(STAGING))?,
             host: c_path(name, Path::new(HOST))?,
             host_in_staging: c_path(name, &Path::new(STAGING).join(&HOST[1..]))?,
@@ -380,6 +418,35 @@ mod tests {
         };
         assert!(remount.contains(MsFlags::MS_NODEV | MsFlags::MS_NOEXEC));
         assert!(!remount.contains(MsFlags::MS_RDONLY));
+        // Binds are single mounts, private, in a private namespace...
+        let Op::Bind {
+            flags, propagation, ..
+        } = &plan.ops[2]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (*flags, *propagation),
+            (MsFlags::MS_BIND, Some(MsFlags::MS_PRIVATE))
+        );
+        assert_eq!(plan.propagation, MsFlags::MS_PRIVATE);
+        // ... but a recursive one takes the mounts below its source and
+        // follows the host's: the namespace's mounts are slaves.
+        c.binds[1] = BindMount::read_write(std::env::temp_dir())
+            .at("/run/share")
+            .recursive();
+        let plan = RootPlan::prepare(&c).unwrap();
+        let Op::Bind {
+            flags, propagation, ..
+        } = &plan.ops[5]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (*flags, *propagation),
+            (MsFlags::MS_BIND | MsFlags::MS_REC, None)
+        );
+        assert_eq!(plan.propagation, MsFlags::MS_SLAVE);
     }
 
     #[test]

@@ -144,7 +144,8 @@ impl Prepared {
         let name = cfg.name.as_str();
         namespaces::check_identity(name, cfg.identity)?;
         let plan = RootPlan::prepare(cfg)?;
-        let programs = cfg.seccomp.programs()?;
+        let mut programs = cfg.seccomp.programs()?;
+        programs.extend(cfg.extra_filters.0.iter().cloned());
         let bounding = caps::bounding_to_drop()?;
         let program = cstring(name, "program path", cfg.program.as_os_str().as_bytes())?;
         let mut strings = vec![program.clone()];
@@ -204,7 +205,7 @@ impl Prepared {
                 "switch to uid {} gid {}",
                 cfg.identity.uid, cfg.identity.gid
             ),
-            Stage::PrivateMounts => "make the mounts private".into(),
+            Stage::PrivateMounts => "make the mounts private (or slaves)".into(),
             Stage::RootTmpfs => "mount the root tmpfs".into(),
             Stage::PivotRoot => "pivot_root into the new root".into(),
             Stage::Root => self
@@ -415,7 +416,7 @@ fn build_root(p: &Prepared) -> Result<(), Failure> {
         None::<&CStr>,
         c"/",
         None::<&CStr>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | plan.propagation,
         None::<&CStr>,
     )
     .map_err(Failure::at(Stage::PrivateMounts, 0))?;

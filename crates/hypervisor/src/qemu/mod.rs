@@ -53,6 +53,7 @@ pub const QMP_DEBUG_SOCKET: &str = "qmp-debug.sock";
 pub struct Qemu;
 
 impl Driver for Qemu {
+    const NAME: &'static str = "QEMU";
     type Settings = QemuSettings;
 
     fn validate(config: &HypervisorConfig, q: &QemuSettings) -> Result<(), Invalid> {
@@ -177,6 +178,7 @@ impl Driver for Qemu {
 pub(crate) fn settings(cfg: &VmConfig) -> &QemuSettings {
     match &cfg.driver {
         DriverSettings::Qemu(q) => q,
+        DriverSettings::Uml(_) => unreachable!("QemuVm is only made by create() for Qemu"),
     }
 }
 
@@ -184,6 +186,7 @@ pub(crate) fn settings(cfg: &VmConfig) -> &QemuSettings {
 pub(crate) fn qemu_mut(cfg: &mut VmConfig) -> &mut QemuSettings {
     match &mut cfg.driver {
         DriverSettings::Qemu(q) => q,
+        DriverSettings::Uml(_) => unreachable!("a QEMU test configuration"),
     }
 }
 

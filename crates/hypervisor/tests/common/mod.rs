@@ -130,6 +130,7 @@ impl TestDir {
 pub fn qemu(cfg: &mut VmConfig) -> &mut QemuSettings {
     match &mut cfg.driver {
         DriverSettings::Qemu(q) => q,
+        other => panic!("not a QEMU configuration: {other:?}"),
     }
 }
 

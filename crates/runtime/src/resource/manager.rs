@@ -112,6 +112,7 @@ impl Resources {
         }
         spec.set_mounts(Some(out));
         volume::attach_devices(&mut ctx, spec).await?;
+        ctx.share.idmap_container(cid)?;
         Ok(ctx.attached)
     }
 }

@@ -40,9 +40,16 @@ impl Sandbox {
         rootfs: &Rootfs,
         spec: Spec,
     ) -> Result<(), Error> {
-        self.create_container_steps(cid, rootfs, spec)
-            .instrument(crate::step!("container create"))
-            .await
+        let step = crate::step!("container create");
+        let trace = crate::otel::trace_id(&step);
+        let created = self
+            .create_container_steps(cid, rootfs, spec)
+            .instrument(step)
+            .await;
+        // With tracing on: the agent's spans of this creation (a trace of
+        // its own), exported with the host's.
+        crate::otel::export_agent_spans(self.agent(), trace).await;
+        created
     }
 
     async fn create_container_steps(

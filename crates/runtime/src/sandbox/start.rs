@@ -83,9 +83,15 @@ impl Sandbox {
         dir: StateDir,
         request: &SandboxRequest,
     ) -> Result<Self, Error> {
-        Self::start_steps(config, dir, request)
-            .instrument(crate::step!("sandbox start"))
-            .await
+        let step = crate::step!("sandbox start");
+        let trace = crate::otel::trace_id(&step);
+        let sandbox = Self::start_steps(config, dir, request)
+            .instrument(step)
+            .await?;
+        // With tracing on: the agent's spans of this start, exported with
+        // the host's (the root has ended: the trace is whole).
+        crate::otel::export_agent_spans(sandbox.agent(), trace).await;
+        Ok(sandbox)
     }
 
     async fn start_steps(
@@ -157,6 +163,13 @@ impl Sandbox {
     }
 
     async fn boot(&mut self, config: &Config) -> Result<(), Error> {
+        // A VM whose processes run unprivileged reaches its run directory
+        // and the share as their group, and sees host root's files in the
+        // share as its own.
+        if let Some(id) = self.vm.host_identity() {
+            self.dir.grant_group(id.gid)?;
+            self.resources.share.map_root_to(id.uid, id.gid)?;
+        }
         self.vm
             .start()
             .instrument(crate::step!("vm start"))

@@ -69,6 +69,11 @@ impl Setup {
         Self::build_in(TestEnv::short_with_qemu_extra(extra), false)
     }
 
+    /// [`Setup::new`] over a test environment of the caller's.
+    pub fn with_env(env: TestEnv) -> Self {
+        Self::build_in(env, false)
+    }
+
     fn build(cni: bool) -> Self {
         Self::build_in(TestEnv::short(), cni)
     }

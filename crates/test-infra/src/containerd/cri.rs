@@ -289,6 +289,18 @@ impl Cri {
             .expect("container status")
     }
 
+    /// ContainerStats: the container's CPU, memory and filesystem use, as
+    /// the kubelet reads it.
+    pub fn container_stats(&self, id: &str) -> ContainerStats {
+        let mut c = self.runtime.clone();
+        let req = ContainerStatsRequest {
+            container_id: id.into(),
+        };
+        self.call("ContainerStats", c.container_stats(req))
+            .stats
+            .expect("container stats")
+    }
+
     pub fn pod_status(&self, pod_id: &str) -> PodSandboxStatus {
         let mut c = self.runtime.clone();
         let req = PodSandboxStatusRequest {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::HostMount;
 use crate::Error;
 
+mod idmap;
 mod loopdev;
 pub mod mount;
 
@@ -22,6 +23,9 @@ pub struct Share {
     dir: PathBuf,
     /// What each container's rootfs is on the host (for the record).
     roots: HashMap<String, PathBuf>,
+    /// The idmapping of the containers' shares, when the VM's share
+    /// server runs unprivileged ([`Share::map_root_to`]).
+    root_as: Option<idmap::RootAs>,
 }
 
 impl Share {
@@ -29,6 +33,26 @@ impl Share {
         Self {
             dir,
             roots: HashMap::new(),
+            root_as: None,
+        }
+    }
+
+    /// From now on each container's share is given to the guest idmapped,
+    /// host root shown as `uid`/`gid` (see [`idmap`]): for a VM whose share
+    /// server runs as them.
+    pub fn map_root_to(&mut self, uid: u32, gid: u32) -> Result<(), Error> {
+        self.root_as = Some(idmap::RootAs::new(uid, gid)?);
+        Ok(())
+    }
+
+    /// Once everything of container `container_id` is mounted in its
+    /// share: covers the share with its idmapped copy, if the shares are
+    /// idmapped and the container has one (a block rootfs may not).
+    pub fn idmap_container(&self, container_id: &str) -> Result<(), Error> {
+        let (dir, _) = self.container(container_id);
+        match &self.root_as {
+            Some(root_as) if dir.is_dir() => root_as.cover(&dir),
+            _ => Ok(()),
         }
     }
 

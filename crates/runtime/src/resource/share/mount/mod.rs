@@ -66,7 +66,7 @@ pub fn bind_source(source: &Source, target: &Path, readonly: bool) -> Result<(),
 
 /// The new mount API, which nix does not wrap (syscalls of Linux 5.2 and
 /// 5.12; the structures and constants are those of `<linux/mount.h>`).
-mod detached {
+pub(crate) mod detached {
     use std::ffi::CString;
     use std::io::Error;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -78,6 +78,7 @@ mod detached {
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
     const MOUNT_ATTR_NOSUID: u64 = 0x2;
     const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
     /// `struct mount_attr`.
     #[repr(C)]
@@ -131,6 +132,33 @@ mod detached {
         let empty = c"";
         // SAFETY: mount_setattr(2) reads `attr` (of the size passed) and
         // the empty path; both outlive the call; `tree` is an open fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Idmaps every mount of a detached tree with user namespace `userns`
+    /// (private propagation, `nosuid,nodev` too): all or none.
+    pub fn set_idmap(tree: &OwnedFd, userns: &OwnedFd) -> Result<(), Error> {
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: userns.as_raw_fd() as u64,
+        };
+        let empty = c"";
+        // SAFETY: as in `set_attr`; `userns` is an open fd.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_mount_setattr,

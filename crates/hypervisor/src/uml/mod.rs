@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use capsa_config::{HypervisorConfig, Invalid, SharedFs, UmlSettings, VmSettings};
 use tokio::time::{sleep, timeout, Instant};
 
 use self::jail::Jailed;
@@ -33,8 +34,8 @@ use self::mconsole::Mconsole;
 use crate::accel::Accelerator;
 use crate::jail::Identity;
 use crate::{
-    AgentEndpoint, BlockHotplug, DriverConfig, Error, NetworkHotplug, ResourceHotplug, UmlSettings,
-    Vm, VmConfig,
+    AgentEndpoint, BlockHotplug, Driver, DriverSettings, Error, HostCheck, NetworkHotplug,
+    ResourceHotplug, Vm, VmConfig, VmProcess, VmProcessRole,
 };
 
 /// Longest wait for a helper's socket or the management console.
@@ -53,12 +54,85 @@ const VSOCK_LOG: &str = "vhost-device-vsock.log";
 /// `sun_path` holds 108 bytes, the last one NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
-/// What a host process of the VM is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Kernel,
-    Virtiofsd,
-    VsockDaemon,
+/// The User-Mode Linux driver.
+pub struct Uml;
+
+/// The jail's identity of `own`.
+fn identity(own: &UmlSettings) -> Identity {
+    Identity {
+        uid: own.jail_uid,
+        gid: own.jail_gid,
+    }
+}
+
+impl Driver for Uml {
+    const NAME: &'static str = "User-Mode Linux";
+    type Settings = UmlSettings;
+
+    /// UML's constraints. One vCPU and no hot-plug are not among them:
+    /// a VM asked for more boots with what UML has, and says so.
+    fn validate(config: &HypervisorConfig, own: &UmlSettings) -> Result<(), Invalid> {
+        let bad = |key: &str, reason: &str| Err(Invalid::new(config.key(key), reason));
+        for (key, id) in [("jail_uid", own.jail_uid), ("jail_gid", own.jail_gid)] {
+            if id == 0 {
+                return bad(key, "must not be 0 (root on the host)");
+            }
+        }
+        if config.vm.root_image().is_some() {
+            return bad(
+                "image",
+                "User-Mode Linux boots the agent's initrd; a root image is not supported yet",
+            );
+        }
+        if !config.vm.disable_block_device_use {
+            return bad(
+                "disable_block_device_use",
+                "User-Mode Linux has no block device hot-plug yet: must be true",
+            );
+        }
+        Ok(())
+    }
+
+    fn check_host(vm: &VmSettings, own: &UmlSettings) -> Vec<HostCheck> {
+        let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        let mut lines =
+            vec![
+            HostCheck::info(
+                "accelerator",
+                "none needed: the UML kernel is a host process, the guest's code runs natively",
+            ),
+            HostCheck {
+                what: "user namespaces".into(),
+                detail: match userns {
+                    Some(n) if n > 0 => format!("available (max_user_namespaces {n})"),
+                    _ => "not available (/proc/sys/user/max_user_namespaces): the jails need them"
+                        .into(),
+                },
+                missing: !matches!(userns, Some(n) if n > 0),
+            },
+            HostCheck::info(
+                "jail identity",
+                format!("uid {}, gid {}", own.jail_uid, own.jail_gid),
+            ),
+            HostCheck::info("vCPUs, hot-plug", "1 vCPU; no CPU, memory, block or NIC hot-plug"),
+            HostCheck::file("UML kernel", &vm.kernel),
+            HostCheck::file("initrd", &vm.initrd),
+        ];
+        if vm.shared_fs == SharedFs::VirtioFs {
+            lines.push(HostCheck::file("virtiofsd", &vm.virtio_fs_daemon));
+        }
+        lines.push(HostCheck::file(
+            "vsock daemon",
+            &own.vhost_user_vsock_daemon,
+        ));
+        lines
+    }
+
+    fn create(cfg: VmConfig) -> Box<dyn Vm> {
+        Box::new(UmlVm::new(cfg))
+    }
 }
 
 /// A User-Mode Linux VM with its helpers.
@@ -92,13 +166,13 @@ impl UmlVm {
 
     fn settings(&self) -> &UmlSettings {
         match &self.cfg.driver {
-            DriverConfig::Uml(u) => u,
-            DriverConfig::Qemu(_) => unreachable!("UmlVm is only made by create() for Uml"),
+            DriverSettings::Uml(u) => u,
+            DriverSettings::Qemu(_) => unreachable!("UmlVm is only made by create() for Uml"),
         }
     }
 
     fn identity(&self) -> Identity {
-        self.settings().identity
+        identity(self.settings())
     }
 
     /// `<run_dir>/uml`: the sockets every jail shares.
@@ -107,20 +181,9 @@ impl UmlVm {
     }
 
     /// How the kernel process ended (known once [`Vm::wait_exit`] saw it).
+    #[cfg(feature = "internals")]
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.exit
-    }
-
-    /// Every host process the VM has now, with its role.
-    pub fn processes(&self) -> Vec<(Role, u32)> {
-        [
-            (Role::Kernel, &self.kernel),
-            (Role::Virtiofsd, &self.virtiofsd),
-            (Role::VsockDaemon, &self.vsock),
-        ]
-        .into_iter()
-        .filter_map(|(role, j)| j.as_ref().map(|j| (role, j.process.pid())))
-        .collect()
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -147,36 +210,44 @@ impl UmlVm {
                 path: path.clone(),
             });
         }
+        // The UML kernel is a program (a bzImage is not): say so before
+        // the jail's exec fails with a bare ENOEXEC or EACCES.
+        let mode = std::fs::metadata(&cfg.kernel)?.permissions().mode();
+        if mode & 0o111 == 0 {
+            return Err(Error::Config(format!(
+                "kernel {} is not executable: the User-Mode Linux driver runs a UML kernel \
+                 (linux-uml), not a bootable image",
+                cfg.kernel.display()
+            )));
+        }
         check_run_dir(&cfg.run_dir)
     }
 
-    /// Says once what UML cannot give this VM; never fails for it.
+    /// Says once what UML cannot give this VM; never fails for it. A VM
+    /// asked for more vCPUs than one boots with one (a warning); that it
+    /// is never resized is said by its owner, which is answered
+    /// `NotSupported` by [`Vm::resources`].
     fn log_sizing(&self) {
         let cfg = &self.cfg;
-        if cfg.vcpus > 1 || cfg.max_vcpus > 1 {
+        if cfg.vcpus > 1 {
             tracing::warn!(
                 vm = %cfg.id,
                 vcpus = cfg.vcpus,
-                max_vcpus = cfg.max_vcpus,
-                "User-Mode Linux has one CPU: the VM runs with 1 vCPU"
-            );
-        }
-        if cfg.max_memory_mib > cfg.memory_mib {
-            tracing::info!(
-                vm = %cfg.id,
                 memory_mib = cfg.memory_mib,
-                "User-Mode Linux has no memory hot-plug: the VM keeps its boot memory"
+                "User-Mode Linux has one CPU and no CPU or memory hot-plug: \
+                 the VM runs with 1 vCPU and its boot memory"
             );
         }
     }
 
     /// The socket directory, new, owned by the jail's uid; the run
-    /// directory searchable by it.
+    /// directory searchable by it (its owner gives it to the jail's
+    /// group, [`Vm::host_identity`]; else others get search permission).
     fn make_sockets_dir(&mut self) -> Result<PathBuf, Error> {
         let id = self.identity();
         let run_dir = self.cfg.run_dir.clone();
-        let perms = std::fs::metadata(&run_dir)?.permissions();
-        if perms.mode() & 0o001 == 0 {
+        if jail::check_searchable(&run_dir, id, "run directory").is_err() {
+            let perms = std::fs::metadata(&run_dir)?.permissions();
             // Search only: the names in it stay unlisted.
             std::fs::set_permissions(
                 &run_dir,
@@ -304,7 +375,7 @@ impl UmlVm {
 #[async_trait::async_trait]
 impl Vm for UmlVm {
     fn name(&self) -> &'static str {
-        "User-Mode Linux"
+        Uml::NAME
     }
 
     async fn start(&mut self) -> Result<(), Error> {
@@ -325,6 +396,21 @@ impl Vm for UmlVm {
 
     fn pid(&self) -> Option<u32> {
         self.kernel.as_ref().map(|k| k.process.pid())
+    }
+
+    fn processes(&self) -> Vec<VmProcess> {
+        [
+            (&self.kernel, VmProcessRole::Hypervisor),
+            (&self.virtiofsd, VmProcessRole::SharedFs),
+            (&self.vsock, VmProcessRole::Vsock),
+        ]
+        .into_iter()
+        .filter_map(|(j, role)| VmProcess::of(j.as_ref()?.process.pid(), role))
+        .collect()
+    }
+
+    fn host_identity(&self) -> Option<Identity> {
+        Some(self.identity())
     }
 
     /// The guest may be dialled once its management console answers
@@ -483,6 +569,39 @@ fn remove_all(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uml_keys_are_checked_and_sizing_never_fails() {
+        let parse = |text: &str| crate::parse_config(text, Path::new("/u.toml"));
+        // More vCPUs or memory maxima than UML has: accepted (logged at start).
+        let ok = "[hypervisor.uml]\ndefault_vcpus = 4\ndefault_maxvcpus = 8\n\
+                  default_maxmemory = 4096\n";
+        parse(ok).unwrap();
+        for (text, key) in [
+            ("jail_uid = 0\n", "hypervisor.uml.jail_uid"),
+            ("jail_gid = 0\n", "hypervisor.uml.jail_gid"),
+            (
+                "initrd = \"\"\nimage = \"/i.img\"\n",
+                "hypervisor.uml.image",
+            ),
+            (
+                "disable_block_device_use = false\n",
+                "hypervisor.uml.disable_block_device_use",
+            ),
+            ("machine_type = \"q35\"\n", "machine_type"),
+        ] {
+            let err = parse(&format!("[hypervisor.uml]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = parse("[hypervisor.uml]\nkernel = \"/nonexistent/linux-uml\"\n").unwrap();
+        let lines = crate::check_host(&config.hypervisor);
+        assert_eq!(lines[0].what, "driver");
+        assert_eq!(lines[0].detail, "User-Mode Linux ([hypervisor.uml])");
+        let kernel = lines.iter().find(|l| l.what == "UML kernel").unwrap();
+        assert!(kernel.missing, "{kernel:?}");
+    }
 
     #[test]
     fn run_dirs_must_fit_socket_paths_and_command_lines() {

@@ -26,6 +26,12 @@ pub const HYBRID_VSOCK_SOCKET: &str = "vsock.sock";
 /// virtiofsd for `fs`, in its jail. Unprivileged, so `--sandbox=none`
 /// (the jail is its sandbox) and `--rlimit-nofile=0` (the jail sets it);
 /// `--tag`: `virtio_uml` reads the tag from the device's configuration.
+/// The guest's root is the jail's uid and gid on the host, both ways
+/// (`--translate-uid/gid map:0:ID:1`): what the jail's uid owns is the
+/// guest root's, what the guest's root creates is the jail's uid's.
+/// Files of other host users keep their ids (host root's, unmapped in
+/// the jail, show as the overflow id 65534): the guest's root may read
+/// them as their modes let anyone, and write none it does not own.
 pub fn virtiofsd(fs: &SharedFs, id: Identity, sockets: &Path, log: &Path) -> Result<Jailed, Error> {
     let mut args = vec![
         format!("--socket-path={}", sockets.join(VIRTIOFSD_SOCKET).display()),
@@ -34,6 +40,8 @@ pub fn virtiofsd(fs: &SharedFs, id: Identity, sockets: &Path, log: &Path) -> Res
         format!("--cache={}", fs.cache),
         "--sandbox=none".into(),
         "--rlimit-nofile=0".into(),
+        format!("--translate-uid=map:0:{}:1", id.uid),
+        format!("--translate-gid=map:0:{}:1", id.gid),
     ];
     args.extend(fs.extra_args.iter().cloned());
     let cfg = jail::virtiofsd(&fs.daemon, &fs.shared_dir, id, sockets, args)?;
@@ -63,7 +71,7 @@ pub fn vhost_device_vsock(
 /// What this driver cannot do, as the capability traits answer it.
 pub fn not_supported(capability: &'static str) -> Error {
     Error::NotSupported {
-        hypervisor: "User-Mode Linux".into(),
+        hypervisor: <super::Uml as crate::Driver>::NAME.into(),
         capability,
     }
 }

@@ -35,6 +35,9 @@ const TMPFS_SLACK: u64 = 16 << 20;
 /// The guest's processes are host processes of the jail's uid.
 const GUEST_PROCESSES: u64 = 4096;
 
+/// Serialises [`jail::spawn`] across the VMs of one process.
+static SPAWNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A jailed program and the file its output goes to.
 pub struct Jailed {
     pub process: JailedProcess,
@@ -104,7 +107,13 @@ pub fn spawn(
     if let Some(stdin) = stdin {
         cfg.fds.push((stdin, 0));
     }
-    let process = jail::spawn(cfg)?;
+    // One spawn at a time in this process: two at once were seen to hang
+    // (docs/threat-model-uml.md, "Known defect"); a shim starts several
+    // pods' VMs concurrently.
+    let process = {
+        let _one = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
+        jail::spawn(cfg)?
+    };
     Ok(Jailed {
         process,
         log: log.into(),
@@ -224,8 +233,10 @@ pub fn kernel(
     Ok(cfg)
 }
 
-/// virtiofsd's jail: the share writable at [`SHARE`], its own `/proc`
-/// (it reopens files through `/proc/self/fd`).
+/// virtiofsd's jail: the share writable at [`SHARE`] with what is
+/// mounted below it, now and later (containers' root filesystems and
+/// volumes are mounted there once the VM runs), its own `/proc` (it
+/// reopens files through `/proc/self/fd`).
 pub fn virtiofsd(
     daemon: &Path,
     share: &Path,
@@ -241,7 +252,12 @@ pub fn virtiofsd(
         jail::profiles::virtiofsd(),
         sockets,
     )?;
-    cfg.binds.push(BindMount::read_write(share).at(SHARE));
+    cfg.binds
+        .push(BindMount::read_write(share).at(SHARE).recursive());
+    // The share's host root files are virtiofsd's through their idmapped
+    // copy (the runtime's): like QEMU's root virtiofsd, it must never make
+    // a set-id file or a device node there (`crate::virtiofsd`).
+    cfg.extra_filters = crate::jail::ExtraFilters(crate::virtiofsd::filters()?);
     cfg.proc = true;
     cfg.args = args;
     Ok(cfg)

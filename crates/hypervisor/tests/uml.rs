@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capsa_agent_client::AgentClient;
+use capsa_config::{UmlSettings, VirtioFsCache};
 use capsa_hypervisor::jail::Identity;
-use capsa_hypervisor::uml::{Role, UmlVm};
-use capsa_hypervisor::{BlockDriver, DriverConfig, Error, SharedFs, UmlSettings, Vm, VmConfig};
+use capsa_hypervisor::uml::UmlVm;
+use capsa_hypervisor::{BlockDriver, DriverSettings, Error, SharedFs, Vm, VmConfig, VmProcessRole};
 use capsa_test_infra::wait_until;
 use tokio::time::Instant;
 
@@ -119,7 +120,6 @@ impl Dirs {
             id: format!("uml-test-{}", std::process::id()),
             run_dir: self.path().join("run"),
             console_log: self.path().join("console.log"),
-            hypervisor_path: kernel.clone(),
             kernel,
             initrd: Some(asset("initrd.img", "the agent's initrd (`make assets`)")),
             image: None,
@@ -131,14 +131,11 @@ impl Dirs {
             memory_mib: 256,
             max_vcpus: 1,
             max_memory_mib: 256,
-            memory_slots: 0,
-            virtio_mem: false,
-            free_page_reporting: false,
             shared_fs: Some(SharedFs {
                 daemon: tool("virtiofsd"),
                 shared_dir: self.path().join("shared"),
                 tag: capsa_protocols::SHARED_FS_TAG.into(),
-                cache: "auto".into(),
+                cache: VirtioFsCache::Auto,
                 extra_args: vec![],
             }),
             guest_cid: 3,
@@ -146,9 +143,10 @@ impl Dirs {
             block_driver: BlockDriver::VirtioBlk,
             nics: vec![],
             debug: false,
-            driver: DriverConfig::Uml(UmlSettings {
+            driver: DriverSettings::Uml(UmlSettings {
                 vhost_user_vsock_daemon: tool("vhost-device-vsock"),
-                identity: id,
+                jail_uid: id.uid,
+                jail_gid: id.gid,
             }),
         }
     }
@@ -176,8 +174,16 @@ async fn a_uml_vm_runs_the_agent_confined_and_halts_leaving_nothing() {
         .await
         .unwrap_or_else(|e| panic!("start: {e}; console:\n{}", dirs.console()));
     let kernel_pid = vm.pid().expect("the kernel's pid");
-    let roles: Vec<Role> = vm.processes().iter().map(|(r, _)| *r).collect();
-    assert_eq!(roles, [Role::Kernel, Role::Virtiofsd, Role::VsockDaemon]);
+    let roles: Vec<VmProcessRole> = vm.processes().iter().map(|p| p.role).collect();
+    assert_eq!(
+        roles,
+        [
+            VmProcessRole::Hypervisor,
+            VmProcessRole::SharedFs,
+            VmProcessRole::Vsock
+        ]
+    );
+    assert_eq!(vm.host_identity(), Some(id));
     assert!(
         vm.wait_guest_ready(BOOT).await.unwrap(),
         "the UML kernel did not come up; console:\n{}",

@@ -1,0 +1,110 @@
+//! Idmapped share mounts, for a VM whose share server runs as an
+//! unprivileged host uid and gid (a driver that jails it,
+//! `Vm::host_identity`): what the host mounts for a container (its
+//! rootfs, its volumes) is given to the guest through a copy of those
+//! mounts idmapped with a user namespace that maps id 0 to that uid and
+//! gid. Host root's files are then that uid's for the server, which
+//! serves them as their owner (to the guest's root), and what it creates
+//! there is host root's on disk, as with a server running as root. Files
+//! of other host ids are unmapped in the copy (the overflow id), readable
+//! as their modes let anyone, never writable through it.
+//!
+//! A share holding a filesystem that cannot be idmapped (overlayfs:
+//! containerd's image snapshots) is left as it is, with a log line: host
+//! root's files there stay host root's, which the server may read as
+//! anyone, not write (overlayfs' idmapped layers would lift this; not
+//! done).
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use crate::Error;
+
+/// A user namespace mapping id 0 to one host uid and one host gid.
+#[derive(Debug)]
+pub struct RootAs {
+    userns: OwnedFd,
+    uid: u32,
+    gid: u32,
+}
+
+impl RootAs {
+    /// The user namespace, made by a short-lived child that enters it
+    /// and is killed once it is opened (the descriptor keeps it).
+    pub fn new(uid: u32, gid: u32) -> Result<Self, Error> {
+        let io = |what: &str| {
+            let what = format!("user namespace of the share's idmapping ({what})");
+            move |e: std::io::Error| {
+                Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
+            }
+        };
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls unshare(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(io("start a child"))?;
+        let pid = child.id();
+        let made = (|| {
+            std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))
+                .map_err(io("uid_map"))?;
+            std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
+                .map_err(io("gid_map"))?;
+            File::open(format!("/proc/{pid}/ns/user"))
+                .map(OwnedFd::from)
+                .map_err(io("open"))
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(Self {
+            userns: made?,
+            uid,
+            gid,
+        })
+    }
+
+    /// Covers `dir` (a container's share directory) with an idmapped copy
+    /// of itself and every mount below it, private, `nosuid,nodev`. The
+    /// mounts under the copy stay (the share's teardown detaches both).
+    /// When a mount below cannot be idmapped (its filesystem does not
+    /// support it: overlayfs), nothing is covered, and the log says so.
+    pub fn cover(&self, dir: &Path) -> Result<(), Error> {
+        let err = |step: &str, e: std::io::Error| Error::Mount {
+            what: format!(
+                "{} (idmapped as uid {} gid {}: {step})",
+                dir.display(),
+                self.uid,
+                self.gid
+            ),
+            target: dir.into(),
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
+        };
+        let source = File::open(dir).map_err(|e| err("open", e))?;
+        let tree = super::mount::detached::clone_tree(&OwnedFd::from(source))
+            .map_err(|e| err("open_tree", e))?;
+        match super::mount::detached::set_idmap(&tree, &self.userns) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(
+                    share = %dir.display(),
+                    "not idmapped (a filesystem in it cannot be): host root's files there are read-only to the guest"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(err("mount_setattr", e)),
+        }
+        super::mount::detached::attach(&tree, dir).map_err(|e| err("move_mount", e))
+    }
+}
