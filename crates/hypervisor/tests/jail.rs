@@ -20,11 +20,6 @@ const APPLETS: &[&str] = &[
 ];
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The tests spawn jails one at a time: two `jail::spawn` at once from
-/// one process were seen to hang (a known defect of the jail, under
-/// investigation; docs/threat-model-uml.md).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -200,7 +195,6 @@ fn processes_in(kind: &str, id: &str) -> Vec<u32> {
 #[tokio::test]
 async fn seen_from_the_host_the_jail_is_confined_and_leaves_nothing() {
     require_root();
-    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let out = File::create(dir.path().join("out")).unwrap();
     let cgroup = TestCgroup::new("host");
@@ -294,7 +288,6 @@ async fn run_inside(script: &str, id: Identity) -> (String, Option<i32>) {
 #[tokio::test]
 async fn inside_the_jail_only_the_binds_exist_and_the_allow_list_holds() {
     require_root();
-    let _serial = SERIAL.lock().await;
     let id = identity(2);
     let script = "\
         echo ids $(id -u) $(id -g); \
@@ -339,7 +332,6 @@ async fn inside_the_jail_only_the_binds_exist_and_the_allow_list_holds() {
 #[tokio::test]
 async fn a_failing_step_is_named_and_nothing_is_left() {
     require_root();
-    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let out = File::create(dir.path().join("out")).unwrap();
     let mut cfg = busybox_jail("missing", identity(3), &[], &out);
@@ -371,7 +363,6 @@ async fn a_failing_step_is_named_and_nothing_is_left() {
 #[tokio::test]
 async fn a_killing_profile_kills_the_process_that_steps_outside() {
     require_root();
-    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out");
     let out = File::create(&path).unwrap();
@@ -410,7 +401,6 @@ async fn a_killing_profile_kills_the_process_that_steps_outside() {
 #[tokio::test]
 async fn a_uml_kernel_boots_in_its_jail() {
     require_root();
-    let _serial = SERIAL.lock().await;
     // `$CAPSA_UML_KERNEL`, else the assets' (`make assets`).
     let kernel = std::env::var_os("CAPSA_UML_KERNEL")
         .map(PathBuf::from)
@@ -599,7 +589,6 @@ fn with_output(mut cfg: JailConfig, args: &[&str], out: &File) -> JailedProcess 
 #[tokio::test]
 async fn the_vhost_user_helpers_start_in_their_jails() {
     require_root();
-    let _serial = SERIAL.lock().await;
     for bin in [
         "/usr/local/bin/virtiofsd",
         "/usr/local/bin/vhost-device-vsock",

@@ -35,9 +35,6 @@ const TMPFS_SLACK: u64 = 16 << 20;
 /// The guest's processes are host processes of the jail's uid.
 const GUEST_PROCESSES: u64 = 4096;
 
-/// Serialises [`jail::spawn`] across the VMs of one process.
-static SPAWNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A jailed program and the file its output goes to.
 pub struct Jailed {
     pub process: JailedProcess,
@@ -107,13 +104,7 @@ pub fn spawn(
     if let Some(stdin) = stdin {
         cfg.fds.push((stdin, 0));
     }
-    // One spawn at a time in this process: two at once were seen to hang
-    // (docs/threat-model-uml.md, "Known defect"); a shim starts several
-    // pods' VMs concurrently.
-    let process = {
-        let _one = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
-        jail::spawn(cfg)?
-    };
+    let process = jail::spawn(cfg)?;
     Ok(Jailed {
         process,
         log: log.into(),
