@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 
 use capsa_agent::container::{hooks, spec};
 use capsa_agent::guest::{copy_file, random, time};
-use capsa_agent::storage::{self, StorageSpec};
 use capsa_agent::network::{convert, dns, neigh, route};
+use capsa_agent::storage::{self, StorageSpec};
 use capsa_agent::{device, modules, rpc, validate};
 use capsa_protocols::agent;
 use libfuzzer_sys::fuzz_target;

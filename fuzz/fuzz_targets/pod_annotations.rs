@@ -36,8 +36,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let q = &applied.config.hypervisor.vm;
-    let capsa_config::DriverSettings::Qemu(driver) = &applied.config.hypervisor.driver;
-    let capsa_config::DriverSettings::Qemu(configured) = &config.hypervisor.driver;
+    // The default configuration is QEMU's; annotations never change the driver.
+    let (
+        capsa_config::DriverSettings::Qemu(driver),
+        capsa_config::DriverSettings::Qemu(configured),
+    ) = (&applied.config.hypervisor.driver, &config.hypervisor.driver)
+    else {
+        panic!("annotations changed the driver");
+    };
     assert!((1..=256).contains(&q.default_vcpus));
     assert!(q.default_memory >= 128);
     for word in q.kernel_params.split_ascii_whitespace() {

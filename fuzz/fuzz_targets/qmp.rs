@@ -28,7 +28,9 @@ fuzz_target!(|data: &[u8]| {
         while let Ok(line) = qmp::read_line(&mut reader).await {
             assert!(!line.contains('\n'));
             match qmp::decode_message(&line) {
-                Ok(Message::Reply { result: Ok(value), .. }) => {
+                Ok(Message::Reply {
+                    result: Ok(value), ..
+                }) => {
                     let _ = qmp::virtio_driver_ok(&value);
                     let _ = resize::free_cpu_slot(&value);
                 }
