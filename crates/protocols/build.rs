@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "protos/types.proto",
     "protos/health.proto",
     "protos/tracing.proto",
+    "protos/cgroups_v2.proto",
 ];
 
 fn main() {

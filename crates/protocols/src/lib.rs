@@ -27,7 +27,8 @@ generated!(
     health,
     health_ttrpc,
     tracing,
-    tracing_ttrpc
+    tracing_ttrpc,
+    cgroups_v2
 );
 
 pub mod convert;

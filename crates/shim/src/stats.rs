@@ -10,9 +10,8 @@
 //! `ctr task metrics` and the CRI plugin accept both types; the kubelet's
 //! stats come from the CRI plugin. containerd-shim 0.10 (the last release
 //! whose `start` speaks containerd 1.6's protocol) ships only the v1
-//! types, so the v2 messages are declared here with `prost`, field for
-//! field from containerd's `cgroup2/stats/metrics.proto` (the fields capsa
-//! fills).
+//! types; the v2 messages are capsa-protocols' (`protos/cgroups_v2.proto`,
+//! containerd's field numbers, the fields capsa fills).
 
 use std::path::Path;
 
@@ -67,7 +66,13 @@ pub fn to_metrics(reply: &StatsContainerResponse, format: Format) -> Result<Any,
                 reason: e.to_string(),
             })?,
         ),
-        Format::V2 => (V2_TYPE, prost::Message::encode_to_vec(&v2::from(stats))),
+        Format::V2 => (
+            V2_TYPE,
+            v2::from(stats).write_to_bytes().map_err(|e| Error::Invalid {
+                what: "metrics",
+                reason: e.to_string(),
+            })?,
+        ),
     };
     Ok(Any {
         type_url: type_url.into(),
@@ -176,12 +181,16 @@ fn v1(stats: &CgroupStats) -> Metrics {
     }
 }
 
-/// containerd's cgroup v2 metrics (`io.containerd.cgroups.v2`), the
-/// messages and fields capsa fills, with upstream's field numbers.
+/// containerd's cgroup v2 metrics (`io.containerd.cgroups.v2`, declared
+/// in `capsa_protocols::cgroups_v2`) from the agent's statistics.
 mod v2 {
     use std::collections::BTreeMap;
 
     use capsa_protocols::agent::CgroupStats;
+    use capsa_protocols::cgroups_v2::{
+        CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+    };
+    use containerd_shim::protos::protobuf::MessageField;
 
     use super::memory_stat;
 
@@ -189,121 +198,9 @@ mod v2 {
     /// nanoseconds.
     const NS_PER_US: u64 = 1000;
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Metrics {
-        #[prost(message, optional, tag = "1")]
-        pub pids: Option<PidsStat>,
-        #[prost(message, optional, tag = "2")]
-        pub cpu: Option<CpuStat>,
-        #[prost(message, optional, tag = "4")]
-        pub memory: Option<MemoryStat>,
-        #[prost(message, optional, tag = "6")]
-        pub io: Option<IoStat>,
-        #[prost(message, optional, tag = "8")]
-        pub memory_events: Option<MemoryEvents>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PidsStat {
-        #[prost(uint64, tag = "1")]
-        pub current: u64,
-        #[prost(uint64, tag = "2")]
-        pub limit: u64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CpuStat {
-        #[prost(uint64, tag = "1")]
-        pub usage_usec: u64,
-        #[prost(uint64, tag = "2")]
-        pub user_usec: u64,
-        #[prost(uint64, tag = "3")]
-        pub system_usec: u64,
-        #[prost(uint64, tag = "4")]
-        pub nr_periods: u64,
-        #[prost(uint64, tag = "5")]
-        pub nr_throttled: u64,
-        #[prost(uint64, tag = "6")]
-        pub throttled_usec: u64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MemoryStat {
-        #[prost(uint64, tag = "1")]
-        pub anon: u64,
-        #[prost(uint64, tag = "2")]
-        pub file: u64,
-        #[prost(uint64, tag = "3")]
-        pub kernel_stack: u64,
-        #[prost(uint64, tag = "4")]
-        pub slab: u64,
-        #[prost(uint64, tag = "5")]
-        pub sock: u64,
-        #[prost(uint64, tag = "6")]
-        pub shmem: u64,
-        #[prost(uint64, tag = "7")]
-        pub file_mapped: u64,
-        #[prost(uint64, tag = "8")]
-        pub file_dirty: u64,
-        #[prost(uint64, tag = "9")]
-        pub file_writeback: u64,
-        #[prost(uint64, tag = "11")]
-        pub inactive_anon: u64,
-        #[prost(uint64, tag = "12")]
-        pub active_anon: u64,
-        #[prost(uint64, tag = "13")]
-        pub inactive_file: u64,
-        #[prost(uint64, tag = "14")]
-        pub active_file: u64,
-        #[prost(uint64, tag = "15")]
-        pub unevictable: u64,
-        #[prost(uint64, tag = "18")]
-        pub pgfault: u64,
-        #[prost(uint64, tag = "19")]
-        pub pgmajfault: u64,
-        #[prost(uint64, tag = "32")]
-        pub usage: u64,
-        #[prost(uint64, tag = "33")]
-        pub usage_limit: u64,
-        #[prost(uint64, tag = "34")]
-        pub swap_usage: u64,
-        #[prost(uint64, tag = "35")]
-        pub swap_limit: u64,
-        #[prost(uint64, tag = "36")]
-        pub max_usage: u64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MemoryEvents {
-        #[prost(uint64, tag = "3")]
-        pub max: u64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct IoStat {
-        #[prost(message, repeated, tag = "1")]
-        pub usage: Vec<IoEntry>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct IoEntry {
-        #[prost(uint64, tag = "1")]
-        pub major: u64,
-        #[prost(uint64, tag = "2")]
-        pub minor: u64,
-        #[prost(uint64, tag = "3")]
-        pub rbytes: u64,
-        #[prost(uint64, tag = "4")]
-        pub wbytes: u64,
-        #[prost(uint64, tag = "5")]
-        pub rios: u64,
-        #[prost(uint64, tag = "6")]
-        pub wios: u64,
-    }
-
     /// One entry a device, from the agent's `Read` and `Write` entries.
-    fn io(stats: &CgroupStats) -> IoStat {
-        let mut devices: BTreeMap<(u64, u64), IoEntry> = BTreeMap::new();
+    fn io(stats: &CgroupStats) -> IOStat {
+        let mut devices: BTreeMap<(u64, u64), IOEntry> = BTreeMap::new();
         let blkio = &stats.blkio_stats;
         let all = [
             (&blkio.io_service_bytes_recursive, true),
@@ -311,7 +208,7 @@ mod v2 {
         ];
         for (entries, bytes) in all {
             for e in entries.iter() {
-                let d = devices.entry((e.major, e.minor)).or_insert(IoEntry {
+                let d = devices.entry((e.major, e.minor)).or_insert(IOEntry {
                     major: e.major,
                     minor: e.minor,
                     ..Default::default()
@@ -326,8 +223,9 @@ mod v2 {
                 *field = e.value;
             }
         }
-        IoStat {
+        IOStat {
             usage: devices.into_values().collect(),
+            ..Default::default()
         }
     }
 
@@ -337,19 +235,21 @@ mod v2 {
         let memory = &stats.memory_stats;
         let stat = |key: &str| memory_stat(stats, key);
         Metrics {
-            pids: Some(PidsStat {
+            pids: MessageField::some(PidsStat {
                 current: stats.pids_stats.current,
                 limit: stats.pids_stats.limit,
+                ..Default::default()
             }),
-            cpu: Some(CpuStat {
+            cpu: MessageField::some(CPUStat {
                 usage_usec: usage.total_usage / NS_PER_US,
                 user_usec: usage.usage_in_usermode / NS_PER_US,
                 system_usec: usage.usage_in_kernelmode / NS_PER_US,
                 nr_periods: throttling.periods,
                 nr_throttled: throttling.throttled_periods,
                 throttled_usec: throttling.throttled_time / NS_PER_US,
+                ..Default::default()
             }),
-            memory: Some(MemoryStat {
+            memory: MessageField::some(MemoryStat {
                 anon: stat("anon"),
                 file: stat("file"),
                 kernel_stack: stat("kernel_stack"),
@@ -371,11 +271,14 @@ mod v2 {
                 swap_usage: memory.swap_usage.usage,
                 swap_limit: memory.swap_usage.limit,
                 max_usage: memory.usage.max_usage,
+                ..Default::default()
             }),
-            io: Some(io(stats)),
-            memory_events: Some(MemoryEvents {
+            io: MessageField::some(io(stats)),
+            memory_events: MessageField::some(MemoryEvents {
                 max: memory.usage.failcnt,
+                ..Default::default()
             }),
+            ..Default::default()
         }
     }
 }
@@ -458,7 +361,7 @@ mod tests {
     fn v2_carries_cpu_memory_pids_io() {
         let any = to_metrics(&reply(), Format::V2).unwrap();
         assert_eq!(any.type_url, V2_TYPE);
-        let m: v2::Metrics = prost::Message::decode(any.value.as_slice()).unwrap();
+        let m = capsa_protocols::cgroups_v2::Metrics::parse_from_bytes(&any.value).unwrap();
         let cpu = m.cpu.unwrap();
         assert_eq!(
             (cpu.usage_usec, cpu.user_usec, cpu.system_usec),
@@ -470,17 +373,13 @@ mod tests {
             (4096, 1 << 20, 1024)
         );
         assert_eq!(m.pids.unwrap().current, 3);
+        let io = &m.io.unwrap().usage;
+        assert_eq!(io.len(), 1);
         assert_eq!(
-            m.io.unwrap().usage,
-            [v2::IoEntry {
-                major: 254,
-                minor: 0,
-                rbytes: 4096,
-                wbytes: 512,
-                rios: 2,
-                wios: 1
-            }]
+            (io[0].major, io[0].minor, io[0].rbytes, io[0].wbytes),
+            (254, 0, 4096, 512)
         );
+        assert_eq!((io[0].rios, io[0].wios), (2, 1));
     }
 
     #[test]
