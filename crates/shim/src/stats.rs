@@ -68,10 +68,12 @@ pub fn to_metrics(reply: &StatsContainerResponse, format: Format) -> Result<Any,
         ),
         Format::V2 => (
             V2_TYPE,
-            v2::from(stats).write_to_bytes().map_err(|e| Error::Invalid {
-                what: "metrics",
-                reason: e.to_string(),
-            })?,
+            v2::from(stats)
+                .write_to_bytes()
+                .map_err(|e| Error::Invalid {
+                    what: "metrics",
+                    reason: e.to_string(),
+                })?,
         ),
     };
     Ok(Any {
