@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
+
 use capsa_test_infra::{assert_no_leaks, TestEnv};
 use common::{text, Setup, RUNTIME};
 
@@ -53,21 +55,63 @@ fn ctr_runs_a_task_on_uml_chosen_by_the_runtime_config_path() {
     assert_no_leaks(&uml.state_dir);
 }
 
-/// An image's rootfs (an overlayfs snapshot) cannot be idmapped: owned
-/// by host root, it is read-only to the jailed virtiofsd, which cannot
-/// make the spec's `/run` in busybox.
+/// An image's rootfs (containerd's overlayfs snapshot) on UML: the
+/// overlay is made on idmapped layers, so the jailed virtiofsd writes it
+/// as host root's files' owner. What the container writes lands in the
+/// snapshot's upper directory owned by host root (the guest's root), and
+/// nothing stays mounted once the task is gone.
 #[test]
-#[ignore = "overlayfs snapshots cannot be idmapped for the jailed virtiofsd: an image rootfs is read-only on UML and ctr's /run mount point cannot be made (needs overlayfs idmapped layers)"]
 fn ctr_runs_an_image_on_uml() {
     let s = Setup::new();
     let uml = TestEnv::with_installed_config("configuration-uml.toml");
     let config = uml.config.to_str().unwrap();
-    let out = s.run(
-        &["--rm", "--runtime-config-path", config],
-        "uml2",
-        &["sh", "-c", SCRIPT],
+    let script = format!(
+        "echo written > /written && mkdir /made && touch /made/file && \
+         stat -c %u:%g /written /bin/sh && {SCRIPT}"
     );
-    assert_uml(&out, &s);
+    let out = s.run(
+        &["--runtime-config-path", config],
+        "uml2",
+        &["sh", "-c", &script],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}\n{}", s.ctrd.log_tail());
+    // The guest's root owns what it made and the image's root files.
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 4
+            && lines[..2] == ["0:0", "0:0"]
+            && lines[2].contains("-um")
+            && lines[3] == "1",
+        "owners seen by the guest, then a UML kernel with one CPU: {stdout}"
+    );
+    let upper = upper_dir(&s, "uml2");
+    for (name, dir) in [("written", false), ("made", true), ("made/file", false)] {
+        let meta = std::fs::metadata(upper.join(name))
+            .unwrap_or_else(|e| panic!("{name} in the upper dir {}: {e}", upper.display()));
+        assert_eq!(meta.is_dir(), dir, "{name}");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{name}: host root's");
+    }
+    let written = std::fs::read_to_string(upper.join("written")).unwrap();
+    assert_eq!(written, "written\n");
+    s.ctrd.ctr_ok(&["containers", "rm", "uml2"]);
     s.assert_all_gone();
     assert_no_leaks(&uml.state_dir);
+    let needle = s.ctrd.dir().display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(&needle) && l.contains("overlay"))
+        .collect();
+    assert!(left.is_empty(), "overlays left: {left:?}");
+}
+
+/// The upper directory of container `id`'s overlayfs snapshot
+/// (`ctr snapshots mounts`: `mount -t overlay overlay /mnt -o ...`).
+fn upper_dir(s: &Setup, id: &str) -> std::path::PathBuf {
+    let text = s.ctrd.ctr_ok(&["snapshots", "mounts", "/mnt", id]);
+    text.split([' ', ','])
+        .find_map(|w| w.trim().strip_prefix("upperdir="))
+        .unwrap_or_else(|| panic!("no overlay upper dir for {id}: {text:?}"))
+        .into()
 }

@@ -39,7 +39,8 @@ pub async fn attach(ctx: &mut ContainerAttach<'_>, rootfs: &Rootfs) -> Result<St
                     what: format!("rootfs {}", describe(rootfs).display()),
                 });
             }
-            share::attach_rootfs_mounts(&share, mounts)
+            ctx.share
+                .attach_rootfs_mounts(cid, mounts)
                 .instrument(crate::step!("rootfs share"))
                 .await?;
             ctx.share.note_rootfs(cid, &describe(rootfs));

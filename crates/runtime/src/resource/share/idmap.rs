@@ -9,11 +9,13 @@
 //! of other host ids are unmapped in the copy (the overflow id), readable
 //! as their modes let anyone, never writable through it.
 //!
-//! A share holding a filesystem that cannot be idmapped (overlayfs:
-//! containerd's image snapshots) is left as it is, with a log line: host
-//! root's files there stay host root's, which the server may read as
-//! anyone, not write (overlayfs' idmapped layers would lift this; not
-//! done).
+//! A container image's rootfs (containerd's overlayfs snapshot) cannot be
+//! idmapped: it is made on idmapped layers instead ([`super::overlay`]),
+//! and attached once the share is covered. A share holding another
+//! filesystem that cannot be idmapped (an overlay given as a volume, or
+//! made where the kernel refuses idmapped layers) is left as it is, with
+//! a log line: host root's files there stay host root's, which the server
+//! may read as anyone, not write.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -75,12 +77,23 @@ impl RootAs {
         })
     }
 
+    /// A detached overlay of `spec` on layers idmapped as this share's.
+    pub fn overlay(&self, spec: &super::overlay::OverlaySpec) -> Result<OwnedFd, String> {
+        super::overlay::make(spec, &self.userns, self.uid, self.gid)
+    }
+
     /// Covers `dir` (a container's share directory) with an idmapped copy
-    /// of itself and every mount below it, private, `nosuid,nodev`. The
-    /// mounts under the copy stay (the share's teardown detaches both).
-    /// When a mount below cannot be idmapped (its filesystem does not
-    /// support it: overlayfs), nothing is covered, and the log says so.
-    pub fn cover(&self, dir: &Path) -> Result<(), Error> {
+    /// of itself and every mount below it, private, `nosuid,nodev`, then
+    /// attaches `rootfs` (a detached overlay on idmapped layers) on its
+    /// `rootfs`. The mounts under the copy stay (the share's teardown
+    /// detaches both). When a mount below cannot be idmapped (its
+    /// filesystem does not support it: overlayfs), nothing is covered, and
+    /// the log says so.
+    ///
+    /// The copy's root is shared, in a peer group of its own: the rootfs
+    /// attached on it after it is attached reaches the copies of the
+    /// share (the server's), which are its slaves.
+    pub fn cover(&self, dir: &Path, rootfs: Option<OwnedFd>) -> Result<(), Error> {
         let err = |step: &str, e: std::io::Error| Error::Mount {
             what: format!(
                 "{} (idmapped as uid {} gid {}: {step})",
@@ -94,6 +107,11 @@ impl RootAs {
         let source = File::open(dir).map_err(|e| err("open", e))?;
         let tree = super::mount::detached::clone_tree(&OwnedFd::from(source))
             .map_err(|e| err("open_tree", e))?;
+        let attach_rootfs = |rootfs: Option<OwnedFd>| match rootfs {
+            Some(fd) => super::mount::detached::attach(&fd, &dir.join("rootfs"))
+                .map_err(|e| err("move_mount of the rootfs", e)),
+            None => Ok(()),
+        };
         match super::mount::detached::set_idmap(&tree, &self.userns) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -101,10 +119,14 @@ impl RootAs {
                     share = %dir.display(),
                     "not idmapped (a filesystem in it cannot be): host root's files there are read-only to the guest"
                 );
-                return Ok(());
+                return attach_rootfs(rootfs);
             }
             Err(e) => return Err(err("mount_setattr", e)),
         }
-        super::mount::detached::attach(&tree, dir).map_err(|e| err("move_mount", e))
+        if rootfs.is_some() {
+            super::mount::detached::set_shared(&tree).map_err(|e| err("mount_setattr", e))?;
+        }
+        super::mount::detached::attach(&tree, dir).map_err(|e| err("move_mount", e))?;
+        attach_rootfs(rootfs)
     }
 }

@@ -5,6 +5,7 @@
 
 use fs_err as fs;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::HostMount;
@@ -13,6 +14,7 @@ use crate::Error;
 mod idmap;
 mod loopdev;
 pub mod mount;
+mod overlay;
 
 /// The share of one sandbox: its containers' directories below the
 /// sandbox's shared `mounts/` directory.
@@ -26,6 +28,9 @@ pub struct Share {
     /// The idmapping of the containers' shares, when the VM's share
     /// server runs unprivileged ([`Share::map_root_to`]).
     root_as: Option<idmap::RootAs>,
+    /// Containers' rootfs overlays on idmapped layers, made and not yet
+    /// attached: they go on the share once it is covered.
+    overlays: HashMap<String, OwnedFd>,
 }
 
 impl Share {
@@ -34,6 +39,7 @@ impl Share {
             dir,
             roots: HashMap::new(),
             root_as: None,
+            overlays: HashMap::new(),
         }
     }
 
@@ -48,12 +54,48 @@ impl Share {
     /// Once everything of container `container_id` is mounted in its
     /// share: covers the share with its idmapped copy, if the shares are
     /// idmapped and the container has one (a block rootfs may not).
-    pub fn idmap_container(&self, container_id: &str) -> Result<(), Error> {
+    pub fn idmap_container(&mut self, container_id: &str) -> Result<(), Error> {
         let (dir, _) = self.container(container_id);
+        let rootfs = self.overlays.remove(container_id);
         match &self.root_as {
-            Some(root_as) if dir.is_dir() => root_as.cover(&dir),
+            Some(root_as) if dir.is_dir() => root_as.cover(&dir, rootfs),
             _ => Ok(()),
         }
+    }
+
+    /// Makes containerd's snapshot mounts of container `container_id` at
+    /// `<share>/rootfs` ([`attach_rootfs_mounts`]). An overlay for an
+    /// idmapped share is made on idmapped layers instead, and attached by
+    /// [`Share::idmap_container`]; where the kernel refuses that, it is
+    /// mounted as for any share (and read-only to an unprivileged server).
+    pub async fn attach_rootfs_mounts(
+        &mut self,
+        container_id: &str,
+        mounts: &[HostMount],
+    ) -> Result<(), Error> {
+        let (dir, _) = self.container(container_id);
+        if let (Some(root_as), [m]) = (&self.root_as, mounts) {
+            let spec = overlay::OverlaySpec::of(m).map_err(|reason| Error::RootfsMount {
+                typ: m.typ.clone(),
+                device: m.source.clone(),
+                reason,
+            })?;
+            if let Some(spec) = spec {
+                match root_as.overlay(&spec) {
+                    Ok(fd) => {
+                        fs::create_dir_all(dir.join("rootfs"))?;
+                        self.overlays.insert(container_id.to_string(), fd);
+                        return Ok(());
+                    }
+                    Err(reason) => tracing::warn!(
+                        container = container_id,
+                        %reason,
+                        "rootfs overlay not made on idmapped layers (Linux 6.15 or later needed): host root's files in it are read-only to the guest"
+                    ),
+                }
+            }
+        }
+        attach_rootfs_mounts(&dir, mounts).await
     }
 
     /// The host directory shared with the guest for container
@@ -80,10 +122,13 @@ impl Share {
     /// Forgets container `container_id`.
     pub fn forget(&mut self, container_id: &str) {
         self.roots.remove(container_id);
+        self.overlays.remove(container_id);
     }
 
-    /// Detaches everything shared for container `container_id`.
-    pub fn detach_container(&self, container_id: &str) -> Result<(), Error> {
+    /// Detaches everything shared for container `container_id` (a rootfs
+    /// overlay not yet attached is released).
+    pub fn detach_container(&mut self, container_id: &str) -> Result<(), Error> {
+        self.overlays.remove(container_id);
         detach(&self.container(container_id).0)
     }
 }

@@ -67,7 +67,7 @@ pub fn bind_source(source: &Source, target: &Path, readonly: bool) -> Result<(),
 /// The new mount API, which nix does not wrap (syscalls of Linux 5.2 and
 /// 5.12; the structures and constants are those of `<linux/mount.h>`).
 pub(crate) mod detached {
-    use std::ffi::CString;
+    use std::ffi::{CStr, CString};
     use std::io::Error;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
@@ -95,10 +95,20 @@ pub(crate) mod detached {
 
     /// A detached copy of the mount tree at the open `source`.
     pub fn clone_tree(source: &OwnedFd) -> Result<OwnedFd, Error> {
+        open_tree(source, libc::AT_RECURSIVE as libc::c_uint)
+    }
+
+    /// A detached copy of the mount at the open `source`, without the
+    /// mounts below it.
+    pub fn clone_mount(source: &OwnedFd) -> Result<OwnedFd, Error> {
+        open_tree(source, 0)
+    }
+
+    fn open_tree(source: &OwnedFd, recursive: libc::c_uint) -> Result<OwnedFd, Error> {
         let empty = c"";
         let flags = OPEN_TREE_CLONE
             | libc::O_CLOEXEC as libc::c_uint
-            | libc::AT_RECURSIVE as libc::c_uint
+            | recursive
             | libc::AT_EMPTY_PATH as libc::c_uint;
         // SAFETY: open_tree(2) reads the empty NUL-terminated path, which
         // lives for the call; `source` is an open fd; it returns a new fd
@@ -173,6 +183,120 @@ pub(crate) mod detached {
             return Err(Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Shared propagation, in a peer group of its own, for the root mount
+    /// of a detached tree: mounts made on it once attached reach the
+    /// copies the attachment propagates (as slaves of it).
+    pub fn set_shared(tree: &OwnedFd) -> Result<(), Error> {
+        let attr = MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation: libc::MS_SHARED,
+            userns_fd: 0,
+        };
+        let empty = c"";
+        // SAFETY: as in `set_attr`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+    fn new_fd(fd: libc::c_long) -> Result<OwnedFd, Error> {
+        if fd < 0 {
+            return Err(Error::last_os_error());
+        }
+        // SAFETY: the fd was just returned to us and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// A filesystem context of type `fstype` (fsopen(2)).
+    pub fn fsopen(fstype: &CStr) -> Result<OwnedFd, Error> {
+        // SAFETY: fsopen(2) reads the NUL-terminated name, which outlives
+        // the call; it returns a new fd or -1.
+        new_fd(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })
+    }
+
+    /// Sets parameter `key` of context `fs`: to `value`, or as a flag.
+    pub fn fsconfig(fs: &OwnedFd, key: &CStr, value: Option<&CStr>) -> Result<(), Error> {
+        let (cmd, value) = match value {
+            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: fsconfig(2) reads the NUL-terminated key and value (or
+        // none), which outlive the call; `fs` is an open fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                key.as_ptr(),
+                value,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Creates the superblock of context `fs`.
+    pub fn fs_create(fs: &OwnedFd) -> Result<(), Error> {
+        let none: *const libc::c_char = std::ptr::null();
+        // SAFETY: fsconfig(2) with no key or value; `fs` is an open fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                none,
+                none,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A detached mount of the superblock of context `fs`, with the
+    /// `MOUNT_ATTR_*` flags `attrs`.
+    pub fn fsmount(fs: &OwnedFd, attrs: u64) -> Result<OwnedFd, Error> {
+        // SAFETY: fsmount(2) takes integers; it returns a new fd or -1.
+        new_fd(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
+    }
+
+    /// The messages the filesystem left in context `fs`, one a line.
+    pub fn fs_log(fs: &OwnedFd) -> String {
+        let mut lines = Vec::new();
+        let mut buf = [0u8; 1024];
+        // Each read(2) returns one message; ENODATA when none is left.
+        while let Ok(n) = nix::unistd::read(fs.as_raw_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            lines.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
+        }
+        lines.join("; ")
     }
 
     /// Attaches the detached tree on `target`.
