@@ -28,7 +28,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use capsa_protocols::{DRIVER_BLK, DRIVER_SCSI};
+use capsa_protocols::{DRIVER_BLK, DRIVER_MMIO_BLK, DRIVER_SCSI};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{fchmod, Mode};
 
@@ -221,7 +221,7 @@ pub fn add_below(root: &Path, storage: &StorageSpec) -> Result<Mounted, StorageE
                 device: None,
             });
         }
-        driver @ (DRIVER_BLK | DRIVER_SCSI) => {
+        driver @ (DRIVER_BLK | DRIVER_SCSI | DRIVER_MMIO_BLK) => {
             if storage.fstype.is_empty() {
                 return Err(StorageError::NoFstype(driver.to_string()));
             }

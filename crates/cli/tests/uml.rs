@@ -9,6 +9,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use capsa_test_infra::block::ImageFile;
 use capsa_test_infra::cli::{assert_all_gone, capsa, capsa_with_input, run, text, Detached};
 use capsa_test_infra::leaks::processes_naming;
 use capsa_test_infra::{wait_until, TestEnv};
@@ -30,6 +31,19 @@ fn uml_env_with_debug_console() -> TestEnv {
         "[agent.capsa]\ndebug_console_enabled = true\n",
     );
     std::fs::write(&env.config, text).unwrap();
+    env
+}
+
+/// [`uml_env`] with block device use on: drives are UML ubd disks.
+fn uml_env_with_block() -> TestEnv {
+    let env = uml_env();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let on = text.replace(
+        "disable_block_device_use = true",
+        "disable_block_device_use = false",
+    );
+    assert_ne!(on, text, "the installed file sets disable_block_device_use");
+    std::fs::write(&env.config, on).unwrap();
     env
 }
 
@@ -222,5 +236,57 @@ fn a_killed_uml_kernel_is_reported_exited_and_nothing_is_left() {
     let out = capsa(&env, &["rm", "uml-k"]);
     assert!(out.status.success(), "{out:?}");
     drop(sb);
+    assert_all_gone(&env);
+}
+
+/// Block device use on: a rootfs image and image volumes are hot-plugged
+/// as ubd disks (the rootfs first: `/dev/ubda`); the container writes its
+/// rootfs and the read-write volume, not the read-only one; the host
+/// never mounts them, and nothing is left.
+#[test]
+fn a_rootfs_image_and_block_volumes_are_ubd_disks() {
+    let env = uml_env_with_block();
+    let data_dir = env.dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("hello"), "from the host\n").unwrap();
+    let root = ImageFile::ext4(env.dir.path(), 64, Some(&env.rootfs));
+    let rw = ImageFile::ext4(env.dir.path(), 16, Some(&data_dir));
+    let ro = ImageFile::ext4(env.dir.path(), 16, Some(&data_dir));
+    let (img, rw_volume, ro_volume) = (
+        root.path().display().to_string(),
+        format!("{}:/rw", rw.path().display()),
+        format!("{}:/ro:ro", ro.path().display()),
+    );
+    let script = "grep ' / ' /proc/mounts | cut -d' ' -f1,3; cat /rw/hello; \
+                  echo x > /rw/new; echo y > /ro/new 2>/dev/null || echo refused; \
+                  echo kept > /written";
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "--rootfs-image",
+            &img,
+            "-v",
+            &rw_volume,
+            "-v",
+            &ro_volume,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        "/dev/ubda ext4\nfrom the host\nrefused\n",
+        "{out:?}"
+    );
+    assert_eq!(root.text("/written").as_deref(), Some("kept\n"));
+    assert_eq!(rw.text("/new").as_deref(), Some("x\n"));
+    assert_eq!(ro.text("/new"), None, "the read-only image is unchanged");
+    for image in [&root, &rw, &ro] {
+        assert!(!image.used_by_host(), "{}", image.path().display());
+    }
     assert_all_gone(&env);
 }

@@ -40,6 +40,10 @@ pub enum GuestAddress {
     Pci { slots: Vec<u8> },
     /// A SCSI disk on the VM's virtio-scsi controller: `scsi-id:lun`.
     Scsi { id: u16, lun: u32 },
+    /// A disk the guest finds by its kernel name, `/dev/<name>` (a
+    /// driver whose disks are not on a bus the host addresses: UML's
+    /// `ubda`); Kata's `mmioblk` storages and devices name disks so.
+    Node { name: String },
 }
 
 impl fmt::Display for GuestAddress {
@@ -50,6 +54,7 @@ impl fmt::Display for GuestAddress {
                 f.write_str(&parts.join("/"))
             }
             Self::Scsi { id, lun } => write!(f, "{id}:{lun}"),
+            Self::Node { name } => write!(f, "/dev/{name}"),
         }
     }
 }
@@ -243,6 +248,10 @@ mod tests {
         };
         assert_eq!(pci.to_string(), "02/00");
         assert_eq!(GuestAddress::Scsi { id: 0, lun: 3 }.to_string(), "0:3");
+        let node = GuestAddress::Node {
+            name: "ubda".into(),
+        };
+        assert_eq!(node.to_string(), "/dev/ubda");
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn sysfs_matches(path: &str, address: &GuestAddress) -> bool {
             found == want
         }
         GuestAddress::Scsi { id, lun } => path.contains(&format!(":0:{id}:{lun}/block/")),
+        GuestAddress::Node { name } => path.ends_with(&format!("/block/{name}")),
     }
 }
 

@@ -61,6 +61,10 @@ pub const DRIVER_BLK: &str = "blk";
 /// virtio-scsi controller (Kata's `scsi`): `Storage.source` / `Device.id`
 /// is its address `scsi-id:lun`.
 pub const DRIVER_SCSI: &str = "scsi";
+/// `Storage.driver` and `Device.type` of a disk the guest finds by its
+/// kernel name (Kata's `mmioblk`, its Firecracker disks): `Storage.source`
+/// / `Device.id` is its node, `/dev/<name>` (UML's `/dev/ubda`).
+pub const DRIVER_MMIO_BLK: &str = "mmioblk";
 
 /// The guest path where a container's rootfs on a hot-plugged block
 /// device is mounted (Kata's `/run/kata-containers/<id>/rootfs`).

@@ -360,10 +360,10 @@ async fn shared_storage_lives_while_a_container_uses_it() {
     }
     assert_eq!(
         storage_handlers,
-        ["virtio-fs", "local", "ephemeral", "blk", "scsi"],
+        ["virtio-fs", "local", "ephemeral", "blk", "scsi", "mmioblk"],
         "every storage driver handled, Kata's block ones included"
     );
-    assert_eq!(device_handlers, ["blk", "scsi"]);
+    assert_eq!(device_handlers, ["blk", "scsi", "mmioblk"]);
     assert_eq!(
         r1, "written\n",
         "the second container sees the first one's storage"

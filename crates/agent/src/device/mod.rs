@@ -3,7 +3,9 @@
 //!
 //! The host names a device by where it plugged it, in Kata's notations: a
 //! PCI path for virtio-blk ([`pci`]), a SCSI address for a disk of the
-//! virtio-scsi controller ([`scsi`]). The agent subscribes to the kernel's
+//! virtio-scsi controller ([`scsi`]), or the disk's kernel name for a
+//! disk on no bus the host addresses (Kata's `mmioblk`: `/dev/ubda`, a
+//! User-Mode Linux disk). The agent subscribes to the kernel's
 //! uevents first, then looks in sysfs, and again after every uevent
 //! ([`uevent`]), so a device that appeared before the request is found as
 //! well as one that comes later. The wait is bounded by the hotplug timeout
@@ -20,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use capsa_protocols::{DRIVER_BLK, DRIVER_SCSI};
+use capsa_protocols::{DRIVER_BLK, DRIVER_MMIO_BLK, DRIVER_SCSI};
 
 pub use pci::PciPath;
 pub use scsi::ScsiAddr;
@@ -31,16 +33,18 @@ pub const DEFAULT_HOTPLUG_TIMEOUT: Duration = Duration::from_secs(15);
 /// The kernel parameter of the wait, in seconds (Kata's).
 const CMDLINE_PARAM: &str = "agent.hotplug_timeout";
 /// The device types (and block storage drivers) handled.
-pub const HANDLERS: &[&str] = &[DRIVER_BLK, DRIVER_SCSI];
+pub const HANDLERS: &[&str] = &[DRIVER_BLK, DRIVER_SCSI, DRIVER_MMIO_BLK];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("unsupported device type {0:?} (supported: blk, scsi)")]
+    #[error("unsupported device type {0:?} (supported: blk, scsi, mmioblk)")]
     Type(String),
     #[error("invalid PCI path {0:?}")]
     PciPath(String),
     #[error("invalid SCSI address {0:?}")]
     ScsiAddr(String),
+    #[error("invalid disk node {0:?} (expected /dev/<name>)")]
+    Node(String),
     #[error("cannot read {0}")]
     Sysfs(PathBuf, #[source] std::io::Error),
     #[error("{0} lists more than one bus: {1:?}")]
@@ -61,6 +65,8 @@ pub enum DeviceError {
 pub enum Source {
     Pci(PciPath),
     Scsi(ScsiAddr),
+    /// A disk's kernel name (`ubda` for `/dev/ubda`).
+    Node(String),
 }
 
 impl Source {
@@ -69,6 +75,7 @@ impl Source {
         match kind {
             DRIVER_BLK => PciPath::parse(address).map(Self::Pci),
             DRIVER_SCSI => ScsiAddr::parse(address).map(Self::Scsi),
+            DRIVER_MMIO_BLK => parse_node(address).map(Self::Node),
             other => Err(DeviceError::Type(other.to_string())),
         }
     }
@@ -79,6 +86,7 @@ impl fmt::Display for Source {
         match self {
             Self::Pci(p) => write!(f, "PCI path {p}"),
             Self::Scsi(a) => write!(f, "SCSI address {a}"),
+            Self::Node(n) => write!(f, "/dev/{n}"),
         }
     }
 }
@@ -114,6 +122,8 @@ impl System {
         let device = match source {
             Source::Pci(p) => p.device_dir(&self.sys)?,
             Source::Scsi(a) => a.device_dir(&self.sys)?,
+            // The disk itself: `/sys/class/block/<name>`.
+            Source::Node(_) => Some(self.sys.join("class/block")),
         };
         let Some(device) = device else {
             return Ok(None);
@@ -123,9 +133,14 @@ impl System {
             Source::Pci(_) => first_entry(&device, |n| n.starts_with("virtio"))?
                 .map(|virtio| virtio.join("block")),
             Source::Scsi(_) => Some(device.join("block")),
+            Source::Node(_) => Some(device),
+        };
+        let wanted = |n: &str| match source {
+            Source::Node(name) => n == name,
+            _ => true,
         };
         let Some(name) = block
-            .map(|b| first_entry(&b, |_| true))
+            .map(|b| first_entry(&b, wanted))
             .transpose()?
             .flatten()
         else {
@@ -149,10 +164,12 @@ impl System {
 
     /// Waits at most `timeout` for the block device at `source`.
     pub fn wait(&self, source: &Source, timeout: Duration) -> Result<Block, DeviceError> {
-        crate::modules::ensure(match source {
-            Source::Pci(_) => crate::modules::Class::Blk,
-            Source::Scsi(_) => crate::modules::Class::Scsi,
-        });
+        match source {
+            Source::Pci(_) => crate::modules::ensure(crate::modules::Class::Blk),
+            Source::Scsi(_) => crate::modules::ensure(crate::modules::Class::Scsi),
+            // The driver of such a disk is the kernel's own (UML's ubd).
+            Source::Node(_) => {}
+        }
         let mut listener = uevent::Listener::open()?;
         if let Source::Scsi(addr) = source {
             addr.scan(&self.sys);
@@ -206,6 +223,19 @@ fn first_entry(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathB
     }
     names.sort();
     Ok(names.into_iter().next().map(|n| dir.join(n)))
+}
+
+/// The kernel name of disk node `address` (`/dev/<name>`): one path
+/// component of letters and digits.
+fn parse_node(address: &str) -> Result<String, DeviceError> {
+    let name = address.strip_prefix("/dev/").unwrap_or_default();
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !valid {
+        return Err(DeviceError::Node(address.to_string()));
+    }
+    Ok(name.to_string())
 }
 
 /// `major:minor` of a sysfs `dev` file.
@@ -319,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn finds_a_disk_by_its_name() {
+        let (_dir, system) = fake();
+        let source = Source::parse("mmioblk", "/dev/ubdb").unwrap();
+        assert_eq!(source.to_string(), "/dev/ubdb");
+        let class = system.sys.join("class/block");
+        assert_eq!(system.find(&source).unwrap(), None, "no sysfs yet");
+        add_block(&system, &class, "ubda", "98:0");
+        assert_eq!(system.find(&source).unwrap(), None, "another disk");
+        add_block(&system, &class, "ubdb", "98:16");
+        let found = system.find(&source).unwrap().unwrap();
+        assert_eq!((found.major, found.minor), (98, 16));
+        assert_eq!(found.node, system.dev.join("ubdb"));
+        for bad in ["ubda", "/dev/", "/dev/../sda", "/dev/ubd/a", "/dev/a b"] {
+            let err = Source::parse("mmioblk", bad).unwrap_err();
+            assert!(matches!(err, DeviceError::Node(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_bad_device_number_names_the_file() {
         let (_dir, system) = fake();
         let disk = system.sys.join("bus/scsi/devices/0:0:0:1/block");
@@ -333,7 +382,7 @@ mod tests {
         let err = Source::parse("nvdimm", "0").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported device type \"nvdimm\" (supported: blk, scsi)"
+            "unsupported device type \"nvdimm\" (supported: blk, scsi, mmioblk)"
         );
         let err = DeviceError::Timeout {
             source_name: Source::parse("blk", "02/00").unwrap(),

@@ -7,7 +7,14 @@ use capsa_protocols::agent;
 use super::GuestError;
 
 /// The storage drivers [`crate::storage`] handles.
-pub const STORAGE_HANDLERS: &[&str] = &["virtio-fs", "local", "ephemeral", "blk", "scsi"];
+pub const STORAGE_HANDLERS: &[&str] = &[
+    "virtio-fs",
+    "local",
+    "ephemeral",
+    "blk",
+    "scsi",
+    "mmioblk",
+];
 /// capsa's optional features (`AgentDetails.extra_features`): passfd I/O
 /// ([`crate::passfd`]), guest hooks ([`crate::container::hooks`]), storages
 /// shared by containers (`Storage.shared`).
@@ -99,7 +106,7 @@ mod tests {
         let d = r.agent_details.as_ref().unwrap();
         assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(d.storage_handlers, STORAGE_HANDLERS);
-        assert_eq!(d.device_handlers, ["blk", "scsi"]);
+        assert_eq!(d.device_handlers, ["blk", "scsi", "mmioblk"]);
         assert_eq!(d.extra_features, EXTRA_FEATURES);
         assert!(!d.init_daemon);
 

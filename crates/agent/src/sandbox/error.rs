@@ -214,9 +214,10 @@ impl SandboxError {
 /// device that did not come is a timeout.
 fn device_kind(e: &DeviceError) -> ErrorKind {
     match e {
-        DeviceError::Type(_) | DeviceError::PciPath(_) | DeviceError::ScsiAddr(_) => {
-            ErrorKind::InvalidArgument
-        }
+        DeviceError::Type(_)
+        | DeviceError::PciPath(_)
+        | DeviceError::ScsiAddr(_)
+        | DeviceError::Node(_) => ErrorKind::InvalidArgument,
         DeviceError::Timeout { .. } => ErrorKind::DeadlineExceeded,
         DeviceError::Sysfs(..)
         | DeviceError::Buses(..)
@@ -281,7 +282,7 @@ mod tests {
         assert_eq!(device.kind(), ErrorKind::InvalidArgument);
         assert_eq!(
             crate::error::chain(&device),
-            "device 1 (\"0\"): unsupported device type \"nvdimm\" (supported: blk, scsi)"
+            "device 1 (\"0\"): unsupported device type \"nvdimm\" (supported: blk, scsi, mmioblk)"
         );
     }
 

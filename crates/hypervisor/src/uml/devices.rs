@@ -1,14 +1,8 @@
 //! The UML VM's devices: the vhost-user helpers that serve virtio-fs and
 //! vsock over `virtio_uml` (the same `virtiofsd` and
 //! `vhost-device-vsock` as QEMU's, each in its own jail), and what UML
-//! cannot attach yet.
-//!
-//! Block devices: UML's own `ubd` driver can be hot-plugged through the
-//! management console (`config ubdN=file`), but the guest then finds the
-//! disk as `/dev/ubdX`, an address the agent's `Storage` handling does
-//! not know yet (it waits for a PCI path or a SCSI address); until it
-//! does, block hot-plug answers `NotSupported`. NICs (the vector
-//! transport on the pod's tap) are not done yet either.
+//! cannot attach yet: NICs (the vector transport on the pod's tap). Disks
+//! are UML's own `ubd` ([`super::block`]).
 
 use std::path::Path;
 

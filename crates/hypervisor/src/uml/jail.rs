@@ -184,13 +184,15 @@ fn base(
 }
 
 /// The UML kernel's jail: its RAM file in a tmpfs at [`MEMORY`] it may
-/// map executable (`TMPDIR`), no `/proc`.
+/// map executable (`TMPDIR`), the disks' directory `disks` at its own
+/// path (`super::block`), no `/proc`.
 pub fn kernel(
     kernel: &Path,
     initrd: Option<&Path>,
     memory_mib: u32,
     id: Identity,
     sockets: &Path,
+    disks: &Path,
     args: Vec<String>,
 ) -> Result<JailConfig, Error> {
     let mut cfg = base(
@@ -204,6 +206,9 @@ pub fn kernel(
     if let Some(initrd) = initrd {
         cfg.binds.push(BindMount::read_only(initrd).at(INITRD));
     }
+    // The disks, bound there (idmapped) when hot-plugged: the bind of
+    // the directory follows the host's mounts below it.
+    cfg.binds.push(BindMount::read_only(disks).recursive());
     // UML's entropy source (`CONFIG_UML_RANDOM`).
     cfg.binds
         .push(BindMount::read_only("/dev/urandom").at("/dev/random"));

@@ -13,9 +13,11 @@
 //! sends them, the only way they can reach it. UML 6.12 has one CPU and
 //! no memory hot-plug: a VM asked for more vCPUs boots with one (said
 //! once, in the log), and vCPU and memory hot-plug answer
-//! [`Error::NotSupported`], as do block and NIC hot-plug for now
-//! ([`devices`]).
+//! [`Error::NotSupported`], as does NIC hot-plug for now ([`devices`]).
+//! Disks are UML's `ubd`, hot-plugged through the management console
+//! ([`block`]).
 
+pub mod block;
 pub mod cmdline;
 pub mod devices;
 pub mod jail;
@@ -34,7 +36,7 @@ use self::mconsole::Mconsole;
 use crate::accel::Accelerator;
 use crate::jail::Identity;
 use crate::{
-    AgentEndpoint, BlockHotplug, Driver, DriverSettings, Error, HostCheck, NetworkHotplug,
+    AgentEndpoint, AttachedBlock, BlockDevice, BlockHotplug, GuestAddress, Driver, DriverSettings, Error, HostCheck, NetworkHotplug,
     ResourceHotplug, Vm, VmConfig, VmProcess, VmProcessRole,
 };
 
@@ -84,12 +86,6 @@ impl Driver for Uml {
                 "User-Mode Linux boots the agent's initrd; a root image is not supported yet",
             );
         }
-        if !config.vm.disable_block_device_use {
-            return bad(
-                "disable_block_device_use",
-                "User-Mode Linux has no block device hot-plug yet: must be true",
-            );
-        }
         Ok(())
     }
 
@@ -116,7 +112,10 @@ impl Driver for Uml {
                 "jail identity",
                 format!("uid {}, gid {}", own.jail_uid, own.jail_gid),
             ),
-            HostCheck::info("vCPUs, hot-plug", "1 vCPU; no CPU, memory, block or NIC hot-plug"),
+            HostCheck::info(
+                "vCPUs, hot-plug",
+                "1 vCPU; disks hot-plugged as ubd; no CPU, memory or NIC hot-plug",
+            ),
             HostCheck::file("UML kernel", &vm.kernel),
             HostCheck::file("initrd", &vm.initrd),
         ];
@@ -148,6 +147,7 @@ pub struct UmlVm {
     exit: Option<ExitStatus>,
     /// Files and directories this driver created in `run_dir`.
     created: Vec<PathBuf>,
+    disks: block::Disks,
 }
 
 impl UmlVm {
@@ -161,6 +161,7 @@ impl UmlVm {
             console_input: None,
             exit: None,
             created: Vec::new(),
+            disks: block::Disks::default(),
         }
     }
 
@@ -306,12 +307,14 @@ impl UmlVm {
             vsock: &vsock_sock,
             extra: &self.cfg.kernel_params,
         });
+        let disks = self.disks.make_dir(&self.cfg.run_dir)?;
         let jail_cfg = jail::kernel(
             &self.cfg.kernel,
             self.cfg.initrd.as_deref(),
             self.cfg.memory_mib,
             id,
             &sockets,
+            &disks,
             args,
         )?;
         let console = self.cfg.console_log.clone();
@@ -498,6 +501,7 @@ impl Vm for UmlVm {
             let mut helper = helper;
             Self::kill(&mut helper).await;
         }
+        self.disks.clear();
         for path in self.created.drain(..) {
             remove_all(&path);
         }
@@ -505,7 +509,7 @@ impl Vm for UmlVm {
     }
 
     fn block(&mut self) -> Result<&mut dyn BlockHotplug, Error> {
-        Err(devices::not_supported("block device hot-plug"))
+        Ok(self)
     }
 
     fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error> {
@@ -516,6 +520,34 @@ impl Vm for UmlVm {
         Err(devices::not_supported(
             "vCPU and memory hot-plug (UML has one CPU and fixed memory)",
         ))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockHotplug for UmlVm {
+    async fn attach_block(&mut self, device: &BlockDevice) -> Result<GuestAddress, Error> {
+        let id = self.identity();
+        let limit = self.cfg.hotplug_timeout;
+        let console = self
+            .mconsole
+            .as_ref()
+            .ok_or_else(|| Error::Config("no management console: the VM is not running".into()))?;
+        let address = self.disks.attach(console, id, device, limit).await?;
+        tracing::info!(vm = %self.cfg.id, drive = %device.id, %address, "ubd disk plugged");
+        Ok(address)
+    }
+
+    async fn detach_block(&mut self, id: &str) -> Result<(), Error> {
+        let limit = self.cfg.hotplug_timeout;
+        let console = self
+            .mconsole
+            .as_ref()
+            .ok_or_else(|| Error::Config("no management console: the VM is not running".into()))?;
+        self.disks.detach(console, id, limit).await
+    }
+
+    fn attached_blocks(&self) -> Vec<AttachedBlock> {
+        self.disks.attached()
     }
 }
 
@@ -583,10 +615,6 @@ mod tests {
             (
                 "initrd = \"\"\nimage = \"/i.img\"\n",
                 "hypervisor.uml.image",
-            ),
-            (
-                "disable_block_device_use = false\n",
-                "hypervisor.uml.disable_block_device_use",
             ),
             ("machine_type = \"q35\"\n", "machine_type"),
         ] {

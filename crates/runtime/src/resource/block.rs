@@ -8,7 +8,7 @@ use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use capsa_hypervisor::{BlockDevice, BlockDriver, BlockHotplug, GuestAddress};
-use capsa_protocols::{agent, DRIVER_BLK, DRIVER_SCSI};
+use capsa_protocols::{agent, DRIVER_BLK, DRIVER_MMIO_BLK, DRIVER_SCSI};
 use tracing::Instrument;
 
 use super::manager::ContainerAttach;
@@ -165,11 +165,14 @@ pub fn inspect(what: &str, path: &Path) -> Result<Option<BlockSource>, Error> {
     })
 }
 
-/// The agent's driver (and device type) for drives of `driver`.
-pub fn agent_driver(driver: BlockDriver) -> &'static str {
-    match driver {
-        BlockDriver::VirtioBlk => DRIVER_BLK,
-        BlockDriver::VirtioScsi => DRIVER_SCSI,
+/// The agent's driver (and device type) for a drive of `driver` found
+/// at `address`: a drive the guest finds by its name whatever the
+/// configured driver (a VM whose disks are not on a bus).
+pub fn agent_driver(driver: BlockDriver, address: &GuestAddress) -> &'static str {
+    match (address, driver) {
+        (GuestAddress::Node { .. }, _) => DRIVER_MMIO_BLK,
+        (_, BlockDriver::VirtioBlk) => DRIVER_BLK,
+        (_, BlockDriver::VirtioScsi) => DRIVER_SCSI,
     }
 }
 
@@ -183,7 +186,7 @@ pub fn storage(
     mount_point: String,
 ) -> agent::Storage {
     agent::Storage {
-        driver: agent_driver(driver).into(),
+        driver: agent_driver(driver, address).into(),
         source: address.to_string(),
         fstype: fstype.into(),
         options,
@@ -197,7 +200,7 @@ pub fn storage(
 pub fn device(driver: BlockDriver, address: &GuestAddress, container_path: &str) -> agent::Device {
     agent::Device {
         id: address.to_string(),
-        type_: agent_driver(driver).into(),
+        type_: agent_driver(driver, address).into(),
         container_path: container_path.into(),
         ..Default::default()
     }
@@ -249,6 +252,11 @@ mod tests {
         let d = device(BlockDriver::VirtioScsi, &scsi, "/dev/xvdb");
         assert_eq!((d.type_.as_str(), d.id.as_str()), ("scsi", "1:0"));
         assert_eq!(d.container_path, "/dev/xvdb");
+        let node = GuestAddress::Node {
+            name: "ubda".into(),
+        };
+        let s = storage(BlockDriver::VirtioBlk, &node, "ext4", vec![], "/m".into());
+        assert_eq!((s.driver.as_str(), s.source.as_str()), ("mmioblk", "/dev/ubda"));
         assert_eq!(
             guest_options(&["loop".into(), "ro".into()]),
             vec!["ro".to_string()]

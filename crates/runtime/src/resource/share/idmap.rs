@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::Error;
@@ -36,42 +35,8 @@ impl RootAs {
     /// The user namespace, made by a short-lived child that enters it
     /// and is killed once it is opened (the descriptor keeps it).
     pub fn new(uid: u32, gid: u32) -> Result<Self, Error> {
-        let io = |what: &str| {
-            let what = format!("user namespace of the share's idmapping ({what})");
-            move |e: std::io::Error| {
-                Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
-            }
-        };
-        let mut cmd = std::process::Command::new("sleep");
-        cmd.arg("60")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only calls unshare(2), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(io("start a child"))?;
-        let pid = child.id();
-        let made = (|| {
-            std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))
-                .map_err(io("uid_map"))?;
-            std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
-                .map_err(io("gid_map"))?;
-            File::open(format!("/proc/{pid}/ns/user"))
-                .map(OwnedFd::from)
-                .map_err(io("open"))
-        })();
-        let _ = child.kill();
-        let _ = child.wait();
         Ok(Self {
-            userns: made?,
+            userns: super::mount::detached::userns_mapping_root_to(uid, gid)?,
             uid,
             gid,
         })
