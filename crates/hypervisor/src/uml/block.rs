@@ -198,6 +198,13 @@ impl Disks {
     }
 }
 
+impl Drop for Disks {
+    /// A VM dropped without a shutdown (its owner failed) leaves no bind.
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// Binds `source` (an image file or a block device) on `bind` (made
 /// empty), idmapped with `userns`, read-only if asked.
 fn bind_disk(source: &Path, bind: &Path, userns: &OwnedFd, read_only: bool) -> std::io::Result<()> {
