@@ -16,7 +16,9 @@ use capsa_agent_client::AgentClient;
 use capsa_config::{UmlSettings, VirtioFsCache};
 use capsa_hypervisor::jail::Identity;
 use capsa_hypervisor::uml::UmlVm;
-use capsa_hypervisor::{BlockDevice, BlockDriver, DriverSettings, Error, SharedFs, Vm, VmConfig, VmProcessRole};
+use capsa_hypervisor::{
+    BlockDevice, BlockDriver, DriverSettings, Error, SharedFs, Vm, VmConfig, VmProcessRole,
+};
 use capsa_test_infra::wait_until;
 use tokio::time::Instant;
 
@@ -326,7 +328,11 @@ async fn ubd_disks_are_hot_plugged_found_by_the_agent_and_unplugged() {
     vm.start()
         .await
         .unwrap_or_else(|e| panic!("start: {e}; console:\n{}", dirs.console()));
-    assert!(vm.wait_guest_ready(BOOT).await.unwrap(), "{}", dirs.console());
+    assert!(
+        vm.wait_guest_ready(BOOT).await.unwrap(),
+        "{}",
+        dirs.console()
+    );
     let endpoint = vm.agent_endpoint(capsa_protocols::AGENT_VSOCK_PORT);
     let agent = AgentClient::connect(&endpoint, Instant::now() + BOOT)
         .await
@@ -365,15 +371,24 @@ async fn ubd_disks_are_hot_plugged_found_by_the_agent_and_unplugged() {
         storages: vec![storage],
         ..Default::default()
     };
-    agent
-        .create_sandbox(req)
-        .await
-        .unwrap_or_else(|e| panic!("the agent mounts /dev/ubda: {e}; console:\n{}", dirs.console()));
-    assert_eq!(mount_count(&rw), "1", "the guest mounted the image read-write");
+    agent.create_sandbox(req).await.unwrap_or_else(|e| {
+        panic!(
+            "the agent mounts /dev/ubda: {e}; console:\n{}",
+            dirs.console()
+        )
+    });
+    assert_eq!(
+        mount_count(&rw),
+        "1",
+        "the guest mounted the image read-write"
+    );
     assert_eq!(mount_count(&ro), "0");
 
     let block = vm.block().unwrap();
-    block.detach_block("ro").await.expect("an unused disk is removed");
+    block
+        .detach_block("ro")
+        .await
+        .expect("an unused disk is removed");
     let in_use = block.detach_block("rw").await;
     assert!(
         matches!(&in_use, Err(Error::Hotplug { reason, .. }) if reason.contains("remove ubd0")),

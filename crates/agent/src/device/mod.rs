@@ -229,9 +229,8 @@ fn first_entry(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathB
 /// component of letters and digits.
 fn parse_node(address: &str) -> Result<String, DeviceError> {
     let name = address.strip_prefix("/dev/").unwrap_or_default();
-    let valid = !name.is_empty()
-        && name.len() <= 32
-        && name.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid =
+        !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric());
     if !valid {
         return Err(DeviceError::Node(address.to_string()));
     }

@@ -7,14 +7,8 @@ use capsa_protocols::agent;
 use super::GuestError;
 
 /// The storage drivers [`crate::storage`] handles.
-pub const STORAGE_HANDLERS: &[&str] = &[
-    "virtio-fs",
-    "local",
-    "ephemeral",
-    "blk",
-    "scsi",
-    "mmioblk",
-];
+pub const STORAGE_HANDLERS: &[&str] =
+    &["virtio-fs", "local", "ephemeral", "blk", "scsi", "mmioblk"];
 /// capsa's optional features (`AgentDetails.extra_features`): passfd I/O
 /// ([`crate::passfd`]), guest hooks ([`crate::container::hooks`]), storages
 /// shared by containers (`Storage.shared`).

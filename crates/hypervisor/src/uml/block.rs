@@ -151,7 +151,12 @@ impl Disks {
 
     /// Unplugs disk `id` once the guest has closed it (bounded by
     /// `limit`), then removes its bind.
-    pub async fn detach(&mut self, console: &Mconsole, id: &str, limit: Duration) -> Result<(), Error> {
+    pub async fn detach(
+        &mut self,
+        console: &Mconsole,
+        id: &str,
+        limit: Duration,
+    ) -> Result<(), Error> {
         let at = self
             .plugged
             .iter()
@@ -190,7 +195,9 @@ impl Disks {
         if let Some(dir) = self.dir.take() {
             match nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "disks' directory not unmounted"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "disks' directory not unmounted")
+                }
             }
             super::remove_all(&dir);
         }

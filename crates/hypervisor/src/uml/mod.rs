@@ -36,8 +36,9 @@ use self::mconsole::Mconsole;
 use crate::accel::Accelerator;
 use crate::jail::Identity;
 use crate::{
-    AgentEndpoint, AttachedBlock, BlockDevice, BlockHotplug, GuestAddress, Driver, DriverSettings, Error, HostCheck, NetworkHotplug,
-    ResourceHotplug, Vm, VmConfig, VmProcess, VmProcessRole,
+    AgentEndpoint, AttachedBlock, BlockDevice, BlockHotplug, Driver, DriverSettings, Error,
+    GuestAddress, HostCheck, NetworkHotplug, ResourceHotplug, Vm, VmConfig, VmProcess,
+    VmProcessRole,
 };
 
 /// Longest wait for a helper's socket or the management console.
@@ -93,8 +94,7 @@ impl Driver for Uml {
         let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
             .ok()
             .and_then(|n| n.trim().parse::<u64>().ok());
-        let mut lines =
-            vec![
+        let mut lines = vec![
             HostCheck::info(
                 "accelerator",
                 "none needed: the UML kernel is a host process, the guest's code runs natively",

@@ -256,7 +256,10 @@ mod tests {
             name: "ubda".into(),
         };
         let s = storage(BlockDriver::VirtioBlk, &node, "ext4", vec![], "/m".into());
-        assert_eq!((s.driver.as_str(), s.source.as_str()), ("mmioblk", "/dev/ubda"));
+        assert_eq!(
+            (s.driver.as_str(), s.source.as_str()),
+            ("mmioblk", "/dev/ubda")
+        );
         assert_eq!(
             guest_options(&["loop".into(), "ro".into()]),
             vec!["ro".to_string()]

@@ -125,8 +125,7 @@ fn idmapped_clone(dir: &Path, userns: &OwnedFd) -> Result<OwnedFd, String> {
     let opened = File::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
     let tree = detached::clone_mount(&OwnedFd::from(opened))
         .map_err(|e| format!("open_tree {}: {e}", dir.display()))?;
-    detached::set_idmap(&tree, userns)
-        .map_err(|e| format!("idmap {}: {e}", dir.display()))?;
+    detached::set_idmap(&tree, userns).map_err(|e| format!("idmap {}: {e}", dir.display()))?;
     Ok(tree)
 }
 
@@ -180,12 +179,18 @@ fn as_fs_ids(uid: u32, gid: u32) -> Result<(), String> {
     // thread's credentials.
     let bits = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
     if bits < 0 {
-        return Err(format!("PR_GET_SECUREBITS: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "PR_GET_SECUREBITS: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let bits = bits as libc::c_ulong | SECBIT_NO_SETUID_FIXUP;
     // SAFETY: as above.
     if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } != 0 {
-        return Err(format!("PR_SET_SECUREBITS: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "PR_SET_SECUREBITS: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: setfsgid(2)/setfsuid(2) take an id and change only this
     // thread's filesystem ids; each returns the previous one, so the
@@ -325,7 +330,10 @@ mod tests {
             let meta = std::fs::metadata(p("snap/fs").join(f)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (0, 0), "{f} in the upper dir");
         }
-        assert_eq!(std::fs::read_to_string(p("lower/image-file")).unwrap(), "image");
+        assert_eq!(
+            std::fs::read_to_string(p("lower/image-file")).unwrap(),
+            "image"
+        );
         assert!(super::super::mount::mounts_below(dir.path()).is_empty());
     }
 
