@@ -213,6 +213,65 @@ fn ctr_runs_on_capsa_snapshots_over_a_drive_or_over_virtio_fs() {
     w.assert_capsa_gone();
 }
 
+/// The same snapshots on User-Mode Linux with block use on (the installed
+/// `configuration-uml.toml`, as the runtime options' ConfigPath): the
+/// snapshot's image is a ubd disk of the VM, `/dev/ubda`, never attached
+/// or mounted on the host, and keeps what the container wrote.
+#[test]
+fn ctr_runs_on_capsa_snapshots_on_uml_over_a_ubd_disk() {
+    let w = World::start();
+    let image = w.ctrd.import_busybox_into(PROXY_SNAPSHOTTER);
+    let uml = TestEnv::with_installed_config("configuration-uml.toml");
+    let config = std::fs::read_to_string(&uml.config).unwrap();
+    let on = config.replace(
+        "disable_block_device_use = true",
+        "disable_block_device_use = false",
+    );
+    assert_ne!(
+        on, config,
+        "the installed file sets disable_block_device_use"
+    );
+    std::fs::write(&uml.config, on).unwrap();
+    let args = [
+        "run",
+        "--snapshotter",
+        PROXY_SNAPSHOTTER,
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        uml.config.to_str().unwrap(),
+        &image,
+        "on-ubd",
+        "sh",
+        "-c",
+        SCRIPT,
+        "on-ubd",
+    ];
+    let out = w.ctrd.ctr(&args);
+    let stdout = common::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr run: {stdout}{}\n{}",
+        common::text(&out.stderr),
+        w.ctrd.log_tail()
+    );
+    assert_eq!(
+        stdout.lines().next(),
+        Some("/dev/ubda ext4"),
+        "/ on a ubd disk: {stdout}"
+    );
+    w.assert_store_unused();
+    let on_ubd = w.image_of("on-ubd");
+    assert_eq!(
+        w.read_in_image(&on_ubd, "written").as_deref(),
+        Some("from-on-ubd\n")
+    );
+    w.ctrd.ctr_ok(&["containers", "rm", "on-ubd"]);
+    w.remove_images_and_wait_empty(&[&image]);
+    w.assert_capsa_gone();
+    capsa_test_infra::assert_no_leaks(&uml.state_dir);
+}
+
 #[test]
 fn cri_gives_each_container_of_a_pod_its_own_drive_from_the_snapshotter() {
     let w = World::start();
