@@ -356,6 +356,21 @@ async fn ubd_disks_are_hot_plugged_found_by_the_agent_and_unplugged() {
         .await;
     assert!(matches!(missing, Err(Error::Hotplug { .. })), "{missing:?}");
     assert_eq!(block.attached_blocks().len(), 2);
+    // A host block device (a loop device over a third image): the kernel
+    // opens its own node of it, and lets it go when removed.
+    let dev_image = ext4_image(&dirs, "dev", 8);
+    let loop_dev = capsa_test_infra::block::LoopDevice::attach(&dev_image, false);
+    let dev_addr = block
+        .attach_block(&disk("dev", loop_dev.path(), false))
+        .await
+        .unwrap_or_else(|e| panic!("attach a block device: {e}; console:\n{}", dirs.console()));
+    assert_eq!(dev_addr.to_string(), "/dev/ubdc");
+    block
+        .detach_block("dev")
+        .await
+        .expect("an unused device is removed");
+    assert!(!run_dir.join("disks/dev").exists() && !run_dir.join("disks/.dev").exists());
+    drop(loop_dev);
 
     let mount_point = "/run/kata-containers/sandbox/ubd";
     let storage = capsa_protocols::agent::Storage {

@@ -7,16 +7,17 @@
 //! kernel's open as well as the guest.
 //!
 //! The kernel opens FILE itself, as the jail's uid, inside its jail: each
-//! disk's source (an image file or a block device node) is bind-mounted
-//! on `<run_dir>/disks/<id>`, a directory bound into the kernel's jail at
-//! the same path with the mounts made below it later. The bind is
-//! idmapped (host root shown as the jail's uid, as the share is), so a
-//! root-owned image or device is the jail's to open, and nothing else
-//! of the host is. The guest finds the disk by its kernel name
+//! disk is bound on `<run_dir>/disks/<id>`, in a small tmpfs bound into
+//! the kernel's jail at the same path with the mounts made below it
+//! later. An image file's bind is idmapped (host root shown as the jail's
+//! uid, as the share is), so a root-owned image is the jail's to open; a
+//! block device (devtmpfs cannot be idmapped) gets a node of its own,
+//! owned by the jail's uid, bound there. Nothing else of the host is
+//! reachable. The guest finds the disk by its kernel name
 //! ([`GuestAddress::Node`]).
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,22 +70,26 @@ pub fn config_command(index: usize, file: &Path, read_only: bool) -> String {
 }
 
 impl Disks {
-    /// Makes `<run_dir>/disks` (root's, searchable by the jail), to be
-    /// bound into the kernel's jail before it starts: a mount point of
-    /// its own, shared in a peer group of its own, so that the disks bound
-    /// below it later reach the jail's copy (a slave of it) whatever the
-    /// propagation of the mount the run directory is on.
+    /// Makes `<run_dir>/disks`, a small tmpfs (root's, searchable by
+    /// the jail) to be bound into the kernel's jail before it starts,
+    /// shared in a peer group of its own, so that the disks bound below
+    /// it later reach the jail's copy (a slave of it).
     pub fn make_dir(&mut self, run_dir: &Path) -> Result<PathBuf, Error> {
         use nix::mount::{mount, MsFlags};
-        use std::os::unix::fs::PermissionsExt;
         let dir = run_dir.join(DISKS_DIR);
         let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
         super::remove_all(&dir);
         std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         self.dir = Some(dir.clone());
         let none = None::<&str>;
-        mount(Some(&dir), &dir, none, MsFlags::MS_BIND, none).map_err(std::io::Error::from)?;
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("size=64k,mode=0711"),
+        )
+        .map_err(std::io::Error::from)?;
         for flags in [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED] {
             mount(none, &dir, none, flags, none).map_err(std::io::Error::from)?;
         }
@@ -122,7 +127,7 @@ impl Disks {
         }
         let userns = self.userns.as_ref().expect("made above");
         let bind = dir.join(name);
-        bind_disk(&device.path, &bind, userns, device.read_only)
+        bind_disk(&device.path, &bind, userns, id, device.read_only)
             .map_err(|e| hotplug_error(name, e))?;
         let command = config_command(index, &bind, device.read_only);
         let answered = console.command(&command, limit).await;
@@ -212,9 +217,18 @@ impl Drop for Disks {
     }
 }
 
-/// Binds `source` (an image file or a block device) on `bind` (made
-/// empty), idmapped with `userns`, read-only if asked.
-fn bind_disk(source: &Path, bind: &Path, userns: &OwnedFd, read_only: bool) -> std::io::Result<()> {
+/// Binds `source` on `bind` (made empty) for the jail's uid: an image
+/// file through an idmapped bind (read-only if asked); a block device
+/// (devtmpfs cannot be idmapped) through a node of its own owned by
+/// `id`, mode 0600 (0400 if read-only), made beside it (`.<name>`) and
+/// bound on it: the directory is `nodev` in the jail, the bind is not.
+fn bind_disk(
+    source: &Path,
+    bind: &Path,
+    userns: &OwnedFd,
+    id: Identity,
+    read_only: bool,
+) -> std::io::Result<()> {
     let meta = std::fs::metadata(source)?;
     let device = meta.file_type().is_block_device();
     if !device && !meta.is_file() {
@@ -223,31 +237,73 @@ fn bind_disk(source: &Path, bind: &Path, userns: &OwnedFd, read_only: bool) -> s
             format!("{} is neither a file nor a block device", source.display()),
         ));
     }
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
-        .open(source)?;
-    let tree = mountapi::clone_mount(&OwnedFd::from(opened))?;
-    mountapi::set_idmap_disk(&tree, userns, read_only, device)?;
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(bind)?;
-    if let Err(e) = mountapi::attach(&tree, bind) {
+    let attached = if device {
+        bind_node(meta.rdev(), bind, id, read_only)
+    } else {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(source)?;
+        mountapi::clone_mount(&OwnedFd::from(opened))
+            .and_then(|tree| {
+                mountapi::set_idmap_disk(&tree, userns, read_only, false)?;
+                Ok(tree)
+            })
+            .and_then(|tree| mountapi::attach(&tree, bind))
+    };
+    if let Err(e) = attached {
         let _ = std::fs::remove_file(bind);
         return Err(e);
     }
     Ok(())
 }
 
-/// Detaches and removes a disk's bind.
+/// The node of a block device's bind: `.<name>` beside it.
+fn node_of(bind: &Path) -> PathBuf {
+    let name = bind.file_name().unwrap_or_default().to_string_lossy();
+    bind.with_file_name(format!(".{name}"))
+}
+
+/// Makes block device `rdev`'s node for `id` and binds it on `bind`.
+fn bind_node(rdev: u64, bind: &Path, id: Identity, read_only: bool) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let node = node_of(bind);
+    let mode = Mode::from_bits_truncate(if read_only { 0o400 } else { 0o600 });
+    mknod(&node, SFlag::S_IFBLK, mode, rdev).map_err(std::io::Error::from)?;
+    let made = std::os::unix::fs::chown(&node, Some(id.uid), Some(id.gid)).and_then(|()| {
+        mount(
+            Some(&node),
+            bind,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(std::io::Error::from)
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&node);
+    }
+    made
+}
+
+/// Detaches and removes a disk's bind (and its node, for a device).
 fn unbind(bind: &Path) {
     if let Err(e) = nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH) {
         tracing::warn!(bind = %bind.display(), error = %e, "disk bind not unmounted");
     }
     if let Err(e) = std::fs::remove_file(bind) {
         tracing::warn!(bind = %bind.display(), error = %e, "disk bind not removed");
+    }
+    match std::fs::remove_file(node_of(bind)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(bind = %bind.display(), error = %e, "disk node not removed"),
     }
 }
 
