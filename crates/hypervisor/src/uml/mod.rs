@@ -606,8 +606,9 @@ mod tests {
     fn uml_keys_are_checked_and_sizing_never_fails() {
         let parse = |text: &str| crate::parse_config(text, Path::new("/u.toml"));
         // More vCPUs or memory maxima than UML has: accepted (logged at start).
+        // Block device use: disks are ubd.
         let ok = "[hypervisor.uml]\ndefault_vcpus = 4\ndefault_maxvcpus = 8\n\
-                  default_maxmemory = 4096\n";
+                  default_maxmemory = 4096\ndisable_block_device_use = false\n";
         parse(ok).unwrap();
         for (text, key) in [
             ("jail_uid = 0\n", "hypervisor.uml.jail_uid"),
