@@ -144,8 +144,12 @@ impl Prepared {
         let name = cfg.name.as_str();
         namespaces::check_identity(name, cfg.identity)?;
         let plan = RootPlan::prepare(cfg)?;
-        let mut programs = cfg.seccomp.programs()?;
-        programs.extend(cfg.extra_filters.0.iter().cloned());
+        // The extra programs first: the profile may not allow seccomp(2)
+        // itself once installed (the UML kernel's does not). The order
+        // does not change what is refused: every program runs, the most
+        // restrictive answer wins.
+        let mut programs = cfg.extra_filters.0.clone();
+        programs.extend(cfg.seccomp.programs()?);
         let bounding = caps::bounding_to_drop()?;
         let program = cstring(name, "program path", cfg.program.as_os_str().as_bytes())?;
         let mut strings = vec![program.clone()];

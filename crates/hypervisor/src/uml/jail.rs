@@ -221,6 +221,10 @@ pub fn kernel(
         ("TMPDIR".into(), MEMORY.into()),
         ("HOME".into(), MEMORY.into()),
     ];
+    // The kernel holds its disks' files open (owned by the jail's uid
+    // through their idmapped binds, host root's on disk): like virtiofsd
+    // on the share, it must never give them a set-id mode (fchmod).
+    cfg.extra_filters = crate::jail::ExtraFilters(crate::virtiofsd::filters()?);
     cfg.args = args;
     cfg.limits = Limits {
         processes: GUEST_PROCESSES,
@@ -281,6 +285,24 @@ pub fn vhost_device_vsock(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's jail binds the disks' directory (following the host's
+    /// mounts below it) and refuses set-id modes, as virtiofsd's does.
+    #[test]
+    fn the_kernel_jail_binds_the_disks_and_refuses_set_id_modes() {
+        let id = Identity {
+            uid: 1_999_999,
+            gid: 1_999_999,
+        };
+        let (sockets, disks) = (Path::new("/run/s"), Path::new("/run/d"));
+        let cfg = kernel(Path::new("/bin/true"), None, 64, id, sockets, disks, vec![]).unwrap();
+        let bind = cfg.binds.iter().find(|b| b.source == disks).unwrap();
+        assert!(bind.recursive && !bind.writable && bind.target == disks);
+        assert_eq!(
+            cfg.extra_filters.0.len(),
+            crate::virtiofsd::filters().unwrap().len()
+        );
+    }
 
     #[test]
     fn unsearchable_directories_are_named() {
