@@ -20,6 +20,29 @@ const KERNEL_PARAMS: &[&str] = &["quiet"];
 /// `<uml_dir>/<umid>/mconsole`. One UML per jail, so a fixed one.
 pub const UMID: &str = "capsa";
 
+/// UML's timer frequency (`CONFIG_HZ`, 100 for `ARCH=um`).
+const HZ: u64 = 100;
+
+/// `lpj=`: the delay loop's speed, from the host's BogoMIPS
+/// (`/proc/cpuinfo`), so that the kernel skips calibrating it: a loop of
+/// five timer ticks, about 50 ms of every start. The host's figure is
+/// higher than the loop UML measures (the TSC's, not the loop's), so
+/// delays come out no shorter than asked; UML's drivers hardly delay.
+/// None when the host gives no figure (the kernel then calibrates).
+pub fn preset_lpj(cpuinfo: &str) -> Option<String> {
+    let bogomips: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("bogomips"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    // BogoMIPS = lpj / (500000 / HZ).
+    let lpj = (bogomips * (500_000 / HZ) as f64) as u64;
+    (lpj > 0).then(|| format!("lpj={lpj}"))
+}
+
 /// What the command line points at, inside the jail.
 pub struct Boot<'a> {
     /// MiB of guest RAM.
@@ -62,6 +85,15 @@ pub fn build(b: &Boot) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_delay_loop_comes_from_the_hosts_bogomips() {
+        let cpuinfo = "processor\t: 0\nbogomips\t: 5195.74\nclflush size\t: 64\n";
+        assert_eq!(preset_lpj(cpuinfo).as_deref(), Some("lpj=25978700"));
+        assert_eq!(preset_lpj("processor\t: 0\n"), None);
+        assert_eq!(preset_lpj("bogomips\t: junk\n"), None);
+        assert_eq!(preset_lpj("bogomips\t: 0.00\n"), None);
+    }
 
     #[test]
     fn devices_memory_and_consoles() {

@@ -280,31 +280,39 @@ impl UmlVm {
         let log = self.log(VSOCK_LOG);
         let daemon = self.settings().vhost_user_vsock_daemon.clone();
         let spawned = devices::vhost_device_vsock(&daemon, self.cfg.guest_cid, id, &sockets, &log)?;
-        let vsock = self.vsock.insert(spawned);
+        self.vsock = Some(spawned);
         let vsock_sock = sockets.join(devices::VHOST_VSOCK_SOCKET);
-        vsock.wait_for_socket(&vsock_sock, SOCKET_TIMEOUT).await?;
-
+        // Both helpers start at once; the kernel once both listen.
         let virtiofs = match self.cfg.shared_fs.clone() {
             None => None,
             Some(fs) => {
                 jail::check_searchable(&fs.shared_dir, id, "shared directory")?;
                 let log = self.log(VIRTIOFSD_LOG);
-                let helper = self
-                    .virtiofsd
-                    .insert(devices::virtiofsd(&fs, id, &sockets, &log)?);
-                let sock = sockets.join(devices::VIRTIOFSD_SOCKET);
-                helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await?;
-                Some(sock)
+                self.virtiofsd = Some(devices::virtiofsd(&fs, id, &sockets, &log)?);
+                Some(sockets.join(devices::VIRTIOFSD_SOCKET))
             }
         };
+        if let Some(vsock) = self.vsock.as_mut() {
+            vsock.wait_for_socket(&vsock_sock, SOCKET_TIMEOUT).await?;
+        }
+        if let (Some(helper), Some(sock)) = (self.virtiofsd.as_mut(), &virtiofs) {
+            helper.wait_for_socket(sock, SOCKET_TIMEOUT).await?;
+        }
 
+        // The configuration's parameters come last: an `lpj=` of its own wins.
+        let extra: Vec<String> = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| cmdline::preset_lpj(&c))
+            .into_iter()
+            .chain(self.cfg.kernel_params.iter().cloned())
+            .collect();
         let args = cmdline::build(&cmdline::Boot {
             memory_mib: self.cfg.memory_mib,
             initrd: self.cfg.initrd.as_ref().map(|_| Path::new(jail::INITRD)),
             uml_dir: &sockets,
             virtiofs: virtiofs.as_deref(),
             vsock: &vsock_sock,
-            extra: &self.cfg.kernel_params,
+            extra: &extra,
         });
         let jail_cfg = jail::kernel(
             &self.cfg.kernel,
