@@ -279,7 +279,9 @@ impl UmlVm {
 
         let log = self.log(VSOCK_LOG);
         let daemon = self.settings().vhost_user_vsock_daemon.clone();
-        let spawned = devices::vhost_device_vsock(&daemon, self.cfg.guest_cid, id, &sockets, &log)?;
+        let memory = self.cfg.memory_mib;
+        let spawned =
+            devices::vhost_device_vsock(&daemon, self.cfg.guest_cid, id, memory, &sockets, &log)?;
         self.vsock = Some(spawned);
         let vsock_sock = sockets.join(devices::VHOST_VSOCK_SOCKET);
         // Both helpers start at once; the kernel once both listen.
@@ -288,7 +290,7 @@ impl UmlVm {
             Some(fs) => {
                 jail::check_searchable(&fs.shared_dir, id, "shared directory")?;
                 let log = self.log(VIRTIOFSD_LOG);
-                self.virtiofsd = Some(devices::virtiofsd(&fs, id, &sockets, &log)?);
+                self.virtiofsd = Some(devices::virtiofsd(&fs, id, memory, &sockets, &log)?);
                 Some(sockets.join(devices::VIRTIOFSD_SOCKET))
             }
         };
