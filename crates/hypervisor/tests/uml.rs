@@ -247,9 +247,17 @@ async fn a_uml_vm_runs_the_agent_confined_and_halts_leaving_nothing() {
         let limits = std::fs::read_to_string(format!("/proc/{p}/limits")).unwrap();
         let limit = |name: &str| {
             let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
-            line[name.len()..].split_whitespace().next().unwrap().to_string()
+            line[name.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
         };
-        assert_ne!(limit("Max address space"), "unlimited", "pid {p}:\n{limits}");
+        assert_ne!(
+            limit("Max address space"),
+            "unlimited",
+            "pid {p}:\n{limits}"
+        );
         assert_eq!(limit("Max core file size"), "0", "pid {p}");
     }
     eprintln!(
