@@ -28,6 +28,7 @@ pub mod debug;
 pub mod device;
 pub mod error;
 pub mod jail;
+mod tap;
 mod process;
 #[cfg(feature = "internals")]
 pub mod qemu;
