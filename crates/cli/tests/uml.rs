@@ -293,6 +293,34 @@ fn uml_bridge_serves_a_published_port_and_leaves_nothing_behind() {
         .to_string();
     assert!(address.starts_with(&format!("{}.", net.subnet)), "{address}");
 
+    // The kernel holds the pod's tap (fd 200), unprivileged, outside the
+    // pod's netns.
+    let kernel = record["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["role"] == "hypervisor"))
+        .and_then(|p| p["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no hypervisor process: {record:#}"));
+    let tap = std::fs::read_link(format!("/proc/{kernel}/fd/200")).unwrap();
+    assert_eq!(tap, std::path::Path::new("/dev/net/tun"));
+    let status = std::fs::read_to_string(format!("/proc/{kernel}/status")).unwrap();
+    assert!(
+        status.contains("\nCapEff:\t0000000000000000\n"),
+        "{status}"
+    );
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{kernel}")).unwrap().uid(),
+        JAIL_UID
+    );
+    let netns_of = |path: String| std::fs::read_link(path).unwrap();
+    assert_ne!(
+        netns_of(format!("/proc/{kernel}/ns/net")),
+        netns_of(format!("/proc/{}/ns/net", std::process::id())),
+    );
+    let pod_netns = env.state_dir.join("web/netns");
+    let pod_ino = std::fs::metadata(&pod_netns).unwrap().ino();
+    let kernel_ino = std::fs::metadata(format!("/proc/{kernel}/ns/net")).unwrap().ino();
+    assert_ne!(kernel_ino, pod_ino, "the kernel runs in the pod's netns");
+
     let local = SocketAddr::from(([127, 0, 0, 1], port));
     assert_eq!(http_get(local, NET_WAIT).trim(), "hello-from-uml");
     let ip: IpAddr = address.split('/').next().unwrap().parse().unwrap();
