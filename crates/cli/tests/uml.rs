@@ -276,8 +276,20 @@ fn uml_bridge_serves_a_published_port_and_leaves_nothing_behind() {
     let out = capsa(
         &env,
         &[
-            "run", "-d", "--name", "web", "--network", "bridge", "-p", &publish, "--rootfs",
-            &rootfs, "--", "sh", "-c", httpd,
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "bridge",
+            "-p",
+            &publish,
+            "--rootfs",
+            &rootfs,
+            "--",
+            "sh",
+            "-c",
+            httpd,
         ],
     );
     assert!(out.status.success(), "{out:?}");
@@ -291,7 +303,10 @@ fn uml_bridge_serves_a_published_port_and_leaves_nothing_behind() {
         .as_str()
         .unwrap_or_else(|| panic!("no address recorded: {record:#}"))
         .to_string();
-    assert!(address.starts_with(&format!("{}.", net.subnet)), "{address}");
+    assert!(
+        address.starts_with(&format!("{}.", net.subnet)),
+        "{address}"
+    );
 
     // The kernel holds the pod's tap (fd 200), unprivileged, outside the
     // pod's netns.
@@ -303,10 +318,7 @@ fn uml_bridge_serves_a_published_port_and_leaves_nothing_behind() {
     let tap = std::fs::read_link(format!("/proc/{kernel}/fd/200")).unwrap();
     assert_eq!(tap, std::path::Path::new("/dev/net/tun"));
     let status = std::fs::read_to_string(format!("/proc/{kernel}/status")).unwrap();
-    assert!(
-        status.contains("\nCapEff:\t0000000000000000\n"),
-        "{status}"
-    );
+    assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");
     assert_eq!(
         std::fs::metadata(format!("/proc/{kernel}")).unwrap().uid(),
         JAIL_UID
@@ -318,7 +330,9 @@ fn uml_bridge_serves_a_published_port_and_leaves_nothing_behind() {
     );
     let pod_netns = env.state_dir.join("web/netns");
     let pod_ino = std::fs::metadata(&pod_netns).unwrap().ino();
-    let kernel_ino = std::fs::metadata(format!("/proc/{kernel}/ns/net")).unwrap().ino();
+    let kernel_ino = std::fs::metadata(format!("/proc/{kernel}/ns/net"))
+        .unwrap()
+        .ino();
     assert_ne!(kernel_ino, pod_ino, "the kernel runs in the pod's netns");
 
     let local = SocketAddr::from(([127, 0, 0, 1], port));

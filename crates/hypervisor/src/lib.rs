@@ -28,12 +28,12 @@ pub mod debug;
 pub mod device;
 pub mod error;
 pub mod jail;
-mod tap;
 mod process;
 #[cfg(feature = "internals")]
 pub mod qemu;
 #[cfg(not(feature = "internals"))]
 mod qemu;
+mod tap;
 #[cfg(feature = "internals")]
 pub mod uml;
 #[cfg(not(feature = "internals"))]

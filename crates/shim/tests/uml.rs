@@ -119,7 +119,10 @@ fn a_cri_pod_on_uml_gets_the_network_cni_gave_it() {
         .find(|l| l.name == "eth0")
         .unwrap_or_else(|| panic!("no eth0 in {}", netns.display()));
     let links = exec_ok(&["ip", "-o", "link", "show"]);
-    assert!(links.contains(&veth.mac), "no guest link with {veth:?}: {links}");
+    assert!(
+        links.contains(&veth.mac),
+        "no guest link with {veth:?}: {links}"
+    );
     let addrs = exec_ok(&["ip", "-o", "-4", "addr", "show"]);
     assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
 

@@ -99,8 +99,7 @@ impl Driver for Uml {
         let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
             .ok()
             .and_then(|n| n.trim().parse::<u64>().ok());
-        let mut lines =
-            vec![
+        let mut lines = vec![
             HostCheck::info(
                 "accelerator",
                 "none needed: the UML kernel is a host process, the guest's code runs natively",
@@ -118,7 +117,10 @@ impl Driver for Uml {
                 "jail identity",
                 format!("uid {}, gid {}", own.jail_uid, own.jail_gid),
             ),
-            HostCheck::info("vCPUs, hot-plug", "1 vCPU; no CPU, memory, block or NIC hot-plug (NICs at boot)"),
+            HostCheck::info(
+                "vCPUs, hot-plug",
+                "1 vCPU; no CPU, memory, block or NIC hot-plug (NICs at boot)",
+            ),
             HostCheck::file("UML kernel", &vm.kernel),
             HostCheck::file("initrd", &vm.initrd),
         ];
