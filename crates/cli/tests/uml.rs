@@ -413,3 +413,56 @@ fn uml_joins_a_netns_of_ones_own_and_leaves_it_as_it_was() {
     assert_eq!(own.snapshot(), before, "the netns changed");
     assert_no_leaks(&env.state_dir);
 }
+
+/// The guest's root takes the vector NIC down and up again (`exec --vm`):
+/// the link keeps its tap (the kernel reopens a copy of the inherited
+/// descriptor, `kernel/patches/um`), and the container still reaches the
+/// host's end of the veth.
+#[test]
+fn uml_nic_survives_the_guest_taking_it_down_and_up() {
+    let env = uml_env_with_debug_console();
+    let own = PodNetns::new();
+    let netns = own.netns().to_string_lossy().into_owned();
+    let rootfs = env.rootfs.to_string_lossy().into_owned();
+    let _cleanup = RemoveAll(&env);
+    let out = capsa(
+        &env,
+        &[
+            "run", "-d", "--name", "updown", "--network", &netns, "--rootfs", &rootfs, "--",
+            "sleep", "1000",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let host: IpAddr = own.host_ip().parse().unwrap();
+    let greeter = Greeter::start(host, "hello-again\n");
+    let fetch = format!("timeout 30 nc {} {}", own.host_ip(), greeter.addr().port());
+    let exec = |script: &str| capsa(&env, &["exec", "updown", "--", "sh", "-c", script]);
+    let out = exec(&fetch);
+    assert_eq!(text(&out.stdout), "hello-again\n", "{out:?}");
+
+    let out = capsa_with_input(
+        &env,
+        &["exec", "--vm", "updown"],
+        b"ip link set eth0 down && ip link set eth0 up && echo cycled; exit\n",
+    );
+    assert!(text(&out.stdout).contains("cycled"), "{out:?}");
+    // The route through eth0 went with the link: put it back as the
+    // agent set it.
+    let out = capsa_with_input(
+        &env,
+        &["exec", "--vm", "updown"],
+        format!(
+            "ip route replace default via {} dev eth0; ip -o link show eth0; exit\n",
+            own.host_ip()
+        )
+        .as_bytes(),
+    );
+    assert!(text(&out.stdout).contains("UP"), "{out:?}");
+    let out = exec(&fetch);
+    assert_eq!(text(&out.stdout), "hello-again\n", "{out:?}");
+    drop(greeter);
+
+    let out = capsa(&env, &["rm", "-f", "updown"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_gone(&env);
+}
