@@ -13,10 +13,10 @@
 //! jail stays without capabilities, and the tap's owner is not changed.
 //!
 //! The guest sees `vecN` (no PCI path: the agent finds it by its MAC, as
-//! it finds a cold-plugged NIC on QEMU). The driver closes the fd when
-//! the guest takes the link down: brought up again it has no tap. The
-//! agent brings it up once; a guest's root that downs it cuts its own
-//! pod off the network, nothing else.
+//! it finds a cold-plugged NIC on QEMU). The link may go down and up:
+//! capsa's kernel patch `0010-vector-fd-transport-keeps-inherited-fd`
+//! makes the driver work on a copy of the inherited descriptor (upstream
+//! closes the descriptor itself when the link goes down).
 //!
 //! Hot-plug: the management console can add a vector device
 //! (`config vecN=...`), but it cannot carry a descriptor, and a transport
@@ -30,9 +30,9 @@ use std::os::fd::{OwnedFd, RawFd};
 use crate::tap::{self, Framing};
 use crate::{Error, NetDevice};
 
-/// The kernel's descriptor of its first NIC's tap. High, so that a
-/// descriptor the kernel opens later does not take the number of a tap
-/// the guest closed (the driver would reopen it by number).
+/// The kernel's descriptor of its first NIC's tap, out of the way of the
+/// descriptors the kernel opens itself (it keeps the inherited ones open,
+/// whatever the guest does with its links).
 pub const NIC_FD_BASE: RawFd = 200;
 /// The vector driver's MTU range (outside it, it silently uses 1500).
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65534;
