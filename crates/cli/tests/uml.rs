@@ -428,8 +428,17 @@ fn uml_nic_survives_the_guest_taking_it_down_and_up() {
     let out = capsa(
         &env,
         &[
-            "run", "-d", "--name", "updown", "--network", &netns, "--rootfs", &rootfs, "--",
-            "sleep", "1000",
+            "run",
+            "-d",
+            "--name",
+            "updown",
+            "--network",
+            &netns,
+            "--rootfs",
+            &rootfs,
+            "--",
+            "sleep",
+            "1000",
         ],
     );
     assert!(out.status.success(), "{out:?}");
