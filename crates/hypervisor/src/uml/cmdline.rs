@@ -1,6 +1,6 @@
 //! The UML kernel's command line: its memory, its initrd, its consoles,
-//! its management console, and a `virtio_uml.device=` per vhost-user
-//! device.
+//! its management console, a `virtio_uml.device=` per vhost-user
+//! device and a `vecN:` per NIC.
 //!
 //! Every path on it is a path inside the kernel's jail ([`super::jail`]).
 
@@ -53,6 +53,8 @@ pub struct Boot<'a> {
     /// vhost-user sockets of the virtio-fs and vsock devices.
     pub virtiofs: Option<&'a Path>,
     pub vsock: &'a Path,
+    /// The NICs' `vecN:...` arguments ([`super::net`]).
+    pub nics: &'a [String],
     /// Appended after the driver's own parameters.
     pub extra: &'a [String],
 }
@@ -77,6 +79,7 @@ pub fn build(b: &Boot) -> Vec<String> {
         "virtio_uml.device={}:{VIRTIO_ID_VSOCK}",
         b.vsock.display()
     ));
+    args.extend(b.nics.iter().cloned());
     args.extend(KERNEL_PARAMS.iter().map(|s| s.to_string()));
     args.extend(b.extra.iter().cloned());
     args
@@ -104,6 +107,7 @@ mod tests {
             uml_dir: Path::new("/run/uml"),
             virtiofs: Some(Path::new("/run/uml/virtiofsd.sock")),
             vsock: Path::new("/run/uml/vhost-vsock.sock"),
+            nics: &["vec0:transport=fd,fd=200".to_string()],
             extra: &extra,
         });
         assert_eq!(
@@ -116,6 +120,7 @@ mod tests {
                 "umid=capsa",
                 "virtio_uml.device=/run/uml/virtiofsd.sock:26",
                 "virtio_uml.device=/run/uml/vhost-vsock.sock:19",
+                "vec0:transport=fd,fd=200",
                 "quiet",
                 "agent.log=debug",
             ]
@@ -126,6 +131,7 @@ mod tests {
             uml_dir: Path::new("/d"),
             virtiofs: None,
             vsock: Path::new("/d/v.sock"),
+            nics: &[],
             extra: &[],
         });
         assert!(!args.iter().any(|a| a.starts_with("initrd=")));

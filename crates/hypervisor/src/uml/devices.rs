@@ -7,8 +7,7 @@
 //! management console (`config ubdN=file`), but the guest then finds the
 //! disk as `/dev/ubdX`, an address the agent's `Storage` handling does
 //! not know yet (it waits for a PCI path or a SCSI address); until it
-//! does, block hot-plug answers `NotSupported`. NICs (the vector
-//! transport on the pod's tap) are not done yet either.
+//! does, block hot-plug answers `NotSupported`. NICs: [`super::net`].
 
 use std::path::Path;
 

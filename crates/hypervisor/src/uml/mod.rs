@@ -6,20 +6,22 @@
 //! * [`cmdline`]: the kernel's command line;
 //! * [`jail`]: what each program's jail holds;
 //! * [`devices`]: virtio-fs and vsock helpers, and what cannot be attached;
-//! * [`mconsole`]: the management console, through which the VM is halted.
+//! * [`mconsole`]: the management console, through which the VM is halted;
+//! * [`net`]: the pod's NICs, UML's vector driver on taps the kernel inherits.
 //!
 //! The guest's RAM is UML's memory file, in a tmpfs of the kernel's jail;
 //! the vhost-user daemons map it through the descriptors `virtio_uml`
 //! sends them, the only way they can reach it. UML 6.12 has one CPU and
 //! no memory hot-plug: a VM asked for more vCPUs boots with one (said
 //! once, in the log), and vCPU and memory hot-plug answer
-//! [`Error::NotSupported`], as do block and NIC hot-plug for now
-//! ([`devices`]).
+//! [`Error::NotSupported`], as do block hot-plug for now ([`devices`])
+//! and NIC hot-plug (NICs are cold-plugged: [`net`]).
 
 pub mod cmdline;
 pub mod devices;
 pub mod jail;
 pub mod mconsole;
+pub mod net;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -97,8 +99,7 @@ impl Driver for Uml {
         let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
             .ok()
             .and_then(|n| n.trim().parse::<u64>().ok());
-        let mut lines =
-            vec![
+        let mut lines = vec![
             HostCheck::info(
                 "accelerator",
                 "none needed: the UML kernel is a host process, the guest's code runs natively",
@@ -116,7 +117,10 @@ impl Driver for Uml {
                 "jail identity",
                 format!("uid {}, gid {}", own.jail_uid, own.jail_gid),
             ),
-            HostCheck::info("vCPUs, hot-plug", "1 vCPU; no CPU, memory, block or NIC hot-plug"),
+            HostCheck::info(
+                "vCPUs, hot-plug",
+                "1 vCPU; no CPU, memory, block or NIC hot-plug (NICs at boot)",
+            ),
             HostCheck::file("UML kernel", &vm.kernel),
             HostCheck::file("initrd", &vm.initrd),
         ];
@@ -191,9 +195,7 @@ impl UmlVm {
         if cfg.image.is_some() {
             return Err(devices::not_supported("a root filesystem image"));
         }
-        if !cfg.nics.is_empty() {
-            return Err(devices::not_supported("NICs"));
-        }
+        net::check(&cfg.nics)?;
         let mut files = vec![
             ("UML kernel", &cfg.kernel),
             ("vsock daemon", &self.settings().vhost_user_vsock_daemon),
@@ -308,15 +310,18 @@ impl UmlVm {
             .into_iter()
             .chain(self.cfg.kernel_params.iter().cloned())
             .collect();
+        // The taps are opened last, just before the kernel inherits them.
+        let nics = net::cold_plug(&self.cfg.nics)?;
         let args = cmdline::build(&cmdline::Boot {
             memory_mib: self.cfg.memory_mib,
             initrd: self.cfg.initrd.as_ref().map(|_| Path::new(jail::INITRD)),
             uml_dir: &sockets,
             virtiofs: virtiofs.as_deref(),
             vsock: &vsock_sock,
+            nics: &nics.args,
             extra: &extra,
         });
-        let jail_cfg = jail::kernel(
+        let mut jail_cfg = jail::kernel(
             &self.cfg.kernel,
             self.cfg.initrd.as_deref(),
             self.cfg.memory_mib,
@@ -324,6 +329,7 @@ impl UmlVm {
             &sockets,
             args,
         )?;
+        jail_cfg.fds.extend(nics.fds);
         let console = self.cfg.console_log.clone();
         let (input, held) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io(e.into()))?;
@@ -518,6 +524,8 @@ impl Vm for UmlVm {
         Err(devices::not_supported("block device hot-plug"))
     }
 
+    /// NICs are cold-plugged only ([`net`]: no descriptor can reach the
+    /// running kernel).
     fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error> {
         Err(devices::not_supported("NIC hot-plug"))
     }
