@@ -6,13 +6,18 @@
 #
 #   true       `true` end to end (create, start, wait, delete), RUNS times,
 #              alternating runtimes, the median;
-#   pss        the proportional set size of one idle sandbox (`sleep`):
-#              every process of it (a process tree; processes that share
-#              one address space, as UML's kernel threads do, counted once);
+#   pss        the proportional set size of an idle sandbox (`sleep`), PAIRS
+#              (default 2) at once: every process of them (process trees;
+#              processes that share one address space, as UML's kernel
+#              threads do, counted once), divided by PAIRS: runc's
+#              container, runsc's sandbox and gofer, capsa's VM (kernel or
+#              QEMU, virtiofsd, vhost-device-vsock, the guest's processes);
+#   pss+owner  capsa's the same with the process that manages the sandbox
+#              (`capsa run -d`'s owner, a shim's counterpart);
 #   cpu        a shell loop (pure computation), timed inside the container;
 #   fork       300 fork+exec of a shell, timed inside;
 #   syscalls   300,000 one-byte reads and writes (`dd bs=1`), timed inside;
-#   read       reading a 64 MiB file of the root filesystem (virtio-fs for
+#   read       reading a 128 MiB file of the root filesystem (virtio-fs for
 #              capsa, the gofer for gVisor, the host's file system for runc),
 #              timed inside.
 #
@@ -50,7 +55,7 @@ done
 
 # The root filesystem: a copy, with the file `read` reads.
 cp -a "$src" "$work/rootfs"
-head -c $((64 << 20)) /dev/urandom > "$work/rootfs/bench.bin"
+head -c $((128 << 20)) /dev/urandom > "$work/rootfs/bench.bin"
 # The OCI bundle of runc and runsc (its config.json is rewritten per command).
 mkdir -p "$work/bundle"
 (cd "$work/bundle" && runc spec)
@@ -78,12 +83,17 @@ run_in() {
     uml | qemu) capsa $(capsa_config "$rt") run --rootfs "$work/rootfs" -- "$@" < /dev/null ;;
   esac
 }
-# An idle sandbox of $1 (`sleep`), its id on stdout.
+# Idle sandbox number $2 of $1 (`sleep`), its id on stdout.
 start_idle() {
-  local rt=$1 id="idle-$$-$1"
+  local rt=$1 id="idle-$$-$1-$2"
   case $rt in
     runc) spec sleep 100000; runc --root "$work/runc" run -d --bundle "$work/bundle" "$id" < /dev/null > /dev/null 2>&1 ;;
-    runsc) spec sleep 100000; runsc --root "$work/runsc" --platform=ptrace --network=none run -detach --bundle "$work/bundle" "$id" < /dev/null > /dev/null ;;
+    # A bundle of its own: its path names the sandbox's processes.
+    runsc)
+      spec sleep 100000
+      mkdir -p "$work/bundle-$2"
+      cp "$work/bundle/config.json" "$work/bundle-$2/"
+      runsc --root "$work/runsc" --platform=ptrace --network=none run -detach --bundle "$work/bundle-$2" "$id" < /dev/null > /dev/null ;;
     uml | qemu) capsa $(capsa_config "$rt") run -d --name "$id" --rootfs "$work/rootfs" -- sleep 100000 > /dev/null ;;
   esac
   echo "$id"
@@ -99,11 +109,15 @@ stop_idle() {
 roots_of() {
   case $1 in
     runc) runc --root "$work/runc" state "$2" | jq -r .pid ;;
-    # The sandbox and the gofer; both name the root directory.
-    runsc) pgrep -f -- "--root $work/runsc|--root=$work/runsc" ;;
-    uml | qemu) capsa $(capsa_config "$1") inspect "$2" | jq -r '.owner_pid, .hypervisor_pid, (.processes // [])[].pid' ;;
+    # The sandbox and the gofer; both name the bundle.
+    runsc) pgrep -f -- "--bundle[= ]$work/bundle-${2##*-}( |$)" ;;
+    # The VM's processes (as runsc's sandbox and gofer, runc's container:
+    # not the process that manages it, which `owner_of` gives).
+    uml | qemu) capsa $(capsa_config "$1") inspect "$2" | jq -r '.hypervisor_pid, (.processes // [])[].pid' ;;
   esac
 }
+# capsa's owner of sandbox $2 (the shim's counterpart of `capsa run -d`).
+owner_of() { capsa $(capsa_config "$1") inspect "$2" | jq -r .owner_pid; }
 children() { awk -v p="$1" '$4 == p {print $1}' /proc/[0-9]*/stat 2> /dev/null || true; }
 # PSS in KiB of the process trees rooted at the given pids, each address
 # space once.
@@ -140,7 +154,8 @@ timed_inside() {
   out=$(run_in "$1" /bin/busybox time /bin/sh -c "$2" 2>&1 > /dev/null) || { echo "$1: $2 failed: $out" >&2; echo -1; return; }
   real_ms <<< "$out"
 }
-timed_host() { chroot "$work/rootfs" /bin/busybox time /bin/sh -c "$1" 2>&1 > /dev/null | real_ms; }
+# On the host, busybox's shell with the host's /dev and /bin/sh.
+timed_host() { /bin/busybox time /bin/busybox sh -c "$1" 2>&1 > /dev/null | real_ms; }
 
 for r in $(seq "$runs"); do
   line="run $r:"
@@ -162,22 +177,35 @@ for kind in cpu fork syscalls read; do
   done
   echo "$kind (ms): $(for k in host $only; do [ -n "${sample[$kind/$k]:-}" ] && printf '%s:%s; ' "$k" "${sample[$kind/$k]}"; done)"
 done
+# PAIRS idle sandboxes of each runtime at once: what they hold once
+# started (nothing runs in them), per sandbox; what they share (binaries,
+# a kernel image) is divided among them, as on a host running many.
+pairs=${PAIRS:-2}
 for rt in $only; do
-  id=$(start_idle "$rt")
-  live+=("$rt:$id")
-  # An idle sandbox: what it holds once started (nothing runs in it).
-  mapfile -t roots < <(roots_of "$rt" "$id")
-  add "pss/$rt" $(( $(pss_tree "${roots[@]}") / 1024 ))
-  stop_idle "$rt" "$id" > /dev/null 2>&1
-  live=("${live[@]:0:${#live[@]}-1}")
+  ids=() roots=()
+  for p in $(seq "$pairs"); do
+    ids+=("$(start_idle "$rt" "$p")")
+    live+=("$rt:${ids[-1]}")
+  done
+  for id in "${ids[@]}"; do mapfile -t -O "${#roots[@]}" roots < <(roots_of "$rt" "$id"); done
+  per_sandbox() { awk -v k="$(pss_tree "$@")" -v n="$pairs" 'BEGIN {printf "%.1f", k / 1024 / n}'; }
+  add "pss/$rt" "$(per_sandbox "${roots[@]}")"
+  case $rt in
+    uml | qemu)
+      for id in "${ids[@]}"; do roots+=("$(owner_of "$rt" "$id")"); done
+      add "pss+owner/$rt" "$(per_sandbox "${roots[@]}")" ;;
+  esac
+  for id in "${ids[@]}"; do stop_idle "$rt" "$id" > /dev/null 2>&1; done
+  live=()
 done
 echo "pss (MiB): $(for k in $only; do printf '%s:%s; ' "$k" "${sample[pss/$k]}"; done)"
+echo "pss with capsa's owner process (MiB): $(for k in $only; do [ -n "${sample[pss+owner/$k]:-}" ] && printf '%s:%s; ' "$k" "${sample[pss+owner/$k]}"; done)"
 
 echo
 printf '%-9s' ""
 for k in host $only; do printf '%12s' "$k"; done
 printf '%14s%14s\n' "uml/runsc" "qemu/runsc"
-for kind in true pss cpu fork syscalls read; do
+for kind in true pss pss+owner cpu fork syscalls read; do
   printf '%-9s' "$kind"
   declare -A med=()
   for k in host $only; do
@@ -198,7 +226,7 @@ for kind in true pss cpu fork syscalls read; do
   echo
   unset med
 done
-echo "(true, cpu, fork, syscalls, read: ms, medians of $runs; pss: MiB of one idle sandbox)"
+echo "(true, cpu, fork, syscalls, read: ms, medians of $runs; pss: MiB per idle sandbox, $pairs at once)"
 ratio() {
   [ -n "${sample[$1]:-}" ] && [ -n "${sample[$2]:-}" ] || { echo "-"; return; }
   awk -v a="$(median ${sample[$1]})" -v b="$(median ${sample[$2]})" 'BEGIN {printf "%.2f", a / b}'
