@@ -16,7 +16,7 @@ ASSETS_DIR       ?= $(CACHE)/assets
 SHARE_DIR        ?= /usr/share/capsa
 DEFAULTS_DIR     ?= /usr/share/defaults/capsa
 AGENT_TARGET     := x86_64-unknown-linux-gnu
-AGENT_BIN        := $(CARGO_TARGET_DIR)/$(AGENT_TARGET)/release/capsa-agent
+AGENT_BIN        := $(CARGO_TARGET_DIR)/$(AGENT_TARGET)/guest/capsa-agent
 CAPSA_BIN        := $(CARGO_TARGET_DIR)/release/capsa
 SHIM_BIN         := $(CARGO_TARGET_DIR)/release/containerd-shim-capsa-v2
 SNAPSHOTTER_BIN  := $(CARGO_TARGET_DIR)/release/capsa-snapshotter
@@ -76,11 +76,12 @@ build: deps
 
 ## libseccomp (seccomp profiles of containers) is linked in statically, and
 ## so is libbpf (built by libbpf-sys; the eBPF device cgroup of containers).
-## Without its symbol table (4 of 17 MiB): every guest unpacks it at boot.
+## Without its symbol table, and built for size (the `guest` profile of
+## Cargo.toml): every guest unpacks it at boot.
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
-	  cargo build --release -p capsa-agent --target $(AGENT_TARGET)
+	  cargo build --profile guest -p capsa-agent --target $(AGENT_TARGET)
 
 ## Guest kernels (capsa's own, built from kernel/ and cached in
 ## $(CACHE)/kernels; Debian's in $(ASSETS_DIR)/debian), initrd, and the
@@ -190,8 +191,10 @@ test-image: assets
 	./scripts/check-leaks.sh
 
 bench: install
+	$(MAKE) deps DEBIAN_PACKAGES="runsc jq"
 	scripts/busybox-rootfs.sh $(DEMO_ROOTFS)
 	scripts/bench.sh $(DEMO_ROOTFS)
+	scripts/bench-peers.sh $(DEMO_ROOTFS)
 	SHIM_DIR=$(dir $(SHIM_BIN)) CAPSA_TEST_ASSETS=$(ASSETS_DIR) \
 	  cargo run --release -p capsa-shim --example bench
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo run --release -p capsa-runtime --example block_bench

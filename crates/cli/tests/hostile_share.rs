@@ -2,7 +2,8 @@
 //! holes 1 and 3): host system paths given to `-v`, directly or through a
 //! symlink, are refused before anything is made; files the guest makes in
 //! the shared rootfs and in a volume are never a set-id program or a device
-//! a host user can use. Real VMs.
+//! a host user can use. Real VMs, on QEMU and on User-Mode Linux (the
+//! installed `configuration-uml.toml`: a jailed, unprivileged virtiofsd).
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -26,24 +27,44 @@ fn assert_refused(env: &TestEnv, detach: bool, volume: &str, resolved: &str) {
     assert!(out.stdout.is_empty(), "{out:?}");
 }
 
+fn uml_env() -> TestEnv {
+    TestEnv::with_installed_config("configuration-uml.toml")
+}
+
 #[test]
 fn host_system_paths_are_refused_with_the_mount_named() {
-    let env = TestEnv::new();
-    assert_refused(&env, false, "/proc:/x", "/proc");
-    assert_refused(&env, false, "/sys/class/net:/x:ro", "/sys/class/net");
-    assert_refused(&env, false, "/dev:/x", "/dev");
-    assert_refused(&env, true, "/proc/sys:/x", "below /proc");
+    refuses_host_system_paths(&TestEnv::new());
+}
+
+#[test]
+fn on_uml_host_system_paths_are_refused_with_the_mount_named() {
+    refuses_host_system_paths(&uml_env());
+}
+
+fn refuses_host_system_paths(env: &TestEnv) {
+    assert_refused(env, false, "/proc:/x", "/proc");
+    assert_refused(env, false, "/sys/class/net:/x:ro", "/sys/class/net");
+    assert_refused(env, false, "/dev:/x", "/dev");
+    assert_refused(env, true, "/proc/sys:/x", "below /proc");
     // A path that reaches /proc through a symlink (`evil -> /`).
     let evil = env.dir.path().join("evil");
     std::os::unix::fs::symlink("/", &evil).unwrap();
     let volume = format!("{}/proc:/x", evil.display());
-    assert_refused(&env, false, &volume, "is /proc");
-    assert_refused(&env, true, &volume, "is /proc");
+    assert_refused(env, false, &volume, "is /proc");
+    assert_refused(env, true, &volume, "is /proc");
 }
 
 #[test]
 fn guest_made_devices_and_setid_files_are_inert_on_the_host() {
-    let env = TestEnv::new();
+    makes_guest_files_inert(&TestEnv::new());
+}
+
+#[test]
+fn on_uml_guest_made_devices_and_setid_files_are_inert_on_the_host() {
+    makes_guest_files_inert(&uml_env());
+}
+
+fn makes_guest_files_inert(env: &TestEnv) {
     let vol = env.dir.path().join("vol");
     share_attack::prepare_volume(&vol);
     // Every directory on the way is searchable by nobody, so what the
@@ -53,7 +74,7 @@ fn guest_made_devices_and_setid_files_are_inert_on_the_host() {
     }
     let volume = format!("{}:/vol", vol.display());
     let out = run(
-        &env,
+        env,
         &["-v", &volume],
         &["sh", "-c", share_attack::SCRIPT],
         None,
@@ -66,14 +87,22 @@ fn guest_made_devices_and_setid_files_are_inert_on_the_host() {
 
 #[test]
 fn a_volume_is_shared_read_write_or_read_only() {
-    let env = TestEnv::new();
+    shares_volumes_rw_and_ro(&TestEnv::new());
+}
+
+#[test]
+fn on_uml_a_volume_is_shared_read_write_or_read_only() {
+    shares_volumes_rw_and_ro(&uml_env());
+}
+
+fn shares_volumes_rw_and_ro(env: &TestEnv) {
     let vol = env.dir.path().join("data");
     std::fs::create_dir(&vol).unwrap();
     std::fs::write(vol.join("in"), "from the host\n").unwrap();
     let rw = format!("{}:/rw", vol.display());
     let ro = format!("{}:/ro:ro", vol.display());
     let script = "cat /ro/in; echo back > /rw/out; echo no > /ro/no || echo ro refused";
-    let out = run(&env, &["-v", &rw, "-v", &ro], &["sh", "-c", script], None);
+    let out = run(env, &["-v", &rw, "-v", &ro], &["sh", "-c", script], None);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout), "from the host\nro refused\n", "{out:?}");
     assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "back\n");

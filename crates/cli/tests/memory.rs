@@ -1,7 +1,9 @@
 //! Memory that goes back to the host: with `reclaim_guest_freed_memory`
 //! the VM has a virtio-balloon device with free page reporting, and pages
-//! the guest frees leave QEMU's resident set; without it they stay.
-//! Real VMs (TCG), real QEMU RSS (`/proc/PID/status`).
+//! the guest frees leave QEMU's resident set; without it they stay. A
+//! User-Mode Linux guest reports its free pages itself (capsa's kernel
+//! patch `0006`): they leave the UML kernel's resident set.
+//! Real VMs (TCG), real RSS (`/proc/PID/status`).
 
 use std::time::{Duration, Instant};
 
@@ -41,21 +43,17 @@ impl Drop for Running {
     }
 }
 
-/// Starts a sandbox with reporting `on`; a process in its container
+/// Starts a sandbox in `env`, named `id`; a process in its container
 /// allocates and touches [`FILL_MIB`] (a `dd` buffer, held while `dd`
 /// blocks on a pipe nobody reads) and is then killed, which frees it;
-/// QEMU's RSS is then watched for `window`. Returns the RSS while the
-/// memory was held and the lowest seen after the free (the watch ends
-/// early once half of it is back).
-fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
-    let env = TestEnv::with_qemu_extra(&format!(
-        "default_memory = 1024\nreclaim_guest_freed_memory = {on}"
-    ));
-    let id = if on { "reports" } else { "keeps" };
+/// the VM process's RSS is then watched for `window`. Returns the RSS
+/// while the memory was held and the lowest seen after the free (the
+/// watch ends early once half of it is back).
+fn fill_free_and_watch(env: &TestEnv, id: &str, window: Duration) -> (u64, u64) {
     let rootfs = env.rootfs.to_string_lossy().into_owned();
-    let removed = Removed(&env, id);
+    let removed = Removed(env, id);
     let out = capsa(
-        &env,
+        env,
         &[
             "run",
             "-d",
@@ -70,14 +68,14 @@ fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
         ],
     );
     assert!(out.status.success(), "run -d: {out:?}");
-    let out = capsa(&env, &["inspect", id]);
+    let out = capsa(env, &["inspect", id]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
     let qemu = v["hypervisor_pid"]
         .as_i64()
         .unwrap_or_else(|| panic!("no hypervisor pid: {v:#}"));
 
     let holder = Running(
-        capsa_test_infra::cli::command(&env, &["exec", id, "--", "sh", "-c"])
+        capsa_test_infra::cli::command(env, &["exec", id, "--", "sh", "-c"])
             .arg(format!(
                 "dd if=/dev/zero bs={} count=1 2>/dev/null | sleep 999",
                 FILL_MIB << 20
@@ -90,7 +88,7 @@ fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
     // whole buffer.
     let held = wait_until(LIMIT, || {
         let out = capsa(
-            &env,
+            env,
             &[
                 "exec",
                 id,
@@ -108,7 +106,7 @@ fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
     });
     assert!(held, "dd never held {FILL_MIB} MiB in the guest");
     let filled = rss_mib(qemu);
-    exec(&env, id, "kill $(pidof dd) $(pidof sleep)");
+    exec(env, id, "kill $(pidof dd) $(pidof sleep)");
     drop(holder);
     let start = Instant::now();
     let mut lowest = filled;
@@ -117,7 +115,7 @@ fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
         filled.saturating_sub(lowest) >= FILL_MIB / 2
     });
     eprintln!(
-        "reporting {on}: QEMU RSS {filled} MiB held, {lowest} MiB lowest after the free ({:?})",
+        "{id}: VM RSS {filled} MiB held, {lowest} MiB lowest after the free ({:?})",
         start.elapsed()
     );
     drop(removed);
@@ -125,9 +123,16 @@ fn fill_free_and_watch(on: bool, window: Duration) -> (u64, u64) {
     (filled, lowest)
 }
 
+/// A QEMU sandbox with reporting `on` (1 GiB of guest RAM).
+fn qemu_env(on: bool) -> TestEnv {
+    TestEnv::with_qemu_extra(&format!(
+        "default_memory = 1024\nreclaim_guest_freed_memory = {on}"
+    ))
+}
+
 #[test]
 fn freed_guest_memory_goes_back_with_free_page_reporting() {
-    let (filled, lowest) = fill_free_and_watch(true, GIVE_BACK_WAIT);
+    let (filled, lowest) = fill_free_and_watch(&qemu_env(true), "reports", GIVE_BACK_WAIT);
     assert!(
         filled.saturating_sub(lowest) >= FILL_MIB / 2,
         "QEMU's RSS went from {filled} MiB to {lowest} MiB within {GIVE_BACK_WAIT:?} \
@@ -138,9 +143,21 @@ fn freed_guest_memory_goes_back_with_free_page_reporting() {
 
 #[test]
 fn freed_guest_memory_stays_without_free_page_reporting() {
-    let (filled, lowest) = fill_free_and_watch(false, KEPT_WINDOW);
+    let (filled, lowest) = fill_free_and_watch(&qemu_env(false), "keeps", KEPT_WINDOW);
     assert!(
         filled.saturating_sub(lowest) < FILL_MIB / 2,
         "QEMU's RSS went from {filled} MiB to {lowest} MiB without free page reporting"
+    );
+}
+
+#[test]
+fn on_uml_freed_guest_memory_goes_back() {
+    let env = TestEnv::with_installed_config("configuration-uml.toml");
+    let (filled, lowest) = fill_free_and_watch(&env, "uml-reports", GIVE_BACK_WAIT);
+    assert!(
+        filled.saturating_sub(lowest) >= FILL_MIB / 2,
+        "the UML kernel's RSS went from {filled} MiB to {lowest} MiB within {GIVE_BACK_WAIT:?} \
+         after the guest freed {FILL_MIB} MiB: expected at least {} MiB back",
+        FILL_MIB / 2
     );
 }

@@ -282,17 +282,26 @@ fn signal(pid: i32, signal: nix::sys::signal::Signal) {
 /// mounts, state).
 #[test]
 fn rm_force_takes_a_stopped_vm_down() {
-    let env = TestEnv::new();
-    let sb = Detached::start(&env, "frozen", &["sleep", "1000"]);
+    takes_a_stopped_vm_down(&TestEnv::new());
+}
+
+/// The same with the kernel of a User-Mode Linux VM stopped (a hung guest).
+#[test]
+fn on_uml_rm_force_takes_a_stopped_vm_down() {
+    takes_a_stopped_vm_down(&TestEnv::with_installed_config("configuration-uml.toml"));
+}
+
+fn takes_a_stopped_vm_down(env: &TestEnv) {
+    let sb = Detached::start(env, "frozen", &["sleep", "1000"]);
     let qemu = sb.hypervisor_pid();
     signal(qemu, nix::sys::signal::Signal::SIGSTOP);
     let started = Instant::now();
-    let out = capsa(&env, &["rm", "--force", "frozen"]);
+    let out = capsa(env, &["rm", "--force", "frozen"]);
     let took = started.elapsed();
     assert!(out.status.success(), "{out:?}");
     assert!(took < Duration::from_secs(20), "rm --force took {took:?}");
-    assert!(gone(qemu), "QEMU {qemu} still there");
-    assert_all_gone(&env);
+    assert!(gone(qemu), "VM process {qemu} still there");
+    assert_all_gone(env);
 }
 
 /// Detached sandboxes in `env` get a health check every second.
@@ -333,16 +342,25 @@ fn unanswering_agent_is_declared_dead() {
 /// killed at once, and the workload recorded killed.
 #[test]
 fn stopped_vm_is_declared_dead_by_its_owner() {
-    let env = TestEnv::new();
-    let sb = Detached::start(&env, "paused", &["sleep", "1000"]);
+    declares_a_stopped_vm_dead(&TestEnv::new());
+}
+
+/// The same for a User-Mode Linux VM whose kernel process is stopped.
+#[test]
+fn on_uml_a_stopped_vm_is_declared_dead_by_its_owner() {
+    declares_a_stopped_vm_dead(&TestEnv::with_installed_config("configuration-uml.toml"));
+}
+
+fn declares_a_stopped_vm_dead(env: &TestEnv) {
+    let sb = Detached::start(env, "paused", &["sleep", "1000"]);
     let qemu = sb.hypervisor_pid();
     signal(qemu, nix::sys::signal::Signal::SIGSTOP);
     let v = sb.wait_state("stopped");
     assert_eq!(v["containers"][0]["exit_code"], 137, "{v:#}");
-    assert!(gone(qemu), "QEMU {qemu} still there");
-    let out = capsa(&env, &["rm", "paused"]);
+    assert!(gone(qemu), "VM process {qemu} still there");
+    let out = capsa(env, &["rm", "paused"]);
     assert!(out.status.success(), "{out:?}");
-    assert_all_gone(&env);
+    assert_all_gone(env);
 }
 
 /// Worst case: the owner itself hangs (SIGSTOP) with its QEMU. `rm

@@ -1,18 +1,25 @@
 //! `capsa` on User-Mode Linux: the installed `configuration-uml.toml`
 //! (its paths pointed at the test assets' `linux-uml` and `initrd.img`)
 //! runs containers, volumes, detached sandboxes, `exec` and the debug
-//! console through the same commands as QEMU's configuration; a UML
-//! kernel that dies is reported as a dead VM, and nothing is left.
+//! console through the same commands as QEMU's configuration; the pod
+//! network (`--network bridge -p`, a netns of one's own) through the
+//! real CNI plugins; a UML kernel that dies is reported as a dead VM,
+//! and nothing is left.
 //!
 //! Root is required (the driver's jails map ids and chown), as for every
 //! `capsa run` test.
 
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
 
 use capsa_test_infra::block::ImageFile;
 use capsa_test_infra::cli::{assert_all_gone, capsa, capsa_with_input, run, text, Detached};
+use capsa_test_infra::cni::TestNetwork;
 use capsa_test_infra::leaks::processes_naming;
-use capsa_test_infra::{wait_until, TestEnv};
+use capsa_test_infra::net::{free_port, http_get, Greeter};
+use capsa_test_infra::netns::PodNetns;
+use capsa_test_infra::{assert_no_leaks, wait_until, TestEnv};
 
 /// `jail_uid` of `config/configuration-uml.toml`.
 const JAIL_UID: u32 = 1_900_000;
@@ -236,6 +243,250 @@ fn a_killed_uml_kernel_is_reported_exited_and_nothing_is_left() {
     let out = capsa(&env, &["rm", "uml-k"]);
     assert!(out.status.success(), "{out:?}");
     drop(sb);
+    assert_all_gone(&env);
+}
+
+/// How long the network or a state may take to come true.
+const NET_WAIT: Duration = Duration::from_secs(60);
+
+/// [`uml_env`] with a CNI network of its own (`runtime.cni_conflist`;
+/// subnets 10.4.10-89, as `tests/network.rs`).
+fn uml_env_with_network() -> (TestEnv, TestNetwork) {
+    let env = uml_env();
+    let net = TestNetwork::new(env.dir.path(), "capsau", 10);
+    let path = env.write_config("test.conflist", &net.conflist());
+    // The configuration file ends with its [runtime] table.
+    env.append_config(&format!("cni_conflist = {path:?}"));
+    (env, net)
+}
+
+/// Removes what a failed test left (`rm --force` releases networks),
+/// before the network's bridge goes.
+struct RemoveAll<'a>(&'a TestEnv);
+
+impl Drop for RemoveAll<'_> {
+    fn drop(&mut self) {
+        let entries = std::fs::read_dir(&self.0.state_dir);
+        for entry in entries.into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let _ = capsa(self.0, &["rm", "--force", &id]);
+        }
+    }
+}
+
+/// `--network bridge -p`: the container on UML has its address on eth0
+/// (the vector NIC, found by MAC and renamed), its default route, serves
+/// the host through the published port and at its address; once it is
+/// killed, its network is released and nothing is left.
+#[test]
+fn uml_bridge_serves_a_published_port_and_leaves_nothing_behind() {
+    let (env, net) = uml_env_with_network();
+    let _cleanup = RemoveAll(&env);
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let httpd = "mkdir -p /www && echo hello-from-uml > /www/index.html && \
+                 ip -o addr show dev eth0 && ip route && exec httpd -f -p 80 -h /www";
+    let rootfs = env.rootfs.to_string_lossy().into_owned();
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "bridge",
+            "-p",
+            &publish,
+            "--rootfs",
+            &rootfs,
+            "--",
+            "sh",
+            "-c",
+            httpd,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let inspect = || {
+        let out = capsa(&env, &["inspect", "web"]);
+        assert!(out.status.success(), "inspect: {out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("inspect prints JSON")
+    };
+    let record = inspect();
+    let address = record["cni"]["networks"][1]["result"]["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address recorded: {record:#}"))
+        .to_string();
+    assert!(
+        address.starts_with(&format!("{}.", net.subnet)),
+        "{address}"
+    );
+
+    // The kernel holds the pod's tap (fd 200), unprivileged, outside the
+    // pod's netns.
+    let kernel = record["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["role"] == "hypervisor"))
+        .and_then(|p| p["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no hypervisor process: {record:#}"));
+    let tap = std::fs::read_link(format!("/proc/{kernel}/fd/200")).unwrap();
+    assert_eq!(tap, std::path::Path::new("/dev/net/tun"));
+    let status = std::fs::read_to_string(format!("/proc/{kernel}/status")).unwrap();
+    assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{kernel}")).unwrap().uid(),
+        JAIL_UID
+    );
+    let netns_of = |path: String| std::fs::read_link(path).unwrap();
+    assert_ne!(
+        netns_of(format!("/proc/{kernel}/ns/net")),
+        netns_of(format!("/proc/{}/ns/net", std::process::id())),
+    );
+    let pod_netns = env.state_dir.join("web/netns");
+    let pod_ino = std::fs::metadata(&pod_netns).unwrap().ino();
+    let kernel_ino = std::fs::metadata(format!("/proc/{kernel}/ns/net"))
+        .unwrap()
+        .ino();
+    assert_ne!(kernel_ino, pod_ino, "the kernel runs in the pod's netns");
+
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(http_get(local, NET_WAIT).trim(), "hello-from-uml");
+    let ip: IpAddr = address.split('/').next().unwrap().parse().unwrap();
+    assert_eq!(
+        http_get(SocketAddr::new(ip, 80), NET_WAIT).trim(),
+        "hello-from-uml"
+    );
+    let log = std::fs::read_to_string(env.state_dir.join("web/web.log")).unwrap();
+    assert!(log.contains(&address), "{log}");
+    assert!(
+        log.contains(&format!("default via {}.1", net.subnet)),
+        "{log}"
+    );
+
+    let out = capsa(&env, &["kill", "web", "--signal", "KILL"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut v = serde_json::Value::Null;
+    let stopped = wait_until(NET_WAIT, || {
+        v = inspect();
+        v["state"] == "stopped"
+    });
+    assert!(stopped, "never stopped: {v:#}");
+    let owner = v["owner_pid"].as_i64().unwrap() as i32;
+    let gone = wait_until(NET_WAIT, || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner), None).is_err()
+    });
+    assert!(gone, "owner {owner} did not exit");
+    assert!(!env.state_dir.join("web/netns").exists(), "netns left");
+    assert_eq!(net.veths(), "", "veth left on {}", net.bridge);
+    assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+    assert!(net.rules("web").is_empty(), "{:?}", net.rules("web"));
+    assert!(
+        TcpStream::connect_timeout(&local, Duration::from_secs(5)).is_err(),
+        "port {port} still forwarded"
+    );
+    let out = capsa(&env, &["rm", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_no_leaks(&env.state_dir);
+}
+
+/// `--network <netns>`: a netns of the test's own is joined (its veth's
+/// address and default route in the guest, a TCP connection to the
+/// host's end) and
+/// left as it was.
+#[test]
+fn uml_joins_a_netns_of_ones_own_and_leaves_it_as_it_was() {
+    let env = uml_env();
+    let own = PodNetns::new();
+    // IPv6 link-local addresses settle once duplicate address detection
+    // is done: wait for it.
+    let settled = wait_until(NET_WAIT, || {
+        !own.in_ns(&["ip", "-6", "-o", "addr"]).contains("tentative")
+    });
+    assert!(settled, "IPv6 addresses never settled");
+    let before = own.snapshot();
+    let netns = own.netns().to_string_lossy().into_owned();
+    // The host's end of the veth answers a TCP connection.
+    let host: IpAddr = own.host_ip().parse().unwrap();
+    let greeter = Greeter::start(host, "hello-from-host\n");
+    let script = format!(
+        "ip -o addr show dev eth0; ip route; timeout 30 nc {} {}",
+        own.host_ip(),
+        greeter.addr().port()
+    );
+    let out = run(&env, &["--network", &netns], &["sh", "-c", &script], None);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    assert!(said.contains(&format!("{}/24", own.pod_ip())), "{said}");
+    assert!(
+        said.contains(&format!("default via {}", own.host_ip())),
+        "{said}"
+    );
+    assert!(said.contains("hello-from-host"), "{said}");
+    drop(greeter);
+    assert!(own.netns().exists(), "the netns was removed");
+    assert_eq!(own.snapshot(), before, "the netns changed");
+    assert_no_leaks(&env.state_dir);
+}
+
+/// The guest's root takes the vector NIC down and up again (`exec --vm`):
+/// the link keeps its tap (the kernel reopens a copy of the inherited
+/// descriptor, `kernel/patches/um`), and the container still reaches the
+/// host's end of the veth.
+#[test]
+fn uml_nic_survives_the_guest_taking_it_down_and_up() {
+    let env = uml_env_with_debug_console();
+    let own = PodNetns::new();
+    let netns = own.netns().to_string_lossy().into_owned();
+    let rootfs = env.rootfs.to_string_lossy().into_owned();
+    let _cleanup = RemoveAll(&env);
+    let out = capsa(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "updown",
+            "--network",
+            &netns,
+            "--rootfs",
+            &rootfs,
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let host: IpAddr = own.host_ip().parse().unwrap();
+    let greeter = Greeter::start(host, "hello-again\n");
+    let fetch = format!("timeout 30 nc {} {}", own.host_ip(), greeter.addr().port());
+    let exec = |script: &str| capsa(&env, &["exec", "updown", "--", "sh", "-c", script]);
+    let out = exec(&fetch);
+    assert_eq!(text(&out.stdout), "hello-again\n", "{out:?}");
+
+    let out = capsa_with_input(
+        &env,
+        &["exec", "--vm", "updown"],
+        b"ip link set eth0 down && ip link set eth0 up && echo cycled; exit\n",
+    );
+    assert!(text(&out.stdout).contains("cycled"), "{out:?}");
+    // The route through eth0 went with the link: put it back as the
+    // agent set it.
+    let out = capsa_with_input(
+        &env,
+        &["exec", "--vm", "updown"],
+        format!(
+            "ip route replace default via {} dev eth0; ip -o link show eth0; exit\n",
+            own.host_ip()
+        )
+        .as_bytes(),
+    );
+    assert!(text(&out.stdout).contains("UP"), "{out:?}");
+    let out = exec(&fetch);
+    assert_eq!(text(&out.stdout), "hello-again\n", "{out:?}");
+    drop(greeter);
+
+    let out = capsa(&env, &["rm", "-f", "updown"]);
+    assert!(out.status.success(), "{out:?}");
     assert_all_gone(&env);
 }
 

@@ -34,6 +34,7 @@ mod process;
 pub mod qemu;
 #[cfg(not(feature = "internals"))]
 mod qemu;
+mod tap;
 #[cfg(feature = "internals")]
 pub mod uml;
 #[cfg(not(feature = "internals"))]

@@ -244,6 +244,22 @@ async fn a_uml_vm_runs_the_agent_confined_and_halts_leaving_nothing() {
             "pid {p}: uid {uid}"
         );
         assert_ne!(ns(*p, "mnt"), my_mnt, "pid {p} shares the host's mounts");
+        // A bounded address space (RLIMIT_AS), and no core dumps.
+        let limits = std::fs::read_to_string(format!("/proc/{p}/limits")).unwrap();
+        let limit = |name: &str| {
+            let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+            line[name.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_ne!(
+            limit("Max address space"),
+            "unlimited",
+            "pid {p}:\n{limits}"
+        );
+        assert_eq!(limit("Max core file size"), "0", "pid {p}");
     }
     eprintln!(
         "UML VM: agent {}, processes {all:?} (kernel {kernel_pid})",

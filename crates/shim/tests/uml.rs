@@ -1,12 +1,18 @@
 //! The shim on User-Mode Linux: containerd's runtime option `ConfigPath`
 //! (`ctr run --runtime-config-path`) names the installed
 //! `configuration-uml.toml`, and the task runs in a UML VM; the default
-//! configuration of the same containerd stays QEMU's.
+//! configuration of the same containerd stays QEMU's. A CRI pod whose
+//! runtime handler's `ConfigPath` is that configuration gets the network
+//! CNI gave it.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
 
+use capsa_test_infra::containerd::tcp_port_mapping;
+use capsa_test_infra::net::{free_port, host_address, http_get, httpd_script, links_in};
 use capsa_test_infra::{assert_no_leaks, TestEnv};
 use common::{text, Setup, RUNTIME};
 
@@ -114,4 +120,63 @@ fn upper_dir(s: &Setup, id: &str) -> std::path::PathBuf {
         .find_map(|w| w.trim().strip_prefix("upperdir="))
         .unwrap_or_else(|| panic!("no overlay upper dir for {id}: {text:?}"))
         .into()
+}
+
+/// A CRI pod on UML (the handler `capsa` of this containerd has the UML
+/// configuration as its `ConfigPath`) with CNI networking: its vector NIC
+/// has the veth's MAC and CNI's address, it serves the host at its
+/// address and through a host port (portmap), and stopping and removing
+/// it leaves no tap, netns or process.
+#[test]
+fn a_cri_pod_on_uml_gets_the_network_cni_gave_it() {
+    const LIMIT: Duration = Duration::from_secs(120);
+    let s = Setup::with_env_and_network(
+        TestEnv::short_with_installed_config("configuration-uml.toml"),
+        "native",
+    );
+    s.ctrd.import_pause();
+    let cri = s.ctrd.cri();
+    let host_port = free_port();
+    let config =
+        cri.pod_config_with_network("umlnet1", None, vec![tcp_port_mapping(host_port, 80)]);
+    let pod = cri.run_pod_with(config.clone(), "capsa");
+    let web = cri.create_container(
+        &pod,
+        &config,
+        "web",
+        &s.image,
+        &["sh", "-c", &httpd_script("umlnet1")],
+    );
+    cri.start(&web);
+    let exec_ok = |cmd: &[&str]| {
+        let (out, err, code) = cri.exec_sync(&web, cmd, LIMIT);
+        assert_eq!(code, 0, "{cmd:?}: {out}{err}\n{}", s.ctrd.log_tail());
+        out
+    };
+    assert!(exec_ok(&["uname", "-r"]).contains("-um"), "not on UML");
+
+    let ip = cri.pod_ip(&pod);
+    let netns = cri.pod_netns(&pod);
+    let veth = links_in(&netns)
+        .into_iter()
+        .find(|l| l.name == "eth0")
+        .unwrap_or_else(|| panic!("no eth0 in {}", netns.display()));
+    let links = exec_ok(&["ip", "-o", "link", "show"]);
+    assert!(
+        links.contains(&veth.mac),
+        "no guest link with {veth:?}: {links}"
+    );
+    let addrs = exec_ok(&["ip", "-o", "-4", "addr", "show"]);
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+
+    let pod_addr: SocketAddr = format!("{ip}:80").parse().unwrap();
+    assert_eq!(http_get(pod_addr, LIMIT), "umlnet1\n");
+    let through_host: SocketAddr = (host_address(), host_port).into();
+    assert_eq!(http_get(through_host, LIMIT), "umlnet1\n");
+
+    cri.stop_pod(&pod);
+    cri.remove_pod(&pod);
+    assert!(!netns.exists(), "{} is left", netns.display());
+    assert!(cri.list_pods().is_empty());
+    s.assert_all_gone();
 }

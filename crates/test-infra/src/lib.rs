@@ -247,13 +247,24 @@ impl TestEnv {
     /// (`0711`): a driver whose processes run unprivileged reaches the
     /// state directory through it.
     pub fn with_installed_config(name: &str) -> Self {
+        Self::installed_config_in(name, "capsa-test-", "state")
+    }
+
+    /// [`TestEnv::with_installed_config`] with a state directory as short
+    /// as [`TestEnv::short`]'s: CRI's 64-character sandbox ids must leave
+    /// the UML driver's socket paths within `sun_path`.
+    pub fn short_with_installed_config(name: &str) -> Self {
+        Self::installed_config_in(name, "cs-", "s")
+    }
+
+    fn installed_config_in(name: &str, prefix: &str, state: &str) -> Self {
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../config")
             .join(name);
         let text = std::fs::read_to_string(&source)
             .unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
         let dir = tempfile::Builder::new()
-            .prefix("capsa-test-")
+            .prefix(prefix)
             .tempdir_in("/tmp")
             .expect("temp dir");
         std::fs::set_permissions(
@@ -261,7 +272,7 @@ impl TestEnv {
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
         )
         .expect("chmod the test directory");
-        let state_dir = dir.path().join("state");
+        let state_dir = dir.path().join(state);
         let rootfs = dir.path().join("rootfs");
         rootfs::busybox(&rootfs);
         let assets = assets_dir();

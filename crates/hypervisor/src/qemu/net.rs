@@ -2,9 +2,8 @@
 //! ones of [`crate::VmConfig::nics`]).
 //!
 //! QEMU never opens a tap itself nor runs in the pod's netns: capsa opens
-//! the tap (`/dev/net/tun`, `TUNSETIFF` with `IFF_TAP | IFF_NO_PI |
-//! IFF_VNET_HDR`) on a short-lived thread that entered the tap's netns, and
-//! gives QEMU the open file: inherited at boot (`-netdev tap,fd=N`), sent
+//! the tap ([`crate::tap`], with `IFF_VNET_HDR`) and gives QEMU the open
+//! file: inherited at boot (`-netdev tap,fd=N`), sent
 //! over the QMP socket for hot-plug (`getfd` with SCM_RIGHTS, then
 //! `netdev_add` naming it). A tap's fd keeps working whatever namespace
 //! the process holding it is in. vhost-net is used only when asked and
@@ -52,31 +51,12 @@ pub fn netdev_id(id: &str) -> String {
     format!("tap-{id}")
 }
 
-/// Opens the tap `name`, in the network namespace `netns` if given, and
-/// `/dev/vhost-net` if `vhost` and the host has it.
+/// Opens the tap of `device` (in its netns) and `/dev/vhost-net` if
+/// `vhost` and the host has it.
 pub(super) fn open(device: &NetDevice) -> Result<TapFds, Error> {
     validate_id(&device.id)?;
-    let tap = match &device.netns {
-        None => open_tap(&device.tap),
-        // setns(2) changes the calling thread only: a thread of its own
-        // enters the netns, opens the tap and ends, so no task of the
-        // runtime ever runs in the pod's namespace.
-        Some(ns) => std::thread::scope(|s| {
-            s.spawn(|| {
-                enter_netns(ns)?;
-                open_tap(&device.tap)
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the thread opening the tap panicked".into()))
-        }),
-    }
-    .map_err(|why| {
-        let place = match &device.netns {
-            Some(ns) => format!("in netns {}", ns.display()),
-            None => "in the host's netns".into(),
-        };
-        hotplug_error(&device.id, format!("tap {} {place}: {why}", device.tap))
-    })?;
+    let tap = crate::tap::open(device, crate::tap::Framing::VnetHeader)
+        .map_err(|why| hotplug_error(&device.id, why))?;
     let vhost = if device.vhost && Path::new(VHOST_NET).exists() {
         let file = OpenOptions::new()
             .read(true)
@@ -92,57 +72,6 @@ pub(super) fn open(device: &NetDevice) -> Result<TapFds, Error> {
         None
     };
     Ok(TapFds { tap, vhost })
-}
-
-fn enter_netns(ns: &Path) -> Result<(), String> {
-    let file = std::fs::File::open(ns).map_err(|e| format!("open: {e}"))?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("setns: {e}"))
-}
-
-/// `TUNSETIFF` on a new `/dev/net/tun` file: attaches it to the existing
-/// tap `name` (hand-written: the tun crates create and configure links,
-/// which is not wanted here; this is one ioctl).
-fn open_tap(name: &str) -> Result<OwnedFd, String> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-        return Err(format!("invalid interface name {name:?}"));
-    }
-    // TUNSETIFF would create a missing tap (gone with its last fd, so
-    // leaking nothing, but a NIC on it would reach nothing): it must exist.
-    let c_name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
-    // SAFETY: `c_name` is a valid NUL-terminated string for the call.
-    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
-        return Err(format!(
-            "no such interface ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(|e| format!("/dev/net/tun: {e}"))?;
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: TUNSETIFF reads an ifreq (NUL-terminated name, flags) from
-    // the pointer, which is valid for the call; the fd is open.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::EINVAL) | Some(libc::EPERM) => {
-                format!("TUNSETIFF: {e} (does the tap exist, with these flags, in this netns?)")
-            }
-            _ => format!("TUNSETIFF: {e}"),
-        });
-    }
-    Ok(OwnedFd::from(file))
 }
 
 /// `virtio-net-pci` properties of `device` on root port `port`.

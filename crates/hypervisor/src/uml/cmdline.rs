@@ -1,6 +1,6 @@
 //! The UML kernel's command line: its memory, its initrd, its consoles,
-//! its management console, and a `virtio_uml.device=` per vhost-user
-//! device.
+//! its management console, a `virtio_uml.device=` per vhost-user
+//! device and a `vecN:` per NIC.
 //!
 //! Every path on it is a path inside the kernel's jail ([`super::jail`]).
 
@@ -20,6 +20,29 @@ const KERNEL_PARAMS: &[&str] = &["quiet"];
 /// `<uml_dir>/<umid>/mconsole`. One UML per jail, so a fixed one.
 pub const UMID: &str = "capsa";
 
+/// UML's timer frequency (`CONFIG_HZ`, 100 for `ARCH=um`).
+const HZ: u64 = 100;
+
+/// `lpj=`: the delay loop's speed, from the host's BogoMIPS
+/// (`/proc/cpuinfo`), so that the kernel skips calibrating it: a loop of
+/// five timer ticks, about 50 ms of every start. The host's figure is
+/// higher than the loop UML measures (the TSC's, not the loop's), so
+/// delays come out no shorter than asked; UML's drivers hardly delay.
+/// None when the host gives no figure (the kernel then calibrates).
+pub fn preset_lpj(cpuinfo: &str) -> Option<String> {
+    let bogomips: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("bogomips"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    // BogoMIPS = lpj / (500000 / HZ).
+    let lpj = (bogomips * (500_000 / HZ) as f64) as u64;
+    (lpj > 0).then(|| format!("lpj={lpj}"))
+}
+
 /// What the command line points at, inside the jail.
 pub struct Boot<'a> {
     /// MiB of guest RAM.
@@ -30,6 +53,8 @@ pub struct Boot<'a> {
     /// vhost-user sockets of the virtio-fs and vsock devices.
     pub virtiofs: Option<&'a Path>,
     pub vsock: &'a Path,
+    /// The NICs' `vecN:...` arguments ([`super::net`]).
+    pub nics: &'a [String],
     /// Appended after the driver's own parameters.
     pub extra: &'a [String],
 }
@@ -54,6 +79,7 @@ pub fn build(b: &Boot) -> Vec<String> {
         "virtio_uml.device={}:{VIRTIO_ID_VSOCK}",
         b.vsock.display()
     ));
+    args.extend(b.nics.iter().cloned());
     args.extend(KERNEL_PARAMS.iter().map(|s| s.to_string()));
     args.extend(b.extra.iter().cloned());
     args
@@ -64,6 +90,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_delay_loop_comes_from_the_hosts_bogomips() {
+        let cpuinfo = "processor\t: 0\nbogomips\t: 5195.74\nclflush size\t: 64\n";
+        assert_eq!(preset_lpj(cpuinfo).as_deref(), Some("lpj=25978700"));
+        assert_eq!(preset_lpj("processor\t: 0\n"), None);
+        assert_eq!(preset_lpj("bogomips\t: junk\n"), None);
+        assert_eq!(preset_lpj("bogomips\t: 0.00\n"), None);
+    }
+
+    #[test]
     fn devices_memory_and_consoles() {
         let extra = vec!["agent.log=debug".to_string()];
         let args = build(&Boot {
@@ -72,6 +107,7 @@ mod tests {
             uml_dir: Path::new("/run/uml"),
             virtiofs: Some(Path::new("/run/uml/virtiofsd.sock")),
             vsock: Path::new("/run/uml/vhost-vsock.sock"),
+            nics: &["vec0:transport=fd,fd=200".to_string()],
             extra: &extra,
         });
         assert_eq!(
@@ -84,6 +120,7 @@ mod tests {
                 "umid=capsa",
                 "virtio_uml.device=/run/uml/virtiofsd.sock:26",
                 "virtio_uml.device=/run/uml/vhost-vsock.sock:19",
+                "vec0:transport=fd,fd=200",
                 "quiet",
                 "agent.log=debug",
             ]
@@ -94,6 +131,7 @@ mod tests {
             uml_dir: Path::new("/d"),
             virtiofs: None,
             vsock: Path::new("/d/v.sock"),
+            nics: &[],
             extra: &[],
         });
         assert!(!args.iter().any(|a| a.starts_with("initrd=")));

@@ -1,8 +1,8 @@
 //! The UML VM's devices: the vhost-user helpers that serve virtio-fs and
 //! vsock over `virtio_uml` (the same `virtiofsd` and
 //! `vhost-device-vsock` as QEMU's, each in its own jail), and what UML
-//! cannot attach yet: NICs (the vector transport on the pod's tap). Disks
-//! are UML's own `ubd` ([`super::block`]).
+//! cannot attach yet. Disks are UML's own `ubd` ([`super::block`]);
+//! NICs: [`super::net`].
 
 use std::path::Path;
 
@@ -26,7 +26,13 @@ pub const HYBRID_VSOCK_SOCKET: &str = "vsock.sock";
 /// Files of other host users keep their ids (host root's, unmapped in
 /// the jail, show as the overflow id 65534): the guest's root may read
 /// them as their modes let anyone, and write none it does not own.
-pub fn virtiofsd(fs: &SharedFs, id: Identity, sockets: &Path, log: &Path) -> Result<Jailed, Error> {
+pub fn virtiofsd(
+    fs: &SharedFs,
+    id: Identity,
+    memory_mib: u32,
+    sockets: &Path,
+    log: &Path,
+) -> Result<Jailed, Error> {
     let mut args = vec![
         format!("--socket-path={}", sockets.join(VIRTIOFSD_SOCKET).display()),
         format!("--shared-dir={SHARE}"),
@@ -38,7 +44,8 @@ pub fn virtiofsd(fs: &SharedFs, id: Identity, sockets: &Path, log: &Path) -> Res
         format!("--translate-gid=map:0:{}:1", id.gid),
     ];
     args.extend(fs.extra_args.iter().cloned());
-    let cfg = jail::virtiofsd(&fs.daemon, &fs.shared_dir, id, sockets, args)?;
+    let mut cfg = jail::virtiofsd(&fs.daemon, &fs.shared_dir, id, sockets, args)?;
+    cfg.limits = jail::helper_limits(memory_mib);
     jail::spawn(cfg, log, false, None)
 }
 
@@ -47,6 +54,7 @@ pub fn vhost_device_vsock(
     daemon: &Path,
     cid: u32,
     id: Identity,
+    memory_mib: u32,
     sockets: &Path,
     log: &Path,
 ) -> Result<Jailed, Error> {
@@ -58,7 +66,8 @@ pub fn vhost_device_vsock(
             sockets.join(HYBRID_VSOCK_SOCKET).display()
         ),
     ];
-    let cfg = jail::vhost_device_vsock(daemon, id, sockets, args)?;
+    let mut cfg = jail::vhost_device_vsock(daemon, id, sockets, args)?;
+    cfg.limits = jail::helper_limits(memory_mib);
     jail::spawn(cfg, log, false, None)
 }
 

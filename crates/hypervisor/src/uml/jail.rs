@@ -34,6 +34,22 @@ pub const SHARE: &str = "/share";
 const TMPFS_SLACK: u64 = 16 << 20;
 /// The guest's processes are host processes of the jail's uid.
 const GUEST_PROCESSES: u64 = 4096;
+/// `RLIMIT_AS` beyond the guest's RAM. The kernel maps its RAM file and
+/// its binary (guest RAM + ~24 MiB); each guest process maps the guest
+/// pages it uses, which can be mapped more than once (shared memory),
+/// hence twice the RAM for the kernel's jail. The helpers map the guest's
+/// RAM once, besides their own threads' stacks (vhost-device-vsock:
+/// ~280 MiB of address space beyond it).
+const KERNEL_AS_SLACK: u64 = 256 << 20;
+const HELPER_AS_SLACK: u64 = 1 << 30;
+
+/// The address-space bound of a helper that maps `memory_mib` of guest RAM.
+pub fn helper_limits(memory_mib: u32) -> Limits {
+    Limits {
+        address_space: Some((u64::from(memory_mib) << 20) + HELPER_AS_SLACK),
+        ..Limits::default()
+    }
+}
 
 /// A jailed program and the file its output goes to.
 pub struct Jailed {
@@ -228,6 +244,7 @@ pub fn kernel(
     cfg.args = args;
     cfg.limits = Limits {
         processes: GUEST_PROCESSES,
+        address_space: Some(2 * (u64::from(memory_mib) << 20) + KERNEL_AS_SLACK),
         ..Limits::default()
     };
     Ok(cfg)

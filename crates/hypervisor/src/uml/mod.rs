@@ -6,22 +6,24 @@
 //! * [`cmdline`]: the kernel's command line;
 //! * [`jail`]: what each program's jail holds;
 //! * [`devices`]: virtio-fs and vsock helpers, and what cannot be attached;
-//! * [`mconsole`]: the management console, through which the VM is halted.
+//! * [`mconsole`]: the management console, through which the VM is halted;
+//! * [`net`]: the pod's NICs, UML's vector driver on taps the kernel inherits.
 //!
 //! The guest's RAM is UML's memory file, in a tmpfs of the kernel's jail;
 //! the vhost-user daemons map it through the descriptors `virtio_uml`
 //! sends them, the only way they can reach it. UML 6.12 has one CPU and
 //! no memory hot-plug: a VM asked for more vCPUs boots with one (said
 //! once, in the log), and vCPU and memory hot-plug answer
-//! [`Error::NotSupported`], as does NIC hot-plug for now ([`devices`]).
-//! Disks are UML's `ubd`, hot-plugged through the management console
-//! ([`block`]).
+//! [`Error::NotSupported`], as does NIC hot-plug (NICs are cold-plugged:
+//! [`net`]). Disks are UML's `ubd`, hot-plugged through the management
+//! console ([`block`]).
 
 pub mod block;
 pub mod cmdline;
 pub mod devices;
 pub mod jail;
 pub mod mconsole;
+pub mod net;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -114,7 +116,7 @@ impl Driver for Uml {
             ),
             HostCheck::info(
                 "vCPUs, hot-plug",
-                "1 vCPU; disks hot-plugged as ubd; no CPU, memory or NIC hot-plug",
+                "1 vCPU; disks hot-plugged as ubd; no CPU, memory or NIC hot-plug (NICs at boot)",
             ),
             HostCheck::file("UML kernel", &vm.kernel),
             HostCheck::file("initrd", &vm.initrd),
@@ -192,9 +194,7 @@ impl UmlVm {
         if cfg.image.is_some() {
             return Err(devices::not_supported("a root filesystem image"));
         }
-        if !cfg.nics.is_empty() {
-            return Err(devices::not_supported("NICs"));
-        }
+        net::check(&cfg.nics)?;
         let mut files = vec![
             ("UML kernel", &cfg.kernel),
             ("vsock daemon", &self.settings().vhost_user_vsock_daemon),
@@ -280,35 +280,48 @@ impl UmlVm {
 
         let log = self.log(VSOCK_LOG);
         let daemon = self.settings().vhost_user_vsock_daemon.clone();
-        let spawned = devices::vhost_device_vsock(&daemon, self.cfg.guest_cid, id, &sockets, &log)?;
-        let vsock = self.vsock.insert(spawned);
+        let memory = self.cfg.memory_mib;
+        let spawned =
+            devices::vhost_device_vsock(&daemon, self.cfg.guest_cid, id, memory, &sockets, &log)?;
+        self.vsock = Some(spawned);
         let vsock_sock = sockets.join(devices::VHOST_VSOCK_SOCKET);
-        vsock.wait_for_socket(&vsock_sock, SOCKET_TIMEOUT).await?;
-
+        // Both helpers start at once; the kernel once both listen.
         let virtiofs = match self.cfg.shared_fs.clone() {
             None => None,
             Some(fs) => {
                 jail::check_searchable(&fs.shared_dir, id, "shared directory")?;
                 let log = self.log(VIRTIOFSD_LOG);
-                let helper = self
-                    .virtiofsd
-                    .insert(devices::virtiofsd(&fs, id, &sockets, &log)?);
-                let sock = sockets.join(devices::VIRTIOFSD_SOCKET);
-                helper.wait_for_socket(&sock, SOCKET_TIMEOUT).await?;
-                Some(sock)
+                self.virtiofsd = Some(devices::virtiofsd(&fs, id, memory, &sockets, &log)?);
+                Some(sockets.join(devices::VIRTIOFSD_SOCKET))
             }
         };
+        if let Some(vsock) = self.vsock.as_mut() {
+            vsock.wait_for_socket(&vsock_sock, SOCKET_TIMEOUT).await?;
+        }
+        if let (Some(helper), Some(sock)) = (self.virtiofsd.as_mut(), &virtiofs) {
+            helper.wait_for_socket(sock, SOCKET_TIMEOUT).await?;
+        }
 
+        // The configuration's parameters come last: an `lpj=` of its own wins.
+        let extra: Vec<String> = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| cmdline::preset_lpj(&c))
+            .into_iter()
+            .chain(self.cfg.kernel_params.iter().cloned())
+            .collect();
+        // The taps are opened last, just before the kernel inherits them.
+        let nics = net::cold_plug(&self.cfg.nics)?;
         let args = cmdline::build(&cmdline::Boot {
             memory_mib: self.cfg.memory_mib,
             initrd: self.cfg.initrd.as_ref().map(|_| Path::new(jail::INITRD)),
             uml_dir: &sockets,
             virtiofs: virtiofs.as_deref(),
             vsock: &vsock_sock,
-            extra: &self.cfg.kernel_params,
+            nics: &nics.args,
+            extra: &extra,
         });
         let disks = self.disks.make_dir(&self.cfg.run_dir)?;
-        let jail_cfg = jail::kernel(
+        let mut jail_cfg = jail::kernel(
             &self.cfg.kernel,
             self.cfg.initrd.as_deref(),
             self.cfg.memory_mib,
@@ -317,6 +330,7 @@ impl UmlVm {
             &disks,
             args,
         )?;
+        jail_cfg.fds.extend(nics.fds);
         let console = self.cfg.console_log.clone();
         let (input, held) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io(e.into()))?;
@@ -512,6 +526,8 @@ impl Vm for UmlVm {
         Ok(self)
     }
 
+    /// NICs are cold-plugged only ([`net`]: no descriptor can reach the
+    /// running kernel).
     fn network(&mut self) -> Result<&mut dyn NetworkHotplug, Error> {
         Err(devices::not_supported("NIC hot-plug"))
     }

@@ -74,16 +74,27 @@ impl Setup {
         Self::build_in(env, false)
     }
 
+    /// [`Setup::with_env`] whose containerd runs CRI pods with pod
+    /// networking ([`Setup::with_network`]) on `snapshotter`.
+    pub fn with_env_and_network(env: TestEnv, snapshotter: &'static str) -> Self {
+        Self::build_with(env, true, Some(snapshotter))
+    }
+
     fn build(cni: bool) -> Self {
         Self::build_in(TestEnv::short(), cni)
     }
 
     fn build_in(env: TestEnv, cni: bool) -> Self {
+        Self::build_with(env, cni, None)
+    }
+
+    fn build_with(env: TestEnv, cni: bool, snapshotter: Option<&'static str>) -> Self {
         let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-capsa-v2"));
         let ctrd = Containerd::start(Opts {
             shim_dir: shim.parent().map(Path::to_path_buf),
             capsa_config: Some(env.config.clone()),
             cni,
+            snapshotter,
             ..Default::default()
         });
         let image = ctrd.import_busybox();
