@@ -129,15 +129,36 @@ pub fn spawn(
 
 /// The shared libraries `binary` loads, its interpreter included (from
 /// `ldd`; none for a static binary).
+///
+/// Its output is read to the end before it is waited for, and a wait that
+/// finds no child (`ECHILD`: another waiter of the process took its
+/// status first, which once failed a pod's start in a shim) keeps what
+/// it printed.
 pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>, Error> {
-    let out = std::process::Command::new("ldd")
+    use std::io::Read;
+    let spawn_error = |source| Error::Spawn {
+        program: "ldd".into(),
+        source,
+    };
+    let mut child = std::process::Command::new("ldd")
         .arg(binary)
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: "ldd".into(),
-            source,
-        })?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(spawn_error)?;
+    let mut out = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_end(&mut out).map_err(spawn_error)?;
+    }
+    match child.wait() {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            tracing::debug!(binary = %binary.display(), "ldd reaped elsewhere; its output is whole");
+        }
+        Err(e) => return Err(spawn_error(e)),
+    }
+    Ok(String::from_utf8_lossy(&out)
         .split_whitespace()
         .filter(|w| w.starts_with('/'))
         .map(PathBuf::from)
