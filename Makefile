@@ -129,11 +129,15 @@ lint: deps
 # of the shim under containerd run again booting the DAX root image
 # (`test-image` runs the whole suite on it: twice the time of `test`).
 IMAGE_TESTS := -p capsa --test run -p capsa-shim --test ctr
+# And once more on User-Mode Linux (the installed configuration-uml.toml).
+UML_TESTS   := $(IMAGE_TESTS)
 
 test: assets lint fuzz-smoke
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) cargo test --workspace --no-fail-fast -- --test-threads=2
 	CAPSA_TEST_ASSETS=$(ASSETS_DIR) CAPSA_TEST_BOOT=image \
 	  cargo test $(IMAGE_TESTS) --no-fail-fast -- --test-threads=2
+	CAPSA_TEST_ASSETS=$(ASSETS_DIR) CAPSA_TEST_BOOT=uml \
+	  cargo test $(UML_TESTS) --no-fail-fast -- --test-threads=2
 	./scripts/check-leaks.sh
 
 ## Fuzz targets (fuzz/, a cargo-fuzz crate with a workspace of its own).

@@ -190,9 +190,19 @@ impl TestEnv {
     }
 
     /// The VMs boot the initrd, or the root image with
-    /// `CAPSA_TEST_BOOT=image` (the whole suite run on the image).
+    /// `CAPSA_TEST_BOOT=image` (the whole suite run on the image), or are
+    /// User-Mode Linux VMs of the installed `configuration-uml.toml` with
+    /// `CAPSA_TEST_BOOT=uml` (the driver-neutral suites run on UML; a
+    /// test that sets QEMU keys of its own stays on QEMU).
     fn build(prefix: &str, state: &str, extra: &str) -> Self {
         match std::env::var("CAPSA_TEST_BOOT").as_deref() {
+            Ok("uml") if extra.is_empty() => {
+                Self::installed_config_in("configuration-uml.toml", prefix, state)
+            }
+            Ok("uml") => {
+                let initrd = assets_dir().join("initrd.img");
+                Self::build_booting(prefix, state, Some(&initrd), extra)
+            }
             Ok("image") => {
                 let boot = format!("image = {:?}\n{extra}", image_path());
                 Self::build_booting(prefix, state, None, &boot)
@@ -201,7 +211,7 @@ impl TestEnv {
                 let initrd = assets_dir().join("initrd.img");
                 Self::build_booting(prefix, state, Some(&initrd), extra)
             }
-            Ok(other) => panic!("CAPSA_TEST_BOOT={other:?}: use image or initrd"),
+            Ok(other) => panic!("CAPSA_TEST_BOOT={other:?}: use image, initrd or uml"),
         }
     }
 
