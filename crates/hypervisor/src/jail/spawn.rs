@@ -392,6 +392,14 @@ fn child_main(
             p.uid.as_raw(),
         )
     })?;
+    // Changing the effective ids cleared the parent-death signal (the
+    // kernel does on every such change): set it again, or a jailed
+    // program outlives a SIGKILLed owner (`capsa run` killed -9: found by
+    // the `run` suite on UML). Set before the ids too, so that the wait
+    // for "go" is covered.
+    if p.kill_with_parent {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(Failure::at(Stage::Ids, 1))?;
+    }
 
     build_root(p)?;
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(Failure::at(Stage::CgroupNamespace, 0))?;
