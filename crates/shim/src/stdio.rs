@@ -114,8 +114,14 @@ fn input(id: &str, path: &str, proc: Arc<Proc>) -> Result<Reader, Error> {
                     Ok(n) => if tx.write_all(&buf[..n]).await.is_err() { break },
                 },
                 () = proc.close_stdin.notified() => {
-                    // Pass on what is already in the FIFO, then end.
-                    while let Ok(n) = fifo.try_read(&mut buf) {
+                    // Pass on what is already in the FIFO, then end. With
+                    // the system call itself: tokio's `try_read` answers
+                    // WouldBlock until its reactor has seen the FIFO
+                    // readable, and CloseIO can come first (the input was
+                    // then lost: seen on UML, whose tasks start fast). The
+                    // FIFO is non-blocking: EAGAIN once it is empty.
+                    use std::os::fd::AsRawFd;
+                    while let Ok(n) = nix::unistd::read(fifo.as_raw_fd(), &mut buf) {
                         if n == 0 || tx.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
