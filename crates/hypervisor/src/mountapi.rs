@@ -70,29 +70,16 @@ fn open_tree(source: &OwnedFd, recursive: libc::c_uint) -> Result<OwnedFd, Error
 /// or a set-id program through the share's host mounts.
 pub fn set_attr(tree: &OwnedFd, readonly: bool) -> Result<(), Error> {
     let rdonly = if readonly { MOUNT_ATTR_RDONLY } else { 0 };
-    let attr = MountAttr {
-        attr_set: rdonly | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
-    let empty = c"";
-    // SAFETY: mount_setattr(2) reads `attr` (of the size passed) and
-    // the empty path; both outlive the call; `tree` is an open fd.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(Error::last_os_error());
-    }
-    Ok(())
+    mount_setattr(
+        tree,
+        &MountAttr {
+            attr_set: rdonly | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        },
+        true,
+    )
 }
 
 /// Idmaps every mount of a detached tree with user namespace `userns`
@@ -121,21 +108,37 @@ pub fn set_idmap_disk(
 }
 
 fn idmap(tree: &OwnedFd, userns: &OwnedFd, attrs: u64) -> Result<(), Error> {
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | attrs,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
+    mount_setattr(
+        tree,
+        &MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP | attrs,
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: userns.as_raw_fd() as u64,
+        },
+        true,
+    )
+}
+
+/// mount_setattr(2) on the root mount of the detached `tree`, or on every
+/// mount of it if `recursive` (all or none).
+fn mount_setattr(tree: &OwnedFd, attr: &MountAttr, recursive: bool) -> Result<(), Error> {
     let empty = c"";
-    // SAFETY: as in `set_attr`; `userns` is an open fd.
+    let flags = if recursive {
+        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE
+    } else {
+        libc::AT_EMPTY_PATH
+    };
+    // SAFETY: mount_setattr(2) reads `attr` (of the size passed) and the
+    // empty path; both outlive the call; `tree` is an open fd, and so is
+    // a user namespace fd in `attr`, held by the caller.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
+            flags as libc::c_uint,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
@@ -155,22 +158,7 @@ pub fn set_shared(tree: &OwnedFd) -> Result<(), Error> {
         propagation: libc::MS_SHARED,
         userns_fd: 0,
     };
-    let empty = c"";
-    // SAFETY: as in `set_attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(Error::last_os_error());
-    }
-    Ok(())
+    mount_setattr(tree, &attr, false)
 }
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;

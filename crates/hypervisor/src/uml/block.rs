@@ -300,11 +300,7 @@ fn unbind(bind: &Path) {
     if let Err(e) = std::fs::remove_file(bind) {
         tracing::warn!(bind = %bind.display(), error = %e, "disk bind not removed");
     }
-    match std::fs::remove_file(node_of(bind)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(bind = %bind.display(), error = %e, "disk node not removed"),
-    }
+    super::remove_all(&node_of(bind));
 }
 
 #[cfg(test)]
